@@ -1,0 +1,93 @@
+"""Shared benchmark helpers: the shared-data lookup, dev.csv, fixed-width padding and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KOBART = Path("data/reference/kobart-tokenizer")
+QWEN3 = Path("data/reference/qwen3-4b-instruct-2507")
+LLAMA3 = Path("data/reference/llama-3.2-korean-bllossom-3b")
+DEV_CSV = Path("data/competition/dev.csv")
+
+
+def use_repo_configs() -> None:
+    """Resolve configs/ from the repository whatever the working directory."""
+    os.environ.setdefault("DIALSUM_CONFIG_DIR", str(ROOT / "configs"))
+    from dialsum.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def shared_dir() -> Path | None:
+    """The read-only `shared/` folder beside the repository root, or None where it is absent."""
+    path = (ROOT / ".." / "shared").resolve()
+    return path if (path / "data").is_dir() else None
+
+
+def require_shared(name: str) -> Path:
+    """The shared folder; without it, say so and exit 0 (the benchmark is skipped, not failed)."""
+    path = shared_dir()
+    if path is None:
+        print(f"{name}: skipped, no shared data folder at {ROOT.parent / 'shared'}")
+        sys.exit(0)
+    return path
+
+
+def dev_examples(shared: Path, rows: int | None = None):
+    from dialsum.data import read_split
+
+    examples = read_split(shared / DEV_CSV, "dev")
+    return examples[:rows] if rows else examples
+
+
+def pad_to(batch: dict, widths: dict[str, int], pad_id: int) -> dict:
+    """Right-pad a collated batch so each named tensor is at least `widths[name]` wide."""
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    out = dict(batch)
+    for key, width in widths.items():
+        if key in out:
+            gap = max(0, width - out[key].shape[1])
+            out[key] = torch.nn.functional.pad(out[key], (0, gap), value=fill[key])
+    return out
+
+
+def fixed_padding(family, widths: dict[str, int]) -> SimpleNamespace:
+    """A family stand-in for `fit` whose batches are padded to fixed widths (the static-padding baseline)."""
+
+    def collate(tok, features, for_generation=False, multiple_of=1):
+        batch = family.collate(tok, features, for_generation=for_generation, multiple_of=multiple_of)
+        return pad_to(batch, widths, tok.pad_token_id)
+
+    return SimpleNamespace(collate=collate, ALIGNED_LABELS=family.ALIGNED_LABELS)
+
+
+def device_info() -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def write_result(
+    name: str, unit: str, ours: float, baseline: float, ratio: float, goal: str,
+    details: dict | None = None, out_dir: Path | None = None,
+) -> Path:
+    result = {"name": name, "unit": unit, "ours": ours, "baseline": baseline, "ratio": ratio, "goal": goal}
+    if details:
+        result["details"] = details
+    path = Path(out_dir or RESULTS) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return path

@@ -1,0 +1,167 @@
+"""The `dialsum` console script: the one entry point for users, flows and images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dialsum.errors import DialsumError
+
+log = logging.getLogger("dialsum")
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.mode == "single":
+        if len(args.models) != 1:
+            raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
+        from dialsum.pipeline import run_model
+
+        result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+                           eval_before=args.eval_before, storage_url=args.storage, force=args.force)
+        print(format_table([_row(result.metrics, "completed", result.location)]))
+        return 0
+    return _train_all(args)
+
+
+def _train_all(args: argparse.Namespace) -> int:
+    from dialsum.orchestration import run_embedded
+
+    summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
+                           run_id=args.run_id, eval_before=args.eval_before)
+    print(format_table(summary["rows"]))
+    if summary.get("ensemble"):
+        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+    failed = [r["model"] for r in summary["rows"] if r["status"] != "completed"]
+    if failed:
+        print(f"failed models: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _row(metrics: dict, status: str, location: str | None) -> dict:
+    before = metrics.get("dev_score_before")
+    return {"model": metrics["model"], "type": metrics["type"], "status": status,
+            "dev_score_before": before, "dev_score": metrics["dev"]["score"], "location": location}
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text comparison table: model, type, status, score before/after training, location."""
+    def cell(value) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+    cols = ["model", "type", "status", "dev_score_before", "dev_score", "location"]
+    cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from dialsum.pipeline import predict_run
+
+    scores = predict_run(args.run, data_dir=args.data, out_dir=args.out)
+    print(json.dumps({"predictions": str((args.out or args.run) / "predictions"), "dev": scores}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dialsum.data import read_split, read_submission
+    from dialsum.metric import score
+
+    refs = read_split(args.references, "dev")
+    preds = read_submission(args.predictions)
+    missing = [ex.fname for ex in refs if ex.fname not in preds]
+    if missing:
+        raise DialsumError(f"{args.predictions}: no prediction for fname {missing[0]} ({len(missing)} missing)")
+    print(json.dumps(score([preds[ex.fname] for ex in refs], [ex.summary for ex in refs]), indent=2))
+    return 0
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    from dialsum.config import load_model_config
+    from dialsum.models import checkpoint_source
+
+    for name in args.models:
+        cfg = load_model_config(name)
+        if cfg.tiny is None:
+            raise DialsumError(f"{name} is not a tiny profile (no `tiny` section)")
+        print(f"{name}: {checkpoint_source(cfg)}")
+    return 0
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from dialsum.sample_data import write_sample
+
+    write_sample(args.out)
+    print(f"wrote train.csv, dev.csv and test.csv to {args.out}")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
+    p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
+    p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
+    p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
+    p.add_argument("--run-id", help="run id (default: time-based)")
+    p.add_argument("--force", action="store_true", help="overwrite a published run with different content")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dialsum", description="Fine-tune and ship Korean dialogue summarizers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train, predict, score and publish one or more models")
+    p.add_argument("--mode", choices=["single", "multi_model"], default="single")
+    _add_train_args(p)
+    p.set_defaults(func=_train)
+    p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")
+    _add_train_args(p)
+    p.set_defaults(func=_train_all)
+    p = sub.add_parser("predict", help="write predictions with a trained run folder")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml and model/)")
+    p.add_argument("--data", type=Path, help="folder with dev.csv and/or test.csv (default: bundled sample)")
+    p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
+    p.set_defaults(func=_predict)
+    p = sub.add_parser("evaluate", help="score a submission-shaped CSV against references")
+    p.add_argument("--predictions", type=Path, required=True)
+    p.add_argument("--references", type=Path, required=True, help="CSV with fname and summary")
+    p.set_defaults(func=_evaluate)
+    p = sub.add_parser("build-tiny", help="build tiny random-weight models and tokenizers locally")
+    p.add_argument("--models", nargs="+", default=["tiny-bart", "tiny-llama", "tiny-qwen3"])
+    p.set_defaults(func=_build_tiny)
+    p = sub.add_parser("sample-data", help="regenerate the bundled sample dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_sample_data)
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub) -> None:
+    from dialsum import storage_cli, worker
+
+    storage_cli.register(sub)
+    worker.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "botocore", "urllib3", "transformers", "prefect"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except DialsumError as exc:
+        print(f"dialsum: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Typed experiment configs. YAML is only data: every field is declared and validated here.
+
+A model YAML names its family with `type`; `configs/base/<type>.yaml` supplies the defaults and the model
+file overrides them (deep merge). Unknown keys are rejected, and errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from dialsum.errors import ConfigError
+from dialsum.settings import get_settings
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainingConfig(Strict):
+    epochs: float = Field(3, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: float = Field(0.05, ge=0, description="Warmup: a fraction of all steps if < 1, else a step count.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Autocast dtype; auto is bf16 on GPUs that support it, else fp32."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    group_by_length: bool = Field(True, description="Length-grouped batches (dynamic padding either way).")
+    length_group_batches: int = Field(
+        50, ge=1, description="Batches per length-sorted mega-batch; fewer mix content more at some padding cost."
+    )
+    seed: int = Field(42, description="Seed for sampling and initialisation.")
+    debug_rows: int = Field(32, ge=1, description="Rows per split kept by --debug.")
+    debug_steps: int = Field(4, ge=1, description="Optimizer steps run by --debug.")
+
+
+class GenerationConfig(Strict):
+    batch_size: int = Field(32, ge=1, description="Dialogues per generate() call.")
+    max_new_tokens: int = Field(100, ge=1, description="Longest summary generated.")
+    num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy.")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Block repeated n-grams of this size (0: off).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeated tokens (1.0: off).")
+
+
+class QuantizationConfig(Strict):
+    load_in_4bit: bool = Field(True, description="Load base weights in 4-bit with bitsandbytes.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Matmul dtype for 4-bit layers.")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class TinySpec(Strict):
+    """A small random-weight model and a locally trained tokenizer, built offline."""
+
+    arch: Literal["bart", "llama", "qwen3"] = Field(description="Architecture to instantiate.")
+    hidden_size: int = Field(64, ge=8, description="Model width.")
+    num_layers: int = Field(2, ge=1, description="Layers (encoder and decoder each for bart).")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (llama, qwen3).")
+    intermediate_size: int = Field(128, ge=8, description="Feed-forward width.")
+    vocab_size: int = Field(2000, ge=300, description="Tokenizer vocabulary trained on the sample data.")
+    max_positions: int = Field(1024, ge=64, description="Longest sequence.")
+
+
+class ModelConfigBase(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Short model name; defaults to the YAML file stem.")
+    model: str = Field(description="Hub id or local path of the pretrained checkpoint (a label for tiny models).")
+    revision: str | None = Field(None, description="Hub revision to pin.")
+    tokenizer: str | None = Field(None, description="Tokenizer id or path if it differs from `model`.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless needed.")
+    tiny: TinySpec | None = Field(None, description="Build this model locally with random weights instead of loading.")
+    max_target_length: int = Field(128, ge=8, description="Summary tokens kept for training.")
+    quantization: QuantizationConfig | None = Field(None, description="4-bit loading (causal_lm only).")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters (causal_lm only).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation settings.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
+
+    @model_validator(mode="after")
+    def _precision_matches_compute_dtype(self):
+        q = self.quantization
+        if q and q.compute_dtype == "bfloat16" and self.training.precision == "fp16":
+            raise ValueError("training.precision fp16 with quantization.compute_dtype bfloat16 mixes dtypes; use bf16 or auto")
+        return self
+
+
+class EncoderDecoderConfig(ModelConfigBase):
+    type: Literal["encoder_decoder"] = Field(description="Model family: a seq2seq model such as KoBART.")
+    max_source_length: int = Field(512, ge=16, description="Dialogue tokens kept; longer dialogues are truncated.")
+
+    @model_validator(mode="after")
+    def _no_adapters(self):
+        if self.quantization is not None:
+            raise ValueError("quantization (4-bit) is only supported for type causal_lm")
+        if self.lora is not None:
+            raise ValueError("lora is only supported for type causal_lm")
+        if self.tiny and self.tiny.arch != "bart":
+            raise ValueError(f"tiny.arch {self.tiny.arch!r} is not an encoder-decoder architecture")
+        return self
+
+
+class CausalLMConfig(ModelConfigBase):
+    type: Literal["causal_lm"] = Field(description="Model family: a decoder-only chat LM.")
+    max_prompt_length: int = Field(1024, ge=32, description="Prompt tokens kept; the dialogue is truncated to fit.")
+    system_prompt: str | None = Field(None, description="System message, if the template takes one.")
+    instruction: str = Field(description="User instruction placed before the dialogue.")
+    chat_template: str | None = Field(None, description="Jinja file (relative to the YAML) overriding the tokenizer's template.")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra template variables, e.g. enable_thinking.")
+    stop_tokens: list[str] = Field(default_factory=list, description="Extra end-of-turn tokens that stop generation.")
+
+    @model_validator(mode="after")
+    def _quantized_needs_lora(self):
+        if self.quantization and self.quantization.load_in_4bit and self.lora is None:
+            raise ValueError("a 4-bit base cannot be fine-tuned directly; add a lora section")
+        if self.tiny and self.tiny.arch == "bart":
+            raise ValueError("tiny.arch 'bart' is not a causal LM architecture")
+        return self
+
+
+ModelConfig = Annotated[Union[EncoderDecoderConfig, CausalLMConfig], Field(discriminator="type")]
+_ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
+
+
+def config_dir() -> Path:
+    configured = get_settings().config_dir
+    path = configured if configured is not None else Path("configs")
+    if not (path / "models").is_dir():
+        raise ConfigError(f"config folder {path} has no models/ subfolder (set DIALSUM_CONFIG_DIR)")
+    return path
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """A stem of a file in configs/models/, or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: config file not found")
+        return candidate
+    path = config_dir() / "models" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown model {name_or_path!r}; available: {', '.join(available_models())}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"] if x not in ("encoder_decoder", "causal_lm")]
+        parts.append(f"{'.'.join(loc) or '<root>'}: {err['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_model_config(name_or_path: str) -> EncoderDecoderConfig | CausalLMConfig:
+    path = resolve_model_path(name_or_path)
+    raw = _read_yaml(path)
+    family = raw.get("type")
+    if family not in ("encoder_decoder", "causal_lm"):
+        raise ConfigError(f"{path}: type: must be 'encoder_decoder' or 'causal_lm', got {family!r}")
+    base_path = config_dir() / "base" / f"{family}.yaml"
+    merged = deep_merge(_read_yaml(base_path) if base_path.is_file() else {}, raw)
+    merged.setdefault("name", path.stem)
+    if merged.get("chat_template"):
+        merged["chat_template"] = str((path.parent / merged["chat_template"]).resolve())
+    try:
+        return _ADAPTER.validate_python(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+
+
+def dump_config(cfg: EncoderDecoderConfig | CausalLMConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)

@@ -1,0 +1,174 @@
+"""Where training runs go: one table maps a target to its work pool, queues, deployment and GPU use.
+
+A target names the infrastructure a `train-model` child run lands on: `process` (the worker's own
+process), `docker-gpu` (one container per run on a local GPU box, pinned to one GPU through a
+per-GPU work queue) and `k8s` (one Kubernetes Job per run). Work pool base job templates live in
+`infra/` and are rendered here with Prefect's own templating, so tests see what a worker will run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.utilities.schema_tools import ValidationError, validate
+from prefect.utilities.templating import apply_values
+from prefect.workers.process import ProcessWorker
+
+from dialsum.errors import ConfigError
+
+NUM_GPUS_ENV = "DIALSUM_NUM_GPUS"
+CHILD_FLOW = "train-model"
+
+# Environment handed to training containers. The worker stores each value in a Prefect Secret block
+# (see `secret_block_name`) that the Docker pool template references, so no value sits in a template.
+PASSTHROUGH_ENV = (
+    "DIALSUM_STORAGE_URL",
+    "DIALSUM_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "HF_TOKEN",
+    "WANDB_API_KEY",
+    "WANDB_PROJECT",
+    "WANDB_MODE",
+)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A Prefect work pool: its name, worker type and base job template file in `infra/` (None: the type's default)."""
+
+    name: str
+    type: str
+    template: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a `train-model` run executes; `queue_prefix` set means one work queue per GPU."""
+
+    name: str
+    deployment: str
+    pool: Pool
+    queue_prefix: str | None
+    gpu: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One model's child run: the deployment to call and the queue and job variables to call it with."""
+
+    model: str
+    deployment: str
+    work_queue_name: str | None
+    job_variables: dict[str, Any] = field(default_factory=dict)
+
+
+POOLS = {
+    pool.name: pool
+    for pool in (
+        Pool("dialsum-process", "process"),
+        Pool("dialsum-control", "process"),
+        Pool("dialsum-docker-gpu", "docker", "docker-gpu-pool.json"),
+        Pool("dialsum-k8s", "kubernetes", "k8s-gpu-pool.json"),
+    )
+}
+
+TARGETS = {
+    target.name: target
+    for target in (
+        Target("process", f"{CHILD_FLOW}/process", POOLS["dialsum-process"], None, gpu=False),
+        Target("docker-gpu", f"{CHILD_FLOW}/docker-gpu", POOLS["dialsum-docker-gpu"], "gpu", gpu=True),
+        Target("k8s", f"{CHILD_FLOW}/k8s", POOLS["dialsum-k8s"], None, gpu=True),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    """The target called `name`, or a ConfigError listing the known ones."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown target {name!r}; choose one of {', '.join(sorted(TARGETS))}") from None
+
+
+def resolve_num_gpus(num_gpus: int | None) -> int:
+    """GPUs on the box: the argument, else `DIALSUM_NUM_GPUS`; missing or < 1 is an error, never 'no GPU'."""
+    raw = num_gpus if num_gpus is not None else os.environ.get(NUM_GPUS_ENV)
+    if raw is None or str(raw).strip() == "":
+        raise ConfigError(f"a GPU target needs the GPU count: pass num_gpus or set {NUM_GPUS_ENV}")
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ConfigError(f"{NUM_GPUS_ENV} must be a whole number, got {raw!r}") from None
+    if count < 1:
+        raise ConfigError(f"the GPU count must be at least 1, got {count}")
+    return count
+
+
+def queue_names(num_gpus: int | None, prefix: str = "gpu") -> list[str]:
+    """The per-GPU work queues `gpu-0` … `gpu-{N-1}`."""
+    return [f"{prefix}-{i}" for i in range(resolve_num_gpus(num_gpus))]
+
+
+def assign(models: list[str], target: str, num_gpus: int | None = None) -> list[Placement]:
+    """Place each model on `target`; on per-GPU targets model i goes to queue and GPU `i % N`."""
+    spec = get_target(target)
+    if spec.queue_prefix is None:
+        job_variables = {"gpu_count": 1} if spec.gpu else {}
+        return [Placement(m, spec.deployment, None, dict(job_variables)) for m in models]
+    count = resolve_num_gpus(num_gpus)
+    return [
+        Placement(m, spec.deployment, f"{spec.queue_prefix}-{i % count}", {"gpu_ids": [str(i % count)]})
+        for i, m in enumerate(models)
+    ]
+
+
+def secret_block_name(env_name: str) -> str:
+    """The Secret block holding a passthrough variable, e.g. AWS_DEFAULT_REGION -> env-aws-default-region."""
+    return "env-" + env_name.lower().replace("_", "-")
+
+
+def load_template(pool: Pool, infra_dir: Path | None = None) -> dict[str, Any]:
+    """A pool's base job template: its JSON file in `infra_dir` (default ./infra), or the worker type's default."""
+    if pool.template is None:
+        return ProcessWorker.get_default_base_job_template()
+    path = (infra_dir or Path("infra")) / pool.template
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"work pool template not found: {path}") from None
+
+
+def template_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    """Variable defaults as a worker applies them (None defaults are left out)."""
+    properties = template["variables"].get("properties", {})
+    return {name: attrs["default"] for name, attrs in properties.items() if attrs.get("default") is not None}
+
+
+def render_job_configuration(template: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+    """Render a pool's job configuration for a flow run with these job variables.
+
+    Validates defaults plus `variables` against the pool's variables schema with required fields
+    enforced, as the Prefect server does when it creates a flow run, then merges and templates them
+    as `BaseJobConfiguration.from_template_and_values` does. Block and variable references
+    (`{{ prefect.blocks.… }}`) are left for the worker to resolve.
+    """
+    defaults = template_defaults(template)
+    values = {**defaults, **variables}
+    try:
+        validate(values, template["variables"], raise_on_error=True, allow_none_with_default=True)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid job variables: {exc}") from None
+    config = deepcopy(template["job_configuration"])
+    if defaults.get("env"):
+        base_env = config.get("env")
+        config["env"] = {**base_env, **defaults["env"]} if isinstance(base_env, dict) else defaults["env"]
+    if isinstance(config.get("env"), dict) and values.get("env"):
+        config["env"] = {**config["env"], **values["env"]}
+    return apply_values(config, values)

@@ -1,0 +1,40 @@
+"""Runtime settings from the environment (or `.env`), kept apart from experiment configs.
+
+Build them through `get_settings()`; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIALSUM_", env_file=".env", extra="ignore")
+
+    config_dir: Path | None = Field(None, description="Folder with base/ and models/ YAML; default: ./configs.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "dialsum", description="Where locally built tiny models are cached.")
+    output_dir: Path = Field(Path("outputs"), description="Local run folders (one per model run).")
+    storage_url: str = Field("./artifacts", description="Where runs are published: a local folder or s3://bucket/prefix.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000 for MinIO.")
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID", description="S3 access key.")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY", description="S3 secret key.")
+    aws_region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION", description="S3 region name.")
+    hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN", description="Hugging Face hub token for gated models.")
+    wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY", description="W&B key; without it runs log offline.")
+    wandb_project: str = Field("dialsum", validation_alias="WANDB_PROJECT", description="W&B project name.")
+    wandb_mode: str | None = Field(None, validation_alias="WANDB_MODE", description="online, offline or disabled; default: online with a key, else offline.")
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
+
+    def resolved_wandb_mode(self) -> str:
+        if self.wandb_mode:
+            return self.wandb_mode
+        return "online" if self.wandb_api_key else "offline"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,130 @@
+"""The training loop: AdamW, linear warmup/decay, gradient accumulation, clipping and autocast.
+
+Batches are padded dynamically and, by default, grouped by length. Mixed precision never meets a GradScaler
+with half-precision weights: trainable weights are fp32, bf16 runs without a scaler, and fp16 gets one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from dialsum.config import TrainingConfig
+from dialsum.models.common import length_grouped_batches, random_batches
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    real_tokens: int
+    padded_tokens: int
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / max(self.seconds, 1e-9)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    if device.type != "cuda":
+        return torch.bfloat16 if precision == "bf16" else None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int) -> list[list[int]]:
+    if t.group_by_length:
+        lengths = [len(f["input_ids"]) for f in features]
+        return length_grouped_batches(lengths, t.batch_size, seed=t.seed + epoch, mega=t.length_group_batches)
+    return random_batches(len(features), t.batch_size, seed=t.seed + epoch)
+
+
+def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> int:
+    per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
+    return max_steps or max(1, math.ceil(per_epoch * t.epochs))
+
+
+def _enable_checkpointing(model) -> None:
+    if not getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+
+
+def fit(
+    t: TrainingConfig,
+    family: ModuleType,
+    model,
+    tok,
+    features: Sequence[dict],
+    max_steps: int | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    show_progress: bool = True,
+) -> FitResult:
+    """Train `model` on `features` in place; returns step count, timing and token counts."""
+    device = next(model.parameters()).device
+    torch.manual_seed(t.seed)
+    if t.gradient_checkpointing:
+        _enable_checkpointing(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    steps = total_steps(len(features), t, max_steps)
+    warmup = int(t.warmup_steps * steps) if t.warmup_steps < 1 else int(t.warmup_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
+    amp = autocast_dtype(t.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    multiple = 8 if device.type == "cuda" else 1
+    result = FitResult(0, 0.0, 0, 0)
+    bar = tqdm(total=steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
+    model.train()
+    start, epoch = time.perf_counter(), 0
+    while result.steps < steps:
+        batches = _batches(features, t, epoch)
+        for i, idx in enumerate(batches):
+            batch = family.collate(tok, [features[j] for j in idx], multiple_of=multiple)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+            with ctx:
+                loss = model(**batch).loss / t.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            result.real_tokens += int(batch["attention_mask"].sum())
+            result.padded_tokens += batch["attention_mask"].numel()
+            if (i + 1) % t.grad_accum and i + 1 < len(batches):
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps += 1
+            result.losses.append(loss.item() * t.grad_accum)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            if on_log:
+                on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm), "train/epoch": epoch + i / len(batches)})
+            if result.steps >= steps:
+                break
+        epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result.seconds = time.perf_counter() - start
+    bar.close()
+    model.eval()
+    return result

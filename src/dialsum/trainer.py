@@ -56,7 +56,7 @@ def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> in
 
 
 def _enable_checkpointing(model) -> None:
-    if not getattr(model, "is_gradient_checkpointing", False):
+    if not getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()

@@ -1,0 +1,37 @@
+# Fresh-machine entry points: each target sets up what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test bench image-test clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server)
+	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup  ## CPU benchmarks; results land in bench/results/
+	$(PY) bench/padding_waste.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/generation_throughput.py
+	$(PY) bench/publish_throughput.py
+	$(PY) bench/orchestration_overhead.py
+
+image-test:
+	bash images/image-test.sh
+
+clean:
+	rm -rf outputs artifacts wandb

@@ -1,0 +1,234 @@
+"""Prefect flows: `train-model` trains one model; `train-all` trains many, then builds the ensemble.
+
+`train-all` submits one `launch-model` task per model at once. Each starts a `train-model` child run on
+the model's deployment, work queue and job variables (`placement.assign`), or with `embedded=True` runs
+the child in this process as a subflow. Children in one process take turns: they share torch's global
+RNG and thread pool. A child's outcome is read back from object storage (its manifest and metrics),
+never from Prefect results, so children may run on other machines. The `ensemble` task then combines
+every model that succeeded; after it is published, the parent fails if any model failed, naming them.
+
+Each train-all run leaves a table artifact `train-all-<run-id>` (one row per model) and a markdown
+artifact `ensemble-<run-id>` (the ensemble report). W&B runs of one train-all run share its run id as group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.deployments import run_deployment
+from prefect.futures import PrefectFuture
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+from prefect.states import State
+from prefect.utilities.annotations import allow_failure
+
+from dialsum import ensemble, placement, storage
+from dialsum.config import load_model_config
+from dialsum.errors import ConfigError, DataError, DialsumError
+
+PERMANENT_ERRORS = (ConfigError, DataError)
+POLL_SECONDS = 2
+_IN_PROCESS = threading.Lock()
+
+
+class ModelRunFailed(Exception):
+    """A child run that did not complete, or completed without a verifiable published result."""
+
+    def __init__(self, model: str, reason: str, seconds: float | None = None) -> None:
+        super().__init__(model, reason, seconds)
+        self.model, self.reason, self.seconds = model, reason, seconds
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.reason}"
+
+
+class ModelsFailed(DialsumError):
+    """Some models of a train-all run failed; `summary` holds what the run produced anyway."""
+
+    def __init__(self, failed: dict[str, str], summary: dict[str, Any]) -> None:
+        super().__init__(failed, summary)
+        self.failed, self.summary = failed, summary
+
+    def __str__(self) -> str:
+        total = len(self.summary["rows"])
+        details = "; ".join(f"{m} ({reason})" for m, reason in self.failed.items())
+        return f"{len(self.failed)} of {total} models failed: {details}"
+
+
+def slug(text: str) -> str:
+    """A Prefect artifact key: lowercase, each run of characters other than a-z and 0-9 becomes one '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+
+
+def _pipeline() -> ModuleType:
+    """`dialsum.pipeline`, imported when first needed: it loads torch, which a parent run never uses."""
+    return importlib.import_module("dialsum.pipeline")
+
+
+def model_name(model: str) -> str:
+    """The name a model config publishes under (its `name`, default the file stem); the stem if it does not load."""
+    try:
+        return load_model_config(model).name
+    except DialsumError:
+        return Path(model).stem
+
+
+# ---------------------------------------------------------------- train-model
+
+
+def _skip_retries() -> None:
+    """Set this flow run's retries to 0 so the failure about to be reported is final."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, empirical_policy=policy)
+
+
+@flow(name="train-model", retries=1, retry_delay_seconds=10)
+def train_model(
+    model: str, run_id: str, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
+    group: str | None = None, eval_before: bool = False,
+) -> dict[str, Any]:
+    """Train, score and publish one model; config and data errors fail at once, other failures retry once."""
+    try:
+        result = _pipeline().run_model(
+            model, run_id=run_id, data_dir=Path(data_dir) if data_dir else None, debug=debug,
+            eval_before=eval_before, storage_url=storage_url, group=group,
+        )
+    except PERMANENT_ERRORS:
+        _skip_retries()
+        raise
+    return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location}
+
+
+# ---------------------------------------------------------------- train-all
+
+
+def _run_on_worker(where: placement.Placement, parameters: dict[str, Any]) -> tuple[State, float | None]:
+    """Run the child on its deployment and wait for it; returns its final state and run time."""
+    child = run_deployment(
+        where.deployment, parameters=parameters, job_variables=where.job_variables or None,
+        work_queue_name=where.work_queue_name, as_subflow=True, poll_interval=POLL_SECONDS,
+    )
+    return child.state, child.total_run_time.total_seconds()
+
+
+def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
+    """Run the child as a subflow of this process, one at a time; returns its final state and run time."""
+    with _IN_PROCESS:
+        started = time.monotonic()
+        state = train_model(**parameters, return_state=True)
+        return state, time.monotonic() - started
+
+
+def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None) -> dict[str, Any]:
+    """A table row for a child that completed, from what it published."""
+    name = model_name(model)
+    try:
+        outputs = ensemble.read_outputs(run_id, name, store)
+    except DialsumError as exc:
+        raise ModelRunFailed(name, f"completed, but its published result is unusable: {exc}", seconds) from exc
+    metrics = outputs.metrics
+    return {
+        "model": name, "type": metrics.get("type"), "status": "completed",
+        "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
+        "seconds": _round(seconds), "location": outputs.location, "error": None,
+    }
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
+@task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
+def launch_model(where: placement.Placement, parameters: dict[str, Any], embedded: bool) -> dict[str, Any]:
+    """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
+    state, seconds = _run_in_process(parameters) if embedded else _run_on_worker(where, parameters)
+    if not state.is_completed():
+        raise ModelRunFailed(model_name(where.model), f"{state.name}: {state.message or 'no message'}", _round(seconds))
+    return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds)
+
+
+def _outcome(model: str, future: PrefectFuture) -> dict[str, Any]:
+    """The launch task's row, or a `failed` row carrying the reason."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result()
+    exc = future.result(raise_on_failure=False)
+    if isinstance(exc, ModelRunFailed):
+        name, reason, seconds = exc.model, exc.reason, exc.seconds
+    else:
+        name, reason, seconds = model_name(model), f"{type(exc).__name__}: {exc}", None
+    return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
+            "seconds": seconds, "location": None, "error": reason}
+
+
+@task(name="ensemble", cache_policy=NO_CACHE)
+def build_ensemble(run_id: str, models: list[str], storage_url: str | None, data_dir: str | None) -> dict[str, Any]:
+    """Ensemble the published models, publish it, and attach its report as a markdown artifact."""
+    store = storage.open_storage(storage_url)
+    published = ensemble.publish_ensemble(run_id, store, models, Path(data_dir) if data_dir else None)
+    create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
+    result = published.result
+    return {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
+            "scores": result.strategy_scores, "location": published.location}
+
+
+def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
+    logger = get_run_logger()
+    for row in rows:
+        score = f"dev score {row['dev_score']:.2f}" if row["status"] == "completed" else f"failed: {row['error']}"
+        logger.info("%s: %s (%s s)", row["model"], score, row["seconds"])
+    create_table_artifact(rows, key=slug(f"train-all-{run_id}"), description=f"Models of train-all run {run_id}")
+
+
+@flow(name="train-all")
+def train_all(
+    models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
+    storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
+    embedded: bool = False,
+) -> dict[str, Any]:
+    """Train every model (one child run each, all at once), ensemble those that succeeded, then fail if any did not."""
+    run_id = run_id or _pipeline().new_run_id()
+    common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
+              "group": run_id, "eval_before": eval_before}
+    futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded))
+               for p in placement.assign(models, target, num_gpus)]
+    rows = [_outcome(model, future) for model, future in futures]
+    _report(run_id, rows)
+    done = [row["model"] for row in rows if row["status"] == "completed"]
+    result = None
+    if done:
+        result = build_ensemble(run_id, done, storage_url, data_dir, wait_for=[allow_failure(f) for _, f in futures])
+        get_run_logger().info("ensemble (%s): dev score %.2f", result["choice"], result["dev_score"])
+    summary = {"run_id": run_id, "rows": rows, "ensemble": result}
+    failed = {row["model"]: row["error"] for row in rows if row["status"] != "completed"}
+    if failed:
+        raise ModelsFailed(failed, summary)
+    return summary
+
+
+def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:
+    """Run `train_all` with every child in this process, without a Prefect server of its own.
+
+    Runs report to `PREFECT_API_URL` when it is set, else to a temporary local Prefect API. Returns the
+    flow's summary (`run_id`, `rows`, `ensemble`) also when some models failed; their rows say so.
+    """
+    options = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+        try:
+            return train_all(models, embedded=True, **options)
+        except ModelsFailed as exc:
+            return exc.summary

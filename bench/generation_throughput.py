@@ -27,7 +27,7 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-PROMPTS = 48
+PROMPTS = 32
 BATCH = 16
 MAX_NEW = 32
 ROUNDS = 2

@@ -145,7 +145,8 @@ def test_publish_ensemble_reads_models_back_from_storage(tmp_path: Path, data_di
 
     manifest = read_manifest("r1", "ensemble", store)
     assert manifest is not None and manifest["extra"]["choice"] == published.result.choice == BEST_SINGLE
-    assert {e["path"] for e in manifest["files"]} == {"predictions/dev.csv", "predictions/test.csv", "ensemble.json", "report.md"}
+    files = {e["path"] for e in manifest["files"]}
+    assert files == {"predictions/dev.csv", "predictions/test.csv", "ensemble.json", "report.md"}
     folder = tmp_path / "store" / "runs" / "r1" / "ensemble"
     summary = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
     assert summary["best_model"] == "good" and summary["dev_scores"] == {"bad": 5.0, "good": 50.0}

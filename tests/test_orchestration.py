@@ -25,7 +25,8 @@ from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
 from dialsum import orchestration
 from dialsum.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
-from dialsum.orchestration import ModelsFailed, model_name, run_embedded, slug, train_all
+from dialsum.errors import ConfigError, DataError
+from dialsum.orchestration import ModelsFailed, check_models, model_name, run_embedded, slug, train_all, train_model
 from dialsum.placement import POOLS
 from dialsum.settings import get_settings
 from dialsum.storage import LocalStorage, list_runs, read_manifest
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Flows in this process report to a temporary local Prefect API with its database in a temp folder."""
     home = tmp_path_factory.mktemp("prefect-home")
@@ -48,7 +49,7 @@ def local_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
-def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Offline, untracked training with outputs in a temp folder; returns the folder."""
     for name, value in {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
@@ -84,6 +85,36 @@ def test_models_failed_names_the_models_and_keeps_the_summary() -> None:
     exc = ModelsFailed({"b": "ConfigError: bad key"}, summary)
     assert str(exc) == "1 of 3 models failed: b (ConfigError: bad key)"
     assert exc.summary is summary
+
+
+def test_models_are_listed_once() -> None:
+    check_models(["a", "b"])
+    with pytest.raises(ConfigError, match="at least one"):
+        check_models([])
+    with pytest.raises(ConfigError, match="more than once: a"):
+        check_models(["a", "b", "a"])
+
+
+class FailingPipeline:
+    def __init__(self, error: Exception) -> None:
+        self.error, self.calls = error, 0
+
+    def run_model(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "runs"), [(ConfigError("bad key"), 1), (DataError("bad row"), 1), (OSError("disk"), 2)]
+)
+def test_config_and_data_errors_are_not_retried(
+    local_prefect: None, monkeypatch: pytest.MonkeyPatch, error: Exception, runs: int
+) -> None:
+    pipeline = FailingPipeline(error)
+    monkeypatch.setattr(orchestration, "_pipeline", lambda: pipeline)
+    state = train_model.with_options(retry_delay_seconds=0)("m", "r-1", return_state=True)
+    assert state.is_failed() and str(error) in state.message
+    assert pipeline.calls == runs
 
 
 class FakeChildren:
@@ -182,7 +213,9 @@ def test_a_broken_model_fails_alone(local_prefect: None, run_env: Path) -> None:
 def start_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start `command` in its own session (so its whole process group can be stopped), output to `log`."""
     with open(log, "ab") as out:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 15.0) -> None:

@@ -142,7 +142,9 @@ def _split(candidates: Candidates, name: str) -> dict[str, Predictions]:
     return {m: splits[name] for m, splits in candidates.items() if name in splits}
 
 
-def _strategy_predictions(choice: str, candidates: Candidates, best: str, weights: dict[str, float]) -> dict[str, Predictions]:
+def _strategy_predictions(
+    choice: str, candidates: Candidates, best: str, weights: dict[str, float]
+) -> dict[str, Predictions]:
     """Predictions of `choice` for every split, on the fnames every model predicted."""
     out = {}
     for name in SPLITS:
@@ -214,7 +216,8 @@ def read_outputs(run_id: str, model: str, store: storage.Storage) -> ModelOutput
     with tempfile.TemporaryDirectory(prefix="dialsum-outputs-") as tmp:
         files = fetch_outputs(run_id, model, store, Path(tmp))
         metrics = json.loads(files[METRICS_FILE].read_text(encoding="utf-8"))
-        predictions = {s: read_submission(files[f"predictions/{s}.csv"]) for s in SPLITS if f"predictions/{s}.csv" in files}
+        csvs = {s: files.get(f"predictions/{s}.csv") for s in SPLITS}
+        predictions = {s: read_submission(path) for s, path in csvs.items() if path is not None}
     return ModelOutputs(model, metrics, predictions, store.location(_key(run_id, model)))
 
 
@@ -248,7 +251,9 @@ def write_ensemble(folder: Path, run_id: str, result: EnsembleResult) -> str:
     return report
 
 
-def publish_ensemble(run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None) -> PublishedEnsemble:
+def publish_ensemble(
+    run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None
+) -> PublishedEnsemble:
     """Ensemble the published runs of `models` in `run_id` and publish it under `runs/<run_id>/ensemble/`."""
     outputs = [read_outputs(run_id, m, store) for m in models]
     references = {ex.fname: ex.summary for ex in load_splits(data_dir, splits=("dev",))["dev"]}

@@ -40,7 +40,14 @@ POLL_SECONDS = 2
 _IN_PROCESS = threading.Lock()
 
 
-class ModelRunFailed(Exception):
+class OrchestrationError(DialsumError):
+    """A train-all failure; its repr is its message, so Prefect's logs stay one line."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class ModelRunFailed(OrchestrationError):
     """A child run that did not complete, or completed without a verifiable published result."""
 
     def __init__(self, model: str, reason: str, seconds: float | None = None) -> None:
@@ -51,7 +58,7 @@ class ModelRunFailed(Exception):
         return f"{self.model}: {self.reason}"
 
 
-class ModelsFailed(DialsumError):
+class ModelsFailed(OrchestrationError):
     """Some models of a train-all run failed; `summary` holds what the run produced anyway."""
 
     def __init__(self, failed: dict[str, str], summary: dict[str, Any]) -> None:
@@ -189,9 +196,18 @@ def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
     """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
     logger = get_run_logger()
     for row in rows:
-        score = f"dev score {row['dev_score']:.2f}" if row["status"] == "completed" else f"failed: {row['error']}"
-        logger.info("%s: %s (%s s)", row["model"], score, row["seconds"])
+        outcome = f"dev score {row['dev_score']:.2f}" if row["status"] == "completed" else f"failed: {row['error']}"
+        logger.info("%s: %s after %s s", row["model"], outcome, row["seconds"] if row["seconds"] is not None else "?")
     create_table_artifact(rows, key=slug(f"train-all-{run_id}"), description=f"Models of train-all run {run_id}")
+
+
+def check_models(models: list[str]) -> None:
+    """At least one model, each named once."""
+    if not models:
+        raise ConfigError("train-all needs at least one model")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"models are listed more than once: {', '.join(repeated)}")
 
 
 @flow(name="train-all")
@@ -201,6 +217,7 @@ def train_all(
     embedded: bool = False,
 ) -> dict[str, Any]:
     """Train every model (one child run each, all at once), ensemble those that succeeded, then fail if any did not."""
+    check_models(models)
     run_id = run_id or _pipeline().new_run_id()
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}

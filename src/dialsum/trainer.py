@@ -78,7 +78,7 @@ def fit(
     if t.gradient_checkpointing:
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
     steps = total_steps(len(features), t, max_steps)
     warmup = int(t.warmup_steps * steps) if t.warmup_steps < 1 else int(t.warmup_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)

@@ -78,7 +78,8 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
         model.resize_token_embeddings(len(tok))
     if qconf is not None:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing
+            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if adapter is not None and cfg.lora is not None:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=False), tok

@@ -58,23 +58,31 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int | 
 
     Shuffled into mega-batches of `mega * batch_size`, each sorted by length and cut into batches, then the
     batches are shuffled (the longest batch first, so out-of-memory shows at step one). `seed=None` sorts
-    everything by length (used for generation).
+    everything by length (used for generation). A chunk's short remainder batch takes its longest rows, where
+    a full batch would pad most and need the most memory.
     """
     order = list(range(len(lengths)))
     if seed is None:
         order.sort(key=lambda i: -lengths[i])
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return _cut(order, batch_size)
     rng = random.Random(seed)
     rng.shuffle(order)
     span = mega * batch_size
     batches = []
     for start in range(0, len(order), span):
         chunk = sorted(order[start : start + span], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += _cut(chunk, batch_size)
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     first = batches.pop(longest)
     rng.shuffle(batches)
     return [first] + batches
+
+
+def _cut(ordered: list[int], batch_size: int) -> list[list[int]]:
+    """Cut a longest-first order into batches, the remainder (if any) first."""
+    head = len(ordered) % batch_size
+    batches = [ordered[:head]] if head else []
+    return batches + [ordered[i : i + batch_size] for i in range(head, len(ordered), batch_size)]
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:

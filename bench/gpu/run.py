@@ -1,0 +1,288 @@
+"""QLoRA training and batched generation with Llama-3.2-3B- and Qwen3-4B-shaped random models on one GPU.
+
+Each model is built with random bf16 weights, saved (safetensors) to a temporary folder and loaded in 4-bit
+through `dialsum.models.causal_lm.load` with its configs/models YAML pointed at that folder. Then:
+
+- training: `fit` on the same rows, one epoch of STEPS optimizer steps, from the same LoRA init; ours is
+  length-grouped dynamic padding, the baseline random batches padded to 1024 tokens. Real tokens/s, peak
+  memory (torch.cuda.max_memory_allocated) and MFU = 6 * N_params * real tokens / s / peak bf16 dense FLOP/s.
+- generation: `causal_lm.generate` in batches of the config's size vs batch size 1, greedy, min_new_tokens =
+  max_new_tokens so every sample decodes the same number of tokens.
+
+Data: ../shared dev.csv dialogues with the real Qwen3 tokenizer when shared is present, else texts of random
+tokens whose lengths are drawn to match dev.csv (mean 196 dialogue tokens). `--tiny` runs tiny shapes (hidden
+64, 2 layers, the locally trained tiny tokenizer) for a few steps as a CPU smoke test of the same path.
+
+Usage: python bench/gpu/run.py            (GPU, writes bench/results/gpu_*.json)
+       python bench/gpu/run.py --tiny --out /tmp/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import (  # noqa: E402
+    LLAMA3, QWEN3, RESULTS, causal_config, dev_examples, device_info, fixed_padding, save_random_lm, shared_dir,
+    use_repo_configs, write_result,
+)
+
+MODELS = {
+    "qwen3-4b": ("qwen3", {"hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32,
+                           "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 9728,
+                           "vocab_size": 151936, "rope_theta": 1000000.0, "max_position_embeddings": 40960}),
+    "llama-3.2-korean-3b": ("llama", {"hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
+                                      "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192,
+                                      "vocab_size": 128256, "rope_theta": 500000.0,
+                                      "max_position_embeddings": 131072}),
+}
+TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 4096}
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"]
+FIXED_WIDTH = 1024
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+HEADLINE = "qwen3-4b"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes, few steps: a CPU smoke test")
+    p.add_argument("--out", type=Path, default=None, help="folder for the result JSONs (default bench/results)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 10, tiny 2)")
+    p.add_argument("--gen-prompts", type=int, default=None, help="prompts generated (default 16, tiny 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per sample (default 48, tiny 8)")
+    args = p.parse_args(argv)
+    defaults = (2, 4, 8) if args.tiny else (10, 16, 48)
+    for name, value in zip(("steps", "gen_prompts", "max_new_tokens"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.out = args.out or RESULTS
+    return args
+
+
+def tiny_tokenizer(arch: str):
+    from transformers import AutoTokenizer
+
+    from dialsum.config import load_model_config
+    from dialsum.models.tiny import build_tiny
+
+    name = "tiny-llama" if arch == "llama" else "tiny-qwen3"
+    return AutoTokenizer.from_pretrained(build_tiny(name, load_model_config(name).tiny))
+
+
+def real_tokenizer(arch: str, shared: Path):
+    """The real Qwen3 tokenizer; for Llama with Llama-3 special tokens and the Bllossom chat template added."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(shared / QWEN3)
+    if arch == "llama":
+        tok.add_tokens(LLAMA_SPECIALS, special_tokens=True)
+        tok.bos_token, tok.eos_token, tok.pad_token = "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"
+        tok.chat_template = (shared / LLAMA3 / "chat_template.jinja").read_text(encoding="utf-8")
+    return tok
+
+
+def synthetic_examples(tok, rows: int, seed: int = 0):
+    """Dialogues and summaries of random tokens, lengths drawn like dev.csv (mean 196 and 40 tokens)."""
+    from dialsum.data import Example
+
+    rng = random.Random(seed)
+    vocab = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)]
+
+    def text(mean: float, low: int, high: int) -> str:
+        n = min(high, max(low, int(rng.gammavariate(4.0, mean / 4.0))))
+        return tok.decode([rng.choice(vocab) for _ in range(n)])
+
+    return [Example(f"syn_{i}", text(196, 16, 1000), text(40, 8, 120)) for i in range(rows)]
+
+
+def model_shape(name: str, tok, tiny: bool) -> tuple[str, dict]:
+    arch, shape = MODELS[name]
+    shape = dict(TINY_SHAPE, vocab_size=len(tok)) if tiny else dict(shape)
+    shape["vocab_size"] = max(shape["vocab_size"], len(tok))
+    return arch, shape
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def restore(model, state: dict) -> None:
+    for n, p in model.named_parameters():
+        if n in state:
+            p.copy_(state[n])
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    gpu = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
+
+
+def train_variant(cfg, family, model, tok, features, grouped: bool, n_params: int) -> dict:
+    from dialsum.trainer import fit
+
+    t = cfg.training.model_copy(update={"group_by_length": grouped})
+    reset_peak()
+    r = fit(t, family, model, tok, features, max_steps=len(features) // (t.batch_size * t.grad_accum),
+            show_progress=False)
+    tps = r.tokens_per_second
+    peak = peak_flops()
+    return {"real_tokens_per_s": round(tps, 1), "seconds": round(r.seconds, 2), "steps": r.steps,
+            "real_tokens": r.real_tokens, "padded_share_pct": round(100 * (1 - r.real_tokens / r.padded_tokens), 2),
+            "peak_mem_gib": peak_gib(), "mfu": round(6 * n_params * tps / peak, 4) if peak else None}
+
+
+def bench_training(cfg, model, tok, features, n_params: int) -> dict:
+    from dialsum.models import causal_lm
+
+    t = cfg.training
+    state = trainable_state(model)
+    variants = {"baseline": (fixed_padding(causal_lm, {k: FIXED_WIDTH for k in ("input_ids", "attention_mask",
+                                                                               "labels")}), False),
+                "ours": (causal_lm, True)}
+    for family, grouped in variants.values():
+        train_variant(cfg, family, model, tok, features[: t.batch_size * t.grad_accum], grouped, n_params)
+        restore(model, state)
+    out = {}
+    for key, (family, grouped) in variants.items():
+        out[key] = train_variant(cfg, family, model, tok, features, grouped, n_params)
+        restore(model, state)
+    return out
+
+
+def bench_generation(cfg, model, tok, examples, args) -> dict:
+    from dialsum.models import causal_lm
+
+    features = causal_lm.build_features(cfg, tok, examples[: args.gen_prompts], with_labels=False)
+    model.generation_config.min_new_tokens = args.max_new_tokens
+    out = {}
+    for key, size in (("baseline", 1), ("ours", min(cfg.generation.batch_size, len(features)))):
+        gen = cfg.generation.model_copy(update={"batch_size": size, "max_new_tokens": args.max_new_tokens})
+        c = cfg.model_copy(update={"generation": gen})
+        causal_lm.generate(c, model, tok, features[:size])
+        reset_peak()
+        start = time.perf_counter()
+        causal_lm.generate(c, model, tok, features)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        out[key] = {"samples_per_s": round(len(features) / seconds, 3), "seconds": round(seconds, 2),
+                    "batch_size": size, "peak_mem_gib": peak_gib()}
+    return out
+
+
+def run_model(name: str, args, shared: Path | None, tmp: Path) -> dict:
+    import bitsandbytes as bnb
+
+    from dialsum.data import placeholders_in
+    from dialsum.models import causal_lm
+
+    arch = MODELS[name][0]
+    tok = real_tokenizer(arch, shared) if shared and not args.tiny else tiny_tokenizer(arch)
+    arch, shape = model_shape(name, tok, args.tiny)
+    cuda = torch.cuda.is_available()
+    started = time.perf_counter()
+    n_params = save_random_lm(arch, shape, tok, tmp / name, dtype=torch.bfloat16 if cuda else torch.float32,
+                              device="cuda" if cuda else "cpu")
+    saved = time.perf_counter()
+    cfg = config_for(name, tmp / name, args)
+    t = cfg.training
+    rows = args.steps * t.batch_size * t.grad_accum
+    examples = dev_examples(shared, max(rows, args.gen_prompts)) if shared else synthetic_examples(tok, rows)
+    model, tok = causal_lm.load(cfg, str(tmp / name), placeholders_in(examples))
+    loaded = time.perf_counter()
+    features = causal_lm.build_features(cfg, tok, examples[:rows], with_labels=True)
+    info = {"arch": arch, "shape": shape, "n_params": n_params, "tokenizer_len": len(tok),
+            "linear4bit_modules": sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "rows": rows, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "train": bench_training(cfg, model, tok, features, n_params),
+            "generation": bench_generation(cfg, model, tok, examples, args),
+            "seconds": {"build_and_save": round(saved - started, 1), "load_4bit": round(loaded - saved, 1),
+                        "total": round(time.perf_counter() - started, 1)}}
+    del model
+    reset_peak()
+    return info
+
+
+def config_for(name: str, folder: Path, args):
+    if not args.tiny:
+        return causal_config(name, folder)
+    return causal_config(name, folder, training={"batch_size": 4, "grad_accum": 1},
+                         generation={"batch_size": args.gen_prompts})
+
+
+def write_results(models: dict, args, shared: Path | None, seconds: float) -> None:
+    head = HEADLINE if HEADLINE in models else next(iter(models))
+    common = {
+        "headline_model": head, "tiny": args.tiny, "device": device_info(), "script_seconds": round(seconds, 1),
+        "data": "shared dev.csv dialogues, real Qwen3 tokenizer" if shared and not args.tiny else
+                ("shared dev.csv dialogues, tiny tokenizer" if shared else "synthetic texts, dev.csv-like lengths"),
+        "weights": f"random, saved as {'bf16' if torch.cuda.is_available() else 'fp32'} safetensors, loaded "
+                   "4-bit NF4 (double quant) via causal_lm.load",
+        "llama_vocab": "the Qwen3 tokenizer plus Llama-3 special tokens, so 151936 embedding rows instead of "
+                       "128256 (+~73M params)" if shared and not args.tiny else "the tokenizer's own size",
+    }
+    train = {k: v["train"] for k, v in models.items()}
+    no_gen = {k: {kk: vv for kk, vv in v.items() if kk != "generation"} for k, v in models.items()}
+    write_result(
+        "gpu_qlora_train", "real tokens/s", train[head]["ours"]["real_tokens_per_s"],
+        train[head]["baseline"]["real_tokens_per_s"],
+        round(train[head]["ours"]["real_tokens_per_s"] / train[head]["baseline"]["real_tokens_per_s"], 2),
+        "ratio >= 2",
+        details={**common, "models": no_gen,
+                 "ours": "fit(): length-grouped batches, dynamic padding (multiple of 8 on GPU)",
+                 "baseline": f"fit(): random batches padded to {FIXED_WIDTH} tokens",
+                 "mfu_assumption": "6 * N_params (all base weights, tied embedding once) * real tokens/s over "
+                                   "peak dense bf16 (H100/H200 SXM 989 TFLOP/s); ignores attention FLOPs and the "
+                                   "gradient-checkpointing recompute"},
+        out_dir=args.out,
+    )
+    gen = {k: v["generation"] for k, v in models.items()}
+    write_result(
+        "gpu_generation", "samples/s", gen[head]["ours"]["samples_per_s"], gen[head]["baseline"]["samples_per_s"],
+        round(gen[head]["ours"]["samples_per_s"] / gen[head]["baseline"]["samples_per_s"], 2), "ratio >= 5",
+        details={**common, "models": gen, "prompts": args.gen_prompts,
+                 "decoding": f"greedy, max_new_tokens = min_new_tokens = {args.max_new_tokens}",
+                 "ours": "causal_lm.generate, length-sorted left-padded batches", "baseline": "batch size 1"},
+        out_dir=args.out,
+    )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    use_repo_configs()
+    if not args.tiny and not torch.cuda.is_available():
+        sys.exit("no GPU: run with --tiny for the CPU smoke test")
+    shared = shared_dir()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dialsum-gpu-bench-") as tmp:
+        models = {name: run_model(name, args, shared, Path(tmp)) for name in args.models}
+    write_results(models, args, shared, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Orchestration overhead: the embedded `train-all` flow vs calling `pipeline.run_model` directly.
+
+Trains tiny-bart, tiny-llama and tiny-qwen3 with debug=True (a few steps on a slice, so the run is
+short and the overhead stands out) both ways in one process, publishing to a local folder in a temp
+dir: directly, one after another, and through `orchestration.run_embedded` (temporary local Prefect
+API started and stopped per run, one child subflow per model, read-back from storage, ensemble,
+artifacts), alternating, REPEATS times. A warm-up run of each model first keeps one-off imports and
+model loading out of both timings. The Prefect home is a fresh temp folder.
+
+`ours` is the best embedded wall time minus the best direct wall time (seconds), `baseline` the best
+direct wall time. Writes bench/results/orchestration_overhead.json.
+
+Usage: .venv/bin/python bench/orchestration_overhead.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
+REPEATS = 3
+
+
+def configure(tmp: Path) -> None:
+    """Offline, untracked runs with outputs and the Prefect home in `tmp`; must run before Prefect is imported."""
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ.update(
+        PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="disabled",
+        HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DIALSUM_OUTPUT_DIR=str(tmp / "outputs"),
+        DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
+    )
+
+
+def time_direct(store: str, run_id: str) -> float:
+    from dialsum.pipeline import run_model
+
+    started = time.perf_counter()
+    for model in MODELS:
+        run_model(model, run_id=run_id, debug=True, storage_url=store, group=run_id)
+    return time.perf_counter() - started
+
+
+def time_embedded(store: str, run_id: str) -> float:
+    """One embedded train-all run, including the start and stop of its temporary Prefect API."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from dialsum.orchestration import run_embedded
+
+    started = time.perf_counter()
+    summary = run_embedded(MODELS, run_id=run_id, debug=True, storage_url=store)
+    APILogWorker.drain_all(timeout=5)
+    SubprocessASGIServer().stop()
+    seconds = time.perf_counter() - started
+    failed = [row["model"] for row in summary["rows"] if row["status"] != "completed"]
+    if failed or not summary["ensemble"]:
+        sys.exit(f"embedded run failed for {failed}: {summary}")
+    return seconds
+
+
+def measure(tmp: Path) -> dict[str, list[float]]:
+    """Warm up each model, then time direct and embedded runs alternately, REPEATS times."""
+    from dialsum.pipeline import run_model
+
+    for model in MODELS:
+        run_model(model, run_id="bench-warmup", debug=True, publish=False)
+    store = str(tmp / "store")
+    times: dict[str, list[float]] = {"direct": [], "embedded": []}
+    for rep in range(REPEATS):
+        times["direct"].append(time_direct(store, f"bench-direct-{rep}"))
+        times["embedded"].append(time_embedded(store, f"bench-embedded-{rep}"))
+    return times
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="dialsum-bench-") as tmp:
+        configure(Path(tmp))
+        times = measure(Path(tmp))
+    direct, embedded = min(times["direct"]), min(times["embedded"])
+    result = {
+        "name": "orchestration_overhead",
+        "unit": "s",
+        "ours": round(embedded - direct, 2),
+        "baseline": round(direct, 2),
+        "ratio": round(embedded / direct, 3),
+        "goal": "ours <= 20",
+        "details": {
+            "models": MODELS,
+            "debug": True,
+            "repeats": REPEATS,
+            "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "statistic": "best of the repeats for each way; the first embedded run also creates the Prefect database",
+            "overhead_per_repeat": [round(e - d, 2) for d, e in zip(times["direct"], times["embedded"])],
+            "storage": "local folder in a temp dir",
+            "prefect": "temporary local Prefect API (no server) started and stopped by each embedded run; "
+            "fresh PREFECT_HOME",
+            "ours_does": "train-all flow: temporary Prefect API start, one launch task and train-model subflow per "
+            "model (in-process, one at a time), verified read-back of metrics and predictions from storage, "
+            "ensemble (both strategies scored on dev) published to storage, table and markdown artifacts",
+            "baseline_does": "pipeline.run_model for each model in turn, same process, same storage",
+            "cpus": os.cpu_count(),
+        },
+    }
+    out = ROOT / "bench" / "results" / "orchestration_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,10 @@ def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> in
 
 
 def _enable_checkpointing(model) -> None:
-    if not getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)):
+    enabled = getattr(model, "is_activation_checkpointing", None)
+    if enabled is None:
+        enabled = getattr(model, "is_gradient_checkpointing", False)
+    if not enabled:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()

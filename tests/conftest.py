@@ -17,16 +17,24 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Session-wide, so module-scoped fixtures that train models see it too."""
+    base = tmp_path_factory.getbasetemp()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DIALSUM_CONFIG_DIR", str(ROOT / "configs"))
+    patch.setenv("DIALSUM_CACHE_DIR", str(base / "cache"))
+    patch.setenv("DIALSUM_OUTPUT_DIR", str(base / "outputs"))
+    patch.setenv("DIALSUM_STORAGE_URL", str(base / "artifacts"))
+    patch.setenv("WANDB_MODE", "disabled")
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path_factory, monkeypatch):
+def _fresh_settings():
     from dialsum.settings import get_settings
 
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("DIALSUM_CONFIG_DIR", str(ROOT / "configs"))
-    monkeypatch.setenv("DIALSUM_CACHE_DIR", str(base / "cache"))
-    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(base / "outputs"))
-    monkeypatch.setenv("DIALSUM_STORAGE_URL", str(base / "artifacts"))
-    monkeypatch.setenv("WANDB_MODE", os.environ.get("DIALSUM_TEST_WANDB_MODE", "disabled"))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from s3_server import s3_client
 
-from dialsum.cli import format_table, main
+from dialsum.cli import build_parser, format_table
+from dialsum.errors import DialsumError
 
 
 def _run(args, env=None, timeout=300):
@@ -20,9 +22,10 @@ def test_unknown_model_lists_available():
     assert "unknown model 'no-such-model'; available:" in proc.stderr and "tiny-qwen3" in proc.stderr
 
 
-def test_single_mode_takes_one_model(capsys):
-    assert main(["train", "--models", "tiny-bart", "tiny-llama", "--debug"]) == 2
-    assert "--mode multi_model" in capsys.readouterr().err
+def test_single_mode_takes_one_model():
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "tiny-llama", "--debug"])
+    with pytest.raises(DialsumError, match="--mode multi_model"):
+        args.func(args)
 
 
 def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path):

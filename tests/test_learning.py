@@ -9,12 +9,14 @@ from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
 from dialsum.models import checkpoint_source, family
 from dialsum.pipeline import run_model
+from dialsum.settings import get_settings
 
 TINY = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 
 
 @pytest.fixture(scope="module", params=TINY)
 def trained(request, tmp_path_factory):
+    get_settings.cache_clear()
     return run_model(request.param, run_id="learning-test", eval_before=True,
                      storage_url=str(tmp_path_factory.mktemp("store")))
 
@@ -32,7 +34,7 @@ def test_run_folder_layout(trained):
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))
         assert rows[0] == ["", "fname", "summary"] and len(rows) == n + 1
-    assert not list(run.parent.glob(".*.partial"))
+    assert not (run.parent / f".{run.name}.partial").exists()
     assert trained.location and "learning-test" in trained.location
 
 

@@ -15,12 +15,13 @@ Usage: .venv/bin/python bench/orchestration_overhead.py
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
@@ -107,10 +108,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
         },
     }
-    out = ROOT / "bench" / "results" / "orchestration_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(**result)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Usage: .venv/bin/python bench/publish_throughput.py
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -18,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import write_result  # noqa: E402
 from s3_server import CREDENTIALS, s3_client, start_moto  # noqa: E402
 
 from dialsum.settings import get_settings  # noqa: E402
@@ -111,10 +112,7 @@ def main() -> None:
             "baseline_does": "boto3 upload_file per file, default TransferConfig",
         },
     }
-    out = ROOT / "bench" / "results" / "publish_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(**result)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from dialsum import metric
 from dialsum.config import dump_config, load_model_config
-from dialsum.errors import DataError
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
+from dialsum.errors import DataError
 from dialsum.models import checkpoint_source, family
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking

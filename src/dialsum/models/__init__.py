@@ -1,7 +1,7 @@
 """The model-type dispatcher: one module per family, picked by the config's `type`.
 
-Each family module exposes the same surface: `load`, `build_features`, `collate`, `generate`, `save` and
-`ALIGNED_LABELS`. Adding a model of a known family is one YAML file in configs/models/.
+Each family module exposes the same surface: `load`, `build_features`, `collate`, `generate` and `save`.
+Adding a model of a known family is one YAML file in configs/models/.
 """
 
 from __future__ import annotations

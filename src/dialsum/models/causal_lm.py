@@ -21,7 +21,6 @@ from dialsum.errors import ConfigError
 from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch
 from dialsum.settings import get_settings
 
-ALIGNED_LABELS = True
 _MARKER = "\u241fDIALOGUE\u241f"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -13,7 +13,6 @@ from dialsum.data import Example
 from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch
 from dialsum.settings import get_settings
 
-ALIGNED_LABELS = False
 
 
 def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):

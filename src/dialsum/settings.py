@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     wandb_mode: str | None = Field(None, validation_alias="WANDB_MODE", description="online, offline or disabled; default: online with a key, else offline.")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
 
+    def hub_token(self) -> str | None:
+        """The plain hub token for from_pretrained calls (None when unset)."""
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
     def resolved_wandb_mode(self) -> str:
         if self.wandb_mode:
             return self.wandb_mode

@@ -60,7 +60,7 @@ def _load_tokenizer(cfg: CausalLMConfig, source: str, token: str | None):
 
 def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
     """Load (optionally 4-bit) base weights, add placeholder tokens, then attach new or saved adapters."""
-    token = get_settings().hf_token.get_secret_value() if get_settings().hf_token else None
+    token = get_settings().hub_token()
     if adapter is not None and cfg.lora is None:
         source = str(adapter)  # a fully fine-tuned model was saved whole
     tok = _load_tokenizer(cfg, str(adapter) if adapter else cfg.tokenizer or source, token)

@@ -17,7 +17,7 @@ from dialsum.settings import get_settings
 
 def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
     """Load model and tokenizer from `source` (hub id or folder), or from a fine-tuned folder `adapter`."""
-    token, revision = _token(), None if adapter else cfg.revision
+    token, revision = get_settings().hub_token(), None if adapter else cfg.revision
     tok_source = str(adapter) if adapter else cfg.tokenizer or source
     tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, token=token, trust_remote_code=cfg.trust_remote_code)
     added = add_placeholder_tokens(tok, placeholders)
@@ -28,11 +28,6 @@ def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], ad
     if added or model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))
     return model, tok
-
-
-def _token() -> str | None:
-    secret = get_settings().hf_token
-    return secret.get_secret_value() if secret else None
 
 
 def build_features(cfg: EncoderDecoderConfig, tok, examples: Sequence[Example], with_labels: bool) -> list[dict]:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from dialsum.config import CausalLMConfig
 from dialsum.data import Example
 from dialsum.errors import ConfigError
-from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch
+from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch, token_loss_sum
 from dialsum.settings import get_settings
 
 _MARKER = "\u241fDIALOGUE\u241f"
@@ -136,6 +136,17 @@ def build_features(cfg: CausalLMConfig, tok, examples: Sequence[Example], with_l
 def collate(tok, features: Sequence[dict], for_generation: bool = False, multiple_of: int = 1) -> dict:
     side = "left" if for_generation else "right"
     return pad_batch(features, tok.pad_token_id, side=side, multiple_of=multiple_of, aligned_labels=True)
+
+
+def target_count(batch: dict) -> int:
+    """Label tokens the loss covers: position t predicts label t+1, so the first column never counts."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def loss(model, batch: dict) -> torch.Tensor:
+    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
 
 
 @torch.inference_mode()

@@ -10,9 +10,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from dialsum.config import EncoderDecoderConfig
 from dialsum.data import Example
-from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch
+from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch, token_loss_sum
 from dialsum.settings import get_settings
-
 
 
 def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
@@ -46,6 +45,20 @@ def build_features(cfg: EncoderDecoderConfig, tok, examples: Sequence[Example], 
 
 def collate(tok, features: Sequence[dict], for_generation: bool = False, multiple_of: int = 1) -> dict:
     return pad_batch(features, tok.pad_token_id, side="right", multiple_of=multiple_of)
+
+
+def target_count(batch: dict) -> int:
+    """Label tokens the loss covers (every non-padding summary token)."""
+    return int((batch["labels"] != -100).sum())
+
+
+def loss(model, batch: dict) -> torch.Tensor:
+    """Teacher-forced cross-entropy summed over the summary tokens of the batch."""
+    labels = batch["labels"]
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids, use_cache=False).logits
+    return token_loss_sum(logits, labels)
 
 
 @torch.inference_mode()

@@ -235,7 +235,9 @@ async def exercise(stack: Stack, run_id: str) -> dict[str, Any]:
     by_hand = await run_deployment("train-model/docker-gpu", parameters={"model": "tiny-bart", "run_id": f"{run_id}-gpu"},
                                    timeout=0)
     assert by_hand.work_queue_name == "gpu-0", by_hand.work_queue_name
-    assert by_hand.job_variables == {"gpu_ids": ["0"]}, by_hand.job_variables
+    async with get_client() as client:
+        variables = (await client.read_deployment(by_hand.deployment_id)).job_variables
+    assert variables == {"gpu_ids": ["0"]}, variables
     log("ok: train-model/docker-gpu started by hand is on queue gpu-0 with gpu_ids ['0']")
     parent = await run_deployment(
         "train-all/cpu", parameters={"models": MODELS, "debug": True, "run_id": run_id}, timeout=0)
@@ -262,6 +264,8 @@ def check_outcome(stack: Stack, outcome: dict[str, Any], endpoint: str, run_id: 
 
     gpu_state = outcome["gpu_run"].state
     assert not gpu_state.is_completed(), gpu_state
+    worker_logs = stack.logs(f"{stack.network}-dialsum-docker-gpu", lines=400)
+    assert "created but did not start" in worker_logs, worker_logs[-3000:]
     log(f"ok: GPU run without a GPU: {gpu_state.name}: {(gpu_state.message or '')[:160]}")
 
     import boto3

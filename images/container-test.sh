@@ -8,6 +8,8 @@
 #   5. images/container_test.py: Prefect server, Docker workers and an S3 server on a network of its
 #      own; train-all over the CPU Docker pool with three tiny models, one trainer container killed
 #      mid-run; manifests checked in S3; no container left behind; everything stopped by id.
+#   6. docker-compose up of docker-compose.yml with infra/compose.test.yml (stand-ins for the images
+#      that cannot be pulled), one train-all/cpu run through it, then down -v.
 # Without an engine (and no way to get one) it says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,6 +103,10 @@ RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache \
 USER 1000:1000
 ENTRYPOINT ["moto_server"]
 EOF
+phase "build postgres stand-in"
+base_arg=()
+if [[ "$DIALSUM_OFFLINE_BUILD" == 1 ]]; then base_arg=(--build-arg BASE_IMAGE=dialsum-base:bookworm); else base_arg=(--build-arg BASE_IMAGE=debian:bookworm-slim); fi
+"$DOCKER" build -q -t dialsum-test-postgres:latest "${base_arg[@]}" -f infra/compose-test/postgres.Dockerfile infra/compose-test >/dev/null
 "$DOCKER" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^dialsum-(trainer|worker|base)' | sed 's/^/container-test: image /'
 
 # ---------------------------------------------------------------- the trainer image by hand
@@ -128,5 +134,7 @@ phase "stack and train-all"
 python=".venv/bin/python"
 [[ -x "$python" ]] || python=python3
 "$python" images/container_test.py --docker "$DOCKER" --commit "$commit"
+phase "compose"
+"$python" images/container_test.py --docker "$DOCKER" --commit "$commit" --compose
 phase ""
 say "passed in $((SECONDS - started))s"

@@ -291,11 +291,123 @@ def check_outcome(stack: Stack, outcome: dict[str, Any], endpoint: str, run_id: 
     log(f"ok: no flow-run container left behind ({len(outcome['all_runs'])} flow runs checked)")
 
 
+# ---------------------------------------------------------------- docker-compose.yml
+
+
+COMPOSE_SERVICES = {"postgres", "prefect-server", "minio", "minio-init", "prefect-worker", "prefect-worker-cpu",
+                    "prefect-controller"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compose_env(path: Path) -> dict[str, str]:
+    env = {
+        "DIALSUM_NUM_GPUS": "1", "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        "POSTGRES_PASSWORD": uuid.uuid4().hex, "MINIO_ROOT_USER": "compose-test", "MINIO_ROOT_PASSWORD": uuid.uuid4().hex,
+        "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}", "WANDB_MODE": "disabled", "GIT_COMMIT": "",
+        "PREFECT_PORT": str(free_port()), "MINIO_API_PORT": str(free_port()), "MINIO_CONSOLE_PORT": str(free_port()),
+        **KEYS,
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return env
+
+
+def compose_status(docker: str) -> dict[str, str]:
+    """Each compose service's state: its health, else its status and exit code."""
+    fmt = '{{index .Config.Labels "com.docker.compose.service"}} ' \
+          '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}-{{.State.ExitCode}}{{end}}'
+    ids = subprocess.run([docker, "ps", "-aq", "--filter", "label=com.docker.compose.project=dialsum"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return {}
+    out = subprocess.run([docker, "inspect", "-f", fmt, *ids], capture_output=True, text=True, check=True).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def wait_compose_healthy(docker: str, timeout: float = 300) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = compose_status(docker)
+        ready = all(status.get(s) == ("exited-0" if s == "minio-init" else "healthy") for s in COMPOSE_SERVICES)
+        if ready:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"compose services not healthy after {timeout:.0f}s: {status}")
+        time.sleep(3)
+
+
+def compose_main(docker: str, commit: str) -> int:
+    """docker-compose up of the project's services (stand-ins for unpullable images), one train-all/cpu run, down."""
+    if shutil.which("docker-compose") is None:
+        log("compose: skipped, docker-compose not installed")
+        return 0
+    if subprocess.run([docker, "network", "inspect", "dialsum"], capture_output=True).returncode == 0:
+        log("compose: skipped, a network named dialsum exists (a stack of this machine's own): not touching it")
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="dialsum-compose-"))
+    # Compose v1 does not know the top-level `name:` key; `-p dialsum` is the same project name.
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    (scratch / "docker-compose.yml").write_text(text.replace("\nname: dialsum\n", "\n", 1))
+    env = compose_env(scratch / "compose.env")
+    compose = ["docker-compose", "-p", "dialsum", "--project-directory", str(ROOT), "--env-file", str(scratch / "compose.env"),
+               "-f", str(scratch / "docker-compose.yml"), "-f", str(ROOT / "infra" / "compose.test.yml"), "--profile", "cpu"]
+    started = time.monotonic()
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        status = wait_compose_healthy(docker)
+        log(f"compose: up in {time.monotonic() - started:.0f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+        os.environ.update({"PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api",
+                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        deploy(dict(os.environ))
+        run_id = f"compose-{uuid.uuid4().hex[:6]}"
+        parent = asyncio.run(compose_run(run_id))
+        assert parent.state.is_completed(), (parent.state.name, parent.state.message)
+        endpoint = f"http://127.0.0.1:{env['MINIO_API_PORT']}"
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        for model in ("tiny-bart", "ensemble"):
+            manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{run_id}/{model}/manifest.json")["Body"].read())
+            assert manifest["model"] == model and manifest["files"] and manifest["git_commit"] == commit, manifest
+        log(f"compose: train-all/cpu {run_id} completed through the compose stack; manifests in s3://{BUCKET}/{PREFIX}/{run_id}/")
+    except BaseException:
+        logs = subprocess.run([*compose, "logs", "--tail", "40"], capture_output=True, text=True)
+        print(logs.stdout[-12000:], file=sys.stderr)
+        raise
+    finally:
+        subprocess.run([*compose, "down", "-v", "--remove-orphans"], capture_output=True, text=True, timeout=300)
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert not compose_status(docker), "compose containers left after down"
+    log(f"compose: down -v, nothing left ({time.monotonic() - started:.0f}s in all)")
+    return 0
+
+
+async def compose_run(run_id: str):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    parent = await run_deployment("train-all/cpu", parameters={"models": ["tiny-bart"], "debug": True, "run_id": run_id},
+                                  timeout=0)
+    async with get_client() as client:
+        return await wait_final(client, parent.id)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docker", default="docker")
     parser.add_argument("--commit", required=True)
+    parser.add_argument("--compose", action="store_true", help="exercise docker-compose.yml instead of the hand-built stack")
     args = parser.parse_args()
+    if args.compose:
+        return compose_main(args.docker, args.commit)
     stack = Stack(args.docker)
     try:
         check_socket_refusal(stack)

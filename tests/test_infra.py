@@ -122,8 +122,45 @@ def test_compose_has_the_stack(compose: dict) -> None:
     assert "/var/run/docker.sock:/var/run/docker.sock" in services["prefect-worker"]["volumes"]
 
 
+def test_docker_workers_need_the_socket_group(compose: dict) -> None:
+    for name in ("prefect-worker", "prefect-worker-cpu"):
+        service = compose["services"][name]
+        (gid,) = service["group_add"]
+        assert gid.startswith("${DOCKER_GID:?") and "stat -c %g /var/run/docker.sock" in gid, gid
+        assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
+    assert compose["services"]["prefect-worker-cpu"]["command"] == ["worker", "--pool", "dialsum-docker-cpu"]
+    assert compose["services"]["prefect-worker-cpu"]["profiles"] == ["cpu"]
+
+
+def test_compose_test_override_replaces_only_images_that_cannot_be_pulled(compose: dict) -> None:
+    override = yaml.safe_load((INFRA / "compose.test.yml").read_text(encoding="utf-8"))
+    assert set(override["services"]) == {"postgres", "prefect-server", "minio", "minio-init"}
+    pulled = {name for name, service in compose["services"].items() if "build" not in service}
+    assert set(override["services"]) == pulled
+    merged = {**compose, "services": {n: {**s, **override["services"].get(n, {})} for n, s in compose["services"].items()}}
+    schema = json.loads((INFRA / "compose-spec.json").read_text(encoding="utf-8"))
+    assert not list(jsonschema.Draft7Validator(schema).iter_errors(merged))
+
+
+def test_images_bake_in_the_commit(compose: dict) -> None:
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text(encoding="utf-8")
+        assert 'ARG GIT_COMMIT=""' in text and "ENV DIALSUM_GIT_COMMIT=${GIT_COMMIT}" in text, dockerfile
+        assert "# syntax" not in text and "ghcr.io/astral-sh/uv" in text.split("FROM", 1)[0], dockerfile
+        for arg in ("BASE_IMAGE", "UV_IMAGE", "INSTALLER", "PYTHON_SOURCE", "TORCH_SOURCE"):
+            assert re.search(rf"^ARG {arg}\b", text, flags=re.M), (dockerfile, arg)
+    for name in ("trainer", "prefect-worker"):
+        assert compose["services"][name]["build"]["args"]["GIT_COMMIT"] == "${GIT_COMMIT:-}"
+
+
+def test_trainer_image_publishes_under_its_output_volume() -> None:
+    text = (ROOT / "images" / "trainer" / "Dockerfile").read_text(encoding="utf-8")
+    assert "DIALSUM_OUTPUT_DIR=/outputs" in text and "DIALSUM_STORAGE_URL=/outputs/artifacts" in text
+    assert '"/outputs"' in text.split("VOLUME", 1)[1].splitlines()[0]
+
+
 def test_compose_worker_commands_name_known_pools(compose: dict) -> None:
-    for name in ("prefect-worker", "prefect-controller"):
+    for name in ("prefect-worker", "prefect-worker-cpu", "prefect-controller"):
         command = compose["services"][name]["command"]
         assert command[:2] == ["worker", "--pool"] and command[2] in POOLS, command
 

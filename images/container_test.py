@@ -309,7 +309,7 @@ def free_port() -> int:
 def compose_env(path: Path) -> dict[str, str]:
     env = {
         "DIALSUM_NUM_GPUS": "1", "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
-        "POSTGRES_PASSWORD": uuid.uuid4().hex, "MINIO_ROOT_USER": "compose-test", "MINIO_ROOT_PASSWORD": uuid.uuid4().hex,
+        **{name: uuid.uuid4().hex for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")}, "MINIO_ROOT_USER": "compose-test",
         "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}", "WANDB_MODE": "disabled", "GIT_COMMIT": "",
         "PREFECT_PORT": str(free_port()), "MINIO_API_PORT": str(free_port()), "MINIO_CONSOLE_PORT": str(free_port()),
         **KEYS,

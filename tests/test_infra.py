@@ -132,6 +132,11 @@ def test_docker_workers_need_the_socket_group(compose: dict) -> None:
     assert compose["services"]["prefect-worker-cpu"]["profiles"] == ["cpu"]
 
 
+def test_controller_reads_data_where_trainers_do(compose: dict, docker_template: dict) -> None:
+    data = [m for m in docker_template["variables"]["properties"]["volumes"]["default"] if m.endswith(":/data")]
+    assert [f"{m}:ro" for m in data] == compose["services"]["prefect-controller"]["volumes"]
+
+
 def test_compose_test_override_replaces_only_images_that_cannot_be_pulled(compose: dict) -> None:
     override = yaml.safe_load((INFRA / "compose.test.yml").read_text(encoding="utf-8"))
     assert set(override["services"]) == {"postgres", "prefect-server", "minio", "minio-init"}

@@ -128,6 +128,7 @@ def test_docker_workers_need_the_socket_group(compose: dict) -> None:
         (gid,) = service["group_add"]
         assert gid.startswith("${DOCKER_GID:?") and "stat -c %g /var/run/docker.sock" in gid, gid
         assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
+        assert "connect('/var/run/docker.sock')" in service["healthcheck"]["test"][-1]
     assert compose["services"]["prefect-worker-cpu"]["command"] == ["worker", "--pool", "dialsum-docker-cpu"]
     assert compose["services"]["prefect-worker-cpu"]["profiles"] == ["cpu"]
 

@@ -42,14 +42,26 @@ start_engine() {  # root on Debian: install docker.io if needed and start docker
     say "installing docker.io"
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null || return 1
   fi
-  say "starting dockerd (log: /var/log/dialsum-dockerd.log)"
+  say "starting dockerd (log: /var/log/dialsum-dockerd.log); it is stopped again at the end"
   nohup dockerd >/var/log/dialsum-dockerd.log 2>&1 &
+  dockerd_pid=$!
   for _ in $(seq 60); do
     docker_bin=$(pick_docker) && "$docker_bin" info >/dev/null 2>&1 && return 0
     sleep 1
   done
   return 1
 }
+
+dockerd_pid=""
+scratch=""
+cleanup() {
+  [[ -n "$scratch" ]] && rm -rf "$scratch"
+  if [[ -n "$dockerd_pid" ]]; then
+    say "stopping the dockerd it started (pid $dockerd_pid)"
+    kill "$dockerd_pid" 2>/dev/null && for _ in $(seq 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+  fi
+}
+trap cleanup EXIT
 
 docker_bin=$(pick_docker || true)
 if [[ -z "$docker_bin" ]] || ! "$docker_bin" info >/dev/null 2>&1; then
@@ -112,7 +124,6 @@ if [[ "$DIALSUM_OFFLINE_BUILD" == 1 ]]; then base_arg=(--build-arg BASE_IMAGE=di
 # ---------------------------------------------------------------- the trainer image by hand
 phase "trainer by hand"
 scratch="$(mktemp -d /tmp/dialsum-container-test.XXXXXX)"
-trap 'rm -rf "$scratch"' EXIT
 # README: no settings at all; storage defaults to the output volume.
 "$DOCKER" run --rm dialsum-trainer train --models tiny-bart --debug >"$scratch/by-hand.log" 2>&1 \
   || { cat "$scratch/by-hand.log"; say "FAIL: docker run --rm dialsum-trainer train --models tiny-bart --debug"; exit 1; }

@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench image-test clean
+.PHONY: setup demo test bench image-test container-test clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,8 +30,11 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/publish_throughput.py
 	$(PY) bench/orchestration_overhead.py
 
-image-test:
+image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh
+
+container-test: setup  ## build both images; train-all over Docker containers with a Prefect server and S3 (skips without an engine)
+	bash images/container-test.sh
 
 clean:
 	rm -rf outputs artifacts wandb

@@ -33,11 +33,11 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
     proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)
     assert proc.returncode == 0, proc.stderr
     client = s3_client(moto_server.endpoint)
-    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key="nightly/runs/ci-debug/tiny-bart/manifest.json")["Body"].read())
+    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key="nightly/ci-debug/tiny-bart/manifest.json")["Body"].read())
     files = manifest["files"]
     assert {"metrics.json", "config.yaml", "predictions/dev.csv", "predictions/test.csv"} <= {f["path"] for f in files}
     for entry in files:
-        body = client.get_object(Bucket=s3_bucket, Key=f"nightly/runs/ci-debug/tiny-bart/{entry['path']}")["Body"].read()
+        body = client.get_object(Bucket=s3_bucket, Key=f"nightly/ci-debug/tiny-bart/{entry['path']}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
     listing = _run(["artifacts", "ls", f"s3://{s3_bucket}/nightly"], env=env)
     assert listing.returncode == 0 and "ci-debug" in listing.stdout and "tiny-bart" in listing.stdout

@@ -147,21 +147,21 @@ def test_publish_ensemble_reads_models_back_from_storage(tmp_path: Path, data_di
     assert manifest is not None and manifest["extra"]["choice"] == published.result.choice == BEST_SINGLE
     files = {e["path"] for e in manifest["files"]}
     assert files == {"predictions/dev.csv", "predictions/test.csv", "ensemble.json", "report.md"}
-    folder = tmp_path / "store" / "runs" / "r1" / "ensemble"
+    folder = tmp_path / "store" / "r1" / "ensemble"
     summary = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
     assert summary["best_model"] == "good" and summary["dev_scores"] == {"bad": 5.0, "good": 50.0}
     assert summary["strategy_scores"][BEST_SINGLE] == pytest.approx(100)
     assert read_submission(folder / "predictions" / "dev.csv") == REFS
     assert read_submission(folder / "predictions" / "test.csv") == {"t0": "good 0", "t1": "good 1"}
     assert "**best_single**" in (folder / "report.md").read_text(encoding="utf-8") == published.report
-    assert published.location == store.location("runs/r1/ensemble/")
+    assert published.location == store.location("r1/ensemble/")
 
 
 def test_reading_outputs_back_detects_a_changed_file(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "store")
     publish_model(store, tmp_path / "runs", "r1", "good", dict(REFS), 50.0)
     assert read_outputs("r1", "good", store).predictions["dev"] == REFS
-    (tmp_path / "store" / "runs" / "r1" / "good" / "predictions" / "dev.csv").write_text(",fname,summary\n0,dev_0,x\n")
+    (tmp_path / "store" / "r1" / "good" / "predictions" / "dev.csv").write_text(",fname,summary\n0,dev_0,x\n")
     with pytest.raises(StorageError, match="checksum mismatch"):
         read_outputs("r1", "good", store)
     with pytest.raises(StorageError, match="not published"):

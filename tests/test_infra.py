@@ -19,13 +19,14 @@ from dialsum import placement
 from dialsum.errors import ConfigError
 from dialsum.placement import POOLS, TARGETS, assign, load_template, queue_names, render_job_configuration
 from dialsum.settings import Settings
-from dialsum.worker import gpu_queue_prefix, with_passthrough_env
+from dialsum.worker import gpu_queue_prefix, with_passthrough_env, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
 DOCKER_POOL = POOLS["dialsum-docker-gpu"]
 K8S_POOL = POOLS["dialsum-k8s"]
+CPU_POOL = POOLS["dialsum-docker-cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +122,51 @@ def test_compose_has_the_stack(compose: dict) -> None:
     assert "/var/run/docker.sock:/var/run/docker.sock" in services["prefect-worker"]["volumes"]
 
 
+def test_docker_workers_need_the_socket_group(compose: dict) -> None:
+    for name in ("prefect-worker", "prefect-worker-cpu"):
+        service = compose["services"][name]
+        (gid,) = service["group_add"]
+        assert gid.startswith("${DOCKER_GID:?") and "stat -c %g /var/run/docker.sock" in gid, gid
+        assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
+        assert "connect('/var/run/docker.sock')" in service["healthcheck"]["test"][-1]
+    assert compose["services"]["prefect-worker-cpu"]["command"] == ["worker", "--pool", "dialsum-docker-cpu"]
+    assert compose["services"]["prefect-worker-cpu"]["profiles"] == ["cpu"]
+
+
+def test_controller_reads_data_where_trainers_do(compose: dict, docker_template: dict) -> None:
+    data = [m for m in docker_template["variables"]["properties"]["volumes"]["default"] if m.endswith(":/data")]
+    assert [f"{m}:ro" for m in data] == compose["services"]["prefect-controller"]["volumes"]
+
+
+def test_compose_test_override_replaces_only_images_that_cannot_be_pulled(compose: dict) -> None:
+    override = yaml.safe_load((INFRA / "compose.test.yml").read_text(encoding="utf-8"))
+    assert set(override["services"]) == {"postgres", "prefect-server", "minio", "minio-init"}
+    pulled = {name for name, service in compose["services"].items() if "build" not in service}
+    assert set(override["services"]) == pulled
+    merged = {**compose, "services": {n: {**s, **override["services"].get(n, {})} for n, s in compose["services"].items()}}
+    schema = json.loads((INFRA / "compose-spec.json").read_text(encoding="utf-8"))
+    assert not list(jsonschema.Draft7Validator(schema).iter_errors(merged))
+
+
+def test_images_bake_in_the_commit(compose: dict) -> None:
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text(encoding="utf-8")
+        assert 'ARG GIT_COMMIT=""' in text and "ENV DIALSUM_GIT_COMMIT=${GIT_COMMIT}" in text, dockerfile
+        assert "# syntax" not in text and "ghcr.io/astral-sh/uv" in text.split("FROM", 1)[0], dockerfile
+        for arg in ("BASE_IMAGE", "UV_IMAGE", "INSTALLER", "PYTHON_SOURCE", "TORCH_SOURCE"):
+            assert re.search(rf"^ARG {arg}\b", text, flags=re.M), (dockerfile, arg)
+    for name in ("trainer", "prefect-worker"):
+        assert compose["services"][name]["build"]["args"]["GIT_COMMIT"] == "${GIT_COMMIT:-}"
+
+
+def test_trainer_image_publishes_under_its_output_volume() -> None:
+    text = (ROOT / "images" / "trainer" / "Dockerfile").read_text(encoding="utf-8")
+    assert "DIALSUM_OUTPUT_DIR=/outputs" in text and "DIALSUM_STORAGE_URL=/outputs/artifacts" in text
+    assert '"/outputs"' in text.split("VOLUME", 1)[1].splitlines()[0]
+
+
 def test_compose_worker_commands_name_known_pools(compose: dict) -> None:
-    for name in ("prefect-worker", "prefect-controller"):
+    for name in ("prefect-worker", "prefect-worker-cpu", "prefect-controller"):
         command = compose["services"][name]["command"]
         assert command[:2] == ["worker", "--pool"] and command[2] in POOLS, command
 
@@ -266,12 +310,44 @@ def test_k8s_template_requests_gpus(k8s_template: dict, gpu_count: int | None) -
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 
 
+def test_cpu_template_requests_no_devices(docker_template: dict) -> None:
+    cpu = load_template(CPU_POOL, INFRA)
+    config = render_job_configuration(cpu, {})
+    assert "device_requests" not in config["container_create_kwargs"] and "gpu_ids" not in cpu["variables"]["properties"]
+    assert config["image"] == "dialsum-trainer:latest" and config["auto_remove"] is True
+    gpu_only = {"gpu_ids", "shm_size"}
+    gpu_vars = {k: v for k, v in docker_template["variables"]["properties"].items() if k not in gpu_only}
+    assert {k: v for k, v in cpu["variables"]["properties"].items() if k not in gpu_only} == gpu_vars
+    assert TARGETS["docker-cpu"].pool == CPU_POOL and not TARGETS["docker-cpu"].gpu
+
+
+def test_docker_gpu_deployment_started_by_hand_runs_on_gpu_0(docker_template: dict) -> None:
+    spec = yaml.safe_load((INFRA / "prefect.yaml").read_text(encoding="utf-8"))
+    (deployment,) = [d for d in spec["deployments"] if d["name"] == "docker-gpu"]
+    queue, variables = placement.default_placement("docker-gpu")
+    assert (queue, variables) == ("gpu-0", {"gpu_ids": ["0"]})
+    assert deployment["work_pool"]["work_queue_name"] == queue
+    assert deployment["work_pool"]["job_variables"] == variables
+    (request,) = render_job_configuration(docker_template, variables)["container_create_kwargs"]["device_requests"]
+    assert request["DeviceIDs"] == ["0"]
+    assert placement.default_placement("docker-cpu") == (None, {})
+
+
+def test_gpu_worker_polls_only_the_per_gpu_queues() -> None:
+    command = worker_command(DOCKER_POOL, queue_names(2))
+    queues = [command[i + 1] for i, part in enumerate(command) if part == "--work-queue"]
+    assert queues == ["gpu-0", "gpu-1"]
+    assert command[1:3] == ["-m", "dialsum.docker_worker"]
+    process = worker_command(POOLS["dialsum-control"], [])
+    assert "--work-queue" not in process and process[1:3] == ["-m", "prefect"]
+
+
 def test_k8s_template_rejects_zero_gpus(k8s_template: dict) -> None:
     with pytest.raises(ConfigError):
         render_job_configuration(k8s_template, {"gpu_count": 0})
 
 
-@pytest.mark.parametrize("pool", [DOCKER_POOL, K8S_POOL], ids=lambda p: p.name)
+@pytest.mark.parametrize("pool", [DOCKER_POOL, CPU_POOL, K8S_POOL], ids=lambda p: p.name)
 def test_templates_pass_prefect_server_validation(pool: placement.Pool) -> None:
     from prefect.server.schemas.actions import WorkPoolCreate
 
@@ -335,8 +411,8 @@ def test_prefect_yaml_deployments_match_placement() -> None:
     flow_names = {"flows/train_all.py:train_all": "train-all", "flows/train_model.py:train_model": "train-model"}
     deployments = {f"{flow_names[d['entrypoint']]}/{d['name']}": d for d in spec["deployments"]}
     assert set(deployments) == {
-        "train-all/local", "train-all/gpu", "train-all/nightly",
-        "train-model/process", "train-model/docker-gpu", "train-model/k8s",
+        "train-all/local", "train-all/gpu", "train-all/cpu", "train-all/nightly",
+        "train-model/process", "train-model/docker-gpu", "train-model/docker-cpu", "train-model/k8s",
     }
     for target in TARGETS.values():
         assert deployments[target.deployment]["work_pool"]["name"] == target.pool.name

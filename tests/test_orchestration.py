@@ -200,7 +200,7 @@ def test_a_broken_model_fails_alone(local_prefect: None, run_env: Path) -> None:
     assert time.monotonic() - started < 120, "the broken config must not wait for a retry"
     published = {(r.run_id, r.model) for r in list_runs(LocalStorage(store))}
     assert published == {("iso-1", "tiny-bart"), ("iso-1", "tiny-qwen3"), ("iso-1", "ensemble")}
-    assert not (store / "runs" / "iso-1" / "broken").exists()
+    assert not (store / "iso-1" / "broken").exists()
     ensemble = read_manifest("iso-1", "ensemble", LocalStorage(store))
     assert ensemble["extra"]["models"] == ["tiny-bart", "tiny-qwen3"]
     rows = {r["model"]: r for r in state.result(raise_on_failure=False).summary["rows"]}
@@ -322,10 +322,10 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
 
     keys = {o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
     for model in [*TINY, "ensemble"]:
-        assert f"dialsum/runs/{run_id}/{model}/manifest.json" in keys, model
+        assert f"dialsum/{run_id}/{model}/manifest.json" in keys, model
     found = artifacts(api_url)
     table = json.loads(found[slug(f"train-all-{run_id}")].data)
     assert sorted(row["model"] for row in table) == TINY
     assert {row["status"] for row in table} == {"completed"}
-    assert all(row["location"].startswith(f"s3://{bucket}/dialsum/runs/{run_id}/") for row in table)
+    assert all(row["location"].startswith(f"s3://{bucket}/dialsum/{run_id}/") for row in table)
     assert slug(f"ensemble-{run_id}") in found

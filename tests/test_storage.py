@@ -76,21 +76,22 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 
 def test_publish_list_fetch_round_trip(storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIALSUM_GIT_COMMIT", "abc123")
+    get_settings.cache_clear()
     run = make_run(tmp_path / "run")
     result = publish(run, "20250101-1200", "kobart", storage=storage, extra={"config_hash": "c1"})
     publish(run, "20250101-1200", "ensemble", storage=storage)
 
     manifest = result.manifest
     assert (result.uploaded, result.skipped) == (len(RUN_FILES), False)
-    assert result.url == storage.location("runs/20250101-1200/kobart/")
+    assert result.url == storage.location("20250101-1200/kobart/")
     assert manifest["run_id"] == "20250101-1200" and manifest["model"] == "kobart"
     assert manifest["extra"] == {"config_hash": "c1"} and manifest["git_commit"] == "abc123"
     assert "dialsum" in manifest["versions"] and manifest["created_at"]
     assert {e["path"]: (e["sha256"], e["size"]) for e in manifest["files"]} == {
         rel: (hashlib.sha256(data).hexdigest(), len(data)) for rel, data in RUN_FILES.items()
     }
-    assert sorted(storage.list_keys("runs/20250101-1200/kobart/")) == sorted(
-        f"runs/20250101-1200/kobart/{rel}" for rel in [*RUN_FILES, MANIFEST]
+    assert sorted(storage.list_keys("20250101-1200/kobart/")) == sorted(
+        f"20250101-1200/kobart/{rel}" for rel in [*RUN_FILES, MANIFEST]
     )
     assert [(r.run_id, r.model) for r in list_runs(storage)] == [("20250101-1200", "ensemble"), ("20250101-1200", "kobart")]
     assert read_manifest("20250101-1200", "kobart", storage) == manifest
@@ -103,7 +104,7 @@ def test_publish_list_fetch_round_trip(storage: Storage, tmp_path: Path, monkeyp
 
 def test_folders_without_manifest_are_ignored(storage: Storage, tmp_path: Path) -> None:
     publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=storage)
-    storage.write_bytes("runs/run-2/kobart/adapter_config.json", b"{}")
+    storage.write_bytes("run-2/kobart/adapter_config.json", b"{}")
     assert [(r.run_id, r.model) for r in list_runs(storage)] == [("run-1", "kobart")]
     assert read_manifest("run-2", "kobart", storage) is None
     with pytest.raises(StorageError, match="not published"):
@@ -132,12 +133,12 @@ def test_different_content_is_refused_unless_forced(storage: Storage, tmp_path: 
     fetched = read_tree(fetch("run-1", "kobart", tmp_path / "new", storage))
     fetched.pop(MANIFEST)
     assert fetched == changed
-    assert "runs/run-1/kobart/config.yaml" not in set(storage.list_keys("runs/"))
+    assert "run-1/kobart/config.yaml" not in set(storage.list_keys(""))
 
 
 def test_tampered_object_fails_fetch_and_leaves_nothing(storage: Storage, tmp_path: Path) -> None:
     publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=storage)
-    tamper(storage, "runs/run-1/kobart/predictions/dev.csv", b"fname,summary\ndev_0,forged\n")
+    tamper(storage, "run-1/kobart/predictions/dev.csv", b"fname,summary\ndev_0,forged\n")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(StorageError, match="checksum mismatch for predictions/dev.csv"):
@@ -155,7 +156,7 @@ def test_fetch_refuses_a_non_empty_destination(storage: Storage, tmp_path: Path)
 
 def test_manifest_with_escaping_path_is_rejected(storage: Storage, tmp_path: Path) -> None:
     manifest = {"run_id": "run-1", "model": "kobart", "files": [{"path": "../../evil", "sha256": "0" * 64, "size": 1}]}
-    storage.write_bytes(f"runs/run-1/kobart/{MANIFEST}", json.dumps(manifest).encode())
+    storage.write_bytes(f"run-1/kobart/{MANIFEST}", json.dumps(manifest).encode())
     with pytest.raises(StorageError, match="malformed manifest.*invalid file path"):
         fetch("run-1", "kobart", tmp_path / "out" / "x", storage)
     assert not (tmp_path / "evil").exists()
@@ -259,7 +260,7 @@ def test_large_file_is_uploaded_multipart_and_verifies(s3_bucket: str, moto_serv
     storage = open_storage(f"s3://{s3_bucket}/team")
     publish(run, "big", "qwen", storage=storage)
 
-    head = s3_client(moto_server.endpoint).head_object(Bucket=s3_bucket, Key="team/runs/big/qwen/adapter_model.safetensors")
+    head = s3_client(moto_server.endpoint).head_object(Bucket=s3_bucket, Key="team/big/qwen/adapter_model.safetensors")
     assert head["ContentLength"] == size
     assert head["ETag"].strip('"').endswith("-13")
     dest = fetch("big", "qwen", tmp_path / "out", storage)
@@ -287,7 +288,7 @@ def test_server_stopped_mid_upload_then_retry_succeeds(own_server, monkeypatch: 
     session.events.register("before-send.s3.UploadPart", lambda **_: own_server.stop())
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     started = time.monotonic()
-    with pytest.raises(StorageError, match="cannot upload s3://runs/team/runs/run-1/kobart/adapter_model.safetensors"):
+    with pytest.raises(StorageError, match="cannot upload s3://runs/team/run-1/kobart/adapter_model.safetensors"):
         publish(run, "run-1", "kobart", storage=open_storage("s3://runs/team"))
     assert time.monotonic() - started < 30
     assert written == []
@@ -309,7 +310,7 @@ def test_dead_server_fails_fast_with_storage_error(tmp_path: Path, monkeypatch: 
     server.stop()
     use_endpoint(monkeypatch, server.endpoint)
     started = time.monotonic()
-    with pytest.raises(StorageError, match="cannot read s3://bucket/runs/run-1/kobart/manifest.json"):
+    with pytest.raises(StorageError, match="cannot read s3://bucket/run-1/kobart/manifest.json"):
         publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=open_storage("s3://bucket"))
     assert time.monotonic() - started < 15
     get_settings.cache_clear()
@@ -358,3 +359,19 @@ def test_file_changed_after_hashing_fails_verification(storage: Storage, size: i
     with pytest.raises(StorageError, match="adapter_model.safetensors failed verification"):
         publish(run, "run-1", "kobart", storage=storage)
     assert read_manifest("run-1", "kobart", storage) is None
+
+
+@pytest.mark.parametrize("prefix", ["runs", "team/nightly", ""])
+def test_storage_prefix_is_used_as_given(s3_bucket: str, tmp_path: Path, prefix: str) -> None:
+    url = f"s3://{s3_bucket}/{prefix}".rstrip("/")
+    publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=open_storage(url))
+    keys = [o["Key"] for o in s3_client(get_settings().s3_endpoint_url).list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    expected = f"{prefix}/run-1/kobart/{MANIFEST}".lstrip("/")
+    assert expected in keys and all(k.startswith(expected.removesuffix(MANIFEST)) for k in keys)
+    assert [(r.run_id, r.model) for r in list_runs(open_storage(url))] == [("run-1", "kobart")]
+
+
+def test_local_storage_folder_is_the_runs_root(tmp_path: Path) -> None:
+    publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=open_storage(str(tmp_path / "artifacts")))
+    assert (tmp_path / "artifacts" / "run-1" / "kobart" / MANIFEST).is_file()
+    assert not (tmp_path / "artifacts" / "runs").exists()

@@ -188,7 +188,7 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
 
 
 def _key(run_id: str, model: str, rel: str = "") -> str:
-    return f"{storage.RUNS_PREFIX}/{run_id}/{model}/{rel}"
+    return storage.run_key(run_id, model, rel)
 
 
 def fetch_outputs(run_id: str, model: str, store: storage.Storage, dest: Path) -> dict[str, Path]:
@@ -254,7 +254,7 @@ def write_ensemble(folder: Path, run_id: str, result: EnsembleResult) -> str:
 def publish_ensemble(
     run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None
 ) -> PublishedEnsemble:
-    """Ensemble the published runs of `models` in `run_id` and publish it under `runs/<run_id>/ensemble/`."""
+    """Ensemble the published runs of `models` in `run_id` and publish it under `<run_id>/ensemble/`."""
     outputs = [read_outputs(run_id, m, store) for m in models]
     references = {ex.fname: ex.summary for ex in load_splits(data_dir, splits=("dev",))["dev"]}
     result = build_ensemble(

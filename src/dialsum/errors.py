@@ -15,3 +15,7 @@ class DataError(DialsumError):
 
 class StorageError(DialsumError):
     """Object storage failed, refused a write, or returned content that fails verification."""
+
+
+class FolderError(DialsumError):
+    """A local folder the run needs cannot be created or written by this process's user."""

@@ -74,6 +74,7 @@ def device() -> torch.device:
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None) -> RunContext:
     """Validate config and data, then load (or build) the model; nothing heavy happens before validation."""
+    get_settings().check_folders()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     if debug:

@@ -2,7 +2,9 @@
 
 A target names the infrastructure a `train-model` child run lands on: `process` (the worker's own
 process), `docker-gpu` (one container per run on a local GPU box, pinned to one GPU through a
-per-GPU work queue) and `k8s` (one Kubernetes Job per run). Work pool base job templates live in
+per-GPU work queue), `docker-cpu` (one container per run on a Docker host without GPUs) and `k8s`
+(one Kubernetes Job per run). Runs on a per-GPU pool only ever run from a per-GPU queue: its
+deployment defaults to the first one (`gpu-0`, GPU 0) and its worker polls no other queue. Work pool base job templates live in
 `infra/` and are rendered here with Prefect's own templating, so tests see what a worker will run.
 """
 
@@ -75,6 +77,7 @@ POOLS = {
         Pool("dialsum-process", "process"),
         Pool("dialsum-control", "process"),
         Pool("dialsum-docker-gpu", "docker", "docker-gpu-pool.json"),
+        Pool("dialsum-docker-cpu", "docker", "docker-cpu-pool.json"),
         Pool("dialsum-k8s", "kubernetes", "k8s-gpu-pool.json"),
     )
 }
@@ -84,6 +87,7 @@ TARGETS = {
     for target in (
         Target("process", f"{CHILD_FLOW}/process", POOLS["dialsum-process"], None, gpu=False),
         Target("docker-gpu", f"{CHILD_FLOW}/docker-gpu", POOLS["dialsum-docker-gpu"], "gpu", gpu=True),
+        Target("docker-cpu", f"{CHILD_FLOW}/docker-cpu", POOLS["dialsum-docker-cpu"], None, gpu=False),
         Target("k8s", f"{CHILD_FLOW}/k8s", POOLS["dialsum-k8s"], None, gpu=True),
     )
 }
@@ -114,6 +118,14 @@ def resolve_num_gpus(num_gpus: int | None) -> int:
 def queue_names(num_gpus: int | None, prefix: str = "gpu") -> list[str]:
     """The per-GPU work queues `gpu-0` … `gpu-{N-1}`."""
     return [f"{prefix}-{i}" for i in range(resolve_num_gpus(num_gpus))]
+
+
+def default_placement(target: str) -> tuple[str | None, dict[str, Any]]:
+    """Queue and job variables of a run started by hand on `target`'s deployment: GPU 0 on a per-GPU target."""
+    spec = get_target(target)
+    if spec.queue_prefix is None:
+        return None, {}
+    return f"{spec.queue_prefix}-0", {"gpu_ids": ["0"]}
 
 
 def assign(models: list[str], target: str, num_gpus: int | None = None) -> list[Placement]:

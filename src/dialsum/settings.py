@@ -5,11 +5,15 @@ Build them through `get_settings()`; nothing is read at import time.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dialsum.errors import FolderError
 
 
 class Settings(BaseSettings):
@@ -28,15 +32,36 @@ class Settings(BaseSettings):
     wandb_project: str = Field("dialsum", validation_alias="WANDB_PROJECT", description="W&B project name.")
     wandb_mode: str | None = Field(None, validation_alias="WANDB_MODE", description="online, offline or disabled; default: online with a key, else offline.")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
+    git_commit: str | None = Field(None, description="Commit recorded in manifests where `git` is unavailable (images bake it in).")
 
     def hub_token(self) -> str | None:
         """The plain hub token for from_pretrained calls (None when unset)."""
         return self.hf_token.get_secret_value() if self.hf_token else None
 
+    def check_folders(self) -> None:
+        """Create the output and cache folders if needed; a `FolderError` when this user cannot write them."""
+        writable_dir(self.output_dir, "output")
+        writable_dir(self.cache_dir, "cache")
+
     def resolved_wandb_mode(self) -> str:
         if self.wandb_mode:
             return self.wandb_mode
         return "online" if self.wandb_api_key else "offline"
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create `path` and check that this process can write in it; else one error naming it and the uid needed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        uid, gid = os.getuid(), os.getgid()
+        raise FolderError(
+            f"cannot write to the {what} folder {path} ({exc.strerror or exc}): it must be writable by uid {uid} "
+            f"(gid {gid}); for a bind mount, give that uid the host folder, e.g. `chown -R {uid}:{gid} <host folder>`"
+        ) from None
+    return path
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """Artifact storage: publish run folders to a local folder or S3 and fetch them back, verified.
 
-Layout under the storage root: `runs/<run-id>/<model>/` holds every file of a run folder plus
+Layout under the storage root (the URL's path, used as given): `<run-id>/<model>/` holds every file of a run folder plus
 `manifest.json`, which is written last. The manifest lists each file's path, sha256 and size; a
 model's artifacts exist only once its manifest does, and every reader ignores folders without one.
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-RUNS_PREFIX = "runs"
 TRACKED_PACKAGES = ("dialsum", "torch", "transformers", "peft", "bitsandbytes")
 
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -370,8 +369,13 @@ class RunEntry:
     manifest: dict[str, Any]
 
 
+def run_key(run_id: str, model: str, rel: str = "") -> str:
+    """The key of `rel` in a model run's folder, `<run-id>/<model>/<rel>`, directly under the storage root."""
+    return f"{check_name(run_id, 'run id')}/{check_name(model, 'model name')}/{rel}"
+
+
 def _run_prefix(run_id: str, model: str) -> str:
-    return f"{RUNS_PREFIX}/{check_name(run_id, 'run id')}/{check_name(model, 'model name')}/"
+    return run_key(run_id, model)
 
 
 def _package_versions() -> dict[str, str]:
@@ -385,7 +389,7 @@ def _package_versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
-    if commit := os.environ.get("DIALSUM_GIT_COMMIT"):
+    if commit := get_settings().git_commit:
         return commit
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -472,7 +476,7 @@ def publish(
     extra: dict[str, Any] | None = None,
     force: bool = False,
 ) -> PublishResult:
-    """Upload a run folder to `runs/<run_id>/<model>/`, each file verified, then write its manifest.
+    """Upload a run folder to `<run_id>/<model>/`, each file verified, then write its manifest.
 
     Files are hashed in the background and each is uploaded as soon as its hash is known.
     Publishing the same files again is a no-op; different files under an existing manifest are refused
@@ -509,13 +513,13 @@ def list_runs(storage: Storage | None = None) -> list[RunEntry]:
     """All completely published model runs (those with a manifest), sorted by run id and model."""
     storage = storage or open_storage()
     runs = []
-    for key in storage.list_keys(f"{RUNS_PREFIX}/"):
+    for key in storage.list_keys(""):
         parts = key.split("/")
-        if len(parts) != 4 or parts[3] != MANIFEST or not all(_NAME_RE.fullmatch(p) for p in parts[1:3]):
+        if len(parts) != 3 or parts[2] != MANIFEST or not all(_NAME_RE.fullmatch(p) for p in parts[:2]):
             continue
-        manifest = read_manifest(parts[1], parts[2], storage)
+        manifest = read_manifest(parts[0], parts[1], storage)
         if manifest is not None:
-            runs.append(RunEntry(parts[1], parts[2], manifest))
+            runs.append(RunEntry(parts[0], parts[1], manifest))
     return sorted(runs, key=lambda run: (run.run_id, run.model))
 
 

@@ -4,6 +4,10 @@ Before the worker starts, the pool is created or updated from its template, a GP
 queue per GPU (`gpu-0` … `gpu-{N-1}`, one run at a time each), and the passthrough variables
 (`placement.PASSTHROUGH_ENV`) set in this process's environment are stored in Secret blocks that the
 Docker pool template hands to training containers; unset ones are left out of the template.
+
+A worker for a per-GPU pool polls only its per-GPU queues, so no run shares a GPU through the
+pool's `default` queue. A Docker pool's worker first checks that it can use the Docker engine's
+socket, and runs `dialsum.docker_worker`, which removes containers whose start failed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Iterable
 from copy import deepcopy
@@ -22,6 +27,7 @@ from prefect.blocks.system import Secret
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
+from dialsum.errors import DialsumError
 from dialsum.placement import PASSTHROUGH_ENV, POOLS, TARGETS, Pool, load_template, queue_names, secret_block_name
 
 
@@ -73,22 +79,62 @@ async def setup_pool(pool: Pool, num_gpus: int | None, infra_dir: Path | None = 
     return queues
 
 
-def worker_command(pool: Pool) -> list[str]:
-    """The `prefect worker start` command line for `pool`, with a healthcheck endpoint on :8080/health."""
-    return [
-        sys.executable, "-m", "prefect", "worker", "start",
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_socket() -> str | None:
+    """The Docker engine's unix socket this process uses (`DOCKER_HOST`), None for a TCP engine."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host:
+        return DOCKER_SOCKET
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
+def check_docker_socket(path: str) -> None:
+    """Ping the Docker engine on `path`; a DialsumError that says how to fix access when this user cannot."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(path)
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = conn.recv(64)
+    except PermissionError:
+        raise DialsumError(
+            f"cannot use the Docker socket {path}: permission denied for uid {os.getuid()} (groups "
+            f"{', '.join(map(str, os.getgroups())) or 'none'}). Set DOCKER_GID in .env to the group that owns "
+            f"the socket on the host, `stat -c %g /var/run/docker.sock`, then `docker compose up -d`"
+        ) from None
+    except OSError as exc:
+        raise DialsumError(
+            f"cannot reach the Docker engine at {path} ({exc.strerror or exc}): mount the host's socket "
+            f"(-v /var/run/docker.sock:/var/run/docker.sock) and set DOCKER_GID to its group, `stat -c %g /var/run/docker.sock`"
+        ) from None
+    if not reply.startswith(b"HTTP/1.") or b" 200 " not in reply.split(b"\r\n", 1)[0] + b" ":
+        raise DialsumError(f"the Docker engine at {path} did not answer its ping: {reply[:40]!r}")
+
+
+def worker_command(pool: Pool, queues: list[str] | None = None) -> list[str]:
+    """The `prefect worker start` command line for `pool` (only `queues` when given), with :8080/health."""
+    module = "dialsum.docker_worker" if pool.type == "docker" else "prefect"
+    command = [
+        sys.executable, "-m", module, "worker", "start",
         "--pool", pool.name, "--with-healthcheck", "--install-policy", "never",
     ]
+    for queue in queues or []:
+        command += ["--work-queue", queue]
+    return command
 
 
 def run(args: argparse.Namespace) -> None:
     """Set up the pool, then replace this process with the Prefect worker."""
     pool = POOLS[args.pool]
+    if pool.type == "docker" and not args.setup_only and (path := docker_socket()):
+        check_docker_socket(path)
     queues = asyncio.run(setup_pool(pool, args.gpus, args.infra_dir))
     print(f"work pool {pool.name} ({pool.type}) ready" + (f" with queues {', '.join(queues)}" if queues else ""))
     if args.setup_only:
         return
-    command = worker_command(pool)
+    command = worker_command(pool, queues)
     os.execvp(command[0], command)
 
 

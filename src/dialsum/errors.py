@@ -15,3 +15,7 @@ class DataError(DialsumError):
 
 class StorageError(DialsumError):
     """Object storage failed, refused a write, or returned content that fails verification."""
+
+
+class PreflightError(ConfigError):
+    """The settings cannot produce some references (too short a length limit, a blocking no-repeat rule)."""

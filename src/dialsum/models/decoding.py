@@ -111,7 +111,10 @@ def resolve_generation_config(model, settings: dict) -> HFGenerationConfig:
         setattr(resolved, key, None)  # sampling is off; stale sampling values only trigger warnings
     defaults = dict(do_sample=False, min_new_tokens=0, min_length=0, no_repeat_ngram_size=0,
                     encoder_no_repeat_ngram_size=0, num_return_sequences=1)
-    resolved.update(**{**defaults, **settings})
+    settings = {**defaults, **settings}
+    if settings.get("num_beams", resolved.num_beams) == 1:  # beam-only settings would only draw warnings
+        settings.update(early_stopping=False, length_penalty=1.0)
+    resolved.update(**settings)
     return resolved
 
 

@@ -1,7 +1,9 @@
 """The training loop: AdamW, linear warmup/decay, gradient accumulation, clipping and autocast.
 
-Batches are padded dynamically and, by default, grouped by length. Mixed precision never meets a GradScaler
-with half-precision weights: trainable weights are fp32, bf16 runs without a scaler, and fp16 gets one.
+Batches are padded dynamically and, by default, grouped by length. The loss is normalised per label token over
+each whole accumulation window, so gradients do not depend on how rows fall into micro-batches. Mixed precision
+never meets a GradScaler with half-precision weights: trainable weights are fp32, bf16 runs without a scaler, and
+fp16 gets one.
 """
 
 from __future__ import annotations
@@ -50,9 +52,42 @@ def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int) -> list[li
     return random_batches(len(features), t.batch_size, seed=t.seed + epoch)
 
 
+def windows(batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
+    """An epoch's optimizer steps: consecutive groups of `grad_accum` micro-batches (the last may hold fewer)."""
+    return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
+
+
 def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> int:
     per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
     return max_steps or max(1, math.ceil(per_epoch * t.epochs))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight matrices decay; biases, norm weights and other 1-D parameters do not."""
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and "norm" not in name.lower() else keep).append(param)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}) if g["params"]]
+
+
+def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch.dtype | None, scaler=None) -> torch.Tensor:
+    """Forward and backward every micro-batch of one optimizer step; returns the window's mean token loss.
+
+    Each micro-batch's summed loss is divided by the label tokens of the whole window (counted on the host
+    before anything moves to the device), so every token weighs the same, as in one big batch. The returned
+    loss stays on the device: reading it is left to logging.
+    """
+    device = next(model.parameters()).device
+    n_tokens = max(sum(family.target_count(b) for b in micro), 1)
+    total = torch.zeros((), device=device)
+    for batch in micro:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            loss = family.loss(model, batch) / n_tokens
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.detach()
+    return total
 
 
 def _enable_checkpointing(model) -> None:
@@ -81,7 +116,7 @@ def fit(
     if t.gradient_checkpointing:
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate, fused=True)
     steps = total_steps(len(features), t, max_steps)
     warmup = int(t.warmup_steps * steps) if t.warmup_steps < 1 else int(t.warmup_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
@@ -93,18 +128,12 @@ def fit(
     model.train()
     start, epoch = time.perf_counter(), 0
     while result.steps < steps:
-        batches = _batches(features, t, epoch)
-        for i, idx in enumerate(batches):
-            batch = family.collate(tok, [features[j] for j in idx], multiple_of=multiple)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-            with ctx:
-                loss = model(**batch).loss / t.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            result.real_tokens += int(batch["attention_mask"].sum())
-            result.padded_tokens += batch["attention_mask"].numel()
-            if (i + 1) % t.grad_accum and i + 1 < len(batches):
-                continue
+        epoch_windows = windows(_batches(features, t, epoch), t.grad_accum)
+        for w, window in enumerate(epoch_windows):
+            micro = [family.collate(tok, [features[j] for j in idx], multiple_of=multiple) for idx in window]
+            result.real_tokens += sum(int(b["attention_mask"].sum()) for b in micro)
+            result.padded_tokens += sum(b["attention_mask"].numel() for b in micro)
+            loss = backward_window(family, model, micro, amp, scaler)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
@@ -116,12 +145,12 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            result.losses.append(loss.item() * t.grad_accum)
+            result.losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
             if on_log:
                 on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm), "train/epoch": epoch + i / len(batches)})
+                        "train/grad_norm": float(grad_norm), "train/epoch": epoch + (w + 1) / len(epoch_windows)})
             if result.steps >= steps:
                 break
         epoch += 1

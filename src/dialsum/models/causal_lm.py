@@ -22,6 +22,7 @@ from dialsum.errors import ConfigError
 from dialsum.models import decoding
 from dialsum.models.common import (
     add_placeholder_tokens, batched_generate, fit_embeddings, pad_batch, report_cut, seed_everything,
+    token_loss_sum,
 )
 from dialsum.settings import get_settings
 
@@ -191,6 +192,17 @@ def build_features(cfg: CausalLMConfig, tok, examples: Sequence[Example], with_l
 def collate(tok, features: Sequence[dict], for_generation: bool = False, multiple_of: int = 1) -> dict:
     side = "left" if for_generation else "right"
     return pad_batch(features, tok.pad_token_id, side=side, multiple_of=multiple_of, aligned_labels=True)
+
+
+def target_count(batch: dict) -> int:
+    """Label tokens the loss covers: position t predicts label t+1, so the first column never counts."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def loss(model, batch: dict) -> torch.Tensor:
+    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
 
 
 @torch.inference_mode()

@@ -14,6 +14,7 @@ from dialsum.errors import ConfigError
 from dialsum.models import decoding
 from dialsum.models.common import (
     add_placeholder_tokens, batched_generate, fit_embeddings, pad_batch, report_cut, seed_everything,
+    token_loss_sum,
 )
 from dialsum.settings import get_settings
 
@@ -97,6 +98,20 @@ def generation_config(cfg: EncoderDecoderConfig, model, tok):
 
 def no_repeat_exempt_ids(cfg: EncoderDecoderConfig, tok) -> list[int]:
     return decoding.exempt_ids(tok, decoding.placeholder_ids(tok))
+
+
+def target_count(batch: dict) -> int:
+    """Label tokens the loss covers (every non-padding summary token)."""
+    return int((batch["labels"] != -100).sum())
+
+
+def loss(model, batch: dict) -> torch.Tensor:
+    """Teacher-forced cross-entropy summed over the summary tokens of the batch."""
+    labels = batch["labels"]
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids, use_cache=False).logits
+    return token_loss_sum(logits, labels)
 
 
 @torch.inference_mode()

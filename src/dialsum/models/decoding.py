@@ -109,7 +109,7 @@ def resolve_generation_config(model, settings: dict) -> HFGenerationConfig:
     resolved = HFGenerationConfig.from_dict(checkpoint.to_dict()) if checkpoint is not None else HFGenerationConfig()
     for key in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
         setattr(resolved, key, None)  # sampling is off; stale sampling values only trigger warnings
-    defaults = dict(do_sample=False, min_new_tokens=0, min_length=0, no_repeat_ngram_size=0,
+    defaults = dict(do_sample=False, min_length=0, no_repeat_ngram_size=0,
                     encoder_no_repeat_ngram_size=0, num_return_sequences=1)
     settings = {**defaults, **settings}
     if settings.get("num_beams", resolved.num_beams) == 1:  # beam-only settings would only draw warnings

@@ -178,7 +178,7 @@ def tokenizer_overrides(values: Sequence[str], models: Sequence[str]) -> dict[st
             raise ConfigError(f"--tokenizer {value}: {name} is not among --models")
         if not Path(path).is_dir():
             raise ConfigError(f"--tokenizer {value}: {path} is not a folder")
-        out[name] = str(Path(path).resolve())
+        out[name] = path
     return out
 
 

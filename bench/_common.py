@@ -75,7 +75,7 @@ def fixed_padding(family, widths: dict[str, int]) -> SimpleNamespace:
         batch = family.collate(tok, features, for_generation=for_generation, multiple_of=multiple_of)
         return pad_to(batch, widths, tok.pad_token_id)
 
-    return SimpleNamespace(collate=collate)
+    return SimpleNamespace(collate=collate, target_count=family.target_count, loss=family.loss)
 
 
 def cpu_threads(default: int = 1) -> int:

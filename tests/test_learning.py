@@ -29,7 +29,11 @@ def test_dev_score_rises_by_30_to_at_least_60(trained):
 
 def test_run_folder_layout(trained):
     run = trained.run_dir
-    assert {"model", "predictions", "metrics.json", "config.yaml"} <= {p.name for p in run.iterdir()}
+    assert {"model", "predictions", "metrics.json", "config.yaml", "generation_config.json"} <= {p.name for p in run.iterdir()}
+    generation = json.loads((run / "generation_config.json").read_text())
+    cfg = load_model_config(str(run / "config.yaml"))
+    assert generation["generate"]["max_new_tokens"] == cfg.generation.max_new_tokens
+    assert generation["generate"]["eos_token_id"] and generation["no_repeat"]["ngram_size"] == cfg.generation.no_repeat_ngram_size
     assert json.loads((run / "metrics.json").read_text())["dev"]["score"] == trained.metrics["dev"]["score"]
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))

@@ -101,6 +101,28 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from dialsum.preflight import format_report, run
+
+    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or ())
+    print("\n\n".join(format_report(r) for r in reports))
+    if problems and not args.force:
+        print("dialsum: preflight: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    for line in problems:
+        print(f"dialsum: preflight: {line} (going on: --force)", file=sys.stderr)
+    return 0
+
+
+def _add_preflight_parser(sub) -> None:
+    p = sub.add_parser("preflight", help="check lengths, cuts, reachable references and round trips (tokenizer only)")
+    p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
+    p.add_argument("--data", type=Path, help="folder with train/dev/test CSVs, any present (default: bundled sample)")
+    p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
+    p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
+    p.set_defaults(func=_preflight)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
     p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
@@ -108,7 +130,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
     p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
     p.add_argument("--run-id", help="run id (default: time-based)")
-    p.add_argument("--force", action="store_true", help="overwrite a published run with different content")
+    p.add_argument("--force", action="store_true",
+                   help="go on when preflight finds unreachable references; overwrite a published run with different content")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="regenerate the bundled sample dataset")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_sample_data)
+    _add_preflight_parser(sub)
     _register_optional(sub)
     return parser
 

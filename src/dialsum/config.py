@@ -6,6 +6,7 @@ file overrides them (deep merge). Unknown keys are rejected, and errors name the
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -47,8 +48,14 @@ class GenerationConfig(Strict):
     batch_size: int = Field(32, ge=1, description="Dialogues per generate() call.")
     max_new_tokens: int = Field(100, ge=1, description="Longest summary generated.")
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy.")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="Block repeated n-grams of this size (0: off).")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="Block repeating a generated n-gram of this size (0: off); n-grams holding a placeholder "
+        "or a whitespace piece are exempt. `dialsum preflight` shows how many references a value blocks."
+    )
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeated tokens (1.0: off).")
+    length_penalty: float = Field(1.0, description="Beam score exponent on length (>1 favours longer summaries).")
+    early_stopping: bool = Field(False, description="Beam search stops once num_beams candidates have ended.")
+    forced_eos: bool = Field(False, description="Force the end token when max_new_tokens is reached.")
 
 
 class QuantizationConfig(Strict):
@@ -89,7 +96,9 @@ class ModelConfigBase(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer id or path if it differs from `model`.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless needed.")
     tiny: TinySpec | None = Field(None, description="Build this model locally with random weights instead of loading.")
-    max_target_length: int = Field(128, ge=8, description="Summary tokens kept for training.")
+    max_target_length: int = Field(
+        128, ge=8, description="Summary tokens kept for training, end token included; longer summaries are cut and reported."
+    )
     quantization: QuantizationConfig | None = Field(None, description="4-bit loading (causal_lm only).")
     lora: LoraConfig | None = Field(None, description="LoRA adapters (causal_lm only).")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation settings.")
@@ -105,7 +114,9 @@ class ModelConfigBase(Strict):
 
 class EncoderDecoderConfig(ModelConfigBase):
     type: Literal["encoder_decoder"] = Field(description="Model family: a seq2seq model such as KoBART.")
-    max_source_length: int = Field(512, ge=16, description="Dialogue tokens kept; longer dialogues are truncated.")
+    max_source_length: int = Field(
+        1024, ge=16, description="Input tokens kept (bos and eos included); longer dialogues are cut and reported."
+    )
 
     @model_validator(mode="after")
     def _no_adapters(self):
@@ -120,12 +131,21 @@ class EncoderDecoderConfig(ModelConfigBase):
 
 class CausalLMConfig(ModelConfigBase):
     type: Literal["causal_lm"] = Field(description="Model family: a decoder-only chat LM.")
-    max_prompt_length: int = Field(1024, ge=32, description="Prompt tokens kept; the dialogue is truncated to fit.")
+    max_prompt_length: int = Field(
+        1024, ge=32, description="Prompt tokens kept; the dialogue is cut to fit, and cuts are reported."
+    )
     system_prompt: str | None = Field(None, description="System message, if the template takes one.")
     instruction: str = Field(description="User instruction placed before the dialogue.")
     chat_template: str | None = Field(None, description="Jinja file (relative to the YAML) overriding the tokenizer's template.")
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra template variables, e.g. enable_thinking.")
-    stop_tokens: list[str] = Field(default_factory=list, description="Extra end-of-turn tokens that stop generation.")
+    stop_tokens: list[str] = Field(
+        default_factory=list, description="End-of-turn tokens: the first ends training targets; all stop generation, "
+        "as do the checkpoint's own end tokens."
+    )
+    template_date: date = Field(
+        date(2024, 7, 26), description="The date a chat template sees (date_string, strftime_now), "
+        "so prompts are the same bytes on every day."
+    )
 
     @model_validator(mode="after")
     def _quantized_needs_lora(self):

@@ -19,3 +19,7 @@ class StorageError(DialsumError):
 
 class FolderError(DialsumError):
     """A local folder the run needs cannot be created or written by this process's user."""
+
+
+class PreflightError(ConfigError):
+    """The settings cannot produce some references (too short a length limit, a blocking no-repeat rule)."""

@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import metric
+from dialsum import metric, preflight
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
 from dialsum.errors import DataError
@@ -72,13 +72,15 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None) -> RunContext:
-    """Validate config and data, then load (or build) the model; nothing heavy happens before validation."""
+def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
+          force: bool = False) -> RunContext:
+    """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before."""
     get_settings().check_folders()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     if debug:
         splits = {k: v[: cfg.training.debug_rows] for k, v in splits.items()}
+    preflight.gate(cfg, splits, checkpoint_source(cfg), force=force)
     fam = family(cfg)
     model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
     if next(model.parameters()).device.type != device().type:
@@ -133,11 +135,23 @@ def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> di
 def save_phase(ctx: RunContext) -> Path:
     """Save model/adapter, tokenizer and resolved config, then move the folder into place."""
     ctx.family.save(ctx.model, ctx.tok, ctx.work_dir / "model")
+    save_generation_config(ctx)
     (ctx.work_dir / "config.yaml").write_text(dump_config(ctx.cfg), encoding="utf-8")
     final = ctx.work_dir.parent / ctx.cfg.name
     shutil.rmtree(final, ignore_errors=True)
     ctx.work_dir.rename(final)
     return final
+
+
+def save_generation_config(ctx: RunContext) -> None:
+    """The generation settings the predictions were made with, as transformers resolved them, plus our rules."""
+    resolved = ctx.family.generation_config(ctx.cfg, ctx.model, ctx.tok).to_dict()
+    resolved = {k: v for k, v in resolved.items() if v is not None and not k.startswith("_")}
+    g = ctx.cfg.generation
+    exempt = ctx.family.no_repeat_exempt_ids(ctx.cfg, ctx.tok) if g.no_repeat_ngram_size else []
+    record = {"generate": resolved, "batch_size": g.batch_size,
+              "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt}}
+    (ctx.work_dir / "generation_config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool) -> str:
@@ -158,7 +172,7 @@ def run_model(
     """Train, predict, score and publish one model; the single entry point every caller uses."""
     run_id = run_id or new_run_id()
     started = time.perf_counter()
-    ctx = setup(model_name, run_id, data_dir, debug, group)
+    ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
     try:
         before = dev_score(ctx)["score"] if eval_before else None
         fitted = fit_phase(ctx)

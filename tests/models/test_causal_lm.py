@@ -53,7 +53,7 @@ def test_placeholders_are_single_tokens_and_survive_decoding(sample):
         _, _, tok = _load(name, sample)
         text = "#Person1#는 #PhoneNumber#로 #Person2#에게 연락합니다."
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        assert "#PhoneNumber#" in tok.convert_ids_to_tokens(ids)
+        assert {"#PhoneNumber#", " #PhoneNumber#"} & set(tok.convert_ids_to_tokens(ids))
         assert tok.decode(ids, skip_special_tokens=True) == text
 
 
@@ -69,5 +69,114 @@ def test_qlora_on_cpu_base_is_4bit_and_only_lora_changes(sample):
     result = fit(cfg.training, causal_lm, model, tok, feats, max_steps=3, show_progress=False)
     assert result.steps == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
-    assert changed and all("lora_" in n for n in changed)
+    assert changed and all("lora_" in n or "trainable_tokens_delta" in n for n in changed)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == changed
+
+
+# ---------------------------------------------------------------- real templates and tokenizers
+
+from datetime import datetime as _datetime  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import transformers.utils.chat_template_utils as _ctu  # noqa: E402
+from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+
+def _clock(day: str):
+    class Frozen(_datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return _datetime.fromisoformat(day)
+
+    return mock.patch.object(_ctu, "datetime", Frozen)
+
+
+def _real_template_cfg(shared, name: str):
+    cfg = load_model_config(name)
+    if name == "qwen3-4b":
+        return cfg.model_copy(update={"tokenizer": str(shared / "reference" / "qwen3-4b-instruct-2507")}), cfg.model
+    template = shared / "reference" / "llama-3.2-korean-bllossom-3b" / "chat_template.jinja"
+    tiny = load_model_config("tiny-llama")  # the Bllossom tokenizer itself is not available: its template is
+    return cfg.model_copy(update={"chat_template": str(template)}), checkpoint_source(tiny)
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-korean-3b", "qwen3-4b"])
+def test_prompts_are_the_same_bytes_when_the_clock_moves(shared_data, name, sample):
+    cfg, source = _real_template_cfg(shared_data, name)
+    ex = sample["dev"][:2]
+    prompts = []
+    for day in ("2025-01-01T09:00:00", "2031-12-31T23:59:00"):
+        with _clock(day):
+            tok, _ = causal_lm.load_tokenizer(cfg, source, placeholders_in(sample["train"]))
+            feats = causal_lm.build_features(cfg, tok, ex, with_labels=False)
+            prompts.append([tok.decode(f["input_ids"]).encode() for f in feats])
+    assert prompts[0] == prompts[1]
+    if name.startswith("llama"):
+        assert b"Today Date: 26 Jul 2024" in prompts[0][0]
+        raw = (shared_data / "reference" / "llama-3.2-korean-bllossom-3b" / "chat_template.jinja").read_text()
+        with _clock("2031-12-31T23:59:00"):  # the unpinned template does follow the clock
+            assert "31 Dec 2031" in _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=raw)[0][0]
+
+
+def test_pinned_strftime_now_answers_with_the_fixed_date():
+    from datetime import date
+
+    template = "{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now(\"%d %b %Y\") }}"
+    pinned = causal_lm.pin_template_clock(template, date(2024, 7, 26))
+    with _clock("2031-12-31T23:59:00"):
+        assert _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=pinned)[0][0] == \
+            "2024-07-26|26 Jul 2024"
+
+
+@pytest.fixture(scope="module")
+def qwen_vocab_model():
+    """A 1-layer, 8-wide random Qwen3 with the real vocabulary size and the checkpoint's declared end tokens."""
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=151936, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=4, intermediate_size=16, tie_word_embeddings=False,
+                         eos_token_id=151645, pad_token_id=151643, bos_token_id=151643)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[151645, 151643], pad_token_id=151643)
+    return model
+
+
+def test_new_placeholder_rows_start_at_the_mean_of_their_pieces(shared_data, qwen_vocab_model):
+    from dialsum.models.common import fit_embeddings
+
+    cfg, _ = _real_template_cfg(shared_data, "qwen3-4b")
+    model = qwen_vocab_model
+    before_in = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    tok, pieces = causal_lm.load_tokenizer(cfg, cfg.model, ["#Person1#", "#PhoneNumber#"])
+    assert len(pieces) == 4 and all(i >= 151669 for i in pieces)  # unused rows of the real checkpoint
+    fit_embeddings(model, tok, pieces)
+    for new_id, old_ids in pieces.items():
+        assert len(old_ids) > 1 and max(old_ids) < 151669
+        text = tok.convert_ids_to_tokens(new_id)
+        assert tok(text, add_special_tokens=False)["input_ids"] == [new_id]
+        for weight, before in ((model.get_input_embeddings().weight, before_in),
+                               (model.get_output_embeddings().weight, before_out)):
+            torch.testing.assert_close(weight[new_id], before[old_ids].mean(0), rtol=0, atol=1e-6)
+    untouched = [i for i in range(151600, 151936) if i not in pieces]
+    assert torch.equal(model.get_input_embeddings().weight[untouched], before_in[untouched])
+
+
+def test_generation_stops_on_every_end_token_the_checkpoint_declares(shared_data, qwen_vocab_model):
+    cfg, _ = _real_template_cfg(shared_data, "qwen3-4b")
+    tok, _ = causal_lm.load_tokenizer(cfg, cfg.model, [])
+    ids = causal_lm.stop_ids(cfg, tok, qwen_vocab_model)
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert {151645, 151643} <= set(ids)  # <|im_end|> and <|endoftext|>
+    gen = causal_lm.generation_config(cfg, qwen_vocab_model, tok)
+    assert set(gen.eos_token_id) == set(ids) and gen.max_new_tokens == cfg.generation.max_new_tokens
+
+
+def test_max_target_length_is_honoured_and_cuts_are_reported(sample, caplog):
+    cfg, _, tok = _load("tiny-llama", sample)
+    cfg = cfg.model_copy(update={"max_target_length": 8})
+    long = [ex for ex in sample["train"][:40] if len(tok(ex.summary, add_special_tokens=False)["input_ids"]) >= 8]
+    with caplog.at_level("WARNING", logger="dialsum"):
+        feats = causal_lm.build_features(cfg, tok, long, with_labels=True)
+    assert all(sum(x != -100 for x in f["labels"]) == 8 and f["labels"][-1] == causal_lm.stop_ids(cfg, tok)[0]
+               for f in feats)
+    assert f"{len(long)} of {len(long)} summaries exceed max_target_length=8" in caplog.text

@@ -1,20 +1,102 @@
-"""Helpers shared by the model families: placeholder tokens, dynamic padding, length-grouped batching."""
+"""Helpers shared by the model families: seeding, placeholder tokens and their rows, dynamic padding, batching."""
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from typing import Callable, Sequence
 
 import torch
+from tokenizers import Tokenizer
+from transformers import set_seed
+
+log = logging.getLogger(__name__)
 
 
-def add_placeholder_tokens(tokenizer, placeholders: Sequence[str]) -> int:
-    """Make `#Person1#`-style tags single, never-split tokens.
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): called before a model is built, so new weights are seeded."""
+    set_seed(seed)
 
-    They are added as *normal* added tokens, not special ones, so `skip_special_tokens=True` keeps them.
+
+def placeholder_forms(placeholders: Sequence[str]) -> list[str]:
+    """Each tag alone and with the space before it, so neither the tag nor that space becomes a stray piece."""
+    return [form for p in placeholders for form in (p, f" {p}")]
+
+
+def add_placeholder_tokens(tokenizer, placeholders: Sequence[str]) -> dict[int, list[int]]:
+    """Make `#Person1#`-style tags single, never-split tokens; returns {new id: the ids its text split into}.
+
+    Tags are added as *normal* added tokens, not special ones, so `skip_special_tokens=True` keeps them. Each tag
+    comes in two forms, `#Person1#` and ` #Person1#` (the word-initial form, like a BPE word's leading space),
+    and a Metaspace tokenizer stops prefixing '▁' to the text after a tag, so `#Person2#는` is two pieces and
+    decodes back to `#Person2#는`.
     """
+    _prefix_space_only_at_start(tokenizer)
     vocab = tokenizer.get_vocab()
-    return tokenizer.add_tokens([p for p in placeholders if p not in vocab], special_tokens=False)
+    new = [f for f in dict.fromkeys(placeholder_forms(placeholders)) if f not in vocab]
+    pieces = {f: tokenizer(f, add_special_tokens=False)["input_ids"] for f in new}
+    tokenizer.add_tokens(new, special_tokens=False)
+    return {tokenizer.convert_tokens_to_ids(f): pieces[f] for f in new}
+
+
+def _prefix_space_only_at_start(tokenizer) -> None:
+    """Metaspace `prepend_scheme: always` adds '▁' to every span after an added token; `first` only at the start."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    state = json.loads(backend.to_str())
+    changed = False
+
+    def walk(node) -> None:
+        nonlocal changed
+        if isinstance(node, dict):
+            if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "always":
+                node["prepend_scheme"], changed = "first", True
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(state.get("pre_tokenizer"))
+    walk(state.get("decoder"))
+    if changed:
+        rebuilt = Tokenizer.from_str(json.dumps(state))
+        backend.pre_tokenizer, backend.decoder = rebuilt.pre_tokenizer, rebuilt.decoder
+
+
+@torch.no_grad()
+def init_new_rows(model, pieces: dict[int, list[int]]) -> None:
+    """Each new token's input row (and output row, if untied) becomes the mean of its former pieces' rows."""
+    if not pieces:
+        return
+    layers = [model.get_input_embeddings()]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != layers[0].weight.data_ptr():
+        layers.append(out)
+    for layer in layers:
+        weight = layer.weight
+        for new_id, old_ids in pieces.items():
+            source = [i for i in old_ids if i < weight.shape[0]]
+            if source and new_id < weight.shape[0]:
+                weight[new_id] = weight[source].float().mean(0).to(weight.dtype)
+
+
+def fit_embeddings(model, tok, pieces: dict[int, list[int]]) -> None:
+    """Grow the embeddings to the tokenizer if needed, then mean-initialise the new tokens' rows."""
+    if model.get_input_embeddings().num_embeddings < len(tok):
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    init_new_rows(model, pieces)
+
+
+def report_cut(name: str, what: str, lengths: Sequence[int], limit: int, setting: str) -> int:
+    """Log how many rows exceed `limit` tokens (they will be cut); returns the count."""
+    cut = sum(1 for n in lengths if n > limit)
+    if cut:
+        log.warning("%s: %d of %d %s exceed %s=%d tokens and are cut (longest %d)",
+                    name, cut, len(lengths), what, setting, limit, max(lengths))
+    return cut
 
 
 def pad_batch(

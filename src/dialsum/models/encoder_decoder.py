@@ -10,41 +10,94 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from dialsum.config import EncoderDecoderConfig
 from dialsum.data import Example
-from dialsum.models.common import add_placeholder_tokens, batched_generate, pad_batch, token_loss_sum
+from dialsum.errors import ConfigError
+from dialsum.models import decoding
+from dialsum.models.common import (
+    add_placeholder_tokens, batched_generate, fit_embeddings, pad_batch, report_cut, seed_everything,
+    token_loss_sum,
+)
 from dialsum.settings import get_settings
+
+
+def load_tokenizer(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
+    """The tokenizer with placeholder tokens; returns (tokenizer, {new id: former piece ids})."""
+    revision = None if adapter else cfg.revision
+    tok_source = str(adapter) if adapter else cfg.tokenizer or source
+    tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, token=get_settings().hub_token(),
+                                        trust_remote_code=cfg.trust_remote_code)
+    return tok, add_placeholder_tokens(tok, placeholders)
 
 
 def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
     """Load model and tokenizer from `source` (hub id or folder), or from a fine-tuned folder `adapter`."""
-    token, revision = get_settings().hub_token(), None if adapter else cfg.revision
-    tok_source = str(adapter) if adapter else cfg.tokenizer or source
-    tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, token=token, trust_remote_code=cfg.trust_remote_code)
-    added = add_placeholder_tokens(tok, placeholders)
+    seed_everything(cfg.training.seed)
+    tok, pieces = load_tokenizer(cfg, source, placeholders, adapter)
     model = AutoModelForSeq2SeqLM.from_pretrained(
-        str(adapter or source), revision=revision, token=token, trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.float32,
+        str(adapter or source), revision=None if adapter else cfg.revision, token=get_settings().hub_token(),
+        trust_remote_code=cfg.trust_remote_code, dtype=torch.float32,
     )
-    if added or model.get_input_embeddings().num_embeddings < len(tok):
-        model.resize_token_embeddings(len(tok))
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and cfg.max_source_length > positions:
+        raise ConfigError(f"{cfg.name}: max_source_length {cfg.max_source_length} exceeds the checkpoint's "
+                          f"{positions} positions")
+    fit_embeddings(model, tok, pieces)
+    model.generation_config = generation_config(cfg, model, tok)
     return model, tok
 
 
+def input_overhead(cfg: EncoderDecoderConfig, tok) -> int:
+    """Tokens an input adds around the dialogue (bos, eos)."""
+    return (tok.bos_token_id is not None) + 1
+
+
+def input_limit(cfg: EncoderDecoderConfig) -> tuple[str, int]:
+    return "max_source_length", cfg.max_source_length
+
+
+def target_ids(cfg: EncoderDecoderConfig, tok, summaries: Sequence[str]) -> list[list[int]]:
+    """The full token sequence the decoder must produce for each summary: its pieces, then eos (never cut)."""
+    return [ids + [tok.eos_token_id] for ids in tok(list(summaries), add_special_tokens=False)["input_ids"]]
+
+
 def build_features(cfg: EncoderDecoderConfig, tok, examples: Sequence[Example], with_labels: bool) -> list[dict]:
-    """Token ids per example: `<s> dialogue </s>` (dialogue truncated) and, for training, `summary </s>` labels."""
+    """Token ids per example: `<s> dialogue </s>` (dialogue cut, and reported) and, for training, `summary </s>`."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     eos = [tok.eos_token_id]
     room = cfg.max_source_length - len(bos) - 1
     dialogues = tok([ex.dialogue for ex in examples], add_special_tokens=False)["input_ids"]
+    report_cut(cfg.name, "dialogues", [len(d) + len(bos) + 1 for d in dialogues], cfg.max_source_length,
+               "max_source_length")
     features = [{"input_ids": bos + ids[:room] + eos} for ids in dialogues]
     if with_labels:
-        summaries = tok([ex.summary or "" for ex in examples], add_special_tokens=False)["input_ids"]
-        for feat, ids in zip(features, summaries):
-            feat["labels"] = ids[: cfg.max_target_length - 1] + eos
+        targets = target_ids(cfg, tok, [ex.summary or "" for ex in examples])
+        report_cut(cfg.name, "summaries", [len(t) for t in targets], cfg.max_target_length, "max_target_length")
+        for feat, ids in zip(features, targets):
+            feat["labels"] = ids if len(ids) <= cfg.max_target_length else ids[: cfg.max_target_length - 1] + eos
     return features
 
 
 def collate(tok, features: Sequence[dict], for_generation: bool = False, multiple_of: int = 1) -> dict:
     return pad_batch(features, tok.pad_token_id, side="right", multiple_of=multiple_of)
+
+
+def stop_ids(cfg: EncoderDecoderConfig, tok, model=None) -> list[int]:
+    """Every id that ends generation: the tokenizer's eos and the checkpoint's declared end tokens."""
+    return decoding.end_token_ids(tok, *(decoding.model_configs(model) if model is not None else ()))
+
+
+def generation_config(cfg: EncoderDecoderConfig, model, tok):
+    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
+    g = cfg.generation
+    return decoding.resolve_generation_config(model, dict(
+        max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, repetition_penalty=g.repetition_penalty,
+        length_penalty=g.length_penalty, early_stopping=g.early_stopping,
+        forced_eos_token_id=tok.eos_token_id if g.forced_eos else None,
+        eos_token_id=stop_ids(cfg, tok, model), pad_token_id=tok.pad_token_id,
+    ))
+
+
+def no_repeat_exempt_ids(cfg: EncoderDecoderConfig, tok) -> list[int]:
+    return decoding.exempt_ids(tok, decoding.placeholder_ids(tok))
 
 
 def target_count(batch: dict) -> int:
@@ -67,16 +120,14 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
     model.eval()
     device = next(model.parameters()).device
     g = cfg.generation
+    gen = generation_config(cfg, model, tok)
+    exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
 
     def run(batch: list[dict]) -> list[str]:
         inputs = {k: v.to(device) for k, v in collate(tok, [{"input_ids": f["input_ids"]} for f in batch]).items()}
-        out = model.generate(
-            **inputs, max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=False,
-            no_repeat_ngram_size=g.no_repeat_ngram_size, repetition_penalty=g.repetition_penalty,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            decoder_start_token_id=model.config.decoder_start_token_id,
-        )
-        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, len(tok))
+        out = model.generate(**inputs, generation_config=gen, logits_processor=processors)
+        return decoding.decode(tok, out)
 
     return batched_generate(features, g.batch_size, run, progress)
 

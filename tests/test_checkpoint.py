@@ -20,17 +20,21 @@ from s3_server import CREDENTIALS
 from dialsum import checkpoint, pipeline
 from dialsum.checkpoint import Checkpointer, Phases
 from dialsum.config import load_model_config
+from dialsum.data import load_splits, placeholders_in
+from dialsum.models import checkpoint_source, family
 from dialsum.errors import DialsumError
 from dialsum.pipeline import run_model
 from dialsum.settings import get_settings
+from dialsum.trainer import fit
 from dialsum.storage import LocalStorage, list_checkpoints, list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 24
+STEPS = 16
 
 
-def long_profile(folder: Path, name: str = "long-bart", steps: int = STEPS, every: int = 4) -> Path:
-    """tiny-bart (with dropout) for `steps` steps of two micro-batches each, checkpointing every `every` steps."""
+def long_profile(folder: Path, name: str = "long-bart", steps: int = STEPS, every: int = 3) -> Path:
+    """tiny-bart (with dropout) for `steps` steps of two micro-batches each (five steps an epoch), checkpointing
+    every `every` steps."""
     base = (ROOT / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
     path = folder / f"{name}.yaml"
     path.write_text(base + f"\ntraining: {{epochs: 1, batch_size: 4, grad_accum: 2, learning_rate: 3.0e-3, "
@@ -47,9 +51,10 @@ def train_process(config: Path, run_id: str, env: dict[str, str], log: Path, *ex
 
 
 def wait_for_checkpoint(folder: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> Path:
+    """The first checkpoint, once published: the next one is only written after the first's publish returned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if found := checkpoint.local_checkpoints(folder):
+        if len(found := checkpoint.local_checkpoints(folder)) >= 2:
             return found[0]
         if process.poll() is not None:
             raise AssertionError(f"training ended before a checkpoint:\n{log.read_text()[-3000:]}")
@@ -112,6 +117,49 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(where, uninterrupted, t
     assert weights.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(weights[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledAfter(Checkpointer):
+    """Stops training right after the checkpoint of step `at` is saved, as a kill at that moment would."""
+
+    def __init__(self, *args, at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def save(self, position, *args):
+        path = super().save(position, *args)
+        if position.step == self.at:
+            raise Killed
+        return path
+
+
+def test_resume_mid_epoch_trains_the_remaining_windows_to_the_same_weights(tmp_path):
+    cfg = load_model_config(str(long_profile(tmp_path, steps=8)))
+    fam = family(cfg)
+    splits = load_splits(None)
+    t = cfg.training
+
+    def fresh():
+        model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
+        return model, tok, fam.build_features(cfg, tok, splits["train"][:40], with_labels=True)
+
+    model, tok, feats = fresh()
+    whole = fit(t, fam, model, tok, feats, max_steps=8, show_progress=False)
+    interrupted, tok2, feats2 = fresh()
+    with pytest.raises(Killed):  # step 3 is mid-epoch: epoch 0, windows 0-2 of 5 done
+        fit(t, fam, interrupted, tok2, feats2, max_steps=8, show_progress=False,
+            checkpoints=KilledAfter(tmp_path / "ckpt", 3, 2, "f", at=3))
+    resumed_model, tok3, feats3 = fresh()
+    ckpt = Checkpointer(tmp_path / "ckpt", 3, 2, "f")
+    resumed = fit(t, fam, resumed_model, tok3, feats3, max_steps=8, show_progress=False, checkpoints=ckpt)
+    assert ckpt.resumed_at == 3 and resumed.steps == 8 and len(resumed.losses) == 8
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    for (name, a), b in zip(model.named_parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkeypatch, tmp_path):

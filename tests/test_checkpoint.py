@@ -106,7 +106,8 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(where, uninterrupted, t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_at = int(resumed.stderr.split("resumed long-bart at step ")[1].split()[0])
     assert int(first.name[5:]) <= resumed_at <= killed_at
-    saved_after = sorted({int(line.split("step-")[1][:8]) for line in resumed.stderr.splitlines() if "checkpoint step-" in line})
+    saved_after = sorted({int(line.split("step-")[1][:8]) for line in resumed.stderr.splitlines()
+                         if "checkpoint step-" in line and " saved" in line})
     assert saved_after and min(saved_after) > resumed_at and max(saved_after) == STEPS
 
     run_dir = tmp_path / "out" / "killed" / "long-bart"

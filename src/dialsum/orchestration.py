@@ -183,7 +183,7 @@ def run_child(
         if not state.is_crashed() or attempt == relaunches:
             break
         get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
-                                 "checkpoint", where.model, state.message, attempt + 1, relaunches)
+                                 "checkpoint", model_name(where.model), state.message, attempt + 1, relaunches)
     return state, total
 
 

@@ -247,3 +247,14 @@ def test_checkpoints_are_kept_and_pruned_locally_and_in_storage(tmp_path):
     assert torch.equal(fresh.weight, model.weight)
     with pytest.raises(DialsumError, match="different config or data"):
         Checkpointer(tmp_path / "ckpt", 2, 2, "other", "r", "m", store).restore(fresh, again, scheduler, None)
+
+
+def test_resume_flag_names_the_run_to_continue():
+    from dialsum.cli import _resume_run_id, build_parser
+
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--resume", "r9"])
+    _resume_run_id(args)
+    assert args.run_id == "r9"
+    clash = build_parser().parse_args(["train", "--models", "tiny-bart", "--resume", "r9", "--run-id", "r8"])
+    with pytest.raises(DialsumError, match="name different runs"):
+        _resume_run_id(clash)

@@ -29,6 +29,7 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/generation_throughput.py
 	$(PY) bench/publish_throughput.py
 	$(PY) bench/orchestration_overhead.py
+	$(PY) bench/checkpoint_overhead.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

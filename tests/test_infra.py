@@ -308,6 +308,7 @@ def test_k8s_template_requests_gpus(k8s_template: dict, gpu_count: int | None) -
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == (gpu_count or 1)
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert pod["terminationGracePeriodSeconds"] > Settings().stop_grace_seconds  # room to publish a checkpoint
 
 
 def test_cpu_template_requests_no_devices(docker_template: dict) -> None:

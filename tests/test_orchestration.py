@@ -20,10 +20,11 @@ from prefect import get_client
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Crashed, Failed
 from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
 from dialsum import orchestration
+from dialsum.checkpoint import Preempted
 from dialsum.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
 from dialsum.errors import ConfigError, DataError
 from dialsum.orchestration import ModelsFailed, check_models, model_name, run_embedded, slug, train_all, train_model
@@ -169,6 +170,36 @@ def test_train_all_places_children_and_fails_after_the_ensemble(
     assert summary["ensemble"]["location"] == "r-1/ensemble"
 
 
+def test_train_all_relaunches_a_crashed_child_up_to_the_limit(
+    local_prefect: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outcomes = {"m0": [Crashed(message="killed"), Completed()], "m1": [Crashed(message="evicted")] * 5}
+    launched: list[str] = []
+
+    def run_on_worker(where, parameters: dict) -> tuple:
+        launched.append(where.model)
+        return outcomes[where.model].pop(0), 1.0
+
+    fake = FakeChildren(set())
+    monkeypatch.setattr(orchestration, "_run_on_worker", run_on_worker)
+    monkeypatch.setattr(orchestration, "published_row", fake.published_row)
+    monkeypatch.setattr(orchestration.ensemble, "publish_ensemble", fake.publish_ensemble)
+    state = train_all(["m0", "m1"], run_id="r-2", storage_url=str(tmp_path), crash_relaunches=2, return_state=True)
+
+    assert sorted(launched) == ["m0", "m0", "m1", "m1", "m1"]  # m1: first launch and two relaunches
+    assert state.is_failed() and "m1 (Crashed: evicted)" in state.message
+    rows = {r["model"]: r for r in state.result(raise_on_failure=False).summary["rows"]}
+    assert rows["m0"]["status"] == "completed" and rows["m0"]["seconds"] == 2.0
+    assert fake.ensembled == ["m0"]
+
+
+def test_a_preempted_child_ends_crashed(local_prefect: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = FailingPipeline(Preempted("stopped by SIGTERM after step 7"))
+    monkeypatch.setattr(orchestration, "_pipeline", lambda: pipeline)
+    state = train_model.with_options(retry_delay_seconds=0)("m", "r-1", return_state=True)
+    assert state.is_crashed() and "step 7" in state.message and pipeline.calls == 1
+
+
 def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     summary = {"run_id": "r", "rows": [{"model": "a", "status": "failed"}], "ensemble": None}
     calls = []
@@ -295,12 +326,48 @@ def artifacts(api_url: str) -> dict[str, Any]:
         return {a.key: a for a in client.read_artifacts() if a.key}
 
 
+def child_runs(api_url: str, model: str) -> list[Any]:
+    """The train-model flow runs launched for `model`, oldest first."""
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("model") == model]
+    return sorted(runs, key=lambda r: r.created)
+
+
+def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefix: str, parent) -> None:
+    """SIGKILL the process of `model`'s child run once it has published a checkpoint (a node lost mid-training)."""
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline and parent.poll() is None:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if any(o["Key"].endswith("/manifest.json") for o in listed):
+            running = [r for r in child_runs(api_url, model) if r.state and r.state.is_running()]
+            marker = f"PREFECT__FLOW_RUN_ID={running[0].id}".encode() if running else None
+            pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker and _has_env(p, marker)]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            if pids:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{model} published no checkpoint while its parent ran")
+
+
+def _has_env(proc: Path, entry: bytes) -> bool:
+    try:
+        return entry in (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_train_all_on_a_prefect_server_with_a_process_worker(
     prefect_server: tuple[str, dict[str, str]], moto_endpoint: str, tmp_path: Path
 ) -> None:
+    """Three tiny models; one child is SIGKILLed after its first checkpoint, relaunched, and resumes."""
+    from test_checkpoint import long_profile
+
     api_url, env = prefect_server
     bucket, run_id = f"e2e-{uuid.uuid4().hex[:8]}", f"e2e-{uuid.uuid4().hex[:6]}"
+    long = str(long_profile(tmp_path, steps=30))
+    models = [long, "tiny-llama", "tiny-qwen3"]
     s3_client(moto_endpoint).create_bucket(Bucket=bucket)
     create_pools(api_url)
     prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml", env=env, timeout=180)
@@ -312,20 +379,36 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process",
                           "--type", "process"], worker_env, tmp_path / "worker.log")
     try:
-        params = {"models": TINY, "debug": True, "storage_url": f"s3://{bucket}/dialsum", "run_id": run_id}
-        prefect("deployment", "run", "train-all/local", "--params", json.dumps(params), "--watch",
-                "--watch-timeout", "420", env=env, timeout=480)
+        params = {"models": models, "debug": True, "storage_url": f"s3://{bucket}/dialsum", "run_id": run_id}
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "deployment", "run", "train-all/local", "--params", json.dumps(params),
+             "--watch", "--watch-timeout", "540"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        kill_child_after_checkpoint(api_url, long, s3_client(moto_endpoint), bucket,
+                                    f"dialsum/{run_id}/long-bart/checkpoints/", parent)
+        output, _ = parent.communicate(timeout=600)
+        assert parent.returncode == 0, f"train-all failed:\n{output[-4000:]}"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nworker log:\n{(tmp_path / 'worker.log').read_text()[-6000:]}") from None
     finally:
         stop_group(worker)
 
+    attempts = child_runs(api_url, long)
+    assert [r.state.type.value for r in attempts] == ["CRASHED", "COMPLETED"]
+    metrics = json.loads(s3_client(moto_endpoint).get_object(
+        Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"].read())
+    assert 0 < metrics["resumed_at_step"] < 30 and metrics["train_steps"] == 30
+
     keys = {o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
-    for model in [*TINY, "ensemble"]:
+    names = ["long-bart", "tiny-llama", "tiny-qwen3"]
+    for model in [*names, "ensemble"]:
         assert f"dialsum/{run_id}/{model}/manifest.json" in keys, model
+    ensembled = json.loads(s3_client(moto_endpoint).get_object(
+        Bucket=bucket, Key=f"dialsum/{run_id}/ensemble/manifest.json")["Body"].read())
+    assert sorted(ensembled["extra"]["models"]) == names
     found = artifacts(api_url)
     table = json.loads(found[slug(f"train-all-{run_id}")].data)
-    assert sorted(row["model"] for row in table) == TINY
+    assert sorted(row["model"] for row in table) == names
     assert {row["status"] for row in table} == {"completed"}
     assert all(row["location"].startswith(f"s3://{bucket}/dialsum/{run_id}/") for row in table)
     assert slug(f"ensemble-{run_id}") in found

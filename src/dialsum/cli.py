@@ -14,14 +14,24 @@ from dialsum.errors import DialsumError
 log = logging.getLogger("dialsum")
 
 
+def _resume_run_id(args: argparse.Namespace) -> None:
+    """`--resume RUN_ID` continues that run: it becomes the run id (and may not contradict --run-id)."""
+    if args.resume:
+        if args.run_id and args.run_id != args.resume:
+            raise DialsumError(f"--resume {args.resume} and --run-id {args.run_id} name different runs")
+        args.run_id = args.resume
+
+
 def _train(args: argparse.Namespace) -> int:
+    _resume_run_id(args)
     if args.mode == "single":
         if len(args.models) != 1:
             raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
         from dialsum.pipeline import run_model
 
         result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
-                           eval_before=args.eval_before, storage_url=args.storage, force=args.force)
+                           eval_before=args.eval_before, storage_url=args.storage, force=args.force,
+                           resume=bool(args.resume))
         print(format_table([_row(result.metrics, "completed", result.location)]))
         return 0
     return _train_all(args)
@@ -29,6 +39,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_all(args: argparse.Namespace) -> int:
     from dialsum.orchestration import run_embedded
+
+    _resume_run_id(args)
 
     summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
                            run_id=args.run_id, eval_before=args.eval_before)
@@ -132,6 +144,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", help="run id (default: time-based)")
     p.add_argument("--force", action="store_true",
                    help="go on when preflight finds unreachable references; overwrite a published run with different content")
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="continue that run from its finished phases and newest checkpoint (local or in storage)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,10 @@ class TrainingConfig(Strict):
     seed: int = Field(42, description="Seed for sampling and initialisation.")
     debug_rows: int = Field(32, ge=1, description="Rows per split kept by --debug.")
     debug_steps: int = Field(4, ge=1, description="Optimizer steps run by --debug.")
+    checkpoint_every: int | None = Field(
+        250, ge=1, description="Optimizer steps between checkpoints (also one at each epoch end); null: epoch ends only."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept locally and in storage.")
 
 
 class GenerationConfig(Strict):

@@ -28,15 +28,17 @@ from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
-from prefect.states import State
+from prefect.states import Crashed, State
 from prefect.utilities.annotations import allow_failure
 
 from dialsum import ensemble, placement, storage
+from dialsum.checkpoint import Preempted
 from dialsum.config import load_model_config
 from dialsum.errors import ConfigError, DataError, DialsumError
 
 PERMANENT_ERRORS = (ConfigError, DataError)
 POLL_SECONDS = 2
+CRASH_RELAUNCHES = 2
 _IN_PROCESS = threading.Lock()
 
 
@@ -116,7 +118,15 @@ def train_model(
     except PERMANENT_ERRORS:
         _skip_retries()
         raise
+    except Preempted as exc:
+        return _preempted(exc)
     return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location}
+
+
+def _preempted(exc: Preempted) -> State:
+    """A child stopped by SIGTERM (its checkpoint published) ends Crashed, as if killed: train-all relaunches it."""
+    _skip_retries()
+    return Crashed(message=f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------- train-all
@@ -158,10 +168,31 @@ def _round(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
+def run_child(
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int
+) -> tuple[State, float | None]:
+    """Run one child; while it ends Crashed (killed, evicted, preempted), launch it again, up to `relaunches` times.
+
+    Prefect never retries a Crashed run itself. A relaunched child has the same run id, so it resumes from its
+    finished phases and newest checkpoint. Returns the last state and the run time of all attempts.
+    """
+    total: float | None = 0.0
+    for attempt in range(relaunches + 1):
+        state, seconds = _run_in_process(parameters) if embedded else _run_on_worker(where, parameters)
+        total = None if total is None or seconds is None else total + seconds
+        if not state.is_crashed() or attempt == relaunches:
+            break
+        get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
+                                 "checkpoint", model_name(where.model), state.message, attempt + 1, relaunches)
+    return state, total
+
+
 @task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
-def launch_model(where: placement.Placement, parameters: dict[str, Any], embedded: bool) -> dict[str, Any]:
+def launch_model(
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES
+) -> dict[str, Any]:
     """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
-    state, seconds = _run_in_process(parameters) if embedded else _run_on_worker(where, parameters)
+    state, seconds = run_child(where, parameters, embedded, relaunches)
     if not state.is_completed():
         raise ModelRunFailed(model_name(where.model), f"{state.name}: {state.message or 'no message'}", _round(seconds))
     return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds)
@@ -214,14 +245,17 @@ def check_models(models: list[str]) -> None:
 def train_all(
     models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
     storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
-    embedded: bool = False,
+    embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES,
 ) -> dict[str, Any]:
-    """Train every model (one child run each, all at once), ensemble those that succeeded, then fail if any did not."""
+    """Train every model (one child run each, all at once), ensemble those that succeeded, then fail if any did not.
+
+    A child that crashes is launched again, up to `crash_relaunches` times, and resumes where it stopped.
+    """
     check_models(models)
     run_id = run_id or _pipeline().new_run_id()
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}
-    futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded))
+    futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
                for p in placement.assign(models, target, num_gpus)]
     rows = [_outcome(model, future) for model, future in futures]
     _report(run_id, rows)

@@ -1,7 +1,10 @@
-"""One model run in phases: setup → fit → predict → score → publish.
+"""One model run in phases: setup → fit → predict → score → save → publish.
 
 The run folder is assembled under a hidden `.partial` name and renamed when complete, so a failed run never
-leaves something that looks finished.
+leaves something that looks finished. Finished work is kept: the model is saved right after `fit`, and each
+phase that completes is recorded in the run's hidden `.<model>.state` folder (with the training checkpoints).
+A retry with the same run id continues from the first phase that did not complete; training itself resumes
+from the newest checkpoint, local or published.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import secrets
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,13 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from dialsum import metric, preflight
+from dialsum.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
-from dialsum.errors import DataError
+from dialsum.errors import DataError, DialsumError
 from dialsum.models import checkpoint_source, family
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
-from dialsum.trainer import FitResult, fit
+from dialsum.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class RunContext:
     data_hash: str
     tracker: Tracker = field(default_factory=Tracker)
     debug: bool = False
+    phases: Phases | None = None
 
 
 @dataclass
@@ -72,34 +78,71 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def run_fingerprint(cfg, data_hash: str, debug: bool) -> str:
+    """What a resumed run must share with the run it continues: config, data and debug mode."""
+    return hashlib.sha256(f"{dump_config(cfg)}\0{data_hash}\0{debug}".encode()).hexdigest()
+
+
+def state_dir(run_id: str, name: str) -> Path:
+    return get_settings().output_dir / run_id / f".{name}.state"
+
+
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
           force: bool = False) -> RunContext:
-    """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before."""
+    """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before.
+
+    After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
+    """
     get_settings().check_folders()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     if debug:
         splits = {k: v[: cfg.training.debug_rows] for k, v in splits.items()}
     preflight.gate(cfg, splits, checkpoint_source(cfg), force=force)
-    fam = family(cfg)
-    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
-    if next(model.parameters()).device.type != device().type:
-        model.to(device())
+    fam, data_hash = family(cfg), data_fingerprint(data_dir)
+    phases = Phases(state_dir(run_id, cfg.name), run_fingerprint(cfg, data_hash, debug))
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
+    model = tok = None
+    if not phases.done("save"):
+        if not phases.done("fit"):
+            shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        saved = work_dir / "model" if phases.done("fit") else None
+        model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]), adapter=saved)
+        if next(model.parameters()).device.type != device().type:
+            model.to(device())
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
-    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_fingerprint(data_dir), tracker, debug)
+    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases)
 
 
-def fit_phase(ctx: RunContext) -> FitResult:
+def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool) -> Checkpointer:
+    """The run's checkpoints: in its state folder and, when the run publishes, in its storage location."""
+    from dialsum import storage
+
+    t = ctx.cfg.training
+    return Checkpointer(ctx.phases.folder / "checkpoints", t.checkpoint_every, t.keep_checkpoints,
+                        ctx.phases.fingerprint, ctx.run_id, ctx.cfg.name,
+                        storage.open_storage(storage_url) if publish else None)
+
+
+def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
+    """Train (resuming from the newest checkpoint), then save the model at once; skipped when already done."""
+    if (done := ctx.phases.get("fit")) is not None:
+        log.info("%s: training finished earlier (%d steps); using the saved model", ctx.cfg.name, done["train_steps"])
+        return done
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
-    result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                 on_log=ctx.tracker.log)
+    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext():
+        result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
+                     on_log=ctx.tracker.log, checkpoints=checkpoints)
     log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
-    return result
+    ctx.family.save(ctx.model, ctx.tok, ctx.work_dir / "model")
+    done = {"train_steps": result.steps, "train_seconds": round(result.seconds, 2),
+            "train_tokens_per_second": round(result.tokens_per_second, 1),
+            "resumed_at_step": checkpoints.resumed_at if checkpoints else None}
+    ctx.phases.mark("fit", done)
+    return done
 
 
 def generate_split(ctx: RunContext, split: str) -> list[str]:
@@ -133,8 +176,7 @@ def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> di
 
 
 def save_phase(ctx: RunContext) -> Path:
-    """Save model/adapter, tokenizer and resolved config, then move the folder into place."""
-    ctx.family.save(ctx.model, ctx.tok, ctx.work_dir / "model")
+    """Add the resolved config beside the saved model, then move the folder into place."""
     save_generation_config(ctx)
     (ctx.work_dir / "config.yaml").write_text(dump_config(ctx.cfg), encoding="utf-8")
     final = ctx.work_dir.parent / ctx.cfg.name
@@ -164,31 +206,70 @@ def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force
     return result.url
 
 
+def before_phase(ctx: RunContext, eval_before: bool) -> float | None:
+    """The untrained model's dev score (when asked), measured once per run."""
+    if (done := ctx.phases.get("before")) is not None or not eval_before or ctx.phases.done("fit"):
+        return (done or {}).get("score")
+    score = dev_score(ctx)["score"]
+    ctx.phases.mark("before", {"score": score})
+    return score
+
+
+def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer, started: float) -> tuple[dict, Path]:
+    """The phases up to a complete local run folder, each skipped when an earlier attempt finished it."""
+    if (done := ctx.phases.get("save")) is not None:
+        return done["metrics"], ctx.work_dir.parent / ctx.cfg.name
+    before = before_phase(ctx, eval_before)
+    fitted = fit_phase(ctx, checkpoints)
+    if (preds := ctx.phases.get("predict")) is None:
+        preds = predict(ctx, ctx.work_dir)
+        ctx.phases.mark("predict", preds)
+    extra = {"dev_score_before": before, **fitted, "debug": ctx.debug, "seconds": round(time.perf_counter() - started, 2)}
+    metrics = score_phase(ctx, preds, extra)
+    run_dir = save_phase(ctx)
+    ctx.phases.mark("save", {"metrics": metrics})
+    return metrics, run_dir
+
+
 def run_model(
     model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
-    group: str | None = None,
+    group: str | None = None, resume: bool = False,
 ) -> RunResult:
-    """Train, predict, score and publish one model; the single entry point every caller uses."""
+    """Train, predict, score and publish one model; the single entry point every caller uses.
+
+    A failure keeps every finished phase; running the same run id again continues where it stopped
+    (`resume=True` insists that there is something to continue).
+    """
     run_id = run_id or new_run_id()
+    if resume:
+        require_resumable(model_name, run_id, storage_url)
     started = time.perf_counter()
     ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
     try:
-        before = dev_score(ctx)["score"] if eval_before else None
-        fitted = fit_phase(ctx)
-        preds = predict(ctx, ctx.work_dir)
-        extra = {"dev_score_before": before, "train_steps": fitted.steps, "train_seconds": round(fitted.seconds, 2),
-                 "train_tokens_per_second": round(fitted.tokens_per_second, 1), "debug": debug,
-                 "seconds": round(time.perf_counter() - started, 2)}
-        metrics = score_phase(ctx, preds, extra)
-        run_dir = save_phase(ctx)
+        metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
         location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
     except BaseException:
-        shutil.rmtree(ctx.work_dir, ignore_errors=True)
         ctx.tracker.finish(failed=True)
+        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
+                    "from there", ctx.cfg.name, run_id, ctx.phases.folder)
         raise
+    ctx.phases.clear()
     ctx.tracker.finish({"dev_score": metrics["dev"]["score"]})
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
+
+
+def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> None:
+    """Refuse a resume of a run that left nothing behind, locally or in storage."""
+    from dialsum import storage
+
+    name = load_model_config(model_name).name
+    if (state_dir(run_id, name) / "run.json").is_file():
+        return
+    store = storage.open_storage(storage_url)
+    if storage.list_checkpoints(run_id, name, store) or storage.read_manifest(run_id, name, store):
+        return
+    raise DialsumError(f"nothing to resume for run {run_id}/{name}: no local state and no checkpoint in storage")
 
 
 def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None) -> dict:

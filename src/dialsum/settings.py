@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY", description="W&B key; without it runs log offline.")
     wandb_project: str = Field("dialsum", validation_alias="WANDB_PROJECT", description="W&B project name.")
     wandb_mode: str | None = Field(None, validation_alias="WANDB_MODE", description="online, offline or disabled; default: online with a key, else offline.")
+    stop_grace_seconds: float = Field(
+        100, gt=0, description="After SIGTERM: time to finish the step and publish a checkpoint before a hard exit."
+    )
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
     git_commit: str | None = Field(None, description="Commit recorded in manifests where `git` is unavailable (images bake it in).")
 

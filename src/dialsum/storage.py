@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+CHECKPOINTS_DIR = "checkpoints"
 TRACKED_PACKAGES = ("dialsum", "torch", "transformers", "peft", "bitsandbytes")
 
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -240,6 +241,13 @@ class LocalStorage(Storage):
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete {self.location(key)}: {exc}") from exc
+        for folder in self._path(key).parents:  # folders left empty go too, as they would in an object store
+            if folder == self._root or not folder.is_relative_to(self._root):
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix.rstrip("/"))
@@ -533,22 +541,83 @@ def fetch(run_id: str, model: str, dest: Path, storage: Storage | None = None) -
     manifest = read_manifest(run_id, model, storage)
     if manifest is None:
         raise StorageError(f"{run_id}/{model} is not published in {storage.url}")
-    dest = Path(dest)
+    return _fetch_files(manifest, _run_prefix(run_id, model), f"{run_id}/{model}", Path(dest), storage)
+
+
+def _fetch_files(manifest: dict[str, Any], prefix: str, what: str, dest: Path, storage: Storage) -> Path:
+    """Download the files a manifest lists from `prefix` into `dest`, verified, through a renamed temp folder."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StorageError(f"destination {dest} already exists and is not an empty folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        prefix = _run_prefix(run_id, model)
         for entry in manifest["files"]:
             target = staging / entry["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
             storage.download(prefix + entry["path"], target)
             if target.stat().st_size != entry["size"] or sha256_file(target) != entry["sha256"]:
-                raise StorageError(f"checksum mismatch for {entry['path']} of {run_id}/{model}: the stored file was changed")
+                raise StorageError(f"checksum mismatch for {entry['path']} of {what}: the stored file was changed")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         os.replace(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("fetched %s/%s: %d files into %s", run_id, model, len(manifest["files"]), dest)
+    log.info("fetched %s: %d files into %s", what, len(manifest["files"]), dest)
     return dest
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+
+def _checkpoint_prefix(run_id: str, model: str, name: str | None = None) -> str:
+    base = _run_prefix(run_id, model) + f"{CHECKPOINTS_DIR}/"
+    return base + f"{check_name(name, 'checkpoint name')}/" if name is not None else base
+
+
+def publish_checkpoint(local_dir: Path, run_id: str, model: str, name: str, storage: Storage) -> str:
+    """Upload a checkpoint folder to `<run_id>/<model>/checkpoints/<name>/`, each file verified, manifest last.
+
+    A checkpoint without its manifest does not exist for `list_checkpoints`, so a crash mid-upload is harmless.
+    """
+    prefix = _checkpoint_prefix(run_id, model, name)
+    files = _local_files(Path(local_dir))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hashing = {pool.submit(digest_file, path): rel for rel, path in files.items()}
+        for future in as_completed(hashing):
+            storage.upload(prefix + hashing[future], files[hashing[future]], future.result())
+    manifest = _build_manifest(run_id, model, _entries(hashing), {"checkpoint": name})
+    storage.write_bytes(prefix + MANIFEST, json.dumps(manifest, indent=2).encode())
+    return storage.location(prefix)
+
+
+def _checkpoint_manifest(run_id: str, model: str, name: str, storage: Storage) -> dict[str, Any] | None:
+    key = _checkpoint_prefix(run_id, model, name) + MANIFEST
+    data = storage.read_bytes(key)
+    return None if data is None else _parse_manifest(data, storage.location(key))
+
+
+def list_checkpoints(run_id: str, model: str, storage: Storage) -> list[str]:
+    """Names of the complete (manifest-bearing) checkpoints of a model run, sorted."""
+    base = _checkpoint_prefix(run_id, model)
+    names = set()
+    for key in storage.list_keys(base):
+        parts = key[len(base):].split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST and _NAME_RE.fullmatch(parts[0]):
+            names.add(parts[0])
+    return sorted(names)
+
+
+def fetch_checkpoint(run_id: str, model: str, name: str, dest: Path, storage: Storage) -> Path:
+    """Download a published checkpoint into `dest` (absent or empty), every file verified."""
+    manifest = _checkpoint_manifest(run_id, model, name, storage)
+    if manifest is None:
+        raise StorageError(f"checkpoint {name} of {run_id}/{model} is not published in {storage.url}")
+    return _fetch_files(manifest, _checkpoint_prefix(run_id, model, name), f"{run_id}/{model}/{name}", Path(dest), storage)
+
+
+def delete_checkpoint(run_id: str, model: str, name: str, storage: Storage) -> None:
+    """Withdraw a checkpoint: its manifest first, then the files it listed."""
+    prefix = _checkpoint_prefix(run_id, model, name)
+    manifest = _checkpoint_manifest(run_id, model, name, storage)
+    storage.delete(prefix + MANIFEST)
+    for entry in (manifest or {}).get("files", []):
+        storage.delete(prefix + entry["path"])

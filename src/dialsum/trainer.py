@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from dialsum.checkpoint import Checkpointer
 from dialsum.config import TrainingConfig
 from dialsum.models.common import length_grouped_batches, random_batches
 
@@ -90,6 +91,15 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
     return total
 
 
+def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer, scheduler, scaler) -> tuple[int, int]:
+    """Restore the newest checkpoint (if any) into the training objects and `result`; returns (epoch, window)."""
+    position = checkpoints.restore(model, optimizer, scheduler, scaler) if checkpoints else None
+    if position is None:
+        return 0, 0
+    result.steps, result.losses = position.step, position.losses
+    return position.epoch, position.window
+
+
 def _enable_checkpointing(model) -> None:
     enabled = getattr(model, "is_activation_checkpointing", None)
     if enabled is None:
@@ -109,8 +119,12 @@ def fit(
     max_steps: int | None = None,
     on_log: Callable[[dict], None] | None = None,
     show_progress: bool = True,
+    checkpoints: Checkpointer | None = None,
 ) -> FitResult:
-    """Train `model` on `features` in place; returns step count, timing and token counts."""
+    """Train `model` on `features` in place; returns step count, timing and token counts.
+
+    With `checkpoints`, training first resumes from the newest checkpoint (if any) and checkpoints as it goes.
+    """
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
     if t.gradient_checkpointing:
@@ -124,12 +138,15 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
     multiple = 8 if device.type == "cuda" else 1
     result = FitResult(0, 0.0, 0, 0)
-    bar = tqdm(total=steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
+    first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler)
+    bar = tqdm(total=steps, initial=result.steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
     model.train()
-    start, epoch = time.perf_counter(), 0
+    start, epoch = time.perf_counter(), first_epoch
     while result.steps < steps:
         epoch_windows = windows(_batches(features, t, epoch), t.grad_accum)
         for w, window in enumerate(epoch_windows):
+            if epoch == first_epoch and w < skip:
+                continue  # done before the checkpoint this run resumed from
             micro = [family.collate(tok, [features[j] for j in idx], multiple_of=multiple) for idx in window]
             result.real_tokens += sum(int(b["attention_mask"].sum()) for b in micro)
             result.padded_tokens += sum(b["attention_mask"].numel() for b in micro)
@@ -151,6 +168,9 @@ def fit(
             if on_log:
                 on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
                         "train/grad_norm": float(grad_norm), "train/epoch": epoch + (w + 1) / len(epoch_windows)})
+            if checkpoints:
+                checkpoints.after_step(result.steps, result.losses, epoch, w, len(epoch_windows), steps,
+                                       model, optimizer, scheduler, scaler)
             if result.steps >= steps:
                 break
         epoch += 1

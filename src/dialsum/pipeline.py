@@ -20,10 +20,11 @@ from types import ModuleType
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import metric
+from dialsum import distributed, metric
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
 from dialsum.errors import DataError
+from dialsum.evaluation import Evaluator
 from dialsum.models import checkpoint_source, family
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
@@ -74,6 +75,7 @@ def device() -> torch.device:
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None) -> RunContext:
     """Validate config and data, then load (or build) the model; nothing heavy happens before validation."""
+    distributed.init()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     if debug:
@@ -83,6 +85,8 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     if next(model.parameters()).device.type != device().type:
         model.to(device())
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
+    if not distributed.is_main():  # data-parallel ranks other than 0 only train
+        return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, "", Tracker(), debug)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
@@ -93,8 +97,9 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
 def fit_phase(ctx: RunContext) -> FitResult:
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
+    evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log)
     result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                 on_log=ctx.tracker.log)
+                 on_log=ctx.tracker.log, evaluation=evaluator)
     log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
     return result
 
@@ -161,10 +166,13 @@ def run_model(
     try:
         before = dev_score(ctx)["score"] if eval_before else None
         fitted = fit_phase(ctx)
+        if not distributed.is_main():
+            return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
         preds = predict(ctx, ctx.work_dir)
         extra = {"dev_score_before": before, "train_steps": fitted.steps, "train_seconds": round(fitted.seconds, 2),
                  "train_tokens_per_second": round(fitted.tokens_per_second, 1), "debug": debug,
                  "seconds": round(time.perf_counter() - started, 2)}
+        extra["training"] = {**fitted.evaluation, "skipped_steps": fitted.skipped_steps}
         metrics = score_phase(ctx, preds, extra)
         run_dir = save_phase(ctx)
         location = publish_phase(ctx, run_dir, storage_url, force) if publish else None

@@ -66,3 +66,11 @@ def test_tracker_lower_loss_wins_and_state_round_trips():
     resumed.load_state_dict(tracker.state_dict())
     assert resumed.update({"step": 4, "dev_loss": 2.0}, model)  # a tie is no improvement: patience runs out
     assert resumed.restore(model) and torch.equal(model.weight, torch.full((1, 2), 2.0))
+
+
+def test_an_equal_score_goes_to_the_lower_dev_loss():
+    model = torch.nn.Linear(2, 1)
+    tracker = BestTracker("dev_score")
+    for step, loss in ((1, 3.0), (2, 2.0), (3, 2.5)):
+        tracker.update({"step": step, "dev_loss": loss, "dev_score": 0.0}, model)
+    assert (tracker.best_step, tracker.since_best) == (2, 1)

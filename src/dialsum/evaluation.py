@@ -36,18 +36,26 @@ class BestTracker:
     since_best: int = 0
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def better(self, value: float) -> bool:
+    def better(self, record: dict) -> bool:
+        """Higher score or lower loss; an equal score goes to the lower dev loss."""
+        value = record[self.metric]
         if self.best_value is None:
             return True
-        return value < self.best_value if self.metric == "dev_loss" else value > self.best_value
+        if self.metric == "dev_loss":
+            return value < self.best_value
+        if value == self.best_value:
+            best = next(r for r in self.curve if r["step"] == self.best_step)
+            return record.get("dev_loss", float("inf")) < best.get("dev_loss", float("inf"))
+        return value > self.best_value
 
     def update(self, record: dict, model) -> bool:
         """Add one evaluation; keep its weights if it is the best so far. True: patience ran out, stop."""
-        self.curve.append(record)
         value = record.get(self.metric)
+        improved = value is not None and self.better(record)
+        self.curve.append(record)
         if value is None:
             return False
-        if self.better(value):
+        if improved:
             self.best_value, self.best_step, self.since_best = value, record["step"], 0
             self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             return False

@@ -71,3 +71,10 @@ def test_qlora_on_cpu_base_is_4bit_and_only_lora_changes(sample):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed and all("lora_" in n for n in changed)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == changed
+
+
+def test_each_data_parallel_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch):
+    from dialsum.models.causal_lm import _local_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _local_device() == 3

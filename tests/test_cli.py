@@ -28,6 +28,22 @@ def test_single_mode_takes_one_model():
         args.func(args)
 
 
+def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch):
+    from dialsum import distributed
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "launch", lambda argv, n: calls.append((argv, n)) or 0)
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", "/s"])
+    assert args.func(args) == 0
+    (argv, n), = calls
+    assert n == 2 and argv[:3] == ["train", "--models", "tiny-bart"] and "--gpus" not in argv
+    assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", "/s"} <= set(argv)
+    args = build_parser().parse_args(["train", "--mode", "multi_model", "--models", "a", "b", "--gpus", "2"])
+    with pytest.raises(DialsumError, match="one model on several GPUs"):
+        args.func(args)
+
+
 def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path):
     env = {"DIALSUM_STORAGE_URL": f"s3://{s3_bucket}/nightly", "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")}
     proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)

@@ -64,3 +64,14 @@ def test_unknown_model_lists_available():
         load_model_config("no-such-model")
     assert "available:" in str(err.value) and "tiny-bart" in str(err.value)
     assert set(SHIPPED) == set(available_models())
+
+
+def test_family_defaults_for_schedule_optimizer_and_evaluation():
+    for name in ("llama-3.2-korean-3b", "qwen3-4b"):
+        t = load_model_config(name).training
+        assert (t.lr_scheduler, t.optimizer) == ("cosine", "paged_adamw_8bit")
+    t = load_model_config("kobart").training
+    assert (t.lr_scheduler, t.optimizer) == ("linear", "adamw")
+    for name in ("kobart", "qwen3-4b"):
+        t = load_model_config(name).training
+        assert t.best_metric == "dev_score" and t.load_best_model and t.eval_every and t.eval_score_rows

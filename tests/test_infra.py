@@ -371,6 +371,20 @@ def test_assign_round_robins_over_gpu_queues() -> None:
     assert [p.model for p in placed] == ["a", "b", "c", "d", "e"]
 
 
+def test_assign_gives_one_model_several_gpus(docker_template: dict, k8s_template: dict) -> None:
+    placed = assign(["a", "b", "c"], "docker-gpu", num_gpus=5, gpus_per_model=2)
+    assert [p.job_variables["gpu_ids"] for p in placed] == [["0", "1"], ["2", "3"], ["0", "1"]]
+    assert [p.work_queue_name for p in placed] == ["gpu-0", "gpu-2", "gpu-0"]
+    devices = render_job_configuration(docker_template, placed[1].job_variables)["container_create_kwargs"]
+    assert devices["device_requests"][0]["DeviceIDs"] == ["2", "3"]
+    (k8s,) = assign(["a"], "k8s", gpus_per_model=4)
+    assert k8s.job_variables == {"gpu_count": 4}
+    render_job_configuration(k8s_template, k8s.job_variables)
+    for target, count, per_model in (("docker-gpu", 1, 2), ("process", None, 2), ("k8s", None, 0)):
+        with pytest.raises(ConfigError, match="GPUs"):
+            assign(["a"], target, num_gpus=count, gpus_per_model=per_model)
+
+
 def test_assign_reads_gpu_count_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(placement.NUM_GPUS_ENV, "3")
     assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == ["gpu-0", "gpu-1", "gpu-2", "gpu-0"]

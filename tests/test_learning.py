@@ -34,7 +34,12 @@ def test_run_folder_layout(trained):
     cfg = load_model_config(str(run / "config.yaml"))
     assert generation["generate"]["max_new_tokens"] == cfg.generation.max_new_tokens
     assert generation["generate"]["eos_token_id"] and generation["no_repeat"]["ngram_size"] == cfg.generation.no_repeat_ngram_size
-    assert json.loads((run / "metrics.json").read_text())["dev"]["score"] == trained.metrics["dev"]["score"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dev"]["score"] == trained.metrics["dev"]["score"]
+    training = metrics["training"]  # the evaluation curve, one score per epoch, and the step that was shipped
+    scored = [r for r in training["curve"] if "dev_score" in r]
+    assert len(scored) == trained.metrics["train_steps"] // scored[0]["step"] and training["restored_best"]
+    assert training["best"]["value"] == max(r["dev_score"] for r in scored) and training["skipped_steps"] == 0
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))
         assert rows[0] == ["", "fname", "summary"] and len(rows) == n + 1

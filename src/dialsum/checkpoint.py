@@ -28,6 +28,7 @@ from typing import Iterator
 
 import torch
 
+from dialsum import distributed
 from dialsum import storage as store
 from dialsum.errors import DialsumError
 
@@ -100,7 +101,8 @@ def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
             param.copy_(tensors[name])
 
 
-def write(folder: Path, position: Position, fingerprint: str, model, optimizer, scheduler, scaler) -> Path:
+def write(folder: Path, position: Position, fingerprint: str, model, optimizer, scheduler, scaler,
+          extras: dict | None = None) -> Path:
     """Write one checkpoint folder atomically (temp folder, then rename); returns its path."""
     name = checkpoint_name(position.step)
     final, temp = folder / name, folder / f".{name}.tmp"
@@ -108,7 +110,7 @@ def write(folder: Path, position: Position, fingerprint: str, model, optimizer, 
     temp.mkdir(parents=True)
     payload = {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-               "rng": rng_state()}
+               "rng": rng_state(), "extras": {k: obj.state_dict() for k, obj in (extras or {}).items()}}
     torch.save(payload, temp / STATE_FILE)
     meta = {"step": position.step, "epoch": position.epoch, "window": position.window, "losses": position.losses,
             "fingerprint": fingerprint}
@@ -157,8 +159,9 @@ class Checkpointer:
             store.fetch_checkpoint(self.run_id, self.model, newest, self.folder / newest, self.storage)
         return self.folder / newest
 
-    def restore(self, model, optimizer, scheduler, scaler) -> Position | None:
-        """Load the newest checkpoint into the model, optimizer, scheduler, scaler and RNGs; None if there is none."""
+    def restore(self, model, optimizer, scheduler, scaler, extras: dict | None = None) -> Position | None:
+        """Load the newest checkpoint into the model, optimizer, scheduler, scaler, RNGs and `extras` (objects with
+        `load_state_dict`, such as the step guard and the best-weights tracker); None if there is none."""
         path = self.latest()
         if path is None:
             return None
@@ -172,28 +175,37 @@ class Checkpointer:
         if scaler is not None and payload["scaler"] is not None:
             scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
+        for key, obj in (extras or {}).items():
+            if key in payload.get("extras", {}):
+                obj.load_state_dict(payload["extras"][key])
         self.resumed_at = meta["step"]
         log.info("resumed %s at step %d (epoch %d, window %d) from %s", self.model or "training", meta["step"],
                  meta["epoch"], meta["window"], path.name)
         return Position(meta["step"], meta["epoch"], meta["window"], list(meta["losses"]))
 
+    def due(self, steps: int, window: int, n_windows: int, total: int) -> bool:
+        """Every `every` steps, at an epoch end, at the last step, or after SIGTERM."""
+        epoch_end = window + 1 == n_windows
+        return self.stop.is_set() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
+
     def after_step(self, steps: int, losses: list[float], epoch: int, window: int, n_windows: int, total: int,
-                   model, optimizer, scheduler, scaler) -> None:
-        """Checkpoint when due (every `every` steps, at an epoch end, at the last step, or after SIGTERM)."""
+                   model, optimizer, scheduler, scaler, extras: dict | None = None) -> None:
+        """Checkpoint when due (see `due`); after SIGTERM, raise `Preempted` once the checkpoint is out."""
+        if not self.due(steps, window, n_windows, total):
+            return
         epoch_end = window + 1 == n_windows
         stopping = self.stop.is_set()
-        if not (stopping or epoch_end or steps >= total or (self.every and steps % self.every == 0)):
-            return
         position = Position(steps, epoch + 1, 0, list(losses)) if epoch_end else Position(steps, epoch, window + 1, list(losses))
-        self.save(position, model, optimizer, scheduler, scaler)
+        if distributed.is_main():  # one writer; every rank resumes from the same files
+            self.save(position, model, optimizer, scheduler, scaler, extras)
         if stopping:
             raise Preempted(f"stopped by SIGTERM after step {steps}; checkpoint {checkpoint_name(steps)} is saved"
                             + (f" and published to {self.storage.url}" if self.storage else "")
                             + "; rerun the same run id to resume")
 
-    def save(self, position: Position, model, optimizer, scheduler, scaler) -> Path:
+    def save(self, position: Position, model, optimizer, scheduler, scaler, extras: dict | None = None) -> Path:
         started = time.perf_counter()
-        path = write(self.folder, position, self.fingerprint, model, optimizer, scheduler, scaler)
+        path = write(self.folder, position, self.fingerprint, model, optimizer, scheduler, scaler, extras)
         if self.storage is not None:
             store.publish_checkpoint(path, self.run_id, self.model, path.name, self.storage)
         self._prune()

@@ -24,6 +24,8 @@ def _resume_run_id(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     _resume_run_id(args)
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _train_data_parallel(args)
     if args.mode == "single":
         if len(args.models) != 1:
             raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
@@ -32,9 +34,25 @@ def _train(args: argparse.Namespace) -> int:
         result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
                            eval_before=args.eval_before, storage_url=args.storage, force=args.force,
                            resume=bool(args.resume))
-        print(format_table([_row(result.metrics, "completed", result.location)]))
+        if result.metrics:  # data-parallel ranks other than 0 report nothing
+            print(format_table([_row(result.metrics, "completed", result.location)]))
         return 0
     return _train_all(args)
+
+
+def _train_data_parallel(args: argparse.Namespace) -> int:
+    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id."""
+    from dialsum import distributed
+    from dialsum.pipeline import new_run_id
+
+    if args.mode != "single" or len(args.models) != 1:
+        raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
+    argv = ["train", "--models", args.models[0], "--run-id", args.run_id or new_run_id()]
+    argv += ["--data", str(args.data)] if args.data else []
+    argv += ["--storage", args.storage] if args.storage else []
+    argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
+                                   ("--force", args.force)) if on]
+    return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
 
 
 def _train_all(args: argparse.Namespace) -> int:
@@ -154,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train, predict, score and publish one or more models")
     p.add_argument("--mode", choices=["single", "multi_model"], default="single")
+    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (accelerate launch)")
     _add_train_args(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")

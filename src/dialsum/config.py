@@ -31,6 +31,28 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: float = Field(0.05, ge=0, description="Warmup: a fraction of all steps if < 1, else a step count.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="adamw (fused where available), or bitsandbytes' 8-bit AdamW (paged: states spill to host memory)."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning rate after warmup: linear or cosine decay to zero, or constant."
+    )
+    log_every: int = Field(10, ge=1, description="Optimizer steps between reads of the training loss for logging.")
+    max_bad_steps: int = Field(
+        5, ge=1, description="Non-finite losses or gradients in a row (each such step is skipped) that stop the run."
+    )
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between dev-loss evaluations; None: each epoch end only.")
+    eval_loss_rows: int | None = Field(None, ge=1, description="Dev rows used for the dev loss; None: all of them.")
+    eval_score_rows: int | None = Field(
+        200, ge=1, description="Dev rows generated and scored at each epoch end; None: all of them."
+    )
+    best_metric: Literal["dev_score", "dev_loss"] = Field(
+        "dev_score", description="What picks the best evaluation (higher score, lower loss) for the shipped model and early stopping."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations of best_metric without improvement; None: never."
+    )
+    load_best_model: bool = Field(True, description="End training with the weights of the best evaluation, not the last step.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Autocast dtype; auto is bf16 on GPUs that support it, else fp32."
     )

@@ -24,11 +24,12 @@ from types import ModuleType
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import metric, preflight
+from dialsum import distributed, metric, preflight
 from dialsum.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
 from dialsum.errors import DataError, DialsumError
+from dialsum.evaluation import Evaluator
 from dialsum.models import checkpoint_source, family
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
@@ -94,6 +95,7 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
     """
     get_settings().check_folders()
+    distributed.init()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     if debug:
@@ -104,13 +106,16 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
     model = tok = None
     if not phases.done("save"):
-        if not phases.done("fit"):
-            shutil.rmtree(work_dir, ignore_errors=True)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            if not phases.done("fit"):
+                shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True, exist_ok=True)
         saved = work_dir / "model" if phases.done("fit") else None
         model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]), adapter=saved)
         if next(model.parameters()).device.type != device().type:
             model.to(device())
+    if not distributed.is_main():  # data-parallel ranks other than 0 only train
+        return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
     return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases)
@@ -133,14 +138,18 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
         return done
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
+    evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log)
     with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext():
         result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                     on_log=ctx.tracker.log, checkpoints=checkpoints)
+                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator)
     log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
+    if not distributed.is_main():
+        return {}
     ctx.family.save(ctx.model, ctx.tok, ctx.work_dir / "model")
     done = {"train_steps": result.steps, "train_seconds": round(result.seconds, 2),
             "train_tokens_per_second": round(result.tokens_per_second, 1),
-            "resumed_at_step": checkpoints.resumed_at if checkpoints else None}
+            "resumed_at_step": checkpoints.resumed_at if checkpoints else None,
+            "training": {**result.evaluation, "skipped_steps": result.skipped_steps}}
     ctx.phases.mark("fit", done)
     return done
 
@@ -221,6 +230,8 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
         return done["metrics"], ctx.work_dir.parent / ctx.cfg.name
     before = before_phase(ctx, eval_before)
     fitted = fit_phase(ctx, checkpoints)
+    if not distributed.is_main():
+        return {}, ctx.work_dir
     if (preds := ctx.phases.get("predict")) is None:
         preds = predict(ctx, ctx.work_dir)
         ctx.phases.mark("predict", preds)
@@ -248,6 +259,8 @@ def run_model(
     ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
     try:
         metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
+        if not distributed.is_main():
+            return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
         location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
     except BaseException:
         ctx.tracker.finish(failed=True)

@@ -128,17 +128,28 @@ def default_placement(target: str) -> tuple[str | None, dict[str, Any]]:
     return f"{spec.queue_prefix}-0", {"gpu_ids": ["0"]}
 
 
-def assign(models: list[str], target: str, num_gpus: int | None = None) -> list[Placement]:
-    """Place each model on `target`; on per-GPU targets model i goes to queue and GPU `i % N`."""
+def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1) -> list[Placement]:
+    """Place each model on `target`, with `gpus_per_model` GPUs each (data-parallel training above 1).
+
+    On per-GPU targets the box's GPUs form groups of `gpus_per_model`; model i gets group `i % groups`, and
+    the queue of the group's first GPU, so two runs never share a GPU. Other GPU targets get a GPU count.
+    """
     spec = get_target(target)
+    if gpus_per_model < 1 or (gpus_per_model > 1 and not spec.gpu):
+        raise ConfigError(f"target {target} cannot give a model {gpus_per_model} GPUs")
     if spec.queue_prefix is None:
-        job_variables = {"gpu_count": 1} if spec.gpu else {}
+        job_variables = {"gpu_count": gpus_per_model} if spec.gpu else {}
         return [Placement(m, spec.deployment, None, dict(job_variables)) for m in models]
     count = resolve_num_gpus(num_gpus)
-    return [
-        Placement(m, spec.deployment, f"{spec.queue_prefix}-{i % count}", {"gpu_ids": [str(i % count)]})
-        for i, m in enumerate(models)
-    ]
+    if gpus_per_model > count:
+        raise ConfigError(f"{gpus_per_model} GPUs per model, but the box has {count}")
+    groups = count // gpus_per_model
+    placed = []
+    for i, m in enumerate(models):
+        first = (i % groups) * gpus_per_model
+        gpu_ids = [str(first + k) for k in range(gpus_per_model)]
+        placed.append(Placement(m, spec.deployment, f"{spec.queue_prefix}-{first}", {"gpu_ids": gpu_ids}))
+    return placed
 
 
 def secret_block_name(env_name: str) -> str:

@@ -1,9 +1,12 @@
-"""The training loop: AdamW, linear warmup/decay, gradient accumulation, clipping and autocast.
+"""The training loop: configured optimizer and schedule, gradient accumulation, clipping, autocast, a non-finite
+guard, evaluation hooks and data parallelism.
 
 Batches are padded dynamically and, by default, grouped by length. The loss is normalised per label token over
 each whole accumulation window, so gradients do not depend on how rows fall into micro-batches. Mixed precision
 never meets a GradScaler with half-precision weights: trainable weights are fp32, bf16 runs without a scaler, and
-fp16 gets one.
+fp16 gets one. A step with a non-finite loss or gradient is skipped (see `guards.py`); evaluation, the best
+weights and early stopping live in an evaluator object passed in (see `evaluation.py`). Loss values stay on the
+device and are read every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
+from dialsum import distributed
 from dialsum.checkpoint import Checkpointer
 from dialsum.config import TrainingConfig
+from dialsum.guards import StepGuard
 from dialsum.models.common import length_grouped_batches, random_batches
+from dialsum.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -31,6 +36,9 @@ class FitResult:
     real_tokens: int
     padded_tokens: int
     losses: list[float] = field(default_factory=list)
+    skipped_steps: int = 0
+    stopped_early: bool = False
+    evaluation: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,28 +84,66 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
     """Forward and backward every micro-batch of one optimizer step; returns the window's mean token loss.
 
     Each micro-batch's summed loss is divided by the label tokens of the whole window (counted on the host
-    before anything moves to the device), so every token weighs the same, as in one big batch. The returned
-    loss stays on the device: reading it is left to logging.
+    before anything moves to the device, and summed over ranks when data-parallel), so every token weighs the
+    same, as in one big batch. Data-parallel ranks scale by the world size, which the gradient average divides
+    out again. The returned loss (this rank's share of the window mean) stays on the device: reading it is left
+    to logging.
     """
     device = next(model.parameters()).device
-    n_tokens = max(sum(family.target_count(b) for b in micro), 1)
+    n_tokens = max(distributed.global_count(sum(family.target_count(b) for b in micro), device), 1)
+    world = distributed.world_size()
     total = torch.zeros((), device=device)
-    for batch in micro:
+    for i, batch in enumerate(micro):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            loss = family.loss(model, batch) / n_tokens
-        (scaler.scale(loss) if scaler else loss).backward()
+        with nullcontext() if i == len(micro) - 1 else distributed.no_sync(model):
+            with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+                loss = family.loss(model, batch) / n_tokens
+            (scaler.scale(loss * world) if scaler else loss * world).backward()
         total += loss.detach()
     return total
 
 
-def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer, scheduler, scaler) -> tuple[int, int]:
+def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer, scheduler, scaler,
+           extras: dict) -> tuple[int, int]:
     """Restore the newest checkpoint (if any) into the training objects and `result`; returns (epoch, window)."""
-    position = checkpoints.restore(model, optimizer, scheduler, scaler) if checkpoints else None
+    position = checkpoints.restore(model, optimizer, scheduler, scaler, extras) if checkpoints else None
     if position is None:
         return 0, 0
     result.steps, result.losses = position.step, position.losses
     return position.epoch, position.window
+
+
+def global_batch(t: TrainingConfig) -> TrainingConfig:
+    """The config with `batch_size` as the global micro-batch (per-rank size × ranks) that the batch plan uses."""
+    world = distributed.world_size()
+    return t if world == 1 else t.model_copy(update={"batch_size": t.batch_size * world})
+
+
+def shard_rows(features: Sequence[dict], idx: Sequence[int]) -> list[dict]:
+    """This rank's rows of a global micro-batch. A rank left without rows gets one with every label masked, so
+    each rank runs the same forward/backward passes and contributes nothing."""
+    mine = distributed.shard(idx)
+    if mine:
+        return [features[j] for j in mine]
+    row = dict(features[idx[0]])
+    row["labels"] = [-100] * len(row["labels"])
+    return [row]
+
+
+def _log_losses(result: FitResult, pending: list, bar, on_log, extra: dict) -> None:
+    """Read the losses and gradient norms kept on the device since the last read (one sync), then log them."""
+    stacked = torch.stack(pending)
+    stacked[:, 0] = distributed.reduce_sum(stacked[:, 0])
+    values, norms = stacked.T.tolist()
+    pending.clear()
+    result.losses += values
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    loss = sum(finite) / len(finite)
+    bar.set_postfix(loss=f"{loss:.3f}")
+    if on_log:
+        on_log({"train/loss": loss, "train/grad_norm": norms[-1], "train/step": result.steps, **extra})
 
 
 def _enable_checkpointing(model) -> None:
@@ -120,60 +166,79 @@ def fit(
     on_log: Callable[[dict], None] | None = None,
     show_progress: bool = True,
     checkpoints: Checkpointer | None = None,
+    evaluation=None,
 ) -> FitResult:
     """Train `model` on `features` in place; returns step count, timing and token counts.
 
     With `checkpoints`, training first resumes from the newest checkpoint (if any) and checkpoints as it goes.
+    `evaluation` (an `evaluation.Evaluator`) is called after every step and may stop training early; at the
+    end it restores the best weights. Data-parallel ranks share one batch plan of global micro-batches.
     """
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
     if t.gradient_checkpointing:
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate, fused=True)
+    optimizer = build_optimizer(t, param_groups(model, t.weight_decay))
+    t = global_batch(t)
     steps = total_steps(len(features), t, max_steps)
-    warmup = int(t.warmup_steps * steps) if t.warmup_steps < 1 else int(t.warmup_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
+    scheduler = build_scheduler(t, optimizer, steps)
     amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
     multiple = 8 if device.type == "cuda" else 1
+    guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model), []
     result = FitResult(0, 0.0, 0, 0)
-    first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler)
+    extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
+    first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
     bar = tqdm(total=steps, initial=result.steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
     model.train()
     start, epoch = time.perf_counter(), first_epoch
-    while result.steps < steps:
+    while result.steps < steps and not result.stopped_early:
         epoch_windows = windows(_batches(features, t, epoch), t.grad_accum)
         for w, window in enumerate(epoch_windows):
             if epoch == first_epoch and w < skip:
                 continue  # done before the checkpoint this run resumed from
-            micro = [family.collate(tok, [features[j] for j in idx], multiple_of=multiple) for idx in window]
+            micro = [family.collate(tok, shard_rows(features, idx), multiple_of=multiple) for idx in window]
             result.real_tokens += sum(int(b["attention_mask"].sum()) for b in micro)
             result.padded_tokens += sum(b["attention_mask"].numel() for b in micro)
-            loss = backward_window(family, model, micro, amp, scaler)
+            loss = backward_window(family, trained, micro, amp, scaler)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            ok = guard.check(result.steps + 1, loss, None if scaler else grad_norm)
             if scaler:
-                scaler.step(optimizer)
+                if ok:
+                    scaler.step(optimizer)
                 scaler.update()
-            else:
+            elif ok:
                 optimizer.step()
-            scheduler.step()
+            if ok:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            result.losses.append(loss.item())
+            pending.append(torch.stack([loss, grad_norm.to(loss.device).float()]))
             bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
-            if on_log:
-                on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm), "train/epoch": epoch + (w + 1) / len(epoch_windows)})
-            if checkpoints:
+            position = epoch + (w + 1) / len(epoch_windows)
+            if result.steps % t.log_every == 0 or result.steps >= steps:
+                _log_losses(result, pending, bar, on_log, {"train/lr": scheduler.get_last_lr()[0], "train/epoch": position})
+            end = w == len(epoch_windows) - 1 or result.steps >= steps
+            if evaluation is not None and evaluation.after_step(model, result.steps, position, loss if ok else None, end):
+                result.stopped_early = True
+            if checkpoints and checkpoints.due(result.steps, w, len(epoch_windows), steps):
+                if pending:
+                    _log_losses(result, pending, bar, None, {})
                 checkpoints.after_step(result.steps, result.losses, epoch, w, len(epoch_windows), steps,
-                                       model, optimizer, scheduler, scaler)
+                                       model, optimizer, scheduler, scaler, extras)
+            if result.stopped_early:
+                break
             if result.steps >= steps:
                 break
         epoch += 1
+    if pending:
+        _log_losses(result, pending, bar, None, {})
+    result.skipped_steps = guard.skipped
+    if evaluation is not None:
+        result.evaluation = evaluation.finish(model)
     if device.type == "cuda":
         torch.cuda.synchronize()
     result.seconds = time.perf_counter() - start

@@ -180,3 +180,10 @@ def test_max_target_length_is_honoured_and_cuts_are_reported(sample, caplog):
     assert all(sum(x != -100 for x in f["labels"]) == 8 and f["labels"][-1] == causal_lm.stop_ids(cfg, tok)[0]
                for f in feats)
     assert f"{len(long)} of {len(long)} summaries exceed max_target_length=8" in caplog.text
+
+
+def test_each_data_parallel_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch):
+    from dialsum.models.causal_lm import _local_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _local_device() == 3

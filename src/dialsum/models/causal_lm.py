@@ -6,6 +6,7 @@ token. Generation left-pads batches, strips the prompt and stops at end-of-turn 
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -97,7 +98,7 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
     model = AutoModelForCausalLM.from_pretrained(
         source, revision=cfg.revision, token=token, trust_remote_code=cfg.trust_remote_code,
         quantization_config=qconf, dtype=_DTYPES[cfg.quantization.compute_dtype] if qconf else torch.float32,
-        device_map={"": torch.cuda.current_device()} if (qconf and cuda) else None,
+        device_map={"": _local_device()} if (qconf and cuda) else None,
     )
     fit_embeddings(model, tok, pieces)
     model.generation_config = generation_config(cfg, model, tok)
@@ -113,6 +114,12 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
         model = get_peft_model(model, lconf)
     _trainable_to_fp32(model)
     return model, tok
+
+
+def _local_device() -> int:
+    """This process's GPU: the launcher's LOCAL_RANK under data-parallel training, else the current device."""
+    rank = os.environ.get("LOCAL_RANK")
+    return int(rank) if rank is not None else torch.cuda.current_device()
 
 
 def _trainable_to_fp32(model) -> None:

@@ -1,0 +1,117 @@
+"""Data-parallel training of one model on several devices, around accelerate.
+
+`dialsum train --gpus N` relaunches itself through `accelerate launch`, one process per device; each process
+calls `init()`, which joins the process group the launcher described (NCCL on GPUs, gloo on CPUs). Every rank
+builds the same batch plan, with a global micro-batch of `batch_size × world` rows, and trains on its own
+slice of each micro-batch; DistributedDataParallel averages the gradients. The trainer counts a window's label
+tokens over all ranks, so the loss stays a mean over every label token of the global window. Only rank 0
+writes and publishes. Outside a launch every function here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from dialsum.errors import ConfigError
+
+
+def init() -> None:
+    """Join the process group a launcher set up (WORLD_SIZE > 1 in the environment); one process: nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available(), backend=None if torch.cuda.is_available() else "gloo")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 writes, logs and publishes; the other ranks only train."""
+    return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's device index on its machine (LOCAL_RANK from the launcher, else 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shard(rows: Sequence[int]) -> list[int]:
+    """This rank's rows of a global micro-batch: every world-th row, so length-sorted batches split evenly."""
+    return list(rows[rank() :: world_size()])
+
+
+def global_count(n: int, device: torch.device) -> int:
+    """The sum of `n` over all ranks (label tokens of a window); `n` itself for one process."""
+    if not active():
+        return n
+    total = torch.tensor(n, dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over ranks (a copy); the tensor itself for one process."""
+    if not active():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def all_true(flag: torch.Tensor) -> torch.Tensor:
+    """True on every rank only when `flag` is true on all of them, so all ranks skip or step together."""
+    if not active():
+        return flag
+    flag = flag.to(torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.bool()
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model wrapped for gradient averaging across ranks; the model itself for one process."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def no_sync(model: torch.nn.Module):
+    """Skip the gradient all-reduce for a micro-batch that is not the last of its window."""
+    from contextlib import nullcontext
+
+    return model.no_sync() if hasattr(model, "no_sync") else nullcontext()
+
+
+def launch_command(argv: Sequence[str], processes: int) -> list[str]:
+    """The `accelerate launch` command that runs `dialsum <argv>` once per device."""
+    if processes < 2:
+        raise ConfigError(f"--gpus must be at least 2 to launch data-parallel training, got {processes}")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+    return launcher + ["-m", "dialsum.cli", *argv]
+
+
+def launch(argv: Sequence[str], processes: int) -> int:
+    """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code."""
+    if torch.cuda.is_available() and torch.cuda.device_count() < processes:
+        raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
+    return subprocess.call(launch_command(argv, processes))

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from dialsum.config import TrainingConfig
-from dialsum.models.common import length_grouped_batches, random_batches
+from dialsum.models.common import length_grouped_batches, random_batches, token_budget_batches
+from dialsum.models.memory import checkpointing_needed
 
 
 @dataclass
@@ -45,7 +46,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int) -> list[list[int]]:
+def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int, multiple_of: int = 1) -> list[list[int]]:
+    """An epoch's micro-batches: a token budget (`max_tokens_per_batch`, always length-grouped) or `batch_size` rows."""
+    if t.max_tokens_per_batch:
+        lengths = [len(f["input_ids"]) for f in features]
+        return token_budget_batches(lengths, t.max_tokens_per_batch, seed=t.seed + epoch, mega=t.length_group_batches,
+                                    multiple_of=multiple_of)
     if t.group_by_length:
         lengths = [len(f["input_ids"]) for f in features]
         return length_grouped_batches(lengths, t.batch_size, seed=t.seed + epoch, mega=t.length_group_batches)
@@ -57,9 +63,26 @@ def windows(batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
     return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
-def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> int:
-    per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
-    return max_steps or max(1, math.ceil(per_epoch * t.epochs))
+def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None,
+                features: Sequence[dict] | None = None, multiple_of: int = 1) -> int:
+    """Optimizer steps of the whole run. Token-budget epochs differ in batch count, so with a budget (and
+    `features`) each epoch's batches are counted exactly; the last, fractional epoch is rounded up."""
+    if max_steps:
+        return max_steps
+    if not (t.max_tokens_per_batch and features):
+        per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
+        return max(1, math.ceil(per_epoch * t.epochs))
+    whole, part = int(t.epochs), t.epochs - int(t.epochs)
+    per_epoch = [math.ceil(len(_batches(features, t, e, multiple_of)) / t.grad_accum) for e in range(math.ceil(t.epochs))]
+    return max(1, sum(per_epoch[:whole]) + (math.ceil(part * per_epoch[whole]) if part else 0))
+
+
+def use_checkpointing(t: TrainingConfig, model, features: Sequence[dict], device: torch.device, amp) -> bool:
+    """`gradient_checkpointing`, with `auto` resolved by the activation-memory estimate of the largest micro-batch."""
+    if t.gradient_checkpointing != "auto":
+        return bool(t.gradient_checkpointing)
+    tokens = t.max_tokens_per_batch or t.batch_size * max(len(f["input_ids"]) for f in features)
+    return checkpointing_needed(model, tokens, device, act_bytes=2 if amp else 4)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -90,6 +113,13 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
     return total
 
 
+def _read_losses(result: FitResult, pending: list[torch.Tensor]) -> None:
+    """Move the window losses still on the device into `result.losses`: one host sync per logging interval."""
+    if pending:
+        result.losses.extend(torch.stack(pending).float().cpu().tolist())
+        pending.clear()
+
+
 def _enable_checkpointing(model) -> None:
     enabled = getattr(model, "is_activation_checkpointing", None)
     if enabled is None:
@@ -113,22 +143,22 @@ def fit(
     """Train `model` on `features` in place; returns step count, timing and token counts."""
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
-    if t.gradient_checkpointing:
+    amp = autocast_dtype(t.precision, device)
+    if use_checkpointing(t, model, features, device, amp):
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate, fused=True)
-    steps = total_steps(len(features), t, max_steps)
+    multiple = 8 if device.type == "cuda" else 1
+    steps = total_steps(len(features), t, max_steps, features, multiple)
     warmup = int(t.warmup_steps * steps) if t.warmup_steps < 1 else int(t.warmup_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
-    amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    multiple = 8 if device.type == "cuda" else 1
     result = FitResult(0, 0.0, 0, 0)
     bar = tqdm(total=steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
     model.train()
-    start, epoch = time.perf_counter(), 0
+    start, epoch, pending = time.perf_counter(), 0, []
     while result.steps < steps:
-        epoch_windows = windows(_batches(features, t, epoch), t.grad_accum)
+        epoch_windows = windows(_batches(features, t, epoch, multiple), t.grad_accum)
         for w, window in enumerate(epoch_windows):
             micro = [family.collate(tok, [features[j] for j in idx], multiple_of=multiple) for idx in window]
             result.real_tokens += sum(int(b["attention_mask"].sum()) for b in micro)
@@ -145,15 +175,18 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            result.losses.append(loss.item())
+            pending.append(loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
-            if on_log:
-                on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm), "train/epoch": epoch + (w + 1) / len(epoch_windows)})
+            if result.steps % t.logging_steps == 0 or result.steps >= steps:
+                _read_losses(result, pending)
+                bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+                if on_log:
+                    on_log({"train/loss": result.losses[-1], "train/lr": scheduler.get_last_lr()[0],
+                            "train/grad_norm": float(grad_norm), "train/epoch": epoch + (w + 1) / len(epoch_windows)})
             if result.steps >= steps:
                 break
         epoch += 1
+    _read_losses(result, pending)
     if device.type == "cuda":
         torch.cuda.synchronize()
     result.seconds = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """The model-type dispatcher: one module per family, picked by the config's `type`.
 
 Each family module exposes the same surface: `load`, `build_features`, `collate`, `target_count`, `loss`,
-`generate` and `save`.
+`inference_model`, `generate` and `save`.
 Adding a model of a known family is one YAML file in configs/models/.
 """
 

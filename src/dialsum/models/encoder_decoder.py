@@ -61,6 +61,11 @@ def loss(model, batch: dict) -> torch.Tensor:
     return token_loss_sum(logits, labels)
 
 
+def inference_model(cfg: EncoderDecoderConfig, model):
+    """The model to generate with: the trained model itself (nothing to merge)."""
+    return model
+
+
 @torch.inference_mode()
 def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], progress=None) -> list[str]:
     """Summaries for `features`, in order, generated in length-sorted batches."""

@@ -29,6 +29,9 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/generation_throughput.py
 	$(PY) bench/publish_throughput.py
 	$(PY) bench/orchestration_overhead.py
+	$(PY) bench/loss_memory.py
+	$(PY) bench/token_budget_throughput.py
+	$(PY) bench/merged_generation.py
 
 image-test:
 	bash images/image-test.sh

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, use_repo_configs,
-    write_result,
+    QWEN3, causal_config, cpu_threads, dev_examples, device_info, full_logits_loss, require_shared, save_random_lm,
+    use_repo_configs, write_result,
 )
 
 SHAPE = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -49,13 +49,8 @@ def _rss_kib(field: str) -> int:
 def full_logits_family():
     """causal_lm with the former loss: logits at every position over the whole vocabulary, then fp32."""
     from dialsum.models import causal_lm
-    from dialsum.models.common import token_loss_sum
 
-    def loss(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
-
-    return SimpleNamespace(collate=causal_lm.collate, target_count=causal_lm.target_count, loss=loss)
+    return SimpleNamespace(collate=causal_lm.collate, target_count=causal_lm.target_count, loss=full_logits_loss)
 
 
 def step(variant: str, shared: Path) -> dict:

@@ -83,7 +83,8 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
         )
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
-    return batched_generate(features, g.batch_size, run, progress)
+    return batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
+                            new_tokens=g.max_new_tokens)
 
 
 def save(model, tok, out_dir: Path) -> None:

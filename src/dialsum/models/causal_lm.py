@@ -176,10 +176,10 @@ def loss(model, batch: dict) -> torch.Tensor:
     """
     decoder, head = _decoder_and_head(model)
     labels = batch["labels"][:, 1:]
-    keep = labels != -100
+    rows, cols = (labels != -100).nonzero(as_tuple=True)  # before the forward: the only wait on the device is here
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = head(hidden.last_hidden_state[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    logits = head(hidden.last_hidden_state[rows, cols])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols], reduction="sum")
 
 
 def inference_model(cfg: CausalLMConfig, model):

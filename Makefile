@@ -30,6 +30,9 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/publish_throughput.py
 	$(PY) bench/orchestration_overhead.py
 	$(PY) bench/checkpoint_overhead.py
+	$(PY) bench/loss_memory.py
+	$(PY) bench/token_budget_throughput.py
+	$(PY) bench/merged_generation.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

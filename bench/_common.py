@@ -68,14 +68,23 @@ def pad_to(batch: dict, widths: dict[str, int], pad_id: int) -> dict:
     return out
 
 
-def fixed_padding(family, widths: dict[str, int]) -> SimpleNamespace:
-    """A family stand-in for `fit` whose batches are padded to fixed widths (the static-padding baseline)."""
+def fixed_padding(family, widths: dict[str, int], loss=None) -> SimpleNamespace:
+    """A family stand-in for `fit` whose batches are padded to fixed widths (the static-padding baseline);
+    `loss` replaces the family's loss when given."""
 
     def collate(tok, features, for_generation=False, multiple_of=1):
         batch = family.collate(tok, features, for_generation=for_generation, multiple_of=multiple_of)
         return pad_to(batch, widths, tok.pad_token_id)
 
-    return SimpleNamespace(collate=collate, target_count=family.target_count, loss=family.loss)
+    return SimpleNamespace(collate=collate, target_count=family.target_count, loss=loss or family.loss)
+
+
+def full_logits_loss(model, batch: dict):
+    """The causal-LM loss as it was: logits at every position over the whole vocabulary, upcast to fp32."""
+    from dialsum.models.common import token_loss_sum
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
 
 
 def cpu_threads(default: int = 1) -> int:

@@ -6,7 +6,7 @@ import torch
 from dialsum.config import load_model_config
 from dialsum.data import Example, load_splits, placeholders_in
 from dialsum.models import checkpoint_source, family
-from dialsum.trainer import backward_window, fit, param_groups
+from dialsum.trainer import backward_window, fit, param_groups, total_steps
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,17 @@ def test_fit_uneven_last_window_still_steps(sample):
     result = fit(t, fam, model, tok, feats, show_progress=False)
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_token_budget_fit_covers_every_row_once_per_epoch(sample):
+    cfg = load_model_config("tiny-qwen3")
+    fam = family(cfg)
+    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(sample["train"]))
+    t = cfg.training.model_copy(update={"max_tokens_per_batch": 1024, "grad_accum": 2, "epochs": 2, "log_every": 2})
+    feats = fam.build_features(cfg, tok, sample["train"][:16], with_labels=True)
+    logged = []
+    result = fit(t, fam, model, tok, feats, on_log=logged.append, show_progress=False)
+    assert result.steps == total_steps(len(feats), t, None, feats)
+    assert result.real_tokens == 2 * sum(len(f["input_ids"]) for f in feats)  # two whole epochs, nothing more
+    assert len(result.losses) == result.steps and all(torch.isfinite(torch.tensor(result.losses)))
+    assert len(logged) == -(-result.steps // 2) and logged[-1]["train/loss"] == result.losses[-1]

@@ -25,7 +25,10 @@ class Strict(BaseModel):
 
 class TrainingConfig(Strict):
     epochs: float = Field(3, gt=0, description="Passes over the training split.")
-    batch_size: int = Field(16, ge=1, description="Examples per optimizer micro-batch.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer micro-batch (unless max_tokens_per_batch).")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=16, description="Padded tokens per micro-batch; replaces batch_size with length-grouped token budgets."
+    )
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -56,7 +59,9 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Autocast dtype; auto is bf16 on GPUs that support it, else fp32."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False, description="Trade compute for activation memory; auto turns it on only when activations would not fit."
+    )
     group_by_length: bool = Field(True, description="Length-grouped batches (dynamic padding either way).")
     length_group_batches: int = Field(
         50, ge=1, description="Batches per length-sorted mega-batch; fewer mix content more at some padding cost."
@@ -71,7 +76,12 @@ class TrainingConfig(Strict):
 
 
 class GenerationConfig(Strict):
-    batch_size: int = Field(32, ge=1, description="Dialogues per generate() call.")
+    batch_size: int = Field(32, ge=1, description="Dialogues per generate() call (at most).")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=16, description="Prompt plus new tokens per generate() call; None: batch_size rows."
+    )
+    merge_adapter: bool = Field(True, description="Predict with LoRA (and new token rows) merged into a dense base when memory allows.")
+    static_cache: bool = Field(False, description="Static KV cache with torch.compile'd decoding (GPU).")
     max_new_tokens: int = Field(100, ge=1, description="Longest summary generated.")
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy.")
     no_repeat_ngram_size: int = Field(

@@ -154,11 +154,11 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     return done
 
 
-def generate_split(ctx: RunContext, split: str) -> list[str]:
+def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
     with tqdm(total=len(examples), desc=f"{ctx.cfg.name} {split}", unit="dlg", leave=False, disable=None) as bar:
-        return ctx.family.generate(ctx.cfg, ctx.model, ctx.tok, features, progress=bar)
+        return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=bar)
 
 
 def dev_score(ctx: RunContext, predictions: list[str] | None = None) -> dict:
@@ -167,11 +167,14 @@ def dev_score(ctx: RunContext, predictions: list[str] | None = None) -> dict:
 
 
 def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
-    """Generate dev and test (when present) and write submission-shaped CSVs under out_dir/predictions."""
-    preds = {}
+    """Generate dev and test (when present) and write submission-shaped CSVs under out_dir/predictions.
+
+    Generation uses the family's inference model (e.g. adapters merged into a dense copy); `ctx.model` is kept
+    as trained, for saving."""
+    preds, model = {}, ctx.family.inference_model(ctx.cfg, ctx.model)
     for split in ("dev", "test"):
         if split in ctx.splits:
-            preds[split] = generate_split(ctx, split)
+            preds[split] = generate_split(ctx, split, model)
             write_submission(out_dir / "predictions" / f"{split}.csv", [e.fname for e in ctx.splits[split]], preds[split])
     return preds
 

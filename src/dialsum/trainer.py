@@ -25,7 +25,8 @@ from dialsum import distributed
 from dialsum.checkpoint import Checkpointer
 from dialsum.config import TrainingConfig
 from dialsum.guards import StepGuard
-from dialsum.models.common import length_grouped_batches, random_batches
+from dialsum.models.common import length_grouped_batches, random_batches, token_budget_batches
+from dialsum.models.memory import checkpointing_needed
 from dialsum.optim import build_optimizer, build_scheduler
 
 
@@ -54,7 +55,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int) -> list[list[int]]:
+def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int, multiple_of: int = 1) -> list[list[int]]:
+    """An epoch's micro-batches: a token budget (`max_tokens_per_batch`, always length-grouped) or `batch_size` rows."""
+    if t.max_tokens_per_batch:
+        lengths = [len(f["input_ids"]) for f in features]
+        return token_budget_batches(lengths, t.max_tokens_per_batch, seed=t.seed + epoch, mega=t.length_group_batches,
+                                    multiple_of=multiple_of)
     if t.group_by_length:
         lengths = [len(f["input_ids"]) for f in features]
         return length_grouped_batches(lengths, t.batch_size, seed=t.seed + epoch, mega=t.length_group_batches)
@@ -66,9 +72,26 @@ def windows(batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
     return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
-def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None) -> int:
-    per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
-    return max_steps or max(1, math.ceil(per_epoch * t.epochs))
+def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None,
+                features: Sequence[dict] | None = None, multiple_of: int = 1) -> int:
+    """Optimizer steps of the whole run. Token-budget epochs differ in batch count, so with a budget (and
+    `features`) each epoch's batches are counted exactly; the last, fractional epoch is rounded up."""
+    if max_steps:
+        return max_steps
+    if not (t.max_tokens_per_batch and features):
+        per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
+        return max(1, math.ceil(per_epoch * t.epochs))
+    whole, part = int(t.epochs), t.epochs - int(t.epochs)
+    per_epoch = [math.ceil(len(_batches(features, t, e, multiple_of)) / t.grad_accum) for e in range(math.ceil(t.epochs))]
+    return max(1, sum(per_epoch[:whole]) + (math.ceil(part * per_epoch[whole]) if part else 0))
+
+
+def use_checkpointing(t: TrainingConfig, model, features: Sequence[dict], device: torch.device, amp) -> bool:
+    """`gradient_checkpointing`, with `auto` resolved by the activation-memory estimate of the largest micro-batch."""
+    if t.gradient_checkpointing != "auto":
+        return bool(t.gradient_checkpointing)
+    tokens = t.max_tokens_per_batch or t.batch_size * max(len(f["input_ids"]) for f in features)
+    return checkpointing_needed(model, tokens, device, act_bytes=2 if amp else 4)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -114,9 +137,12 @@ def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer
 
 
 def global_batch(t: TrainingConfig) -> TrainingConfig:
-    """The config with `batch_size` as the global micro-batch (per-rank size × ranks) that the batch plan uses."""
+    """The config with the global micro-batch (per-rank rows or token budget × ranks) that the batch plan uses."""
     world = distributed.world_size()
-    return t if world == 1 else t.model_copy(update={"batch_size": t.batch_size * world})
+    if world == 1:
+        return t
+    budget = t.max_tokens_per_batch * world if t.max_tokens_per_batch else None
+    return t.model_copy(update={"batch_size": t.batch_size * world, "max_tokens_per_batch": budget})
 
 
 def shard_rows(features: Sequence[dict], idx: Sequence[int]) -> list[dict]:
@@ -176,16 +202,16 @@ def fit(
     """
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
-    if t.gradient_checkpointing:
+    amp = autocast_dtype(t.precision, device)
+    if use_checkpointing(t, model, features, device, amp):
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(t, param_groups(model, t.weight_decay))
     t = global_batch(t)
-    steps = total_steps(len(features), t, max_steps)
-    scheduler = build_scheduler(t, optimizer, steps)
-    amp = autocast_dtype(t.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
     multiple = 8 if device.type == "cuda" else 1
+    steps = total_steps(len(features), t, max_steps, features, multiple)
+    scheduler = build_scheduler(t, optimizer, steps)
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
     guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model), []
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
@@ -194,7 +220,7 @@ def fit(
     model.train()
     start, epoch = time.perf_counter(), first_epoch
     while result.steps < steps and not result.stopped_early:
-        epoch_windows = windows(_batches(features, t, epoch), t.grad_accum)
+        epoch_windows = windows(_batches(features, t, epoch, multiple), t.grad_accum)
         for w, window in enumerate(epoch_windows):
             if epoch == first_epoch and w < skip:
                 continue  # done before the checkpoint this run resumed from

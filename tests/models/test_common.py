@@ -17,3 +17,25 @@ def test_length_grouped_batches_cover_all_and_group():
     assert max(lengths[i] for i in batches[0]) == max(lengths)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded / sum(lengths) < 1.1
+
+
+def test_token_budget_batches_stay_within_budget_and_cover_each_row_once():
+    import pytest
+
+    from dialsum.models.common import token_budget_batches
+
+    lengths = [5 + (i * 53) % 400 for i in range(300)]
+    for multiple, seed, rows in ((1, 0, None), (8, 1, None), (8, None, None), (1, 2, 6)):
+        batches = token_budget_batches(lengths, 1200, seed=seed, mega=4, multiple_of=multiple, max_rows=rows)
+        assert sorted(i for b in batches for i in b) == list(range(300))
+        padded = [-(-n // multiple) * multiple for n in lengths]
+        assert all(len(b) * max(padded[i] for i in b) <= 1200 for b in batches)
+        assert rows is None or max(len(b) for b in batches) <= rows
+    batches = token_budget_batches(lengths, 1200, seed=0, mega=4)
+    sizes = [len(b) for b in batches]
+    assert max(sizes) >= 4 * min(sizes)  # many short rows or a few long ones
+    used = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert used / (len(batches) * 1200) > 0.75  # batches are mostly full (rows up to a third of the budget)
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest rows come first
+    with pytest.raises(ValueError, match="longest row"):
+        token_budget_batches([10, 2000], 1000, seed=0)

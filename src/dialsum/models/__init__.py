@@ -1,8 +1,8 @@
 """The model-type dispatcher: one module per family, picked by the config's `type`.
 
 Each family module exposes the same surface: `load`, `build_features`, `collate`, `target_count`, `loss`,
-`generate` and `save`; for preflight and the run record also `load_tokenizer`, `input_overhead`, `input_limit`,
-`target_ids`, `stop_ids`, `generation_config` and `no_repeat_exempt_ids`.
+`inference_model`, `generate` and `save`; for preflight and the run record also `load_tokenizer`, `input_overhead`,
+`input_limit`, `target_ids`, `stop_ids`, `generation_config` and `no_repeat_exempt_ids`.
 Adding a model of a known family is one YAML file in configs/models/.
 """
 

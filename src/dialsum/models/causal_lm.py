@@ -1,34 +1,41 @@
 """Decoder-only chat LMs (Llama, Qwen3): QLoRA or LoRA fine-tuning on the model's own chat template.
 
 The prompt is rendered with the tokenizer's chat template; the loss covers only the summary and the end-of-turn
-token. Generation left-pads batches, strips the prompt and stops at end-of-turn or eos.
+token, and the output layer runs only at those positions. Frozen weights stay in the compute dtype (bf16), only
+trainable ones are fp32; new placeholder tokens train small delta rows (models/new_tokens.py). Generation
+left-pads batches, strips the prompt and stops at end-of-turn or any end token the checkpoint declares, on a
+dense merged copy when memory allows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from dialsum.config import CausalLMConfig
 from dialsum.data import Example
 from dialsum.errors import ConfigError
-from dialsum.models import decoding
+from dialsum.models import decoding, new_tokens
 from dialsum.models.common import (
-    add_placeholder_tokens, batched_generate, fit_embeddings, pad_batch, report_cut, seed_everything,
-    token_loss_sum,
+    add_placeholder_tokens, batched_generate, init_new_rows, pad_batch, report_cut, seed_everything,
 )
 from dialsum.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 _MARKER = "\u241fDIALOGUE\u241f"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+VOCAB_MULTIPLE = 64  # embedding rows padded to a multiple of 64: tensor-core friendly output-layer matmuls
 
 
 def quantization_config(cfg: CausalLMConfig) -> BitsAndBytesConfig | None:
@@ -42,15 +49,23 @@ def quantization_config(cfg: CausalLMConfig) -> BitsAndBytesConfig | None:
     )
 
 
-def lora_config(cfg: CausalLMConfig, new_token_ids: Sequence[int] = ()) -> PeftLoraConfig | None:
-    """The YAML's `lora` section as a PEFT LoraConfig; newly added tokens get trainable embedding rows."""
+def lora_config(cfg: CausalLMConfig) -> PeftLoraConfig | None:
+    """The YAML's `lora` section as a PEFT LoraConfig (new tokens' rows are trained by models/new_tokens.py)."""
     if cfg.lora is None:
         return None
     return PeftLoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM",
-        trainable_token_indices=list(new_token_ids) or None,
     )
+
+
+def base_dtype(cfg: CausalLMConfig) -> torch.dtype:
+    """Frozen weights' dtype: the 4-bit compute dtype, half precision for a plain LoRA base, fp32 when all train."""
+    if cfg.quantization is not None and cfg.quantization.load_in_4bit:
+        return _DTYPES[cfg.quantization.compute_dtype]
+    if cfg.lora is None or cfg.training.precision == "fp32":
+        return torch.float32
+    return torch.float16 if cfg.training.precision == "fp16" else torch.bfloat16
 
 
 _STRFTIME_RE = re.compile(r"strftime_now\(\s*(?:\"([^\"]*)\"|'([^']*)')\s*\)")
@@ -97,23 +112,29 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         source, revision=cfg.revision, token=token, trust_remote_code=cfg.trust_remote_code,
-        quantization_config=qconf, dtype=_DTYPES[cfg.quantization.compute_dtype] if qconf else torch.float32,
+        quantization_config=qconf, dtype=base_dtype(cfg),
         device_map={"": _local_device()} if (qconf and cuda) else None,
     )
-    fit_embeddings(model, tok, pieces)
+    _pad_vocabulary(model, len(tok))
+    init_new_rows(model, pieces)
     model.generation_config = generation_config(cfg, model, tok)
-    if qconf is not None:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
     if adapter is not None and cfg.lora is not None:
+        new_tokens.load_rows(model, adapter)
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=False), tok
-    lconf = lora_config(cfg, sorted(pieces))
+    lconf = lora_config(cfg)
     if lconf is not None:
-        model = get_peft_model(model, lconf)
+        model = get_peft_model(model, lconf)  # freezes every base weight; nothing is upcast
+        if pieces:  # added ids are contiguous, after the tokenizer's own
+            new_tokens.attach(model.get_base_model(), min(pieces), len(pieces))
     _trainable_to_fp32(model)
     return model, tok
+
+
+def _pad_vocabulary(model, n_tokens: int) -> None:
+    """Room for every token, rows padded to VOCAB_MULTIPLE (padding ids are never generated)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < n_tokens or rows % VOCAB_MULTIPLE:
+        model.resize_token_embeddings(max(rows, n_tokens), pad_to_multiple_of=VOCAB_MULTIPLE, mean_resizing=False)
 
 
 def _local_device() -> int:
@@ -206,29 +227,76 @@ def target_count(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def _decoder_and_head(model):
+    """The transformer body (to final hidden states) and the output layer of a plain or PEFT-wrapped causal LM."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
 def loss(model, batch: dict) -> torch.Tensor:
-    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
+    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch.
+
+    The body runs to its final hidden states; the output layer and the (fp32) cross-entropy run only at the
+    positions that carry a label, about 13% of a batch, so no (batch x length x vocabulary) logits exist.
+    """
+    decoder, head = _decoder_and_head(model)
+    labels = batch["labels"][:, 1:]
+    rows, cols = (labels != -100).nonzero(as_tuple=True)  # before the forward: the only wait on the device is here
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logits = head(hidden.last_hidden_state[rows, cols])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols], reduction="sum")
+
+
+def inference_model(cfg: CausalLMConfig, model):
+    """The model to generate with: for an adapted model (LoRA, new-token rows), a dense merged copy in the
+    compute dtype (fp32 on CPU) when `generation.merge_adapter` is on and it fits in memory, else `model`."""
+    if not cfg.generation.merge_adapter or not isinstance(model, PeftModel):
+        return model
+    from dialsum.models.merge import dense_copy
+
+    device = next(model.parameters()).device
+    dtype = base_dtype(cfg) if device.type == "cuda" else torch.float32
+    if dtype is torch.float32 and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dense_copy(model, dtype, device) or model
+
+
+def _autocast(model, device: torch.device):
+    """bf16 (or fp16) autocast on GPU when any weight is fp32 (LoRA, fp32 base); plain on CPU."""
+    if device.type != "cuda" or all(p.dtype != torch.float32 for p in model.parameters()):
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
 @torch.inference_mode()
 def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress=None) -> list[str]:
-    """Greedy/beam summaries for prompt-only `features`, in order; the prompt is stripped from the output."""
+    """Greedy/beam summaries for prompt-only `features`, in order; the prompt is stripped from the output.
+
+    Batches hold at most `generation.batch_size` rows and `generation.max_tokens_per_batch` prompt + new tokens.
+    Embedding rows past the tokenizer (vocabulary padding) are never generated. `static_cache` decodes with a
+    static KV cache (compiled on GPU); prompts are then padded to a multiple of 64 to bound recompilation.
+    """
     model.eval()
     device = next(model.parameters()).device
     g = cfg.generation
     gen = generation_config(cfg, model, tok)
     exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
+    rows = model.get_input_embeddings().num_embeddings
+    extra = {"suppress_tokens": list(range(len(tok), rows))} if rows > len(tok) else {}
+    if g.static_cache:
+        extra["cache_implementation"] = "static"
 
     def run(batch: list[dict]) -> list[str]:
-        inputs = {k: v.to(device) for k, v in collate(tok, batch, for_generation=True).items()}
+        multiple = 64 if g.static_cache else 1
+        inputs = {k: v.to(device) for k, v in collate(tok, batch, for_generation=True, multiple_of=multiple).items()}
         start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, len(tok), start=start)
-        out = model.generate(**inputs, generation_config=gen, logits_processor=processors)
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
+        with _autocast(model, device):
+            out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
         return decoding.decode(tok, out[:, start:])
 
-    return batched_generate([{"input_ids": f["input_ids"]} for f in features], g.batch_size, run, progress)
+    return batched_generate([{"input_ids": f["input_ids"]} for f in features], g.batch_size, run, progress,
+                            max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens)
 
 
 def generation_config(cfg: CausalLMConfig, model, tok):
@@ -246,6 +314,10 @@ def no_repeat_exempt_ids(cfg: CausalLMConfig, tok) -> list[int]:
 
 
 def save(model, tok, out_dir: Path) -> None:
-    """Adapters only for (Q)LoRA, the full model otherwise; the tokenizer (with its template) beside it."""
-    model.save_pretrained(out_dir)
+    """Adapters only for (Q)LoRA (plus the new tokens' rows), the full model otherwise; the tokenizer beside it."""
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir, save_embedding_layers=False)
+        new_tokens.save_rows(model.get_base_model(), out_dir)
+    else:
+        model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

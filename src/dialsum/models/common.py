@@ -160,6 +160,52 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int | 
     return [first] + batches
 
 
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, seed: int | None, mega: int = 50, multiple_of: int = 1,
+    max_rows: int | None = None,
+) -> list[list[int]]:
+    """Length-grouped batches whose padded size (rows x longest row, rounded up to `multiple_of`) stays within
+    `max_tokens`: many short rows or a few long ones per batch, so every micro-batch costs about the same.
+
+    Same grouping as `length_grouped_batches`: shuffled chunks of about `mega` batches, each sorted by length and
+    cut greedily longest-first, then the batches shuffled with the longest first. `seed=None` sorts everything by
+    length (generation). `max_rows` caps rows per batch as well. Every row lands in exactly one batch; a row
+    longer than the budget is an error.
+    """
+    if not lengths:
+        return []
+    padded = [-(-n // multiple_of) * multiple_of for n in lengths]
+    worst = max(padded)
+    if worst > max_tokens:
+        raise ValueError(f"max_tokens_per_batch {max_tokens} is smaller than the longest row ({worst} tokens)")
+    order = list(range(len(lengths)))
+    if seed is None:
+        return _cut_budget(sorted(order, key=lambda i: -padded[i]), padded, max_tokens, max_rows)
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    span = max(1, mega * max_tokens * len(padded) // max(sum(padded), 1))
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: -padded[i])
+        batches += _cut_budget(chunk, padded, max_tokens, max_rows)
+    longest = max(range(len(batches)), key=lambda b: padded[batches[b][0]])
+    first = batches.pop(longest)
+    rng.shuffle(batches)
+    return [first] + batches
+
+
+def _cut_budget(ordered: list[int], padded: Sequence[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Cut a longest-first order greedily: a batch grows while rows x its first (longest) row fit the budget."""
+    batches: list[list[int]] = []
+    cap = max_rows or len(ordered)
+    for i in ordered:
+        if batches and len(batches[-1]) < cap and (len(batches[-1]) + 1) * padded[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _cut(ordered: list[int], batch_size: int) -> list[list[int]]:
     """Cut a longest-first order into batches, the remainder (if any) first."""
     head = len(ordered) % batch_size
@@ -186,11 +232,22 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
 
 
 def batched_generate(
-    features: Sequence[dict], batch_size: int, run: Callable[[list[dict]], list[str]], progress=None
+    features: Sequence[dict], batch_size: int, run: Callable[[list[dict]], list[str]], progress=None,
+    max_tokens: int | None = None, new_tokens: int = 0,
 ) -> list[str]:
-    """Generate in length-sorted batches and return outputs in the input order."""
+    """Generate in length-sorted batches and return outputs in the input order.
+
+    With `max_tokens`, a batch holds at most `batch_size` rows and at most `max_tokens` tokens counting each
+    row as its padded prompt plus `new_tokens` generated ones (the KV cache it will need); else `batch_size` rows.
+    """
     out: list[str | None] = [None] * len(features)
-    for batch in length_grouped_batches([len(f["input_ids"]) for f in features], batch_size, seed=None):
+    lengths = [len(f["input_ids"]) for f in features]
+    if max_tokens:
+        budget = max(max_tokens, max(lengths, default=0) + new_tokens)  # one row always fits
+        order = token_budget_batches([n + new_tokens for n in lengths], budget, seed=None, max_rows=batch_size)
+    else:
+        order = length_grouped_batches(lengths, batch_size, seed=None)
+    for batch in order:
         for i, text in zip(batch, run([features[i] for i in batch])):
             out[i] = text
         if progress is not None:

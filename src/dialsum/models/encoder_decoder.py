@@ -114,6 +114,11 @@ def loss(model, batch: dict) -> torch.Tensor:
     return token_loss_sum(logits, labels)
 
 
+def inference_model(cfg: EncoderDecoderConfig, model):
+    """The model to generate with: the trained model itself (nothing to merge)."""
+    return model
+
+
 @torch.inference_mode()
 def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], progress=None) -> list[str]:
     """Summaries for `features`, in order, generated in length-sorted batches."""
@@ -129,7 +134,8 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
         out = model.generate(**inputs, generation_config=gen, logits_processor=processors)
         return decoding.decode(tok, out)
 
-    return batched_generate(features, g.batch_size, run, progress)
+    return batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
+                            new_tokens=g.max_new_tokens)
 
 
 def save(model, tok, out_dir: Path) -> None:

@@ -14,7 +14,20 @@ from dialsum.errors import DialsumError
 log = logging.getLogger("dialsum")
 
 
+def _validate_inputs(args: argparse.Namespace) -> None:
+    """Configs and data checked before torch or Prefect is imported, so mistakes are reported in seconds."""
+    from dialsum.config import load_model_config
+    from dialsum.data import load_splits
+    from dialsum.datasource import is_url, resolve
+
+    for model in args.models:
+        load_model_config(model)
+    if not is_url(args.data):
+        load_splits(resolve(args.data))
+
+
 def _train(args: argparse.Namespace) -> int:
+    _validate_inputs(args)
     if args.mode == "single":
         if len(args.models) != 1:
             raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
@@ -28,18 +41,32 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_all(args: argparse.Namespace) -> int:
+    _validate_inputs(args)
     from dialsum.orchestration import run_embedded
 
     summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
-                           run_id=args.run_id, eval_before=args.eval_before)
+                           run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
+                           margin=args.margin, force=args.force)
     print(format_table(summary["rows"]))
-    if summary.get("ensemble"):
-        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+    print_outcome(summary)
     failed = [r["model"] for r in summary["rows"] if r["status"] != "completed"]
     if failed:
         print(f"failed models: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_outcome(summary: dict) -> None:
+    """The lines under the table: the ensemble, the promotion decision, the report."""
+    if summary.get("status") == "unchanged":
+        print("unchanged: data, config and code match an earlier run; nothing was retrained")
+    if summary.get("ensemble"):
+        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+    if summary.get("promotion"):
+        verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
+        print(f"champion: {verdict}: {summary['promotion']['reason']}")
+    if summary.get("plot"):
+        print(f"report: {summary['plot']}")
 
 
 def _row(metrics: dict, status: str, location: str | None) -> dict:
@@ -61,6 +88,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if str(args.run) == "champion":
+        from dialsum.champion_cli import predict_command
+
+        return predict_command(args)
     from dialsum.pipeline import predict_run
 
     scores = predict_run(args.run, data_dir=args.data, out_dir=args.out)
@@ -108,7 +139,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
     p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
     p.add_argument("--run-id", help="run id (default: time-based)")
-    p.add_argument("--force", action="store_true", help="overwrite a published run with different content")
+    p.add_argument("--force", action="store_true",
+                   help="single: overwrite a published run with different content; "
+                        "multi_model/train-all: retrain even when data, config and code are unchanged")
+    p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
+                   help="make the run's ensemble the champion: never (default), if-better, always")
+    p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=_train_all)
     p = sub.add_parser("predict", help="write predictions with a trained run folder")
-    p.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml and model/)")
+    p.add_argument("--run", type=Path, required=True,
+                   help="run folder (holds config.yaml and model/), or `champion` to fetch the model in service")
     p.add_argument("--data", type=Path, help="folder with dev.csv and/or test.csv (default: bundled sample)")
-    p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
+    p.add_argument("--out", type=Path, help="output folder (default: the run folder; for champion: .)")
+    p.add_argument("--storage", help="storage URL of the champion (default: DIALSUM_STORAGE_URL)")
     p.set_defaults(func=_predict)
     p = sub.add_parser("evaluate", help="score a submission-shaped CSV against references")
     p.add_argument("--predictions", type=Path, required=True)
@@ -142,24 +180,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_optional(sub) -> None:
-    from dialsum import storage_cli, worker
+    from dialsum import champion_cli, storage_cli
 
     storage_cli.register(sub)
-    worker.register(sub)
+    champion_cli.register(sub)
+    p = sub.add_parser("worker", add_help=False, help="Create a work pool from infra/ and start a Prefect worker on it.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """`dialsum worker …`, parsed by the worker module, imported (with Prefect) only for this command."""
+    from dialsum import worker
+
+    parser = argparse.ArgumentParser(prog="dialsum")
+    worker.register(parser.add_subparsers(dest="command", required=True))
+    real = parser.parse_args(["worker", *args.rest])
+    return real.func(real) or 0
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Our own messages on stderr; third-party loggers keep their defaults."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    from dialsum.console import configure
+
+    configure(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.func is _worker:
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.verbose)
     try:
         return args.func(args)

@@ -48,6 +48,7 @@ class RunContext:
     data_hash: str
     tracker: Tracker = field(default_factory=Tracker)
     debug: bool = False
+    dev_hash: str | None = None
 
 
 @dataclass
@@ -87,7 +88,10 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     work_dir.mkdir(parents=True)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
-    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_fingerprint(data_dir), tracker, debug)
+    from dialsum.datasource import dev_fingerprint
+
+    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_fingerprint(data_dir), tracker, debug,
+                      dev_fingerprint(data_dir))
 
 
 def fit_phase(ctx: RunContext) -> FitResult:
@@ -139,12 +143,29 @@ def save_phase(ctx: RunContext) -> Path:
     return final
 
 
+def loss_curve(losses: list[float], points: int = 500) -> list[float]:
+    """The training loss per optimizer step, averaged into at most `points` buckets for the report."""
+    if len(losses) <= points:
+        return [round(x, 5) for x in losses]
+    size = len(losses) / points
+    buckets = [losses[int(i * size): int((i + 1) * size)] for i in range(points)]
+    return [round(sum(b) / len(b), 5) for b in buckets if b]
+
+
+def run_facts(ctx: RunContext) -> dict:
+    """What decides whether a later run would be identical: dev data, code, debug (see `datasource`)."""
+    from dialsum.datasource import code_fingerprint
+
+    return {"dev_sha256": ctx.dev_hash, "code_sha256": code_fingerprint(), "debug": ctx.debug}
+
+
 def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool) -> str:
     from dialsum import storage
 
     config_hash = hashlib.sha256(dump_config(ctx.cfg).encode()).hexdigest()
     result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=storage.open_storage(storage_url),
-                             extra={"config_sha256": config_hash, "data_sha256": ctx.data_hash, "type": ctx.cfg.type},
+                             extra={"config_sha256": config_hash, "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
+                                    **run_facts(ctx)},
                              force=force)
     return result.url
 
@@ -164,7 +185,7 @@ def run_model(
         preds = predict(ctx, ctx.work_dir)
         extra = {"dev_score_before": before, "train_steps": fitted.steps, "train_seconds": round(fitted.seconds, 2),
                  "train_tokens_per_second": round(fitted.tokens_per_second, 1), "debug": debug,
-                 "seconds": round(time.perf_counter() - started, 2)}
+                 "seconds": round(time.perf_counter() - started, 2), "train_losses": loss_curve(fitted.losses)}
         metrics = score_phase(ctx, preds, extra)
         run_dir = save_phase(ctx)
         location = publish_phase(ctx, run_dir, storage_url, force) if publish else None

@@ -49,7 +49,7 @@ def _train_all(args: argparse.Namespace) -> int:
                            margin=args.margin, force=args.force)
     print(format_table(summary["rows"]))
     print_outcome(summary)
-    failed = [r["model"] for r in summary["rows"] if r["status"] != "completed"]
+    failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]
     if failed:
         print(f"failed models: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -21,12 +21,14 @@ def plot(path: Path, losses: dict[str, list[float]], scores: dict[str, float],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     for model, curve in losses.items():
         if curve:
             left.plot(range(1, len(curve) + 1), curve, label=model, linewidth=1.4)
     left.set(title="Training loss", xlabel="optimizer step (bucketed beyond 500)", ylabel="loss")
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if any(losses.values()):
         left.legend(fontsize=8)
     left.grid(alpha=0.3)
@@ -36,9 +38,12 @@ def plot(path: Path, losses: dict[str, list[float]], scores: dict[str, float],
     x = range(len(names))
     width = 0.38
     ours = right.bar([i - width / 2 for i in x], [scores[n] for n in names], width, label="this run", color="#3b7dd8")
-    theirs = right.bar([i + width / 2 for i in x], [champion_scores.get(n, 0.0) for n in names], width,
-                       label="champion", color="#b0b0b0")
-    for bars, values in ((ours, [scores[n] for n in names]), (theirs, [champion_scores.get(n) for n in names])):
+    pairs = [(ours, [scores[n] for n in names])]
+    if champion_scores:
+        theirs = right.bar([i + width / 2 for i in x], [champion_scores.get(n, 0.0) for n in names], width,
+                           label="champion", color="#b0b0b0")
+        pairs.append((theirs, [champion_scores.get(n) for n in names]))
+    for bars, values in pairs:
         for bar, value in zip(bars, values):
             if value is not None:
                 right.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),

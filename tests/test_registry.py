@@ -144,3 +144,15 @@ def test_create_bytes_is_create_only(store: Storage) -> None:
     assert store.replace_if("x/one.json", b"3", tag)
     assert not store.replace_if("x/one.json", b"4", tag)
     assert store.read_bytes("x/one.json") == b"3"
+
+
+def test_an_ensemble_that_reuses_an_unchanged_model_names_where_it_was_trained(store: Storage, tmp_path: Path) -> None:
+    publish_run(store, tmp_path, "run-1", 40.0)
+    ens = tmp_path / "run-2" / "ensemble"
+    write_submission(ens / "predictions" / "dev.csv", list(DEV), list(DEV.values()))
+    summary = {"run_id": "run-2", "choice": "best_single", "dev_score": 40.0, "weights": {"m1": 1.0},
+               "dev_scores": {"m1": 40.0}, "dev_sha256": "dev-a", "sources": {"m1": "run-1"}}
+    (ens / "ensemble.json").write_text(json.dumps(summary))
+    publish(ens, "run-2", "ensemble", storage=store)
+    entry = registry.describe(store, "run-2")
+    assert entry["sources"] == {"m1": "run-1"} and entry["config_sha256"] == {"m1": "cfg"}

@@ -106,7 +106,8 @@ def predict_champion(data_dir: Path | None, out_dir: Path, storage_url: str | No
     with tempfile.TemporaryDirectory(prefix="dialsum-champion-") as tmp:
         candidates: ensemble.Candidates = {}
         for member in champ["members"]:
-            run_dir = storage.fetch(champ["run_id"], member, Path(tmp) / "runs" / member, store)
+            source = champ.get("sources", {}).get(member, champ["run_id"])
+            run_dir = storage.fetch(source, member, Path(tmp) / "runs" / member, store)
             predict_run(run_dir, data_dir=data_dir, out_dir=Path(tmp) / "out" / member)
             candidates[member] = ensemble.read_predictions(Path(tmp) / "out" / member / "predictions")
     combined = ensemble.combine(champ.get("strategy") or ensemble.BEST_SINGLE, candidates, champ["member_scores"])

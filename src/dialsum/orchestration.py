@@ -303,7 +303,8 @@ def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.St
     if wanted is None:
         return None
     name = model_name(model)
-    runs = [base.champion["run_id"]] if base and name in base.champion.get("members", []) else []
+    champion = base.champion if base else {}
+    runs = [champion.get("sources", {}).get(name, champion["run_id"])] if name in champion.get("members", []) else []
     runs += sorted((r.run_id for r in storage.list_runs(store) if r.model == name), reverse=True)
     for run in runs:
         manifest = storage.read_manifest(run, name, store)

@@ -11,8 +11,8 @@ Layout under the storage root:
   replaced with a conditional write (S3 `If-Match` on the version it was read at). Readers always check
   for newer generations after it, so a pointer left behind by a crash is caught up on the next read.
 
-The champion names a run (`run_id`) and a model in it: `ensemble` (with its members and strategy) or one
-model. It carries the dev score, the dev data hash it was scored on, the data, config and code hashes,
+The champion names a run (`run_id`) and a model in it: `ensemble` (with its members, the run each member was
+trained in (`sources`: an unchanged model is reused from an earlier run) and its strategy) or one model. It carries the dev score, the dev data hash it was scored on, the data, config and code hashes,
 and the commit, so a challenger is compared like for like.
 """
 
@@ -160,14 +160,15 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
     if model == ENSEMBLE:
         summary = _read_json(store, run_id, model, "ensemble.json", manifest)
         members = sorted(summary["dev_scores"])
-        member_manifests = {m: _manifest(store, run_id, m) for m in members}
-        entry = {"kind": "ensemble", "dev_score": summary["dev_score"], "strategy": summary["choice"],
+        sources = {m: summary.get("sources", {}).get(m, run_id) for m in members}
+        member_manifests = {m: _manifest(store, sources[m], m) for m in members}
+        entry = {"kind": "ensemble", "sources": sources, "dev_score": summary["dev_score"], "strategy": summary["choice"],
                  "weights": summary["weights"], "member_scores": summary["dev_scores"],
                  "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored")}
     else:
         metrics = _read_json(store, run_id, model, "metrics.json", manifest)
         members, member_manifests = [model], {model: manifest}
-        entry = {"kind": "model", "dev_score": metrics["dev"]["score"], "strategy": None, "weights": {model: 1.0},
+        entry = {"kind": "model", "sources": {model: run_id}, "dev_score": metrics["dev"]["score"], "strategy": None, "weights": {model: 1.0},
                  "member_scores": {model: metrics["dev"]["score"]},
                  "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None}
     extras = {m: man.get("extra", {}) for m, man in member_manifests.items()}

@@ -31,6 +31,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.mode == "single":
         if len(args.models) != 1:
             raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
+        if args.promote != "never":
+            raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
+                               "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
         from dialsum.pipeline import run_model
 
         result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,

@@ -7,8 +7,13 @@ RNG and thread pool. A child's outcome is read back from object storage (its man
 never from Prefect results, so children may run on other machines. The `ensemble` task then combines
 every model that succeeded; after it is published, the parent fails if any model failed, naming them.
 
-Each train-all run leaves a table artifact `train-all-<run-id>` (one row per model) and a markdown
-artifact `ensemble-<run-id>` (the ensemble report). W&B runs of one train-all run share its run id as group.
+Models whose data, config and code are unchanged since the champion's run (or their latest run) are not
+retrained; their published results are reused. After the ensemble, the `promote` policy decides whether it
+becomes the champion (`registry`).
+
+Each train-all run leaves a table artifact `train-all-<run-id>` (one row per model), a markdown artifact
+`ensemble-<run-id>` (the ensemble report) and `report-<run-id>` (challenger against champion, the promotion
+decision, the plot). W&B runs of one train-all run share its run id as group; the report is one more run.
 """
 
 from __future__ import annotations

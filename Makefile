@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server)
-	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before
+	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -13,6 +13,7 @@ from dialsum.ensemble import (
     CONSENSUS,
     best_model,
     build_ensemble,
+    combine,
     consensus_pick,
     normalised_weights,
     publish_ensemble,
@@ -80,6 +81,17 @@ def test_consensus_wins_when_it_scores_better_on_dev() -> None:
     assert result.strategy_scores[CONSENSUS] == pytest.approx(100)
     assert result.strategy_scores[CONSENSUS] > result.strategy_scores[BEST_SINGLE]
     assert set(result.predictions["test"]) == {"t0"}
+
+
+def test_combine_applies_a_chosen_strategy_to_new_predictions() -> None:
+    """What `predict --run champion` does with an ensemble champion's members on new dialogues."""
+    wrong = {"a": "dev_0", "b": "dev_1", "c": "dev_2"}
+    new = {m: {"test": {f: JUNK[f] if f == wrong[m] else REFS[f] for f in REFS}} for m in wrong}
+    scores = {"a": 30, "b": 20, "c": 10}
+    assert combine(CONSENSUS, new, scores) == {"test": REFS}
+    assert combine(BEST_SINGLE, new, scores) == {"test": new["a"]["test"]}
+    with pytest.raises(ValueError, match="unknown ensemble strategy"):
+        combine("vote", new, scores)
 
 
 def test_best_single_wins_when_consensus_follows_agreeing_bad_models() -> None:

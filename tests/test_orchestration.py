@@ -136,7 +136,8 @@ class FakeChildren:
         return {"model": model, "type": "causal_lm", "status": "completed", "dev_score_before": None,
                 "dev_score": 10.0, "seconds": seconds, "location": f"{run_id}/{model}", "error": None}
 
-    def publish_ensemble(self, run_id: str, store, models: list[str], data_dir) -> PublishedEnsemble:
+    def publish_ensemble(self, run_id: str, store, models: list[str], data_dir, sources=None,
+                         attachments=None) -> PublishedEnsemble:
         self.ensembled = models
         result = EnsembleResult(BEST_SINGLE, models[0], {}, {}, {}, {}, {BEST_SINGLE: 10.0}, {}, {})
         return PublishedEnsemble(result, "# report\n", f"{run_id}/ensemble")

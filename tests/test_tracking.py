@@ -21,3 +21,19 @@ def test_wandb_offline_without_key_and_no_secret_in_logged_config(tmp_path, monk
     for path in files:
         data = path.read_bytes()
         assert b"supersecret" not in data, path
+
+
+def test_the_train_all_report_goes_to_wandb_in_the_run_group(tmp_path, monkeypatch):
+    from dialsum.tracking import publish_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    summary = {"status": "trained", "rows": [{"model": "tiny-bart", "status": "completed", "dev_score": 12.5, "seconds": 3.0}],
+               "ensemble": {"dev_score": 12.5}, "promotion": {"promoted": False, "reason": "does not beat 13.00"},
+               "plot": "file:///x/report.png"}
+    publish_report("r-7", "# train-all `r-7`\n**Decision: not promoted.**", summary)
+    runs = list((tmp_path / "r-7" / "wandb").rglob("offline-run-*"))
+    assert len(runs) == 1
+    stored = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
+    assert b"train-all-r-7" in stored and b"does not beat 13.00" in stored

@@ -22,22 +22,40 @@ def _resume_run_id(args: argparse.Namespace) -> None:
         args.run_id = args.resume
 
 
+def _validate_inputs(args: argparse.Namespace) -> None:
+    """Configs and data checked before torch or Prefect is imported, so mistakes are reported in seconds."""
+    from dialsum.config import load_model_config
+    from dialsum.data import load_splits
+    from dialsum.datasource import is_url, resolve
+
+    for model in args.models:
+        load_model_config(model)
+    if not is_url(args.data):
+        load_splits(resolve(args.data))
+
+
 def _train(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and (args.mode != "single" or len(args.models) != 1):
+        raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
+    if args.mode != "single":
+        return _train_all(args)
+    if len(args.models) != 1:
+        raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
+    if args.promote != "never":
+        raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
+                           "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
+    _validate_inputs(args)
     _resume_run_id(args)
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return _train_data_parallel(args)
-    if args.mode == "single":
-        if len(args.models) != 1:
-            raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
-        from dialsum.pipeline import run_model
+    from dialsum.pipeline import run_model
 
-        result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
-                           eval_before=args.eval_before, storage_url=args.storage, force=args.force,
-                           resume=bool(args.resume))
-        if result.metrics:  # data-parallel ranks other than 0 report nothing
-            print(format_table([_row(result.metrics, "completed", result.location)]))
-        return 0
-    return _train_all(args)
+    result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+                       eval_before=args.eval_before, storage_url=args.storage, force=args.force,
+                       resume=bool(args.resume))
+    if result.metrics:  # data-parallel ranks other than 0 report nothing
+        print(format_table([_row(result.metrics, "completed", result.location)]))
+    return 0
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
@@ -56,20 +74,34 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
 
 
 def _train_all(args: argparse.Namespace) -> int:
+    _validate_inputs(args)
     from dialsum.orchestration import run_embedded
 
     _resume_run_id(args)
 
     summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
-                           run_id=args.run_id, eval_before=args.eval_before)
+                           run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
+                           margin=args.margin, force=args.force)
     print(format_table(summary["rows"]))
-    if summary.get("ensemble"):
-        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
-    failed = [r["model"] for r in summary["rows"] if r["status"] != "completed"]
+    print_outcome(summary)
+    failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]
     if failed:
         print(f"failed models: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_outcome(summary: dict) -> None:
+    """The lines under the table: the ensemble, the promotion decision, the report."""
+    if summary.get("status") == "unchanged":
+        print("unchanged: data, config and code match an earlier run; nothing was retrained")
+    if summary.get("ensemble"):
+        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+    if summary.get("promotion"):
+        verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
+        print(f"champion: {verdict}: {summary['promotion']['reason']}")
+    if summary.get("plot"):
+        print(f"report: {summary['plot']}")
 
 
 def _row(metrics: dict, status: str, location: str | None) -> dict:
@@ -91,6 +123,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if str(args.run) == "champion":
+        from dialsum.champion_cli import predict_command
+
+        return predict_command(args)
     from dialsum.pipeline import predict_run
 
     scores = predict_run(args.run, data_dir=args.data, out_dir=args.out)
@@ -161,9 +197,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
     p.add_argument("--run-id", help="run id (default: time-based)")
     p.add_argument("--force", action="store_true",
-                   help="go on when preflight finds unreachable references; overwrite a published run with different content")
+                   help="single: go on when preflight finds unreachable references, overwrite a published run with "
+                        "different content; multi_model/train-all: also retrain when data, config and code are unchanged")
     p.add_argument("--resume", metavar="RUN_ID",
                    help="continue that run from its finished phases and newest checkpoint (local or in storage)")
+    p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
+                   help="make the run's ensemble the champion: never (default), if-better, always")
+    p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=_train_all)
     p = sub.add_parser("predict", help="write predictions with a trained run folder")
-    p.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml and model/)")
+    p.add_argument("--run", type=Path, required=True,
+                   help="run folder (holds config.yaml and model/), or `champion` to fetch the model in service")
     p.add_argument("--data", type=Path, help="folder with dev.csv and/or test.csv (default: bundled sample)")
-    p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
+    p.add_argument("--out", type=Path, help="output folder (default: the run folder; for champion: .)")
+    p.add_argument("--storage", help="storage URL of the champion (default: DIALSUM_STORAGE_URL)")
     p.set_defaults(func=_predict)
     p = sub.add_parser("evaluate", help="score a submission-shaped CSV against references")
     p.add_argument("--predictions", type=Path, required=True)
@@ -199,24 +241,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_optional(sub) -> None:
-    from dialsum import storage_cli, worker
+    from dialsum import champion_cli, storage_cli
 
     storage_cli.register(sub)
-    worker.register(sub)
+    champion_cli.register(sub)
+    p = sub.add_parser("worker", add_help=False, help="Create a work pool from infra/ and start a Prefect worker on it.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """`dialsum worker …`, parsed by the worker module, imported (with Prefect) only for this command."""
+    from dialsum import worker
+
+    parser = argparse.ArgumentParser(prog="dialsum")
+    worker.register(parser.add_subparsers(dest="command", required=True))
+    real = parser.parse_args(["worker", *args.rest])
+    return real.func(real) or 0
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Our own messages on stderr; third-party loggers keep their defaults."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    from dialsum.console import configure
+
+    configure(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.func is _worker:
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.verbose)
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ file overrides them (deep merge). Unknown keys are rejected, and errors name the
 
 from __future__ import annotations
 
+import difflib
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -217,7 +218,9 @@ def resolve_model_path(name_or_path: str) -> Path:
         return candidate
     path = config_dir() / "models" / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown model {name_or_path!r}; available: {', '.join(available_models())}")
+        available = available_models()
+        raise ConfigError(f"unknown model {name_or_path!r}{did_you_mean(name_or_path, available)}; "
+                          f"available: {', '.join(available)}")
     return path
 
 
@@ -241,11 +244,31 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def did_you_mean(word: str, options: list[str]) -> str:
+    """'; did you mean `x`?' for the closest option, or '' when none is close."""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _fields_at(raw_loc: tuple) -> list[str]:
+    """Field names valid where an unknown key was found (its parent section)."""
+    families = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}
+    model: Any = families.get(str(raw_loc[0])) if raw_loc else None
+    for part in raw_loc[1:-1]:
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        candidates = [info.annotation, *getattr(info.annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(getattr(model, "model_fields", {}))
+
+
 def _format_error(path: Path, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err["loc"] if x not in ("encoder_decoder", "causal_lm")]
-        parts.append(f"{'.'.join(loc) or '<root>'}: {err['msg']}")
+        hint = did_you_mean(loc[-1], _fields_at(err["loc"])) if err["type"] == "extra_forbidden" and loc else ""
+        parts.append(f"{'.'.join(loc) or '<root>'}: {err['msg']}{hint}")
     return f"{path}: " + "; ".join(parts)
 
 

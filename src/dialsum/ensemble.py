@@ -28,7 +28,7 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dialsum import metric, storage
 from dialsum.data import load_splits, read_submission, write_submission
@@ -184,6 +184,19 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
     )
 
 
+def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float]) -> dict[str, Predictions]:
+    """Apply a chosen strategy to new candidates (e.g. the champion's members on new data), per split."""
+    if choice not in (BEST_SINGLE, CONSENSUS):
+        raise ValueError(f"unknown ensemble strategy {choice!r}")
+    scores = {m: dev_scores[m] for m in sorted(candidates)}
+    return _strategy_predictions(choice, candidates, best_model(scores), normalised_weights(scores))
+
+
+def read_predictions(folder: Path) -> dict[str, Predictions]:
+    """split -> predictions from `folder/<split>.csv`, for the splits present."""
+    return {s: read_submission(folder / f"{s}.csv") for s in SPLITS if (folder / f"{s}.csv").is_file()}
+
+
 # ---------------------------------------------------------------- storage
 
 
@@ -240,11 +253,11 @@ def render_report(run_id: str, result: EnsembleResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ensemble(folder: Path, run_id: str, result: EnsembleResult) -> str:
+def write_ensemble(folder: Path, run_id: str, result: EnsembleResult, extra: dict[str, Any] | None = None) -> str:
     """Write predictions/<split>.csv, ensemble.json and report.md into `folder`; returns the report."""
     for split, preds in result.predictions.items():
         write_submission(folder / "predictions" / f"{split}.csv", list(preds), list(preds.values()))
-    summary = {"run_id": run_id, **result.summary()}
+    summary = {"run_id": run_id, **result.summary(), **(extra or {})}
     (folder / "ensemble.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     report = render_report(run_id, result)
     (folder / "report.md").write_text(report, encoding="utf-8")
@@ -252,16 +265,28 @@ def write_ensemble(folder: Path, run_id: str, result: EnsembleResult) -> str:
 
 
 def publish_ensemble(
-    run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None
+    run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None,
+    sources: dict[str, str] | None = None, attachments: Callable[[Path, EnsembleResult, list[ModelOutputs]], None] | None = None,
 ) -> PublishedEnsemble:
-    """Ensemble the published runs of `models` in `run_id` and publish it under `<run_id>/ensemble/`."""
-    outputs = [read_outputs(run_id, m, store) for m in models]
+    """Ensemble the published runs of `models` and publish it under `<run_id>/ensemble/`.
+
+    A model is read from `<run_id>/<model>/`, or from the run `sources[model]` names when it was not
+    retrained (its data, config and code were unchanged). `attachments(folder, result, outputs)` may add
+    files (plots) to the ensemble folder before it is published.
+    """
+    sources = sources or {}
+    outputs = [read_outputs(sources.get(m, run_id), m, store) for m in models]
     references = {ex.fname: ex.summary for ex in load_splits(data_dir, splits=("dev",))["dev"]}
     result = build_ensemble(
         {o.model: o.predictions for o in outputs}, {o.model: o.metrics["dev"]["score"] for o in outputs}, references
     )
     with tempfile.TemporaryDirectory(prefix="dialsum-ensemble-") as tmp:
-        report = write_ensemble(Path(tmp), run_id, result)
-        extra = {"type": ENSEMBLE, "choice": result.choice, "models": sorted(result.dev_scores)}
+        from dialsum.datasource import dev_fingerprint
+
+        facts = {"dev_sha256": dev_fingerprint(data_dir), "sources": {o.model: sources.get(o.model, run_id) for o in outputs}}
+        report = write_ensemble(Path(tmp), run_id, result, facts)
+        if attachments is not None:
+            attachments(Path(tmp), result, outputs)
+        extra = {"type": ENSEMBLE, "choice": result.choice, "models": sorted(result.dev_scores), **facts}
         published = storage.publish(Path(tmp), run_id, ENSEMBLE, storage=store, extra=extra)
     return PublishedEnsemble(result, report, published.url)

@@ -7,8 +7,13 @@ RNG and thread pool. A child's outcome is read back from object storage (its man
 never from Prefect results, so children may run on other machines. The `ensemble` task then combines
 every model that succeeded; after it is published, the parent fails if any model failed, naming them.
 
-Each train-all run leaves a table artifact `train-all-<run-id>` (one row per model) and a markdown
-artifact `ensemble-<run-id>` (the ensemble report). W&B runs of one train-all run share its run id as group.
+Models whose data, config and code are unchanged since the champion's run (or their latest run) are not
+retrained; their published results are reused. After the ensemble, the `promote` policy decides whether it
+becomes the champion (`registry`).
+
+Each train-all run leaves a table artifact `train-all-<run-id>` (one row per model), a markdown artifact
+`ensemble-<run-id>` (the ensemble report) and `report-<run-id>` (challenger against champion, the promotion
+decision, the plot). W&B runs of one train-all run share its run id as group; the report is one more run.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_setting
 from prefect.states import Crashed, State
 from prefect.utilities.annotations import allow_failure
 
-from dialsum import ensemble, placement, storage
+from dialsum import datasource, ensemble, placement, registry, report, storage, tracking
 from dialsum.checkpoint import Preempted
 from dialsum.config import load_model_config
 from dialsum.errors import ConfigError, DataError, DialsumError
@@ -112,7 +117,7 @@ def train_model(
     """Train, score and publish one model; config and data errors fail at once, other failures retry once."""
     try:
         result = _pipeline().run_model(
-            model, run_id=run_id, data_dir=Path(data_dir) if data_dir else None, debug=debug,
+            model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
             eval_before=eval_before, storage_url=storage_url, group=group,
         )
     except PERMANENT_ERRORS:
@@ -213,21 +218,43 @@ def _outcome(model: str, future: PrefectFuture) -> dict[str, Any]:
 
 
 @task(name="ensemble", cache_policy=NO_CACHE)
-def build_ensemble(run_id: str, models: list[str], storage_url: str | None, data_dir: str | None) -> dict[str, Any]:
-    """Ensemble the published models, publish it, and attach its report as a markdown artifact."""
+def build_ensemble(
+    run_id: str, models: list[str], storage_url: str | None, data_dir: str | None,
+    sources: dict[str, str] | None = None, champion: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it."""
     store = storage.open_storage(storage_url)
-    published = ensemble.publish_ensemble(run_id, store, models, Path(data_dir) if data_dir else None)
+    data = Path(data_dir) if data_dir else None
+    published = ensemble.publish_ensemble(run_id, store, models, data, sources, attachments=_plot_attachment(run_id, champion))
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     result = published.result
     return {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
-            "scores": result.strategy_scores, "location": published.location}
+            "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
+            "dev_sha256": datasource.dev_fingerprint(data),
+            "plot": store.share_url(f"{storage.RUNS_PREFIX}/{run_id}/{ensemble.ENSEMBLE}/{report.PLOT}")}
+
+
+def _plot_attachment(run_id: str, champion: dict[str, Any] | None):
+    """Writes report.png (loss curves, dev scores next to the champion's) into the ensemble folder."""
+    def attach(folder: Path, result: ensemble.EnsembleResult, outputs: list[ensemble.ModelOutputs]) -> None:
+        losses = {o.model: o.metrics.get("train_losses") or [] for o in outputs}
+        scores = {**result.dev_scores, "ensemble": result.dev_score}
+        theirs = None
+        if champion:
+            theirs = {**champion.get("member_scores", {}), "ensemble": champion["dev_score"]}
+        who = f"champion {champion['run_id']}/{champion['model']}" if champion else "no champion yet"
+        report.plot(folder / report.PLOT, losses, scores, theirs, f"train-all {run_id} ({who})")
+
+    return attach
 
 
 def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
     """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
     logger = get_run_logger()
     for row in rows:
-        outcome = f"dev score {row['dev_score']:.2f}" if row["status"] == "completed" else f"failed: {row['error']}"
+        outcome = f"failed: {row['error']}" if row["status"] == "failed" else f"dev score {row['dev_score']:.2f}"
+        if row["status"] == "unchanged":
+            outcome += f" (unchanged, from run {row['source_run']})"
         logger.info("%s: %s after %s s", row["model"], outcome, row["seconds"] if row["seconds"] is not None else "?")
     create_table_artifact(rows, key=slug(f"train-all-{run_id}"), description=f"Models of train-all run {run_id}")
 
@@ -245,30 +272,135 @@ def check_models(models: list[str]) -> None:
 def train_all(
     models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
     storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
-    embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES,
+    embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES, promote: str = "never", margin: float = 0.0,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train every model (one child run each, all at once), ensemble those that succeeded, then fail if any did not.
+    """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
+    on promotion, then fail if any model did not succeed.
 
-    A child that crashes is launched again, up to `crash_relaunches` times, and resumes where it stopped.
+    `data_dir` is a folder or a storage URL. A model whose data, config and code hashes equal those of the
+    champion's run (or its latest published run) is not retrained unless `force`; when no model changed the
+    run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
+    `crash_relaunches` times, and resumes where it stopped. `promote`: never, if-better (by at least `margin`
+    dev score points, see `registry`) or always.
     """
     check_models(models)
+    check_policy(promote)
     run_id = run_id or _pipeline().new_run_id()
+    local_data = datasource.resolve(data_dir)
+    store = storage.open_storage(storage_url)
+    base = registry.current(store)
+    reused = {} if force else unchanged_models(models, local_data, debug, store, base)
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
-               for p in placement.assign(models, target, num_gpus)]
-    rows = [_outcome(model, future) for model, future in futures]
+               for p in placement.assign([m for m in models if m not in reused], target, num_gpus)]
+    rows = [reused[m] if m in reused else _outcome(m, dict(futures)[m]) for m in models]
     _report(run_id, rows)
-    done = [row["model"] for row in rows if row["status"] == "completed"]
-    result = None
+    if not futures:
+        return _unchanged(run_id, rows, base)
+    done = [row["model"] for row in rows if row["status"] in ("completed", "unchanged")]
+    failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
+    result = decision = None
     if done:
-        result = build_ensemble(run_id, done, storage_url, data_dir, wait_for=[allow_failure(f) for _, f in futures])
+        sources = {r["model"]: r["source_run"] for r in rows if r["status"] == "unchanged"}
+        result = build_ensemble(run_id, done, storage_url, str(local_data) if local_data else None, sources,
+                                base.champion if base else None, wait_for=[allow_failure(f) for _, f in futures])
         get_run_logger().info("ensemble (%s): dev score %.2f", result["choice"], result["dev_score"])
-    summary = {"run_id": run_id, "rows": rows, "ensemble": result}
-    failed = {row["model"]: row["error"] for row in rows if row["status"] != "completed"}
+        decision = decide_promotion(run_id, storage_url, promote, margin, local_data, failed, result["dev_score"])
+    summary = {"run_id": run_id, "status": "trained", "rows": rows, "ensemble": result, "promotion": decision,
+               "plot": result["plot"] if result else None}
+    publish_summary(run_id, summary, base)
     if failed:
         raise ModelsFailed(failed, summary)
     return summary
+
+
+# ---------------------------------------------------------------- champion, unchanged runs, the report
+
+
+def check_policy(policy: str) -> None:
+    if policy not in registry.POLICIES:
+        raise ConfigError(f"unknown promote policy {policy!r}; use one of {', '.join(registry.POLICIES)}")
+
+
+def _fingerprints(model: str, data: Path | None, debug: bool) -> dict[str, Any] | None:
+    """The hashes a published run of `model` must carry to be reused; None when the config does not load."""
+    try:
+        cfg = load_model_config(model)
+    except DialsumError:
+        return None
+    return {"config_sha256": datasource.config_fingerprint(cfg), "data_sha256": datasource.data_fingerprint(data),
+            "code_sha256": datasource.code_fingerprint(), "debug": debug}
+
+
+def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.Storage,
+                   base: registry.Record | None) -> str | None:
+    """The run id of a published run of `model` identical in data, config and code: the champion's, else the latest."""
+    wanted = _fingerprints(model, data, debug)
+    if wanted is None:
+        return None
+    name = model_name(model)
+    champion = base.champion if base else {}
+    runs = [champion.get("sources", {}).get(name, champion["run_id"])] if name in champion.get("members", []) else []
+    runs += sorted((r.run_id for r in storage.list_runs(store) if r.model == name), reverse=True)
+    for run in runs:
+        manifest = storage.read_manifest(run, name, store)
+        extra = (manifest or {}).get("extra", {})
+        if manifest is not None and all(extra.get(k) == v for k, v in wanted.items()):
+            return run
+    return None
+
+
+def unchanged_models(models: list[str], data: Path | None, debug: bool, store: storage.Storage,
+                     base: registry.Record | None) -> dict[str, dict[str, Any]]:
+    """model -> its table row, for the models that need no retraining."""
+    rows = {}
+    for model in models:
+        run = find_unchanged(model, data, debug, store, base)
+        if run is None:
+            continue
+        row = published_row(run, model, store, 0.0)
+        rows[model] = {**row, "status": "unchanged", "source_run": run}
+        get_run_logger().info("%s: unchanged since run %s; not retrained", row["model"], run)
+    return rows
+
+
+def _unchanged(run_id: str, rows: list[dict[str, Any]], base: registry.Record | None) -> dict[str, Any]:
+    get_run_logger().info("unchanged: data, config and code match earlier runs; nothing was retrained")
+    summary = {"run_id": run_id, "status": "unchanged", "rows": rows, "ensemble": None, "promotion": None, "plot": None}
+    publish_summary(run_id, summary, base)
+    return summary
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: float, data: Path | None,
+                     failed: dict[str, str], score: float) -> dict[str, Any]:
+    """Apply the promotion policy to this run's ensemble; a run with failed models is not promoted."""
+    if policy == "never":
+        return registry.Decision(False, "promotion policy is `never`", score).as_dict()
+    store = storage.open_storage(storage_url)
+    challenger = registry.describe(store, run_id, ensemble.ENSEMBLE)
+    if failed:
+        decision = registry.Decision(False, f"{len(failed)} model(s) failed ({', '.join(failed)}); "
+                                            "a partial ensemble is not promoted", challenger["dev_score"])
+    else:
+        from dialsum.data import load_splits
+
+        references = {ex.fname: ex.summary for ex in load_splits(data, splits=("dev",))["dev"]}
+        decision = registry.promote(store, challenger, policy, margin, references)
+    verdict = "promoted" if decision.promoted else "not promoted"
+    get_run_logger().info("champion: %s: %s", verdict, decision.reason)
+    return decision.as_dict()
+
+
+def publish_summary(run_id: str, summary: dict[str, Any], base: registry.Record | None) -> str:
+    """The markdown artifact `report-<run-id>` (challenger vs champion, decision, plot) and its W&B copy."""
+    text = report.markdown(run_id, summary["rows"], summary["ensemble"], base.champion if base else None,
+                           summary["promotion"], summary["plot"], summary["status"])
+    create_markdown_artifact(text, key=slug(f"report-{run_id}"), description=f"Challenger vs champion, run {run_id}")
+    tracking.publish_report(run_id, text, summary)
+    return text
 
 
 def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class RunContext:
     tracker: Tracker = field(default_factory=Tracker)
     debug: bool = False
     phases: Phases | None = None
+    dev_hash: str | None = None
 
 
 @dataclass
@@ -118,7 +119,10 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
         return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
-    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases)
+    from dialsum.datasource import dev_fingerprint
+
+    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases,
+                      dev_fingerprint(data_dir))
 
 
 def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool) -> Checkpointer:
@@ -149,7 +153,8 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     done = {"train_steps": result.steps, "train_seconds": round(result.seconds, 2),
             "train_tokens_per_second": round(result.tokens_per_second, 1),
             "resumed_at_step": checkpoints.resumed_at if checkpoints else None,
-            "training": {**result.evaluation, "skipped_steps": result.skipped_steps}}
+            "training": {**result.evaluation, "skipped_steps": result.skipped_steps},
+            "train_losses": loss_curve(result.losses)}
     ctx.phases.mark("fit", done)
     return done
 
@@ -208,12 +213,29 @@ def save_generation_config(ctx: RunContext) -> None:
     (ctx.work_dir / "generation_config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
+def loss_curve(losses: list[float], points: int = 500) -> list[float]:
+    """The training loss per optimizer step, averaged into at most `points` buckets for the report."""
+    if len(losses) <= points:
+        return [round(x, 5) for x in losses]
+    size = len(losses) / points
+    buckets = [losses[int(i * size): int((i + 1) * size)] for i in range(points)]
+    return [round(sum(b) / len(b), 5) for b in buckets if b]
+
+
+def run_facts(ctx: RunContext) -> dict:
+    """What decides whether a later run would be identical: dev data, code, debug (see `datasource`)."""
+    from dialsum.datasource import code_fingerprint
+
+    return {"dev_sha256": ctx.dev_hash, "code_sha256": code_fingerprint(), "debug": ctx.debug}
+
+
 def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool) -> str:
     from dialsum import storage
 
     config_hash = hashlib.sha256(dump_config(ctx.cfg).encode()).hexdigest()
     result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=storage.open_storage(storage_url),
-                             extra={"config_sha256": config_hash, "data_sha256": ctx.data_hash, "type": ctx.cfg.type},
+                             extra={"config_sha256": config_hash, "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
+                                    **run_facts(ctx)},
                              force=force)
     return result.url
 

@@ -51,6 +51,7 @@ TRACKED_PACKAGES = ("dialsum", "torch", "transformers", "peft", "bitsandbytes")
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _PATH_PART_RE = re.compile(r"[A-Za-z0-9._+=@-]{1,255}")
+_PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 _READ_CHUNK = 1024 * 1024
 _PART_SIZE = 16 * 1024 * 1024
 _TRANSFER = TransferConfig(multipart_threshold=_PART_SIZE, multipart_chunksize=_PART_SIZE, max_concurrency=4)
@@ -173,6 +174,24 @@ class Storage(ABC):
     def list_keys(self, prefix: str) -> Iterator[str]:
         """All keys starting with `prefix`."""
 
+    # Conditional writes: the primitives a compare-and-swap is built from.
+
+    @abstractmethod
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Store `data` under `key` only if `key` does not exist, atomically; False when it already exists."""
+
+    @abstractmethod
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """Content of `key` and a tag naming this version of it (None when absent)."""
+
+    @abstractmethod
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Replace `key` with `data` only if its current version is still `tag`; False otherwise."""
+
+    def share_url(self, key: str, expires: int = 7 * 24 * 3600) -> str:
+        """An address a person can open for `key` (a presigned URL on S3, a file:// URL locally)."""
+        return self.location(key)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
@@ -248,6 +267,42 @@ class LocalStorage(Storage):
                 folder.rmdir()
             except OSError:
                 break
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write a temp file, then hard-link it to `key`: the link fails if `key` exists, with no lock."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(name, target)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(name)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.location(key)}: {exc}") from exc
+        return True
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        data = self.read_bytes(key)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Replace when the content still hashes to `tag`. The check and the rename are two steps, so
+        callers that need arbitration between writers use `create_bytes` (see `registry`)."""
+        current = self.read_tagged(key)
+        if current is None or current[1] != tag:
+            return False
+        self.write_bytes(key, data)
+        return True
+
+    def share_url(self, key: str, expires: int = 7 * 24 * 3600) -> str:
+        return self._path(key).as_uri()
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix.rstrip("/"))
@@ -331,6 +386,42 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
             self._client.delete_object(Bucket=self._bucket, Key=self._key(key))
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
+        """put_object with If-Match / If-None-Match; False when the server refuses the precondition."""
+        with self._errors("write", key):
+            try:
+                self._client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data,
+                                        ChecksumAlgorithm="SHA256", **condition)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in _PRECONDITION_CODES or status in (409, 412):
+                    return False
+                raise
+        return True
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        with self._errors("read", key):
+            try:
+                response = self._client.get_object(Bucket=self._bucket, Key=self._key(key))
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return response["Body"].read(), response["ETag"]
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        return self._conditional_put(key, data, IfMatch=tag)
+
+    def share_url(self, key: str, expires: int = 7 * 24 * 3600) -> str:
+        with self._errors("presign", key):
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)}, ExpiresIn=expires
+            )
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         start = len(self._key(""))

@@ -1,0 +1,297 @@
+"""The champion: which published run is in service, how a challenger replaces it, and its history.
+
+Layout under the storage root:
+
+* `champion-history/<generation>.json` (8 digits): one immutable record per change (promotion or rollback):
+  `{"generation", "previous", "action", "reason", "at", "champion": {...}}`. A record is created with a
+  create-only write (S3 `If-None-Match: *`; locally a hard link, which fails when the name exists), so of
+  two writers that both saw generation N exactly one creates N+1: no lock, no lost update, and the loser
+  is told who won. `previous` is the generation whose champion this one replaced (for rollback).
+* `champion.json`: a copy of the newest record, for people and tools that read one object. It is
+  replaced with a conditional write (S3 `If-Match` on the version it was read at). Readers always check
+  for newer generations after it, so a pointer left behind by a crash is caught up on the next read.
+
+The champion names a run (`run_id`) and a model in it: `ensemble` (with its members, the run each member was
+trained in (`sources`: an unchanged model is reused from an earlier run) and its strategy) or one model. It carries the dev score, the dev data hash it was scored on, the data, config and code hashes,
+and the commit, so a challenger is compared like for like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from dialsum import storage
+from dialsum.errors import DialsumError
+
+log = logging.getLogger(__name__)
+
+POINTER = "champion.json"
+HISTORY = "champion-history"
+ENSEMBLE = "ensemble"
+POLICIES = ("never", "if-better", "always")
+
+
+class RegistryError(DialsumError):
+    """The champion registry cannot do what was asked (nothing to roll back to, an unknown run, ...)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a challenger was (or would be) promoted, and why, in one sentence."""
+
+    promoted: bool
+    reason: str
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    generation: int | None = None
+    champion: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"promoted": self.promoted, "reason": self.reason, "challenger_score": self.challenger_score,
+                "champion_score": self.champion_score, "generation": self.generation}
+
+
+@dataclass(frozen=True)
+class Record:
+    generation: int
+    champion: dict[str, Any]
+    previous: int | None
+    action: str
+    reason: str
+    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, indent=2, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Record:
+        try:
+            raw = json.loads(data)
+            return cls(int(raw["generation"]), dict(raw["champion"]), raw.get("previous"), raw["action"],
+                       raw.get("reason", ""), raw.get("at", ""))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"malformed champion record {where}: {exc}") from None
+
+
+def _history_key(generation: int) -> str:
+    return f"{HISTORY}/{generation:08d}.json"
+
+
+def _read_record(store: storage.Storage, generation: int) -> Record | None:
+    key = _history_key(generation)
+    data = store.read_bytes(key)
+    return None if data is None else Record.from_json(data, store.location(key))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def current(store: storage.Storage) -> Record | None:
+    """The champion in service: the pointer, or a newer generation after it (the pointer is then caught up)."""
+    tagged = store.read_tagged(POINTER)
+    record = Record.from_json(tagged[0], store.location(POINTER)) if tagged else None
+    generation = record.generation if record else 0
+    newest = record
+    while (following := _read_record(store, generation + 1)) is not None:
+        newest, generation = following, generation + 1
+    if newest is not None and newest is not record:
+        _write_pointer(store, newest, tagged[1] if tagged else None)
+    return newest
+
+
+def history(store: storage.Storage) -> list[Record]:
+    """Every record, oldest first."""
+    records = []
+    for key in sorted(store.list_keys(f"{HISTORY}/")):
+        name = key.rsplit("/", 1)[-1]
+        if name.endswith(".json") and name[:-5].isdigit():
+            records.append(Record.from_json(store.read_bytes(key) or b"", store.location(key)))
+    return sorted(records, key=lambda r: r.generation)
+
+
+def _write_pointer(store: storage.Storage, record: Record, tag: str | None) -> None:
+    """Best effort: a refused write means someone else moved the pointer; readers follow history anyway."""
+    data = record.to_json()
+    written = store.create_bytes(POINTER, data) if tag is None else store.replace_if(POINTER, data, tag)
+    if not written:
+        log.debug("champion pointer moved concurrently; generation %d stays in history", record.generation)
+
+
+# ---------------------------------------------------------------- describing runs
+
+
+def _read_json(store: storage.Storage, run_id: str, model: str, rel: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A JSON file of a published run, checked against its manifest."""
+    import hashlib
+
+    entry = next((e for e in manifest["files"] if e["path"] == rel), None)
+    key = f"{storage.RUNS_PREFIX}/{run_id}/{model}/{rel}"
+    data = store.read_bytes(key) if entry else None
+    if data is None:
+        raise RegistryError(f"{run_id}/{model} has no {rel}")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise RegistryError(f"checksum mismatch for {rel} of {run_id}/{model}: the stored file was changed")
+    return json.loads(data)
+
+
+def _manifest(store: storage.Storage, run_id: str, model: str) -> dict[str, Any]:
+    manifest = storage.read_manifest(run_id, model, store)
+    if manifest is None:
+        raise RegistryError(f"{run_id}/{model} is not published in {store.url}")
+    return manifest
+
+
+def describe(store: storage.Storage, run_id: str, model: str | None = None) -> dict[str, Any]:
+    """The champion entry for a published run: its ensemble (default, when published) or one model."""
+    storage.check_name(run_id, "run id")
+    if model is None:
+        model = ENSEMBLE if storage.read_manifest(run_id, ENSEMBLE, store) is not None else None
+        if model is None:
+            models = sorted({r.model for r in storage.list_runs(store) if r.run_id == run_id})
+            if len(models) != 1:
+                raise RegistryError(f"run {run_id} has no published ensemble; name one model with RUN_ID/MODEL "
+                                    f"(published: {', '.join(models) or 'none'})")
+            model = models[0]
+    manifest = _manifest(store, run_id, model)
+    if model == ENSEMBLE:
+        summary = _read_json(store, run_id, model, "ensemble.json", manifest)
+        members = sorted(summary["dev_scores"])
+        sources = {m: summary.get("sources", {}).get(m, run_id) for m in members}
+        member_manifests = {m: _manifest(store, sources[m], m) for m in members}
+        entry = {"kind": "ensemble", "sources": sources, "dev_score": summary["dev_score"], "strategy": summary["choice"],
+                 "weights": summary["weights"], "member_scores": summary["dev_scores"],
+                 "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored")}
+    else:
+        metrics = _read_json(store, run_id, model, "metrics.json", manifest)
+        members, member_manifests = [model], {model: manifest}
+        entry = {"kind": "model", "sources": {model: run_id}, "dev_score": metrics["dev"]["score"], "strategy": None, "weights": {model: 1.0},
+                 "member_scores": {model: metrics["dev"]["score"]},
+                 "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None}
+    extras = {m: man.get("extra", {}) for m, man in member_manifests.items()}
+    return {
+        "run_id": run_id, "model": model, "members": members, **entry,
+        "data_sha256": next((e.get("data_sha256") for e in extras.values() if e.get("data_sha256")), None),
+        "config_sha256": {m: e.get("config_sha256") for m, e in extras.items()},
+        "code_sha256": next((e.get("code_sha256") for e in extras.values() if e.get("code_sha256")), None),
+        "commit": manifest.get("git_commit"),
+    }
+
+
+# ---------------------------------------------------------------- comparing
+
+
+def rescore(store: storage.Storage, champion: dict[str, Any], references: dict[str, str]) -> tuple[float | None, str]:
+    """The champion's saved dev predictions scored against `references` (another dev set), or why not."""
+    from dialsum.data import read_submission
+    from dialsum.metric import score
+
+    key = f"{storage.RUNS_PREFIX}/{champion['run_id']}/{champion['model']}/predictions/dev.csv"
+    data = store.read_bytes(key)
+    if data is None:
+        return None, f"the champion {champion['run_id']}/{champion['model']} has no saved dev predictions"
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="dialsum-rescore-") as tmp:
+        path = Path(tmp) / "dev.csv"
+        path.write_bytes(data)
+        predictions = read_submission(path)
+    missing = [f for f in references if f not in predictions]
+    if missing:
+        return None, (f"the champion's saved dev predictions cover {len(references) - len(missing)} of the "
+                      f"{len(references)} dialogues of the new dev set (missing e.g. {missing[0]})")
+    fnames = list(references)
+    value = score([predictions[f] for f in fnames], [references[f] for f in fnames])["score"]
+    return value, f"re-scored on the new dev set ({len(fnames)} dialogues)"
+
+
+def decide(
+    store: storage.Storage, challenger: dict[str, Any], record: Record | None, policy: str, margin: float,
+    references: dict[str, str] | None = None,
+) -> Decision:
+    """Apply `policy` to the challenger against the champion of `record` (no promotion happens here)."""
+    if policy not in POLICIES:
+        raise RegistryError(f"unknown promotion policy {policy!r}; use one of {', '.join(POLICIES)}")
+    ours = challenger["dev_score"]
+    if policy == "never":
+        return Decision(False, "promotion policy is `never`", ours)
+    if record is None:
+        return Decision(True, "no champion yet", ours)
+    champ = record.champion
+    if policy == "always":
+        return Decision(True, "promotion policy is `always`", ours, champ["dev_score"])
+    theirs, how = champ["dev_score"], "on the same dev data"
+    if champ.get("dev_sha256") is None or champ.get("dev_sha256") != challenger.get("dev_sha256"):
+        if references is None:
+            return Decision(False, "cannot compare: the dev data differs from the champion's and no references "
+                                   "were given to re-score it", ours)
+        theirs, how = rescore(store, champ, references)
+        if theirs is None:
+            return Decision(False, f"cannot compare: the dev data differs from the champion's, and {how}", ours)
+    return _by_score(ours, theirs, margin, how)
+
+
+def _by_score(ours: float, theirs: float, margin: float, how: str) -> Decision:
+    gain = ours - theirs
+    if gain > 0 and gain >= margin:
+        return Decision(True, f"dev score {ours:.2f} beats the champion's {theirs:.2f} by {gain:.2f} "
+                              f"(margin {margin:.2f}, {how})", ours, theirs)
+    if gain > 0:
+        return Decision(False, f"dev score {ours:.2f} beats the champion's {theirs:.2f} by only {gain:.2f}, "
+                               f"below the margin {margin:.2f} ({how})", ours, theirs)
+    return Decision(False, f"dev score {ours:.2f} does not beat the champion's {theirs:.2f} ({how})", ours, theirs)
+
+
+# ---------------------------------------------------------------- changing
+
+
+def _commit(store: storage.Storage, record: Record, base: Record | None) -> bool:
+    """Create generation `record.generation`; True if this writer won it, then move the pointer."""
+    if not store.create_bytes(_history_key(record.generation), record.to_json()):
+        return False
+    tagged = store.read_tagged(POINTER)
+    if tagged is None or Record.from_json(tagged[0], POINTER).generation < record.generation:
+        _write_pointer(store, record, tagged[1] if tagged else None)
+    return True
+
+
+def promote(
+    store: storage.Storage, challenger: dict[str, Any], policy: str = "if-better", margin: float = 0.0,
+    references: dict[str, str] | None = None,
+) -> Decision:
+    """Decide, then make the challenger the champion if the decision says so and no one else changed it first."""
+    base = current(store)
+    decision = decide(store, challenger, base, policy, margin, references)
+    if not decision.promoted:
+        return Decision(**{**decision.__dict__, "champion": base.champion if base else None})
+    generation = (base.generation if base else 0) + 1
+    record = Record(generation, challenger, base.generation if base else None, "promote", decision.reason)
+    if not _commit(store, record, base):
+        winner = _read_record(store, generation)
+        who = f"{winner.champion['run_id']}/{winner.champion['model']}" if winner else "another run"
+        return Decision(False, f"another promotion ({who}) became generation {generation} first",
+                        decision.challenger_score, decision.champion_score, champion=winner.champion if winner else None)
+    log.info("champion is now %s/%s (generation %d): %s", challenger["run_id"], challenger["model"], generation,
+             decision.reason)
+    return Decision(True, decision.reason, decision.challenger_score, decision.champion_score, generation, challenger)
+
+
+def rollback(store: storage.Storage) -> Record:
+    """Make the champion that the current one replaced the champion again (as a new generation)."""
+    base = current(store)
+    if base is None:
+        raise RegistryError(f"no champion in {store.url}: nothing to roll back")
+    if base.previous is None:
+        raise RegistryError(f"champion {base.champion['run_id']}/{base.champion['model']} has no predecessor to roll back to")
+    target = _read_record(store, base.previous)
+    if target is None:
+        raise RegistryError(f"history generation {base.previous} is missing from {store.url}")
+    record = Record(base.generation + 1, target.champion, target.previous, "rollback",
+                    f"rolled back from {base.champion['run_id']}/{base.champion['model']} (generation {base.generation})")
+    if not _commit(store, record, base):
+        raise RegistryError("the champion changed while rolling back; run `dialsum champion show` and try again")
+    return record

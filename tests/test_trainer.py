@@ -102,4 +102,5 @@ def test_token_budget_fit_covers_every_row_once_per_epoch(sample):
     assert result.steps == total_steps(len(feats), t, None, feats)
     assert result.real_tokens == 2 * sum(len(f["input_ids"]) for f in feats)  # two whole epochs, nothing more
     assert len(result.losses) == result.steps and all(torch.isfinite(torch.tensor(result.losses)))
-    assert len(logged) == -(-result.steps // 2) and logged[-1]["train/loss"] == result.losses[-1]
+    assert len(logged) == -(-result.steps // 2)  # one read per logging interval, each the interval's mean
+    assert logged[-1]["train/loss"] == pytest.approx(sum(result.losses[-2:]) / 2)

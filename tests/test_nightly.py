@@ -103,7 +103,7 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
     first = found[slug("report-night-1")].data
     assert "**Decision: promoted.** no champion yet" in first
     url = re.search(r"\[Loss curves and dev scores \(PNG\)\]\((http[^)]+)\)", first).group(1)
-    assert "/runs/night-1/ensemble/report.png?" in url and "Signature=" in url
+    assert "/night-1/ensemble/report.png?" in url and "Signature=" in url
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
 

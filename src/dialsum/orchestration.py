@@ -231,7 +231,7 @@ def build_ensemble(
     return {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
             "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
             "dev_sha256": datasource.dev_fingerprint(data),
-            "plot": store.share_url(f"{storage.RUNS_PREFIX}/{run_id}/{ensemble.ENSEMBLE}/{report.PLOT}")}
+            "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
 
 
 def _plot_attachment(run_id: str, champion: dict[str, Any] | None):

@@ -129,7 +129,7 @@ def _read_json(store: storage.Storage, run_id: str, model: str, rel: str, manife
     import hashlib
 
     entry = next((e for e in manifest["files"] if e["path"] == rel), None)
-    key = f"{storage.RUNS_PREFIX}/{run_id}/{model}/{rel}"
+    key = storage.run_key(run_id, model, rel)
     data = store.read_bytes(key) if entry else None
     if data is None:
         raise RegistryError(f"{run_id}/{model} has no {rel}")
@@ -189,7 +189,7 @@ def rescore(store: storage.Storage, champion: dict[str, Any], references: dict[s
     from dialsum.data import read_submission
     from dialsum.metric import score
 
-    key = f"{storage.RUNS_PREFIX}/{champion['run_id']}/{champion['model']}/predictions/dev.csv"
+    key = storage.run_key(champion["run_id"], champion["model"], "predictions/dev.csv")
     data = store.read_bytes(key)
     if data is None:
         return None, f"the champion {champion['run_id']}/{champion['model']} has no saved dev predictions"

@@ -68,3 +68,32 @@ def test_shard_and_launch_command():
     assert cmd[-5:] == ["-m", "dialsum.cli", "train", "--models", "kobart"]
     with pytest.raises(Exception, match="at least 2"):
         distributed.launch_command(["train"], 1)
+
+
+def test_a_child_given_several_gpus_trains_data_parallel(monkeypatch, tmp_path):
+    """train-model with gpus > 1 runs `dialsum train` once per GPU through the launcher, then reads rank 0's run."""
+    import json
+
+    from dialsum import distributed, pipeline
+    from dialsum.errors import DialsumError
+    from dialsum.settings import get_settings
+
+    launched = []
+
+    def fake_launch(argv, processes):
+        launched.append((list(argv), processes))
+        run = get_settings().output_dir / "dp-run" / "tiny-bart"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"dev": {"score": 50.0}}))
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", fake_launch)
+    result = pipeline.run_model_on_gpus("tiny-bart", 2, run_id="dp-run", debug=True, storage_url=str(tmp_path))
+    (argv, processes), = launched
+    assert processes == 2 and argv[:5] == ["train", "--models", "tiny-bart", "--run-id", "dp-run"]
+    assert "--debug" in argv and argv[argv.index("--storage") + 1] == str(tmp_path)
+    assert result.metrics["dev"]["score"] == 50.0 and result.run_dir.name == "tiny-bart"
+
+    monkeypatch.setattr(distributed, "launch", lambda argv, processes: 3)
+    with pytest.raises(DialsumError, match="exited with code 3"):
+        pipeline.run_model_on_gpus("tiny-bart", 2, run_id="dp-run-2")

@@ -83,14 +83,33 @@ def all_true(flag: torch.Tensor) -> torch.Tensor:
     return flag.bool()
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model wrapped for gradient averaging across ranks; the model itself for one process."""
+class FamilyLoss(torch.nn.Module):
+    """A family's summed loss as a module's forward. The loss may run the body and the output layer apart
+    (label positions only), so the gradient-averaging wrapper must see the whole pass as its forward."""
+
+    def __init__(self, family, model: torch.nn.Module):
+        super().__init__()
+        self.family, self.model = family, model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.family.loss(self.model, batch)
+
+
+def wrap(model: torch.nn.Module, family) -> torch.nn.Module:
+    """The model with its family loss wrapped for gradient averaging across ranks; the model itself for one
+    process. Call a wrapped model with a batch to get the summed loss (see `is_wrapped`)."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(FamilyLoss(family, model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def is_wrapped(model: torch.nn.Module) -> bool:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(model, DistributedDataParallel)
 
 
 def no_sync(model: torch.nn.Module):

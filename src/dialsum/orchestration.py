@@ -112,14 +112,21 @@ def _skip_retries() -> None:
 @flow(name="train-model", retries=1, retry_delay_seconds=10)
 def train_model(
     model: str, run_id: str, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
-    group: str | None = None, eval_before: bool = False,
+    group: str | None = None, eval_before: bool = False, gpus: int = 1,
 ) -> dict[str, Any]:
-    """Train, score and publish one model; config and data errors fail at once, other failures retry once."""
+    """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
+    other failures retry once."""
     try:
-        result = _pipeline().run_model(
-            model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
-            eval_before=eval_before, storage_url=storage_url, group=group,
-        )
+        if gpus > 1:
+            result = _pipeline().run_model_on_gpus(
+                model, gpus, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
+                eval_before=eval_before, storage_url=storage_url,
+            )
+        else:
+            result = _pipeline().run_model(
+                model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
+                eval_before=eval_before, storage_url=storage_url, group=group,
+            )
     except PERMANENT_ERRORS:
         _skip_retries()
         raise
@@ -273,7 +280,7 @@ def train_all(
     models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
     storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
     embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES, promote: str = "never", margin: float = 0.0,
-    force: bool = False,
+    force: bool = False, gpus_per_model: int = 1,
 ) -> dict[str, Any]:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
     on promotion, then fail if any model did not succeed.
@@ -281,7 +288,8 @@ def train_all(
     `data_dir` is a folder or a storage URL. A model whose data, config and code hashes equal those of the
     champion's run (or its latest published run) is not retrained unless `force`; when no model changed the
     run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
-    `crash_relaunches` times, and resumes where it stopped. `promote`: never, if-better (by at least `margin`
+    `crash_relaunches` times, and resumes where it stopped. `gpus_per_model` > 1 trains each model
+    data-parallel on that many GPUs of its placement. `promote`: never, if-better (by at least `margin`
     dev score points, see `registry`) or always.
     """
     check_models(models)
@@ -293,8 +301,10 @@ def train_all(
     reused = {} if force else unchanged_models(models, local_data, debug, store, base)
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}
+    if gpus_per_model > 1:
+        common["gpus"] = gpus_per_model
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
-               for p in placement.assign([m for m in models if m not in reused], target, num_gpus)]
+               for p in placement.assign([m for m in models if m not in reused], target, num_gpus, gpus_per_model)]
     rows = [reused[m] if m in reused else _outcome(m, dict(futures)[m]) for m in models]
     _report(run_id, rows)
     if not futures:

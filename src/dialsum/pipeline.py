@@ -310,6 +310,25 @@ def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> 
     raise DialsumError(f"nothing to resume for run {run_id}/{name}: no local state and no checkpoint in storage")
 
 
+def run_model_on_gpus(
+    model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
+    eval_before: bool = False, storage_url: str | None = None,
+) -> RunResult:
+    """`run_model` data-parallel on `gpus` GPUs: one process per GPU through `accelerate launch` (rank 0 saves
+    and publishes); returns what rank 0 left in the run folder."""
+    argv = ["train", "--models", model_name, "--run-id", run_id]
+    argv += ["--data", str(data_dir)] if data_dir else []
+    argv += ["--storage", storage_url] if storage_url else []
+    argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
+    code = distributed.launch(argv, gpus)
+    if code:
+        raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")
+    cfg = load_model_config(model_name)
+    run_dir = get_settings().output_dir / run_id / cfg.name
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return RunResult(cfg.name, cfg.type, run_id, run_dir, metrics)
+
+
 def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None) -> dict:
     """Predict dev/test with a saved run folder; writes predictions and returns the dev scores (if any)."""
     cfg = load_model_config(str(run_dir / "config.yaml"))

@@ -120,7 +120,7 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with nullcontext() if i == len(micro) - 1 else distributed.no_sync(model):
             with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-                loss = family.loss(model, batch) / n_tokens
+                loss = (model(batch) if distributed.is_wrapped(model) else family.loss(model, batch)) / n_tokens
             (scaler.scale(loss * world) if scaler else loss * world).backward()
         total += loss.detach()
     return total
@@ -212,7 +212,7 @@ def fit(
     steps = total_steps(len(features), t, max_steps, features, multiple)
     scheduler = build_scheduler(t, optimizer, steps)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model), []
+    guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model, family), []
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)

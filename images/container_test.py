@@ -7,7 +7,8 @@ worker that runs `train-all` parents. Then:
 - `train-model/docker-gpu` started by hand lands on queue gpu-0 and, on this GPU-less engine, fails
   to start its container, which must not be left behind;
 - `train-all/cpu` trains three tiny models, each in its own trainer container publishing to S3; one
-  container is killed mid-run: the others finish, the ensemble is built, the parent fails naming it;
+  container is killed mid-run (crash relaunches off: relaunch and resume are checked by the Prefect process-worker
+  test): the others finish, the ensemble is built, the parent fails naming it;
 - manifests in S3 are checked (files, sizes, the baked-in commit) and no container is left.
 Everything started here is stopped by id at the end, also on failure.
 """
@@ -240,7 +241,8 @@ async def exercise(stack: Stack, run_id: str) -> dict[str, Any]:
     assert variables == {"gpu_ids": ["0"]}, variables
     log("ok: train-model/docker-gpu started by hand is on queue gpu-0 with gpu_ids ['0']")
     parent = await run_deployment(
-        "train-all/cpu", parameters={"models": MODELS, "debug": True, "run_id": run_id}, timeout=0)
+        "train-all/cpu", parameters={"models": MODELS, "debug": True, "run_id": run_id, "crash_relaunches": 0},
+        timeout=0)
     async with get_client() as client:
         victim = await kill_victim(stack, client, parent.id)
         parent = await wait_final(client, parent.id)

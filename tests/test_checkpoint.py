@@ -101,7 +101,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(where, uninterrupted, t
     if where == "s3":
         shutil.rmtree(tmp_path / "out")  # another machine: only what was published remains
 
-    resumed = subprocess.run([sys.executable, "-m", "dialsum.cli", "train", "--models", str(config), "--debug",
+    resumed = subprocess.run([sys.executable, "-m", "dialsum.cli", "-v", "train", "--models", str(config), "--debug",
                               "--resume", "killed"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_at = int(resumed.stderr.split("resumed long-bart at step ")[1].split()[0])

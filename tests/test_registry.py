@@ -65,18 +65,31 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_is_not(store: Storage, 
     assert registry.promote(store, registry.describe(store, "run-3"), policy="always").promoted
 
 
-def test_concurrent_promotions_have_exactly_one_winner(store: Storage, tmp_path: Path) -> None:
+def test_concurrent_promotions_have_exactly_one_winner(
+    store: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     registry.promote(store, publish_run(store, tmp_path, "base", 10.0))
-    # Equal scores: a racer that starts late sees the winner and is refused on score, never promoted after it.
+    # Equal scores. Half the racers read the champion and then wait until all of them have read it, so they
+    # really race for generation 2; the others start whenever, and a late one is refused on score instead.
     challengers = [publish_run(store, tmp_path, f"race-{i}", 20.0) for i in range(6)]
     barrier = threading.Barrier(len(challengers))
+    readers = threading.Barrier(3)
+    read = registry.current
+
+    def current_then_wait(s):
+        record = read(s)
+        if threading.current_thread().name in {"race-0", "race-1", "race-2"}:
+            readers.wait()
+        return record
+
+    monkeypatch.setattr(registry, "current", current_then_wait)
     decisions: dict[str, registry.Decision] = {}
 
     def race(challenger: dict) -> None:
         barrier.wait()
         decisions[challenger["run_id"]] = registry.promote(store, challenger)
 
-    threads = [threading.Thread(target=race, args=(c,)) for c in challengers]
+    threads = [threading.Thread(target=race, args=(c,), name=c["run_id"]) for c in challengers]
     for t in threads:
         t.start()
     for t in threads:

@@ -211,8 +211,8 @@ class Checkpointer:
         self._prune()
         self.saved += 1
         self.seconds += time.perf_counter() - started
-        log.info("checkpoint %s saved%s in %.1f s", path.name, " and published" if self.storage else "",
-                 time.perf_counter() - started)
+        log.debug("%s: checkpoint %s saved%s in %.1f s", self.model or "training", path.name,
+                  " and published" if self.storage else "", time.perf_counter() - started)
         return path
 
     def _prune(self) -> None:

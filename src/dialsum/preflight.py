@@ -156,8 +156,10 @@ def gate(cfg, splits: dict[str, list[Example]], source: str, force: bool = False
     placeholders = placeholders_in(splits.get("train", []) + splits.get("dev", []))
     tok = load_checked_tokenizer(cfg, source, placeholders)
     report = check(cfg, tok, splits, cfg.tokenizer or cfg.model)
-    log.info("preflight\n%s", format_report(report))
+    log.debug("preflight\n%s", format_report(report))
     problems = report.problems()
+    log.info("%s: preflight: %d/%d dev references reachable under the generation settings (-v for the report)",
+             cfg.name, report.reachable, report.references)
     if problems and not force:
         raise PreflightError("; ".join(problems) + " (use --force to go on)")
     for line in problems:

@@ -95,10 +95,10 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
 
     After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
     """
-    get_settings().check_folders()
     distributed.init()
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
+    get_settings().check_folders()  # after validation: bad input leaves no folder behind
     if debug:
         splits = {k: v[: cfg.training.debug_rows] for k, v in splits.items()}
     preflight.gate(cfg, splits, checkpoint_source(cfg), force=force)

@@ -28,6 +28,7 @@ from dialsum import distributed, metric, preflight
 from dialsum.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
+from dialsum.datasource import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
 from dialsum.errors import DataError, DialsumError
 from dialsum.evaluation import Evaluator
 from dialsum.models import checkpoint_source, family
@@ -66,14 +67,6 @@ class RunResult:
     run_dir: Path
     metrics: dict
     location: str | None = None
-
-
-def data_fingerprint(data_dir: Path | None) -> str:
-    root = Path(data_dir) if data_dir else sample_dir()
-    digest = hashlib.sha256()
-    for path in sorted(root.glob("*.csv")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def device() -> torch.device:
@@ -119,8 +112,6 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
         return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
-    from dialsum.datasource import dev_fingerprint
-
     return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases,
                       dev_fingerprint(data_dir))
 
@@ -224,17 +215,14 @@ def loss_curve(losses: list[float], points: int = 500) -> list[float]:
 
 def run_facts(ctx: RunContext) -> dict:
     """What decides whether a later run would be identical: dev data, code, debug (see `datasource`)."""
-    from dialsum.datasource import code_fingerprint
-
     return {"dev_sha256": ctx.dev_hash, "code_sha256": code_fingerprint(), "debug": ctx.debug}
 
 
 def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool) -> str:
     from dialsum import storage
 
-    config_hash = hashlib.sha256(dump_config(ctx.cfg).encode()).hexdigest()
     result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=storage.open_storage(storage_url),
-                             extra={"config_sha256": config_hash, "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
+                             extra={"config_sha256": config_fingerprint(ctx.cfg), "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
                                     **run_facts(ctx)},
                              force=force)
     return result.url

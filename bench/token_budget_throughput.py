@@ -8,9 +8,10 @@ batches; the budget packs them several-fold, so per-batch costs (4-bit dequantiz
 optimizer step, kernel launches) spread over more tokens.
 
 Model: the tiny-llama-qlora profile (hidden 64, 2 layers, NF4 base, LoRA on all projections, its locally trained
-tokenizer), fp32 compute on CPU. At this size a CPU step costs mostly per-batch work (kernel dispatch, 4-bit
-dequantization, the optimizer step), as a 4B model's small micro-batches do on a GPU; a larger model on CPU is
-compute-bound per token whatever the batching, which says nothing about the GPU. Rows: the first ROWS dev.csv
+tokenizer), fp32 compute on CPU. Measured here, the per-batch work (kernel dispatch, 4-bit dequantization, the
+optimizer step) is a small share of a CPU step even at this size: 16 budget steps and 23 fixed-size steps take
+about the same time, so on CPU the two batchings nearly tie. The gain the budget is for (fuller micro-batches on
+a GPU that a fixed batch size leaves idle) needs the GPU script (bench/gpu/run.py). Rows: the first ROWS dev.csv
 dialogues and summaries (prompts truncated to the profile's max_prompt_length). Each variant
 starts from the same LoRA init after one untimed warm-up step; variants alternate for ROUNDS rounds, best
 counts. CPU threads: BENCH_THREADS (default 1). Needs ../shared; skips (exit 0) without it. The GPU script

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -309,15 +310,23 @@ def free_port() -> int:
 
 
 def compose_env(path: Path) -> dict[str, str]:
+    """The test's .env: W&B is left at the user's default (offline without a key)."""
     env = {
         "DIALSUM_NUM_GPUS": "1", "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
         **{name: uuid.uuid4().hex for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")}, "MINIO_ROOT_USER": "compose-test",
-        "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}", "WANDB_MODE": "disabled", "GIT_COMMIT": "",
+        "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}", "GIT_COMMIT": "",
         "PREFECT_PORT": str(free_port()), "MINIO_API_PORT": str(free_port()), "MINIO_CONSOLE_PORT": str(free_port()),
         **KEYS,
     }
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return env
+
+
+def compose_process_env(compose_text: str) -> dict[str, str]:
+    """This process's environment without the variables docker-compose.yml substitutes: compose takes those
+    from the shell before the env file, and the test must run on its env file alone (e.g. not on CI's WANDB_MODE)."""
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text))
+    return {k: v for k, v in os.environ.items() if k not in used}
 
 
 def compose_status(docker: str) -> dict[str, str]:
@@ -359,9 +368,10 @@ def compose_main(docker: str, commit: str) -> int:
     env = compose_env(scratch / "compose.env")
     compose = ["docker-compose", "-p", "dialsum", "--project-directory", str(ROOT), "--env-file", str(scratch / "compose.env"),
                "-f", str(scratch / "docker-compose.yml"), "-f", str(ROOT / "infra" / "compose.test.yml"), "--profile", "cpu"]
+    shell = compose_process_env(text)
     started = time.monotonic()
     try:
-        up = subprocess.run([*compose, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600)
+        up = subprocess.run([*compose, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600, env=shell)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         status = wait_compose_healthy(docker)
         log(f"compose: up in {time.monotonic() - started:.0f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
@@ -380,16 +390,27 @@ def compose_main(docker: str, commit: str) -> int:
             manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{run_id}/{model}/manifest.json")["Body"].read())
             assert manifest["model"] == model and manifest["files"] and manifest["git_commit"] == commit, manifest
         log(f"compose: train-all/cpu {run_id} completed through the compose stack; manifests in s3://{BUCKET}/{PREFIX}/{run_id}/")
+        check_offline_report(docker, compose, shell, run_id)
     except BaseException:
-        logs = subprocess.run([*compose, "logs", "--tail", "40"], capture_output=True, text=True)
+        logs = subprocess.run([*compose, "logs", "--tail", "40"], capture_output=True, text=True, env=shell)
         print(logs.stdout[-12000:], file=sys.stderr)
         raise
     finally:
-        subprocess.run([*compose, "down", "-v", "--remove-orphans"], capture_output=True, text=True, timeout=300)
+        subprocess.run([*compose, "down", "-v", "--remove-orphans"], capture_output=True, text=True, timeout=300, env=shell)
         shutil.rmtree(scratch, ignore_errors=True)
     assert not compose_status(docker), "compose containers left after down"
     log(f"compose: down -v, nothing left ({time.monotonic() - started:.0f}s in all)")
     return 0
+
+
+def check_offline_report(docker: str, compose: list[str], shell: dict[str, str], run_id: str) -> None:
+    """The controller wrote train-all's W&B report run offline, on the outputs volume the trainers share."""
+    controller = subprocess.run([*compose, "ps", "-q", "prefect-controller"], capture_output=True, text=True,
+                                env=shell, check=True).stdout.strip()
+    found = subprocess.run([docker, "exec", controller, "grep", "-rlF", f"train-all-{run_id}", f"/outputs/{run_id}/wandb"],
+                           capture_output=True, text=True)
+    assert found.returncode == 0 and "offline-run-" in found.stdout, ("no offline W&B report run", found.stdout, found.stderr)
+    log(f"compose: W&B report run written offline by the controller: {found.stdout.split()[0]}")
 
 
 async def compose_run(run_id: str):

@@ -134,8 +134,20 @@ def test_docker_workers_need_the_socket_group(compose: dict) -> None:
 
 
 def test_controller_reads_data_where_trainers_do(compose: dict, docker_template: dict) -> None:
-    data = [m for m in docker_template["variables"]["properties"]["volumes"]["default"] if m.endswith(":/data")]
-    assert [f"{m}:ro" for m in data] == compose["services"]["prefect-controller"]["volumes"]
+    mounts = docker_template["variables"]["properties"]["volumes"]["default"]
+    data = [f"{m}:ro" for m in mounts if m.endswith(":/data")]
+    outputs = [m for m in mounts if m.endswith(":/outputs")]
+    assert data + outputs == compose["services"]["prefect-controller"]["volumes"]
+
+
+def test_worker_image_writes_its_runs_under_a_folder_it_owns() -> None:
+    """train-all's W&B report run (offline by default) goes under DIALSUM_OUTPUT_DIR; the image's working
+    directory /app is root's, so the output folder must be one uid 1000 owns."""
+    text = (ROOT / "images" / "worker" / "Dockerfile").read_text(encoding="utf-8")
+    runtime = text.split("AS runtime", 1)[1]
+    assert "DIALSUM_OUTPUT_DIR=/outputs" in runtime
+    assert re.search(r"mkdir -p [^\n]*/outputs[^\n]*&& chown dialsum:dialsum [^\n]*/outputs", runtime)
+    assert runtime.index("chown dialsum:dialsum") < runtime.index("USER 1000:1000")
 
 
 def test_compose_test_override_replaces_only_images_that_cannot_be_pulled(compose: dict) -> None:

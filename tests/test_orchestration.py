@@ -171,6 +171,22 @@ def test_train_all_places_children_and_fails_after_the_ensemble(
     assert summary["ensemble"]["location"] == "r-1/ensemble"
 
 
+def test_train_all_with_an_unwritable_report_folder_fails_before_launching(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(blocker / "outputs"))
+    get_settings.cache_clear()
+    try:
+        state = train_all(["m0"], target="docker-cpu", run_id="r-2", storage_url=str(tmp_path), return_state=True)
+    finally:
+        get_settings.cache_clear()
+    assert state.is_failed() and f"cannot write to the output folder {blocker / 'outputs'}" in state.message
+    assert fake_children.launches == []
+
+
 def test_train_all_relaunches_a_crashed_child_up_to_the_limit(
     local_prefect: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -1,12 +1,21 @@
 from pathlib import Path
 
+import pytest
+
 from dialsum.settings import get_settings
 from dialsum.tracking import start_tracking
 
 
-def test_wandb_offline_without_key_and_no_secret_in_logged_config(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+@pytest.mark.parametrize("unset", ["absent", "blank"])  # blank: what docker compose passes for an empty .env entry
+def test_wandb_offline_without_key_and_no_secret_in_logged_config(tmp_path, monkeypatch, unset):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        if unset == "blank":
+            monkeypatch.setenv(name, "")
+        else:
+            monkeypatch.delenv(name, raising=False)
+    import wandb
+
+    wandb.teardown()  # W&B reads its environment once per process: make it read this one
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret123")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-supersecret456")
     get_settings.cache_clear()

@@ -294,6 +294,7 @@ def train_all(
     """
     check_models(models)
     check_policy(promote)
+    tracking.check_report_folder()
     run_id = run_id or _pipeline().new_run_id()
     local_data = datasource.resolve(data_dir)
     store = storage.open_storage(storage_url)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from dialsum.settings import get_settings
+from dialsum.settings import get_settings, writable_dir
 
 
 class Tracker:
@@ -25,6 +26,16 @@ class Tracker:
         self.run.finish(exit_code=1 if failed else 0)
 
 
+def _import_wandb():
+    """`wandb`, with blank WANDB_* variables removed first: docker compose passes an `.env` entry left empty
+    (WANDB_MODE=) as an empty string, which W&B rejects; blank means unset, as in `Settings`."""
+    for name in [k for k, v in os.environ.items() if k.startswith("WANDB_") and not v.strip()]:
+        del os.environ[name]
+    import wandb
+
+    return wandb
+
+
 def start_tracking(config: dict, name: str, group: str, directory: Path) -> Tracker:
     """Start a W&B run (mode from settings: online with a key, else offline; `disabled` turns it off).
 
@@ -34,14 +45,21 @@ def start_tracking(config: dict, name: str, group: str, directory: Path) -> Trac
     mode = settings.resolved_wandb_mode()
     if mode == "disabled":
         return Tracker()
-    import wandb
-
+    wandb = _import_wandb()
     directory.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=settings.wandb_project, group=group, name=name, job_type="train", config=config,
         mode=mode, dir=str(directory), reinit="create_new",
     )
     return Tracker(run)
+
+
+def check_report_folder() -> None:
+    """Before train-all launches anything: its W&B report run will need a writable output folder (a
+    `FolderError` naming it now, not a failed run after hours of training). Nothing to check when disabled."""
+    settings = get_settings()
+    if settings.resolved_wandb_mode() != "disabled":
+        writable_dir(settings.output_dir, "output")
 
 
 def publish_report(run_id: str, markdown: str, summary: dict) -> None:
@@ -51,8 +69,7 @@ def publish_report(run_id: str, markdown: str, summary: dict) -> None:
     mode = settings.resolved_wandb_mode()
     if mode == "disabled":
         return
-    import wandb
-
+    wandb = _import_wandb()
     directory = settings.output_dir / run_id / "wandb"
     directory.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=settings.wandb_project, group=run_id, name=f"train-all-{run_id}", job_type="report",

@@ -4,8 +4,9 @@
 calls `init()`, which joins the process group the launcher described (NCCL on GPUs, gloo on CPUs). Every rank
 builds the same batch plan, with a global micro-batch of `batch_size × world` rows, and trains on its own
 slice of each micro-batch; DistributedDataParallel averages the gradients. The trainer counts a window's label
-tokens over all ranks, so the loss stays a mean over every label token of the global window. Only rank 0
-writes and publishes. Outside a launch every function here is a no-op for one process.
+tokens over all ranks, so the loss stays a mean over every label token of the global window. Evaluation
+splits the dev rows the same way (`shard`, then `gather_shards`), so each rank evaluates its share and every
+rank gets the same result. Only rank 0 writes and publishes. Outside a launch every function here is a no-op for one process.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     total = tensor.clone()
     dist.all_reduce(total)
     return total
+
+
+def gather_shards(mine: list) -> list:
+    """Undo `shard`: every rank's items (its `shard` of some rows, in order) merged back into row order, on
+    every rank. One process: `mine` itself."""
+    if not active():
+        return list(mine)
+    parts: list[list] = [[] for _ in range(world_size())]
+    dist.all_gather_object(parts, list(mine))
+    total = sum(len(part) for part in parts)
+    return [parts[i % len(parts)][i // len(parts)] for i in range(total)]
 
 
 def all_true(flag: torch.Tensor) -> torch.Tensor:

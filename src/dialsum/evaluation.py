@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dialsum import metric
+from dialsum import distributed, metric
 from dialsum.data import Example
 from dialsum.models.common import length_grouped_batches
 from dialsum.trainer import autocast_dtype
@@ -97,23 +97,27 @@ class Evaluator:
 
     @torch.no_grad()
     def dev_loss(self, model) -> float:
-        """Mean token loss over the dev-loss rows."""
+        """Mean token loss over the dev-loss rows. Data-parallel ranks each take every world-th batch and sum."""
         model.eval()
         device = next(model.parameters()).device
         amp = autocast_dtype(self.t.precision, device)
         total, tokens = torch.zeros((), device=device), 0
         lengths = [len(f["input_ids"]) for f in self.loss_features]
-        for idx in length_grouped_batches(lengths, self.t.batch_size, seed=None):
+        for idx in distributed.shard(length_grouped_batches(lengths, self.t.batch_size, seed=None)):
             batch = self.family.collate(self.tok, [self.loss_features[i] for i in idx])
             tokens += self.family.target_count(batch)
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
                 total += self.family.loss(model, batch).float()
-        return float(total) / max(tokens, 1)
+        tokens = distributed.global_count(tokens, device)
+        return float(distributed.reduce_sum(total)) / max(tokens, 1)
 
     def dev_score(self, model) -> float:
-        """The competition score of greedy/beam summaries of the dev-score rows."""
-        predictions = self.family.generate(self.cfg, model, self.tok, self.score_features)
+        """The competition score of greedy/beam summaries of the dev-score rows. Data-parallel ranks each
+        summarize every world-th row; every rank scores the gathered summaries."""
+        mine = distributed.shard(self.score_features)
+        predictions = self.family.generate(self.cfg, model, self.tok, mine) if mine else []
+        predictions = distributed.gather_shards(predictions)
         return metric.score(predictions, [ex.summary for ex in self.score_rows])["score"]
 
     def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool) -> bool:
@@ -135,8 +139,6 @@ class Evaluator:
         return stop
 
     def _take_train_loss(self) -> float | None:
-        from dialsum import distributed
-
         if self._train_sum is None:
             return None
         mean = float(distributed.reduce_sum(self._train_sum)) / self._train_n

@@ -24,7 +24,7 @@ from types import ModuleType
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import distributed, metric, preflight
+from dialsum import distributed, host_memory, metric, preflight
 from dialsum.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
@@ -89,6 +89,7 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
     """
     distributed.init()
+    host_memory.prepare_for(device(), get_settings().keep_freed_host_memory)
     cfg = load_model_config(model_name)
     splits = load_splits(data_dir)
     get_settings().check_folders()  # after validation: bad input leaves no folder behind

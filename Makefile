@@ -33,6 +33,7 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/loss_memory.py
 	$(PY) bench/token_budget_throughput.py
 	$(PY) bench/merged_generation.py
+	$(PY) bench/host_memory.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -65,7 +64,9 @@ def measure(variant: str, shared: Path) -> dict:
 
 def main() -> None:
     shared = require_shared("host_memory")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    from dialsum import host_memory
+
+    if not host_memory.supported():
         print("host_memory: skipped, needs Linux with glibc")
         sys.exit(0)
     use_repo_configs()

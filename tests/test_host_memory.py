@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import torch
 
 from dialsum import host_memory, pipeline
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+glibc = pytest.mark.skipif(not host_memory.supported(), reason="glibc only")
 
 CYCLE = """
 import resource, sys, torch

@@ -6,7 +6,8 @@ builds the same batch plan, with a global micro-batch of `batch_size × world` r
 slice of each micro-batch; DistributedDataParallel averages the gradients. The trainer counts a window's label
 tokens over all ranks, so the loss stays a mean over every label token of the global window. Evaluation
 splits the dev rows the same way (`shard`, then `gather_shards`), so each rank evaluates its share and every
-rank gets the same result. Only rank 0 writes and publishes. Outside a launch every function here is a no-op for one process.
+rank gets the same result. Only rank 0 writes and publishes. Outside a launch every function here is a no-op
+for one process.
 """
 
 from __future__ import annotations

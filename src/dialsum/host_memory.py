@@ -28,12 +28,17 @@ M_MMAP_MAX = -4  # glibc malloc.h: how many blocks may be mmap-ed at once; 0 ser
 _applied = False
 
 
+def supported() -> bool:
+    """True where the C library is glibc on Linux, whose malloc this module tunes."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory for reuse (once per process); False where libc is not glibc."""
     global _applied
     if _applied:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not supported():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):

@@ -20,7 +20,8 @@ setup: $(STAMP)
 demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server)
 	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better
 
-test: setup
+test: setup  ## the layers contract (pyproject.toml), then the test suite
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 bench: setup  ## CPU benchmarks; results land in bench/results/

@@ -49,10 +49,10 @@ def prepare():
 
 def run(cfg, t, fam, tok, features, placeholders, checkpoints: bool) -> tuple[float, float, int]:
     """One run of `checkpoint_every` steps; returns (wall seconds of fit, seconds inside checkpoints, checkpoints)."""
-    from dialsum.checkpoint import Checkpointer
+    from dialsum.engine.checkpoint import Checkpointer
+    from dialsum.engine.trainer import fit
     from dialsum.models import checkpoint_source
     from dialsum.storage import LocalStorage
-    from dialsum.trainer import fit
 
     model, _ = fam.load(cfg, checkpoint_source(cfg), placeholders)
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_threads, dev_examples, device_info, require_shared, use_repo_configs, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_threads, dev_examples, device_info, require_shared, use_repo_configs, write_result,
+)
 
 STEPS = 8
 ROUNDS = 2
@@ -42,9 +44,9 @@ def measure(variant: str, shared: Path) -> dict:
     """One variant in this process: warm-up step, then STEPS timed steps."""
     from token_budget_throughput import load
 
-    from dialsum import host_memory
+    from dialsum.engine import host_memory
+    from dialsum.engine.trainer import fit
     from dialsum.models import causal_lm
-    from dialsum.trainer import fit
 
     if variant == "ours" and not host_memory.keep_freed_memory():
         raise SystemExit("host_memory: keep_freed_memory() did not apply")
@@ -64,7 +66,7 @@ def measure(variant: str, shared: Path) -> dict:
 
 def main() -> None:
     shared = require_shared("host_memory")
-    from dialsum import host_memory
+    from dialsum.engine import host_memory
 
     if not host_memory.supported():
         print("host_memory: skipped, needs Linux with glibc")

@@ -58,8 +58,8 @@ def step(variant: str, shared: Path) -> dict:
     from transformers import AutoTokenizer
 
     from dialsum.data import placeholders_in
+    from dialsum.engine.trainer import _batches, fit
     from dialsum.models import causal_lm
-    from dialsum.trainer import _batches, fit
 
     examples = dev_examples(shared, ROWS)
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,10 +49,9 @@ def time_direct(store: str, run_id: str) -> float:
 
 def time_embedded(store: str, run_id: str) -> float:
     """One embedded train-all run, including the start and stop of its temporary Prefect API."""
+    from dialsum.orchestration.train_all import run_embedded
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
-
-    from dialsum.orchestration import run_embedded
 
     started = time.perf_counter()
     summary = run_embedded(MODELS, run_id=run_id, debug=True, storage_url=store)

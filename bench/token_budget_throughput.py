@@ -60,8 +60,8 @@ def load(shared: Path, examples):
 
 
 def run(cfg, model, tok, features, state, **training):
+    from dialsum.engine.trainer import fit
     from dialsum.models import causal_lm
-    from dialsum.trainer import fit
 
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -75,9 +75,9 @@ def main() -> None:
     shared = require_shared("token_budget_throughput")
     use_repo_configs()
     threads = cpu_threads()
-    from dialsum import host_memory
+    from dialsum.engine import host_memory
+    from dialsum.engine.trainer import fit
     from dialsum.models import causal_lm
-    from dialsum.trainer import fit
 
     kept = host_memory.keep_freed_memory()
     examples = dev_examples(shared)[::EVERY]

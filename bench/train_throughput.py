@@ -57,7 +57,7 @@ def prepare(shared: Path):
 
 
 def run(shared: Path, cfg, tok, features, family, grouped: bool):
-    from dialsum.trainer import fit
+    from dialsum.engine.trainer import fit
 
     t = cfg.training.model_copy(update={"group_by_length": grouped})
     model = build_model(shared, len(tok))

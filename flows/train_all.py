@@ -1,5 +1,5 @@
 """Deployment entrypoint of the `train-all` flow (infra/prefect.yaml)."""
 
-from dialsum.orchestration import train_all
+from dialsum.orchestration.train_all import train_all
 
 __all__ = ["train_all"]

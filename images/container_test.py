@@ -186,8 +186,8 @@ async def wait_pools(names: list[str], timeout: float = 180) -> None:
 
 
 def deploy(env: dict[str, str]) -> None:
-    from dialsum.worker import setup_pool
-    from dialsum.placement import POOLS
+    from dialsum.orchestration.placement import POOLS
+    from dialsum.orchestration.worker import setup_pool
 
     for name in ("dialsum-process", "dialsum-k8s"):
         asyncio.run(setup_pool(POOLS[name], None, ROOT / "infra"))

@@ -46,7 +46,7 @@ def test_a_yaml_typo_is_reported_with_a_suggestion_well_before_torch_could_load(
 
 
 def test_an_unknown_model_suggests_the_closest_and_imports_neither_torch_nor_prefect() -> None:
-    code = ("import sys; from dialsum.cli import main; rc = main(['train', '--models', 'tiny-brat']); "
+    code = ("import sys; from dialsum.cli.main import main; rc = main(['train', '--models', 'tiny-brat']); "
             "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"]

@@ -1,4 +1,4 @@
-"""Infrastructure checks that need no Docker engine: Dockerfiles, compose file, pool templates, placement."""
+"""Infrastructure checks that need no Docker engine: Dockerfiles, compose file, pool templates, deployments."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import jsonschema
 import pytest
 import yaml
 
-from dialsum import placement
 from dialsum.errors import ConfigError
-from dialsum.placement import POOLS, TARGETS, assign, load_template, queue_names, render_job_configuration
+from dialsum.orchestration import placement
+from dialsum.orchestration.placement import POOLS, TARGETS, assign, load_template, queue_names, render_job_configuration
+from dialsum.orchestration.worker import with_passthrough_env, worker_command
 from dialsum.settings import Settings
-from dialsum.worker import gpu_queue_prefix, with_passthrough_env, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -350,7 +350,7 @@ def test_gpu_worker_polls_only_the_per_gpu_queues() -> None:
     command = worker_command(DOCKER_POOL, queue_names(2))
     queues = [command[i + 1] for i, part in enumerate(command) if part == "--work-queue"]
     assert queues == ["gpu-0", "gpu-1"]
-    assert command[1:3] == ["-m", "dialsum.docker_worker"]
+    assert command[1:3] == ["-m", "dialsum.orchestration.docker_worker"]
     process = worker_command(POOLS["dialsum-control"], [])
     assert "--work-queue" not in process and process[1:3] == ["-m", "prefect"]
 
@@ -375,14 +375,6 @@ def test_process_pools_use_prefects_default_template() -> None:
 # --- placement --------------------------------------------------------------------------------
 
 
-def test_assign_round_robins_over_gpu_queues() -> None:
-    placed = assign(["a", "b", "c", "d", "e"], "docker-gpu", num_gpus=2)
-    assert [p.work_queue_name for p in placed] == ["gpu-0", "gpu-1", "gpu-0", "gpu-1", "gpu-0"]
-    assert [p.job_variables for p in placed] == [{"gpu_ids": [str(i % 2)]} for i in range(5)]
-    assert {p.deployment for p in placed} == {"train-model/docker-gpu"}
-    assert [p.model for p in placed] == ["a", "b", "c", "d", "e"]
-
-
 def test_assign_gives_one_model_several_gpus(docker_template: dict, k8s_template: dict) -> None:
     placed = assign(["a", "b", "c"], "docker-gpu", num_gpus=5, gpus_per_model=2)
     assert [p.job_variables["gpu_ids"] for p in placed] == [["0", "1"], ["2", "3"], ["0", "1"]]
@@ -395,39 +387,6 @@ def test_assign_gives_one_model_several_gpus(docker_template: dict, k8s_template
     for target, count, per_model in (("docker-gpu", 1, 2), ("process", None, 2), ("k8s", None, 0)):
         with pytest.raises(ConfigError, match="GPUs"):
             assign(["a"], target, num_gpus=count, gpus_per_model=per_model)
-
-
-def test_assign_reads_gpu_count_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(placement.NUM_GPUS_ENV, "3")
-    assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == ["gpu-0", "gpu-1", "gpu-2", "gpu-0"]
-
-
-@pytest.mark.parametrize("env_value", [None, "", "0", "two"])
-def test_gpu_target_without_gpu_count_is_an_error(monkeypatch: pytest.MonkeyPatch, env_value: str | None) -> None:
-    if env_value is None:
-        monkeypatch.delenv(placement.NUM_GPUS_ENV, raising=False)
-    else:
-        monkeypatch.setenv(placement.NUM_GPUS_ENV, env_value)
-    with pytest.raises(ConfigError):
-        assign(["kobart"], "docker-gpu")
-
-
-def test_non_queue_targets() -> None:
-    (process,) = assign(["kobart"], "process")
-    assert (process.deployment, process.work_queue_name, process.job_variables) == ("train-model/process", None, {})
-    (k8s,) = assign(["kobart"], "k8s")
-    assert (k8s.deployment, k8s.work_queue_name, k8s.job_variables) == ("train-model/k8s", None, {"gpu_count": 1})
-
-
-def test_unknown_target_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="docker-gpu"):
-        assign(["kobart"], "gpu")
-
-
-def test_queue_names() -> None:
-    assert queue_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
-    assert gpu_queue_prefix(DOCKER_POOL) == "gpu"
-    assert gpu_queue_prefix(POOLS["dialsum-process"]) is None
 
 
 # --- deployments ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
+from dialsum.engine.trainer import fit
 from dialsum.models import checkpoint_source, family
-from dialsum.trainer import fit
 
 
 def _train_and_save(name: str, seed: int, out) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from as_user import NOBODY, call_as
 
-from dialsum import cli
+from dialsum.cli import main as cli
 from dialsum.errors import FolderError
 from dialsum.settings import Settings, get_settings, writable_dir
 

@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
-    LLAMA3, QWEN3, RESULTS, causal_config, dev_examples, device_info, fixed_padding, full_logits_loss,
-    save_random_lm, shared_dir, use_repo_configs, write_result,
+    LLAMA3, QWEN3, RESULTS, causal_config, dev_examples, device_info, fixed_padding, full_logits_loss, save_random_lm,
+    shared_dir, use_repo_configs, write_result,
 )
 
 MODELS = {
@@ -168,7 +168,7 @@ def checkpointing_on(model) -> bool:
 
 
 def train_variant(cfg, family, model, tok, features, n_params: int) -> dict:
-    from dialsum.trainer import fit
+    from dialsum.engine.trainer import fit
 
     t = cfg.training.model_copy(update={"epochs": 1})
     state = trainable_state(model)

@@ -24,17 +24,18 @@ from types import ModuleType
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import distributed, host_memory, metric, preflight
-from dialsum.checkpoint import Checkpointer, Phases, stop_on_sigterm
+from dialsum import metric
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
-from dialsum.datasource import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
+from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
+from dialsum.engine import distributed, host_memory
+from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
+from dialsum.engine.evaluation import Evaluator
+from dialsum.engine.trainer import fit
 from dialsum.errors import DataError, DialsumError
-from dialsum.evaluation import Evaluator
-from dialsum.models import checkpoint_source, family
+from dialsum.models import checkpoint_source, family, preflight
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
-from dialsum.trainer import fit
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import torch
 from dialsum.config import load_model_config
 from dialsum.data import Example, load_splits, placeholders_in
 from dialsum.models import causal_lm, checkpoint_source, family
-from dialsum.trainer import fit
+from dialsum.engine.trainer import fit
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,21 @@ def test_merged_generation_equals_unmerged_and_saved_adapter(quantized, sample, 
     assert causal_lm.generate(cfg, reloaded, tok2, feats) == unmerged
     fresh, _ = causal_lm.load(cfg, checkpoint_source(cfg), placeholders_in(sample["train"]) + NEW)
     assert causal_lm.generate(cfg, fresh, tok, feats) != unmerged  # the adapter and rows matter
+
+
+def test_generating_leaves_4bit_weights_in_their_canonical_layout(sample):
+    """bitsandbytes repacks 4-bit weights in place at an eval-mode forward on AVX512-BF16 CPUs; the merged prediction
+    copy (PEFT's dequantization) and training after an evaluation must still read the canonical layout."""
+    import bitsandbytes as bnb
+
+    cfg, model, tok = _adapted("tiny-llama-qlora", sample, quantization={"compute_dtype": "float32"},
+                               training={"precision": "fp32"}, generation={"max_new_tokens": 4, "batch_size": 4})
+    before = {n: w.detach().clone() for n, w in causal_lm.inference_model(cfg, model).state_dict().items()}
+    rows = [Example(e.fname, e.dialogue) for e in sample["dev"][:4]]
+    causal_lm.generate(cfg, model, tok, causal_lm.build_features(cfg, tok, rows, with_labels=False))
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    after = causal_lm.inference_model(cfg, model).state_dict()
+    assert before.keys() == after.keys()
+    for name, weight in before.items():
+        assert torch.equal(weight, after[name]), name

@@ -115,6 +115,7 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
         quantization_config=qconf, dtype=base_dtype(cfg),
         device_map={"": _local_device()} if (qconf and cuda) else None,
     )
+    _keep_4bit_layout(model)
     _pad_vocabulary(model, len(tok))
     init_new_rows(model, pieces)
     model.generation_config = generation_config(cfg, model, tok)
@@ -128,6 +129,22 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
             new_tokens.attach(model.get_base_model(), min(pieces), len(pieces))
     _trainable_to_fp32(model)
     return model, tok
+
+
+def _keep_4bit_layout(model) -> None:
+    """Keep 4-bit weights in bitsandbytes' canonical layout on every device.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place at its first no-grad forward in eval mode
+    (evaluation, generation) into a CPU-only layout with a bf16 kernel. Code that reads the weight afterwards, such
+    as PEFT's dequantization for the merged prediction copy, does not know that layout, and training after an
+    evaluation would run on it too; so the repacking is turned off and training, evaluation and merging see the
+    same weights. GPUs never repack.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _pad_vocabulary(model, n_tokens: int) -> None:

@@ -16,12 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen3Config,
+    BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config,
     Qwen3ForCausalLM,
 )
 
@@ -56,7 +51,7 @@ def _train_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
     )
     fast.add_tokens(KNOWN_PLACEHOLDERS, special_tokens=False)
     if template:
-        fast.chat_template = (resources.files("dialsum") / "templates" / template).read_text(encoding="utf-8")
+        fast.chat_template = (resources.files("dialsum.models") / "templates" / template).read_text(encoding="utf-8")
     return fast
 
 
@@ -82,7 +77,7 @@ def _build_model(spec: TinySpec, tok: PreTrainedTokenizerFast):
 
 
 def tiny_key(spec: TinySpec, seed: int) -> str:
-    sample = hashlib.sha256((resources.files("dialsum") / "sample" / "train.csv").read_bytes()).hexdigest()
+    sample = hashlib.sha256((resources.files("dialsum.data") / "sample" / "train.csv").read_bytes()).hexdigest()
     payload = json.dumps({"spec": spec.model_dump(), "seed": seed, "sample": sample}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

@@ -1,0 +1,61 @@
+"""Commands about data and tokenizers before training: `preflight`, `sample-data` and `build-tiny`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dialsum.errors import DialsumError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build-tiny", help="build tiny random-weight models and tokenizers locally")
+    p.add_argument("--models", nargs="+", default=["tiny-bart", "tiny-llama", "tiny-qwen3"])
+    p.set_defaults(func=_build_tiny)
+    p = sub.add_parser("sample-data", help="regenerate the bundled sample dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_sample_data)
+    _add_preflight_parser(sub)
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    from dialsum.config import load_model_config
+    from dialsum.models import checkpoint_source
+
+    for name in args.models:
+        cfg = load_model_config(name)
+        if cfg.tiny is None:
+            raise DialsumError(f"{name} is not a tiny profile (no `tiny` section)")
+        print(f"{name}: {checkpoint_source(cfg)}")
+    return 0
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from dialsum.data.synthetic import write_sample
+
+    write_sample(args.out)
+    print(f"wrote train.csv, dev.csv and test.csv to {args.out}")
+    return 0
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from dialsum.models.preflight import format_report, run
+
+    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or ())
+    print("\n\n".join(format_report(r) for r in reports))
+    if problems and not args.force:
+        print("dialsum: preflight: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    for line in problems:
+        print(f"dialsum: preflight: {line} (going on: --force)", file=sys.stderr)
+    return 0
+
+
+def _add_preflight_parser(sub) -> None:
+    p = sub.add_parser("preflight", help="check lengths, cuts, reachable references and round trips (tokenizer only)")
+    p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
+    p.add_argument("--data", type=Path, help="folder with train/dev/test CSVs, any present (default: bundled sample)")
+    p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
+    p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
+    p.set_defaults(func=_preflight)

@@ -1,0 +1,146 @@
+"""`train` and `train-all`: one model in this process (or data-parallel), or several through the train-all flow."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dialsum.errors import DialsumError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train, predict, score and publish one or more models")
+    p.add_argument("--mode", choices=["single", "multi_model"], default="single")
+    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (accelerate launch)")
+    _add_train_args(p)
+    p.set_defaults(func=_train)
+    p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")
+    _add_train_args(p)
+    p.set_defaults(func=_train_all)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
+    p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
+    p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
+    p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
+    p.add_argument("--run-id", help="run id (default: time-based)")
+    p.add_argument("--force", action="store_true",
+                   help="single: go on when preflight finds unreachable references, overwrite a published run with "
+                        "different content; multi_model/train-all: also retrain when data, config and code are unchanged")
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="continue that run from its finished phases and newest checkpoint (local or in storage)")
+    p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
+                   help="make the run's ensemble the champion: never (default), if-better, always")
+    p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
+
+
+def _resume_run_id(args: argparse.Namespace) -> None:
+    """`--resume RUN_ID` continues that run: it becomes the run id (and may not contradict --run-id)."""
+    if args.resume:
+        if args.run_id and args.run_id != args.resume:
+            raise DialsumError(f"--resume {args.resume} and --run-id {args.run_id} name different runs")
+        args.run_id = args.resume
+
+
+def _validate_inputs(args: argparse.Namespace) -> None:
+    """Configs and data checked before torch or Prefect is imported, so mistakes are reported in seconds."""
+    from dialsum.config import load_model_config
+    from dialsum.data import load_splits
+    from dialsum.data.source import is_url, resolve
+
+    for model in args.models:
+        load_model_config(model)
+    if not is_url(args.data):
+        load_splits(resolve(args.data))
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and (args.mode != "single" or len(args.models) != 1):
+        raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
+    if args.mode != "single":
+        return _train_all(args)
+    if len(args.models) != 1:
+        raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
+    if args.promote != "never":
+        raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
+                           "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
+    _validate_inputs(args)
+    _resume_run_id(args)
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _train_data_parallel(args)
+    from dialsum.pipeline import run_model
+
+    result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+                       eval_before=args.eval_before, storage_url=args.storage, force=args.force,
+                       resume=bool(args.resume))
+    if result.metrics:  # data-parallel ranks other than 0 report nothing
+        print(format_table([_row(result.metrics, "completed", result.location)]))
+    return 0
+
+
+def _train_data_parallel(args: argparse.Namespace) -> int:
+    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id."""
+    from dialsum.engine import distributed
+    from dialsum.pipeline import new_run_id
+
+    if args.mode != "single" or len(args.models) != 1:
+        raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
+    argv = ["train", "--models", args.models[0], "--run-id", args.run_id or new_run_id()]
+    argv += ["--data", str(args.data)] if args.data else []
+    argv += ["--storage", args.storage] if args.storage else []
+    argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
+                                   ("--force", args.force)) if on]
+    return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+
+
+def _train_all(args: argparse.Namespace) -> int:
+    _validate_inputs(args)
+    from dialsum.orchestration.train_all import run_embedded
+
+    _resume_run_id(args)
+
+    summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
+                           run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
+                           margin=args.margin, force=args.force)
+    print(format_table(summary["rows"]))
+    print_outcome(summary)
+    failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]
+    if failed:
+        print(f"failed models: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_outcome(summary: dict) -> None:
+    """The lines under the table: the ensemble, the promotion decision, the report."""
+    if summary.get("status") == "unchanged":
+        print("unchanged: data, config and code match an earlier run; nothing was retrained")
+    if summary.get("ensemble"):
+        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+    if summary.get("promotion"):
+        verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
+        print(f"champion: {verdict}: {summary['promotion']['reason']}")
+    if summary.get("plot"):
+        print(f"report: {summary['plot']}")
+
+
+def _row(metrics: dict, status: str, location: str | None) -> dict:
+    before = metrics.get("dev_score_before")
+    return {"model": metrics["model"], "type": metrics["type"], "status": status,
+            "dev_score_before": before, "dev_score": metrics["dev"]["score"], "location": location}
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text comparison table: model, type, status, score before/after training, location."""
+    def cell(value) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+    cols = ["model", "type", "status", "dev_score_before", "dev_score", "location"]
+    cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)

@@ -1,0 +1,203 @@
+"""The `train-model` flow (one model: train, score, publish) and how a parent launches it and reads it back.
+
+A parent's `launch-model` task starts a `train-model` child run on the model's deployment, work queue and job
+variables (`placement.assign`), or with `embedded=True` runs the child in this process as a subflow. Children
+in one process take turns: they share torch's global RNG and thread pool. A child that ends Crashed (killed,
+evicted, preempted) is launched again and resumes from its checkpoints. Its outcome is read back from object
+storage (its manifest and metrics), never from Prefect results, so children may run on other machines.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prefect import flow, get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.deployments import run_deployment
+from prefect.futures import PrefectFuture
+from prefect.states import Crashed, State
+
+from dialsum import storage
+from dialsum.config import load_model_config
+from dialsum.data import source as datasource
+from dialsum.engine.checkpoint import Preempted
+from dialsum.errors import ConfigError, DataError, DialsumError
+from dialsum.orchestration import placement
+from dialsum.release import ensemble
+
+PERMANENT_ERRORS = (ConfigError, DataError)
+POLL_SECONDS = 2
+CRASH_RELAUNCHES = 2
+_IN_PROCESS = threading.Lock()
+
+
+class OrchestrationError(DialsumError):
+    """A train-all failure; its repr is its message, so Prefect's logs stay one line."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class ModelRunFailed(OrchestrationError):
+    """A child run that did not complete, or completed without a verifiable published result."""
+
+    def __init__(self, model: str, reason: str, seconds: float | None = None) -> None:
+        super().__init__(model, reason, seconds)
+        self.model, self.reason, self.seconds = model, reason, seconds
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.reason}"
+
+
+def slug(text: str) -> str:
+    """A Prefect artifact key: lowercase, each run of characters other than a-z and 0-9 becomes one '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+
+
+def pipeline_module() -> ModuleType:
+    """`dialsum.pipeline`, imported when first needed: it loads torch, which a parent run never uses."""
+    from dialsum import pipeline
+
+    return pipeline
+
+
+def model_name(model: str) -> str:
+    """The name a model config publishes under (its `name`, default the file stem); the stem if it does not load."""
+    try:
+        return load_model_config(model).name
+    except DialsumError:
+        return Path(model).stem
+
+
+# ---------------------------------------------------------------- the flow
+
+
+def _skip_retries() -> None:
+    """Set this flow run's retries to 0 so the failure about to be reported is final."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, empirical_policy=policy)
+
+
+@flow(name="train-model", retries=1, retry_delay_seconds=10)
+def train_model(
+    model: str, run_id: str, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
+    group: str | None = None, eval_before: bool = False, gpus: int = 1,
+) -> dict[str, Any]:
+    """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
+    other failures retry once."""
+    try:
+        if gpus > 1:
+            result = pipeline_module().run_model_on_gpus(
+                model, gpus, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
+                eval_before=eval_before, storage_url=storage_url,
+            )
+        else:
+            result = pipeline_module().run_model(
+                model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
+                eval_before=eval_before, storage_url=storage_url, group=group,
+            )
+    except PERMANENT_ERRORS:
+        _skip_retries()
+        raise
+    except Preempted as exc:
+        return _preempted(exc)
+    return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location}
+
+
+def _preempted(exc: Preempted) -> State:
+    """A child stopped by SIGTERM (its checkpoint published) ends Crashed, as if killed: train-all relaunches it."""
+    _skip_retries()
+    return Crashed(message=f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- launching children
+
+
+def _run_on_worker(where: placement.Placement, parameters: dict[str, Any]) -> tuple[State, float | None]:
+    """Run the child on its deployment and wait for it; returns its final state and run time."""
+    child = run_deployment(
+        where.deployment, parameters=parameters, job_variables=where.job_variables or None,
+        work_queue_name=where.work_queue_name, as_subflow=True, poll_interval=POLL_SECONDS,
+    )
+    return child.state, child.total_run_time.total_seconds()
+
+
+def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
+    """Run the child as a subflow of this process, one at a time; returns its final state and run time."""
+    with _IN_PROCESS:
+        started = time.monotonic()
+        state = train_model(**parameters, return_state=True)
+        return state, time.monotonic() - started
+
+
+def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None) -> dict[str, Any]:
+    """A table row for a child that completed, from what it published."""
+    name = model_name(model)
+    try:
+        outputs = ensemble.read_outputs(run_id, name, store)
+    except DialsumError as exc:
+        raise ModelRunFailed(name, f"completed, but its published result is unusable: {exc}", seconds) from exc
+    metrics = outputs.metrics
+    return {
+        "model": name, "type": metrics.get("type"), "status": "completed",
+        "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
+        "seconds": _round(seconds), "location": outputs.location, "error": None,
+    }
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
+def run_child(
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int
+) -> tuple[State, float | None]:
+    """Run one child; while it ends Crashed (killed, evicted, preempted), launch it again, up to `relaunches` times.
+
+    Prefect never retries a Crashed run itself. A relaunched child has the same run id, so it resumes from its
+    finished phases and newest checkpoint. Returns the last state and the run time of all attempts.
+    """
+    total: float | None = 0.0
+    for attempt in range(relaunches + 1):
+        state, seconds = _run_in_process(parameters) if embedded else _run_on_worker(where, parameters)
+        total = None if total is None or seconds is None else total + seconds
+        if not state.is_crashed() or attempt == relaunches:
+            break
+        get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
+                                 "checkpoint", model_name(where.model), state.message, attempt + 1, relaunches)
+    return state, total
+
+
+@task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
+def launch_model(
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES
+) -> dict[str, Any]:
+    """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
+    state, seconds = run_child(where, parameters, embedded, relaunches)
+    if not state.is_completed():
+        raise ModelRunFailed(model_name(where.model), f"{state.name}: {state.message or 'no message'}", _round(seconds))
+    return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds)
+
+
+def outcome_row(model: str, future: PrefectFuture) -> dict[str, Any]:
+    """The launch task's row, or a `failed` row carrying the reason."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result()
+    exc = future.result(raise_on_failure=False)
+    if isinstance(exc, ModelRunFailed):
+        name, reason, seconds = exc.model, exc.reason, exc.seconds
+    else:
+        name, reason, seconds = model_name(model), f"{type(exc).__name__}: {exc}", None
+    return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
+            "seconds": seconds, "location": None, "error": reason}

@@ -1,0 +1,44 @@
+"""Artifact storage: publish run folders to a local folder or S3 and fetch them back, verified.
+
+`open_storage(url)` picks the backend by URL (`s3://bucket/prefix`, `file:///path` or a plain folder; default the
+`DIALSUM_STORAGE_URL` setting): `local.py` or `s3.py` (the only module that talks to boto3, imported only for
+S3 URLs). `manifest.py` publishes and fetches run folders, manifest last; `checkpoints.py` does the same for
+training checkpoints. May import only the foundations (config, settings, errors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from dialsum.errors import StorageError
+from dialsum.settings import get_settings
+from dialsum.storage.base import MANIFEST, FileDigest, Storage, check_name, check_relpath, digest_file, sha256_file
+from dialsum.storage.checkpoints import (
+    CHECKPOINTS_DIR, delete_checkpoint, fetch_checkpoint, list_checkpoints, publish_checkpoint,
+)
+from dialsum.storage.local import LocalStorage
+from dialsum.storage.manifest import PublishResult, RunEntry, fetch, list_runs, publish, read_manifest, run_key
+
+__all__ = [
+    "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "LocalStorage", "PublishResult", "RunEntry", "Storage",
+    "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint",
+    "list_checkpoints", "list_runs", "open_storage", "publish", "publish_checkpoint", "read_manifest", "run_key",
+    "sha256_file",
+]
+
+
+def open_storage(url: str | None = None) -> Storage:
+    """Open the storage at `url` (default: the `storage_url` setting)."""
+    settings = get_settings()
+    url = url or settings.storage_url
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        from dialsum.storage.s3 import S3Storage
+
+        return S3Storage(url, settings)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))
+    if parsed.scheme:
+        raise StorageError(f"unsupported storage URL {url!r}: use s3://bucket/prefix, file:///path or a folder path")
+    return LocalStorage(Path(url))

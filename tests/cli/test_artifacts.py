@@ -1,0 +1,37 @@
+"""`dialsum artifacts ls` and `get` (`cli.artifacts`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from run_folders import RUN_FILES, make_run, read_tree
+
+from dialsum.cli import artifacts as storage_cli
+from dialsum.storage import MANIFEST, LocalStorage, publish
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="dialsum")
+    storage_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_ls_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=LocalStorage(store))
+    publish(make_run(tmp_path / "run"), "run-1", "ensemble", storage=LocalStorage(store))
+
+    assert run_cli("artifacts", "ls", str(store)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[1].split()[:5] == ["run-1", "kobart", "8", "files", "3.0"]
+
+    assert run_cli("artifacts", "get", "run-1", "kobart", str(tmp_path / "dest"), "--storage", str(store)) == 0
+    assert "8 files" in capsys.readouterr().out
+    assert read_tree(tmp_path / "dest").keys() == {*RUN_FILES, MANIFEST}
+
+    assert run_cli("artifacts", "ls", str(tmp_path / "empty")) == 0
+    assert "no published runs" in capsys.readouterr().out

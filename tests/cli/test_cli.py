@@ -1,0 +1,82 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from s3_server import s3_client
+
+from dialsum.cli.main import build_parser
+from dialsum.cli.train import format_table
+from dialsum.errors import DialsumError
+
+
+def _run(args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dialsum.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_unknown_model_lists_available():
+    proc = _run(["train", "--models", "no-such-model", "--debug"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown model 'no-such-model'; available:" in proc.stderr and "tiny-qwen3" in proc.stderr
+
+
+def test_single_mode_takes_one_model():
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "tiny-llama", "--debug"])
+    with pytest.raises(DialsumError, match="--mode multi_model"):
+        args.func(args)
+
+
+def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch):
+    from dialsum.engine import distributed
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "launch", lambda argv, n: calls.append((argv, n)) or 0)
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", "/s"])
+    assert args.func(args) == 0
+    (argv, n), = calls
+    assert n == 2 and argv[:3] == ["train", "--models", "tiny-bart"] and "--gpus" not in argv
+    assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", "/s"} <= set(argv)
+    args = build_parser().parse_args(["train", "--mode", "multi_model", "--models", "a", "b", "--gpus", "2"])
+    with pytest.raises(DialsumError, match="one model on several GPUs"):
+        args.func(args)
+
+
+def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path):
+    env = {"DIALSUM_STORAGE_URL": f"s3://{s3_bucket}/nightly", "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    client = s3_client(moto_server.endpoint)
+    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key="nightly/ci-debug/tiny-bart/manifest.json")["Body"].read())
+    files = manifest["files"]
+    assert {"metrics.json", "config.yaml", "predictions/dev.csv", "predictions/test.csv"} <= {f["path"] for f in files}
+    for entry in files:
+        body = client.get_object(Bucket=s3_bucket, Key=f"nightly/ci-debug/tiny-bart/{entry['path']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
+    listing = _run(["artifacts", "ls", f"s3://{s3_bucket}/nightly"], env=env)
+    assert listing.returncode == 0 and "ci-debug" in listing.stdout and "tiny-bart" in listing.stdout
+
+
+def test_predict_and_evaluate_from_a_run_folder(tmp_path):
+    out = tmp_path / "out"
+    env = {"DIALSUM_OUTPUT_DIR": str(out)}
+    assert _run(["train", "--models", "tiny-bart", "--debug", "--run-id", "r1"], env=env).returncode == 0
+    proc = _run(["predict", "--run", str(out / "r1" / "tiny-bart"), "--out", str(tmp_path / "p")], env=env)
+    assert proc.returncode == 0, proc.stderr
+    from dialsum.data import sample_dir
+
+    proc = _run(["evaluate", "--predictions", str(tmp_path / "p" / "predictions" / "dev.csv"),
+                 "--references", str(sample_dir() / "dev.csv")])
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score"}
+
+
+def test_format_table_aligns_columns():
+    table = format_table([{"model": "a", "type": "t", "status": "completed", "dev_score": 61.234},
+                          {"model": "long-name", "type": "t", "status": "failed", "dev_score": None}])
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", "type", "status", "dev_score"]
+    assert "61.23" in lines[1] and lines[2].split()[:3] == ["long-name", "t", "failed"]

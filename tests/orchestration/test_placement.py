@@ -1,0 +1,53 @@
+"""Where each child runs (`orchestration.placement`): targets, per-GPU queues and GPU counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from dialsum.errors import ConfigError
+from dialsum.orchestration import placement
+from dialsum.orchestration.placement import POOLS, assign, queue_names
+from dialsum.orchestration.worker import gpu_queue_prefix
+
+DOCKER_POOL = POOLS["dialsum-docker-gpu"]
+
+
+def test_assign_round_robins_over_gpu_queues() -> None:
+    placed = assign(["a", "b", "c", "d", "e"], "docker-gpu", num_gpus=2)
+    assert [p.work_queue_name for p in placed] == ["gpu-0", "gpu-1", "gpu-0", "gpu-1", "gpu-0"]
+    assert [p.job_variables for p in placed] == [{"gpu_ids": [str(i % 2)]} for i in range(5)]
+    assert {p.deployment for p in placed} == {"train-model/docker-gpu"}
+    assert [p.model for p in placed] == ["a", "b", "c", "d", "e"]
+
+
+def test_assign_reads_gpu_count_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(placement.NUM_GPUS_ENV, "3")
+    assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == ["gpu-0", "gpu-1", "gpu-2", "gpu-0"]
+
+
+@pytest.mark.parametrize("env_value", [None, "", "0", "two"])
+def test_gpu_target_without_gpu_count_is_an_error(monkeypatch: pytest.MonkeyPatch, env_value: str | None) -> None:
+    if env_value is None:
+        monkeypatch.delenv(placement.NUM_GPUS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(placement.NUM_GPUS_ENV, env_value)
+    with pytest.raises(ConfigError):
+        assign(["kobart"], "docker-gpu")
+
+
+def test_non_queue_targets() -> None:
+    (process,) = assign(["kobart"], "process")
+    assert (process.deployment, process.work_queue_name, process.job_variables) == ("train-model/process", None, {})
+    (k8s,) = assign(["kobart"], "k8s")
+    assert (k8s.deployment, k8s.work_queue_name, k8s.job_variables) == ("train-model/k8s", None, {"gpu_count": 1})
+
+
+def test_unknown_target_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="docker-gpu"):
+        assign(["kobart"], "gpu")
+
+
+def test_queue_names() -> None:
+    assert queue_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
+    assert gpu_queue_prefix(DOCKER_POOL) == "gpu"
+    assert gpu_queue_prefix(POOLS["dialsum-process"]) is None

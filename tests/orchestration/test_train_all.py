@@ -1,0 +1,433 @@
+"""The train-all and train-model flows: the train-all logic with stand-in children, embedded runs, and a real server with a process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import get_client
+from prefect.logging.handlers import APILogWorker
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.states import Completed, Crashed, Failed
+from s3_server import CREDENTIALS, free_port, s3_client, start_moto
+
+from dialsum.engine.checkpoint import Preempted
+from dialsum.errors import ConfigError, DataError
+from dialsum.orchestration import train_all as train_all_module
+from dialsum.orchestration import train_model as train_model_module
+from dialsum.orchestration.placement import POOLS
+from dialsum.orchestration.train_all import ModelsFailed, check_models, run_embedded, train_all
+from dialsum.orchestration.train_model import model_name, slug, train_model
+from dialsum.orchestration.worker import setup_pool
+from dialsum.release.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
+from dialsum.settings import get_settings
+from dialsum.storage import LocalStorage, list_runs, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
+
+
+@pytest.fixture(scope="module")
+def local_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Flows in this process report to a temporary local Prefect API with its database in a temp folder."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        try:
+            yield
+        finally:
+            APILogWorker.drain_all(timeout=5)
+            SubprocessASGIServer().stop()
+
+
+@pytest.fixture
+def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Offline, untracked training with outputs in a temp folder; returns the folder."""
+    for name, value in {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+                        "DIALSUM_CONFIG_DIR": str(REPO / "configs")}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- helpers and train-all logic
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("train-all-20250101-120000-ab12cd", "train-all-20250101-120000-ab12cd"),
+    ("Train_All 2025.01.01/Run#1", "train-all-2025-01-01-run-1"),
+    ("--ensemble--", "ensemble"),
+    ("한국어", "run"),
+])
+def test_slug(text: str, expected: str) -> None:
+    assert slug(text) == expected
+
+
+def test_model_name_reads_the_config_and_falls_back_to_the_stem(tmp_path: Path) -> None:
+    assert model_name("tiny-bart") == "tiny-bart"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("type: nope\n")
+    assert model_name(str(broken)) == "broken"
+
+
+def test_models_failed_names_the_models_and_keeps_the_summary() -> None:
+    summary = {"rows": [{"model": "a"}, {"model": "b"}, {"model": "c"}]}
+    exc = ModelsFailed({"b": "ConfigError: bad key"}, summary)
+    assert str(exc) == "1 of 3 models failed: b (ConfigError: bad key)"
+    assert exc.summary is summary
+
+
+def test_models_are_listed_once() -> None:
+    check_models(["a", "b"])
+    with pytest.raises(ConfigError, match="at least one"):
+        check_models([])
+    with pytest.raises(ConfigError, match="more than once: a"):
+        check_models(["a", "b", "a"])
+
+
+class FailingPipeline:
+    def __init__(self, error: Exception) -> None:
+        self.error, self.calls = error, 0
+
+    def run_model(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "runs"), [(ConfigError("bad key"), 1), (DataError("bad row"), 1), (OSError("disk"), 2)]
+)
+def test_config_and_data_errors_are_not_retried(
+    local_prefect: None, monkeypatch: pytest.MonkeyPatch, error: Exception, runs: int
+) -> None:
+    pipeline = FailingPipeline(error)
+    monkeypatch.setattr(train_model_module, "pipeline_module", lambda: pipeline)
+    state = train_model.with_options(retry_delay_seconds=0)("m", "r-1", return_state=True)
+    assert state.is_failed() and str(error) in state.message
+    assert pipeline.calls == runs
+
+
+class FakeChildren:
+    """Stands in for the deployments: records each child launch and completes all but `failing`."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
+        self.launches: list[tuple[Any, dict]] = []
+        self.ensembled: list[str] = []
+
+    def run_on_worker(self, where, parameters: dict) -> tuple:
+        self.launches.append((where, parameters))
+        if where.model in self.failing:
+            return Failed(message=f"{where.model} broke"), 1.0
+        return Completed(), 2.0
+
+    def published_row(self, run_id: str, model: str, store, seconds: float) -> dict:
+        return {"model": model, "type": "causal_lm", "status": "completed", "dev_score_before": None,
+                "dev_score": 10.0, "seconds": seconds, "location": f"{run_id}/{model}", "error": None}
+
+    def publish_ensemble(self, run_id: str, store, models: list[str], data_dir, sources=None,
+                         attachments=None) -> PublishedEnsemble:
+        self.ensembled = models
+        result = EnsembleResult(BEST_SINGLE, models[0], {}, {}, {}, {}, {BEST_SINGLE: 10.0}, {}, {})
+        return PublishedEnsemble(result, "# report\n", f"{run_id}/ensemble")
+
+
+@pytest.fixture
+def fake_children(monkeypatch: pytest.MonkeyPatch) -> FakeChildren:
+    fake = FakeChildren({"m2"})
+    monkeypatch.setattr(train_model_module, "_run_on_worker", fake.run_on_worker)
+    monkeypatch.setattr(train_model_module, "published_row", fake.published_row)
+    monkeypatch.setattr(train_all_module.ensemble, "publish_ensemble", fake.publish_ensemble)
+    return fake
+
+
+def test_train_all_places_children_and_fails_after_the_ensemble(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path
+) -> None:
+    state = train_all(["m0", "m1", "m2"], target="docker-gpu", num_gpus=2, run_id="r-1",
+                      storage_url=str(tmp_path), return_state=True)
+
+    assert state.is_failed() and "1 of 3 models failed: m2 (Failed: m2 broke)" in state.message
+    launches = {where.model: (where, params) for where, params in fake_children.launches}
+    assert [launches[m][0].work_queue_name for m in ("m0", "m1", "m2")] == ["gpu-0", "gpu-1", "gpu-0"]
+    assert launches["m1"][0].deployment == "train-model/docker-gpu"
+    assert launches["m1"][0].job_variables == {"gpu_ids": ["1"]}
+    assert launches["m1"][1] == {"model": "m1", "run_id": "r-1", "data_dir": None, "storage_url": str(tmp_path),
+                                 "debug": False, "group": "r-1", "eval_before": False}
+    assert sorted(fake_children.ensembled) == ["m0", "m1"]
+    summary = state.result(raise_on_failure=False).summary
+    assert [r["status"] for r in summary["rows"]] == ["completed", "completed", "failed"]
+    assert summary["ensemble"]["location"] == "r-1/ensemble"
+
+
+def test_train_all_with_an_unwritable_report_folder_fails_before_launching(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(blocker / "outputs"))
+    get_settings.cache_clear()
+    try:
+        state = train_all(["m0"], target="docker-cpu", run_id="r-2", storage_url=str(tmp_path), return_state=True)
+    finally:
+        get_settings.cache_clear()
+    assert state.is_failed() and f"cannot write to the output folder {blocker / 'outputs'}" in state.message
+    assert fake_children.launches == []
+
+
+def test_train_all_relaunches_a_crashed_child_up_to_the_limit(
+    local_prefect: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outcomes = {"m0": [Crashed(message="killed"), Completed()], "m1": [Crashed(message="evicted")] * 5}
+    launched: list[str] = []
+
+    def run_on_worker(where, parameters: dict) -> tuple:
+        launched.append(where.model)
+        return outcomes[where.model].pop(0), 1.0
+
+    fake = FakeChildren(set())
+    monkeypatch.setattr(train_model_module, "_run_on_worker", run_on_worker)
+    monkeypatch.setattr(train_model_module, "published_row", fake.published_row)
+    monkeypatch.setattr(train_all_module.ensemble, "publish_ensemble", fake.publish_ensemble)
+    state = train_all(["m0", "m1"], run_id="r-2", storage_url=str(tmp_path), crash_relaunches=2, return_state=True)
+
+    assert sorted(launched) == ["m0", "m0", "m1", "m1", "m1"]  # m1: first launch and two relaunches
+    assert state.is_failed() and "m1 (Crashed: evicted)" in state.message
+    rows = {r["model"]: r for r in state.result(raise_on_failure=False).summary["rows"]}
+    assert rows["m0"]["status"] == "completed" and rows["m0"]["seconds"] == 2.0
+    assert fake.ensembled == ["m0"]
+
+
+def test_a_preempted_child_ends_crashed(local_prefect: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = FailingPipeline(Preempted("stopped by SIGTERM after step 7"))
+    monkeypatch.setattr(train_model_module, "pipeline_module", lambda: pipeline)
+    state = train_model.with_options(retry_delay_seconds=0)("m", "r-1", return_state=True)
+    assert state.is_crashed() and "step 7" in state.message and pipeline.calls == 1
+
+
+def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = {"run_id": "r", "rows": [{"model": "a", "status": "failed"}], "ensemble": None}
+    calls = []
+
+    def failing_train_all(models: list[str], **options: Any) -> dict:
+        calls.append(options)
+        raise ModelsFailed({"a": "broke"}, summary)
+
+    monkeypatch.setattr(train_all_module, "train_all", failing_train_all)
+    assert run_embedded(["a"], data_dir=Path("/data"), debug=True) is summary
+    assert calls == [{"embedded": True, "data_dir": "/data", "debug": True}]
+
+
+# ---------------------------------------------------------------- embedded, with real training
+
+
+@pytest.mark.slow
+def test_a_broken_model_fails_alone(local_prefect: None, run_env: Path) -> None:
+    broken = run_env / "broken.yaml"
+    broken.write_text("type: encoder_decoder\nmodel: tiny-bart\nnot_a_field: 1\n", encoding="utf-8")
+    store = run_env / "store"
+
+    started = time.monotonic()
+    state = train_all(["tiny-bart", str(broken), "tiny-qwen3"], debug=True, storage_url=str(store),
+                      run_id="iso-1", embedded=True, return_state=True)
+
+    assert state.is_failed()
+    assert "1 of 3 models failed: broken (" in state.message and "not_a_field" in state.message
+    assert time.monotonic() - started < 120, "the broken config must not wait for a retry"
+    published = {(r.run_id, r.model) for r in list_runs(LocalStorage(store))}
+    assert published == {("iso-1", "tiny-bart"), ("iso-1", "tiny-qwen3"), ("iso-1", "ensemble")}
+    assert not (store / "iso-1" / "broken").exists()
+    ensemble = read_manifest("iso-1", "ensemble", LocalStorage(store))
+    assert ensemble["extra"]["models"] == ["tiny-bart", "tiny-qwen3"]
+    rows = {r["model"]: r for r in state.result(raise_on_failure=False).summary["rows"]}
+    assert rows["broken"]["status"] == "failed" and rows["tiny-bart"]["status"] == "completed"
+
+
+# ---------------------------------------------------------------- a real Prefect server and process worker
+
+
+def start_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start `command` in its own session (so its whole process group can be stopped), output to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group by PID, SIGKILL it if the leader has not exited within `timeout`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def prefect(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIALSUM_", "AWS_"))}
+    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Prefect server on 127.0.0.1 with SQLite in a temp PREFECT_HOME; yields its API URL and a client env."""
+    port, log = free_port(), tmp_path / "server.log"
+    env = base_env(tmp_path / "prefect-home")
+    process = start_group([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                           "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_healthy(url, process, log)
+        yield url, env | {"PREFECT_API_URL": url}
+    finally:
+        stop_group(process)
+
+
+@pytest.fixture
+def moto_endpoint() -> Iterator[str]:
+    server = start_moto()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+
+
+def create_pools(api_url: str) -> None:
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        for pool in POOLS.values():
+            asyncio.run(setup_pool(pool, 1, REPO / "infra"))
+
+
+def artifacts(api_url: str) -> dict[str, Any]:
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return {a.key: a for a in client.read_artifacts() if a.key}
+
+
+def child_runs(api_url: str, model: str) -> list[Any]:
+    """The train-model flow runs launched for `model`, oldest first."""
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("model") == model]
+    return sorted(runs, key=lambda r: r.created)
+
+
+def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefix: str, parent) -> None:
+    """SIGKILL the process of `model`'s child run once it has published a checkpoint (a node lost mid-training)."""
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline and parent.poll() is None:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if any(o["Key"].endswith("/manifest.json") for o in listed):
+            running = [r for r in child_runs(api_url, model) if r.state and r.state.is_running()]
+            marker = f"PREFECT__FLOW_RUN_ID={running[0].id}".encode() if running else None
+            pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker and _has_env(p, marker)]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            if pids:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{model} published no checkpoint while its parent ran")
+
+
+def _has_env(proc: Path, entry: bytes) -> bool:
+    try:
+        return entry in (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_train_all_on_a_prefect_server_with_a_process_worker(
+    prefect_server: tuple[str, dict[str, str]], moto_endpoint: str, tmp_path: Path
+) -> None:
+    """Three tiny models; one child is SIGKILLed after its first checkpoint, relaunched, and resumes."""
+    from profiles import long_profile
+
+    api_url, env = prefect_server
+    bucket, run_id = f"e2e-{uuid.uuid4().hex[:8]}", f"e2e-{uuid.uuid4().hex[:6]}"
+    long = str(long_profile(tmp_path, steps=30))
+    models = [long, "tiny-llama", "tiny-qwen3"]
+    s3_client(moto_endpoint).create_bucket(Bucket=bucket)
+    create_pools(api_url)
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml", env=env, timeout=180)
+    worker_env = env | CREDENTIALS | {
+        "DIALSUM_S3_ENDPOINT_URL": moto_endpoint, "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
+        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process",
+                          "--type", "process"], worker_env, tmp_path / "worker.log")
+    try:
+        params = {"models": models, "debug": True, "storage_url": f"s3://{bucket}/dialsum", "run_id": run_id}
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "deployment", "run", "train-all/local", "--params", json.dumps(params),
+             "--watch", "--watch-timeout", "540"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        kill_child_after_checkpoint(api_url, long, s3_client(moto_endpoint), bucket,
+                                    f"dialsum/{run_id}/long-bart/checkpoints/", parent)
+        output, _ = parent.communicate(timeout=600)
+        assert parent.returncode == 0, f"train-all failed:\n{output[-4000:]}"
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworker log:\n{(tmp_path / 'worker.log').read_text()[-6000:]}") from None
+    finally:
+        stop_group(worker)
+
+    attempts = child_runs(api_url, long)
+    assert [r.state.type.value for r in attempts] == ["CRASHED", "COMPLETED"]
+    metrics = json.loads(s3_client(moto_endpoint).get_object(
+        Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"].read())
+    assert 0 < metrics["resumed_at_step"] < 30 and metrics["train_steps"] == 30
+
+    keys = {o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    names = ["long-bart", "tiny-llama", "tiny-qwen3"]
+    for model in [*names, "ensemble"]:
+        assert f"dialsum/{run_id}/{model}/manifest.json" in keys, model
+    ensembled = json.loads(s3_client(moto_endpoint).get_object(
+        Bucket=bucket, Key=f"dialsum/{run_id}/ensemble/manifest.json")["Body"].read())
+    assert sorted(ensembled["extra"]["models"]) == names
+    found = artifacts(api_url)
+    table = json.loads(found[slug(f"train-all-{run_id}")].data)
+    assert sorted(row["model"] for row in table) == names
+    assert {row["status"] for row in table} == {"completed"}
+    assert all(row["location"].startswith(f"s3://{bucket}/dialsum/{run_id}/") for row in table)
+    assert slug(f"ensemble-{run_id}") in found

@@ -1,0 +1,51 @@
+"""The train-all report: the PNG is a real image with both panels, the markdown compares and links it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from dialsum.release import report
+
+ROWS = [
+    {"model": "kobart", "status": "completed", "dev_score": 41.5, "seconds": 100.0},
+    {"model": "qwen3-4b", "status": "unchanged", "dev_score": 44.0, "seconds": 0.0},
+    {"model": "llama", "status": "failed", "dev_score": None, "seconds": 3.0},
+]
+CHAMPION = {"run_id": "night-1", "model": "ensemble", "dev_score": 43.0, "dev_sha256": "d1",
+            "member_scores": {"kobart": 40.0, "qwen3-4b": 44.0}}
+ENSEMBLE = {"choice": "consensus", "dev_score": 45.25, "dev_sha256": "d1"}
+
+
+def test_the_plot_is_a_png_with_curves_and_bars(tmp_path: Path) -> None:
+    losses = {"kobart": [3.0 - 0.01 * i for i in range(200)], "qwen3-4b": [2.5 - 0.005 * i for i in range(120)]}
+    path = report.plot(tmp_path / "ensemble" / report.PLOT, losses, {"kobart": 41.5, "qwen3-4b": 44.0, "ensemble": 45.25},
+                       {"kobart": 40.0, "qwen3-4b": 44.0, "ensemble": 43.0}, "train-all r1")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (1200, 450)
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert len(colours) > 50, "the image is (nearly) blank"
+    counts = {rgb: n for n, rgb in colours}
+    assert counts.get((0x3B, 0x7D, 0xD8), 0) > 500 and counts.get((0xB0, 0xB0, 0xB0), 0) > 500  # both bar series
+
+
+def test_the_markdown_compares_with_the_champion_and_links_the_plot() -> None:
+    url = "http://127.0.0.1:9000/b/runs/r2/ensemble/report.png?X-Amz-Signature=abc"
+    decision = {"promoted": True, "reason": "dev score 45.25 beats the champion's 43.00 by 2.25"}
+    text = report.markdown("r2", ROWS, ENSEMBLE, CHAMPION, decision, url)
+    assert "Champion: `night-1/ensemble`, dev score 43.00." in text
+    assert "| kobart | completed | 41.50 | 40.00 | 1.50 | 100.0 |" in text
+    assert "| qwen3-4b | unchanged | 44.00 | 44.00 | 0.00 | 0.0 |" in text
+    assert "| llama | failed | - | - | - | 3.0 |" in text
+    assert "| **ensemble** (consensus) | | **45.25** | 43.00 | 2.25 | |" in text
+    assert "**Decision: promoted.** dev score 45.25 beats" in text
+    assert f"[Loss curves and dev scores (PNG)]({url})" in text and f"![report]({url})" in text
+
+
+def test_the_markdown_says_when_the_champion_was_scored_on_other_dev_data() -> None:
+    text = report.markdown("r3", ROWS[:1], {**ENSEMBLE, "dev_sha256": "d2"}, CHAMPION, None, None)
+    assert "(scored on other dev data)" in text and "Decision" not in text
+    unchanged = report.markdown("r4", ROWS[:1], None, None, None, None, status="unchanged")
+    assert "**Unchanged**" in unchanged and "No champion yet." in unchanged

@@ -75,3 +75,55 @@ def test_family_defaults_for_schedule_optimizer_and_evaluation():
     for name in ("kobart", "qwen3-4b"):
         t = load_model_config(name).training
         assert t.best_metric == "dev_score" and t.load_best_model and t.eval_every and t.eval_score_rows
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+
+def test_overrides_change_the_config_and_its_fingerprint():
+    from dialsum.config import dump_config
+    from dialsum.data.source import config_fingerprint
+
+    base = load_model_config("qwen3-4b")
+    cfg = load_model_config("qwen3-4b", ["training.learning_rate=1e-4", "lora.r=8", "model=/tmp",
+                                         "chat_template_kwargs.enable_thinking=true", "generation.num_beams=2",
+                                         "training.learning_rate=3e-4"])  # a later override wins
+    assert (cfg.training.learning_rate, cfg.lora.r, cfg.lora.alpha) == (3e-4, 8, base.lora.alpha)
+    assert cfg.model == "/tmp" and cfg.chat_template_kwargs == {"enable_thinking": True}
+    assert cfg.generation.num_beams == 2 and cfg.training.batch_size == base.training.batch_size
+    assert "learning_rate: 0.0003" in dump_config(cfg)
+    assert config_fingerprint(cfg) != config_fingerprint(base)
+    assert config_fingerprint(load_model_config("qwen3-4b", [])) == config_fingerprint(base)
+    assert load_model_config("qwen3-4b", ["quantization=null", "lora=null"]).lora is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("training.lerning_rate=1", "unknown key `training.lerning_rate`; did you mean `training.learning_rate`?"),
+    ("lerning_rate=1", "unknown key `lerning_rate`"),
+    ("generation.num_beam=2", "did you mean `generation.num_beams`?"),
+    ("training.learning_rate=fast", "--set training.learning_rate=fast: Input should be a valid number"),
+    ("training.epochs=-1", "--set training.epochs=-1: Input should be greater than 0"),
+    ("generation.num_beams.x=1", "`generation.num_beams` is a value, not a section"),
+    ("type=causal_lm", "the family (`type`) is fixed by the profile"),
+    ("training.learning_rate", "expected KEY=VALUE"),
+    ("lora.r=8", "lora is only supported for type causal_lm"),  # kobart: validators see overrides like YAML
+])
+def test_bad_overrides_name_the_override(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_model_config("kobart", [override])
+    assert message in str(err.value) and "kobart.yaml" in str(err.value)
+
+
+def test_an_overlay_file_is_its_leaves_as_overrides(tmp_path):
+    from dialsum.config import dump_config, overlay_overrides
+
+    overlay = tmp_path / "best.yaml"
+    overlay.write_text("training: {learning_rate: 1.0e-4, warmup_steps: 0.1}\nlora: {r: 8, target_modules: [q_proj, v_proj]}\n"
+                       "chat_template_kwargs: {enable_thinking: false}\n", encoding="utf-8")
+    leaves = overlay_overrides(overlay)
+    assert sorted(leaves) == sorted(["training.learning_rate=0.0001", "training.warmup_steps=0.1", "lora.r=8",
+                                     "lora.target_modules=[q_proj, v_proj]", "chat_template_kwargs.enable_thinking=false"])
+    by_overlay = load_model_config("qwen3-4b", leaves)
+    by_set = load_model_config("qwen3-4b", ["training.learning_rate=1e-4", "training.warmup_steps=0.1", "lora.r=8",
+                                            "lora.target_modules=[q_proj, v_proj]"])
+    assert dump_config(by_overlay) == dump_config(by_set)

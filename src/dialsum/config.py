@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -195,6 +195,7 @@ class CausalLMConfig(ModelConfigBase):
 
 ModelConfig = Annotated[Union[EncoderDecoderConfig, CausalLMConfig], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
+FAMILIES: dict[str, type[ModelConfigBase]] = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}
 
 
 def config_dir() -> Path:
@@ -252,8 +253,7 @@ def did_you_mean(word: str, options: list[str]) -> str:
 
 def _fields_at(raw_loc: tuple) -> list[str]:
     """Field names valid where an unknown key was found (its parent section)."""
-    families = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}
-    model: Any = families.get(str(raw_loc[0])) if raw_loc else None
+    model: Any = FAMILIES.get(str(raw_loc[0])) if raw_loc else None
     for part in raw_loc[1:-1]:
         info = getattr(model, "model_fields", {}).get(part)
         if info is None:
@@ -263,30 +263,115 @@ def _fields_at(raw_loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
+def _format_error(path: Path, exc: ValidationError, overrides: dict[str, str] | None = None) -> str:
+    """One line for all validation errors; an error at a key set on the command line names that `--set`."""
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err["loc"] if x not in ("encoder_decoder", "causal_lm")]
         hint = did_you_mean(loc[-1], _fields_at(err["loc"])) if err["type"] == "extra_forbidden" and loc else ""
-        parts.append(f"{'.'.join(loc) or '<root>'}: {err['msg']}{hint}")
+        key = ".".join(loc)
+        given = next((text for k, text in (overrides or {}).items() if key == k or key.startswith(k + ".")), None)
+        parts.append(f"--set {given}: {err['msg']}" if given else f"{key or '<root>'}: {err['msg']}{hint}")
     return f"{path}: " + "; ".join(parts)
 
 
-def load_model_config(name_or_path: str) -> EncoderDecoderConfig | CausalLMConfig:
+def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> EncoderDecoderConfig | CausalLMConfig:
+    """A model profile: its family's base defaults, then the model YAML, then `overrides` (`KEY=VALUE` strings, see
+    `apply_overrides`), validated as one config."""
     path = resolve_model_path(name_or_path)
     raw = _read_yaml(path)
     family = raw.get("type")
-    if family not in ("encoder_decoder", "causal_lm"):
+    if family not in FAMILIES:
         raise ConfigError(f"{path}: type: must be 'encoder_decoder' or 'causal_lm', got {family!r}")
     base_path = config_dir() / "base" / f"{family}.yaml"
     merged = deep_merge(_read_yaml(base_path) if base_path.is_file() else {}, raw)
     merged.setdefault("name", path.stem)
-    if merged.get("chat_template"):
-        merged["chat_template"] = str((path.parent / merged["chat_template"]).resolve())
+    try:
+        given = apply_overrides(merged, overrides, family)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for key in ("model", "tokenizer"):  # a local folder given on the command line is recorded as an absolute path
+        if key in given and isinstance(merged.get(key), str) and Path(merged[key]).expanduser().exists():
+            merged[key] = str(Path(merged[key]).expanduser().resolve())
+    if merged.get("chat_template"):  # relative to the YAML, or to the working folder when set on the command line
+        root = Path.cwd() if "chat_template" in given else path.parent
+        merged["chat_template"] = str((root / merged["chat_template"]).resolve())
     try:
         return _ADAPTER.validate_python(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc)) from None
+        raise ConfigError(_format_error(path, exc, given)) from None
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=1e-4` -> (['training', 'learning_rate'], 1e-4). The value is read as YAML (numbers,
+    true/false, null, [lists], {maps}); pydantic then checks it like a value in the file."""
+    key, sep, value = str(text).partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. training.learning_rate=1e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: cannot read the value as YAML ({getattr(exc, 'problem', exc)})") from None
+    return path, parsed
+
+
+def _check_key(text: str, path: list[str], family: str) -> None:
+    """Refuse a key the family's config does not have, naming the closest dotted key."""
+    if path == ["type"]:
+        raise ConfigError(f"--set {text}: the family (`type`) is fixed by the profile; pick another --models profile")
+    model: Any = FAMILIES[family]
+    for depth, part in enumerate(path):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:  # inside a free-form mapping such as chat_template_kwargs
+            return
+        if part not in fields:
+            prefix = ".".join(path[:depth])
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean `{prefix + '.' if prefix else ''}{close[0]}`?" if close else ""
+            raise ConfigError(f"--set {text}: unknown key `{'.'.join(path[: depth + 1])}`{hint}")
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None and depth < len(path) - 1 and dict not in {getattr(c, "__origin__", c) for c in candidates}:
+            raise ConfigError(f"--set {text}: `{'.'.join(path[: depth + 1])}` is a value, not a section")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], family: str) -> dict[str, str]:
+    """Set each `KEY=VALUE` of `overrides` into `raw` (in order; a later one wins), after checking the key against
+    the family's schema. Returns {dotted key: the override as given}, to name it in validation errors."""
+    given = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        _check_key(text, path, family)
+        node = raw
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+        given[".".join(path)] = text
+    return given
+
+
+def overlay_overrides(path: Path) -> list[str]:
+    """A YAML overlay file (a partial profile, e.g. a sweep's best.yaml) as `KEY=VALUE` overrides, leaf by leaf."""
+    data = _read_yaml(Path(path))
+
+    def leaves(node: dict[str, Any], prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                out += leaves(value, f"{prefix}{key}.")
+            else:
+                dumped = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**9)
+                out.append(f"{prefix}{key}={dumped.strip().removesuffix('...').strip()}")
+        return out
+
+    return leaves(data, "")
 
 
 def dump_config(cfg: EncoderDecoderConfig | CausalLMConfig) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +59,7 @@ class RunContext:
     debug: bool = False
     phases: Phases | None = None
     dev_hash: str | None = None
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -84,14 +86,14 @@ def state_dir(run_id: str, name: str) -> Path:
 
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
-          force: bool = False) -> RunContext:
+          force: bool = False, overrides: Sequence[str] = ()) -> RunContext:
     """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before.
 
     After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
     """
     distributed.init()
     host_memory.prepare_for(device(), get_settings().keep_freed_host_memory)
-    cfg = load_model_config(model_name)
+    cfg = load_model_config(model_name, overrides)
     splits = load_splits(data_dir)
     get_settings().check_folders()  # after validation: bad input leaves no folder behind
     if debug:
@@ -111,11 +113,12 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
         if next(model.parameters()).device.type != device().type:
             model.to(device())
     if not distributed.is_main():  # data-parallel ranks other than 0 only train
-        return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases)
+        return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases,
+                          overrides=tuple(overrides))
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
     return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases,
-                      dev_fingerprint(data_dir))
+                      dev_fingerprint(data_dir), tuple(overrides))
 
 
 def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool) -> Checkpointer:
@@ -250,7 +253,8 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
     if (preds := ctx.phases.get("predict")) is None:
         preds = predict(ctx, ctx.work_dir)
         ctx.phases.mark("predict", preds)
-    extra = {"dev_score_before": before, **fitted, "debug": ctx.debug, "seconds": round(time.perf_counter() - started, 2)}
+    extra = {"dev_score_before": before, **fitted, "debug": ctx.debug, "overrides": list(ctx.overrides),
+             "seconds": round(time.perf_counter() - started, 2)}
     metrics = score_phase(ctx, preds, extra)
     run_dir = save_phase(ctx)
     ctx.phases.mark("save", {"metrics": metrics})
@@ -260,18 +264,19 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
 def run_model(
     model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
-    group: str | None = None, resume: bool = False,
+    group: str | None = None, resume: bool = False, overrides: Sequence[str] = (),
 ) -> RunResult:
     """Train, predict, score and publish one model; the single entry point every caller uses.
 
     A failure keeps every finished phase; running the same run id again continues where it stopped
-    (`resume=True` insists that there is something to continue).
+    (`resume=True` insists that there is something to continue). `overrides` (`KEY=VALUE`, see
+    `config.apply_overrides`) change the profile; the resolved config is what the run records and fingerprints.
     """
     run_id = run_id or new_run_id()
     if resume:
-        require_resumable(model_name, run_id, storage_url)
+        require_resumable(model_name, run_id, storage_url, overrides)
     started = time.perf_counter()
-    ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
+    ctx = setup(model_name, run_id, data_dir, debug, group, force=force, overrides=overrides)
     try:
         metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
         if not distributed.is_main():
@@ -287,11 +292,11 @@ def run_model(
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
 
 
-def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> None:
+def require_resumable(model_name: str, run_id: str, storage_url: str | None, overrides: Sequence[str] = ()) -> None:
     """Refuse a resume of a run that left nothing behind, locally or in storage."""
     from dialsum import storage
 
-    name = load_model_config(model_name).name
+    name = load_model_config(model_name, overrides).name
     if (state_dir(run_id, name) / "run.json").is_file():
         return
     store = storage.open_storage(storage_url)
@@ -302,7 +307,7 @@ def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> 
 
 def run_model_on_gpus(
     model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
-    eval_before: bool = False, storage_url: str | None = None,
+    eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (),
 ) -> RunResult:
     """`run_model` data-parallel on `gpus` GPUs: one process per GPU through `accelerate launch` (rank 0 saves
     and publishes); returns what rank 0 left in the run folder."""
@@ -310,10 +315,11 @@ def run_model_on_gpus(
     argv += ["--data", str(data_dir)] if data_dir else []
     argv += ["--storage", storage_url] if storage_url else []
     argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
+    argv += [arg for override in overrides for arg in ("--set", override)]
     code = distributed.launch(argv, gpus)
     if code:
         raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")
-    cfg = load_model_config(model_name)
+    cfg = load_model_config(model_name, overrides)
     run_dir = get_settings().output_dir / run_id / cfg.name
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return RunResult(cfg.name, cfg.type, run_id, run_dir, metrics)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from s3_server import s3_client
 
 from dialsum.cli.main import build_parser
@@ -35,11 +36,13 @@ def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch):
     calls = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(distributed, "launch", lambda argv, n: calls.append((argv, n)) or 0)
-    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", "/s"])
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", "/s",
+                                      "--set", "training.learning_rate=0.01"])
     assert args.func(args) == 0
     (argv, n), = calls
     assert n == 2 and argv[:3] == ["train", "--models", "tiny-bart"] and "--gpus" not in argv
     assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", "/s"} <= set(argv)
+    assert argv[argv.index("--set") + 1] == "training.learning_rate=0.01"  # every rank trains the same config
     args = build_parser().parse_args(["train", "--mode", "multi_model", "--models", "a", "b", "--gpus", "2"])
     with pytest.raises(DialsumError, match="one model on several GPUs"):
         args.func(args)
@@ -63,7 +66,13 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
 def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     out = tmp_path / "out"
     env = {"DIALSUM_OUTPUT_DIR": str(out)}
-    assert _run(["train", "--models", "tiny-bart", "--debug", "--run-id", "r1"], env=env).returncode == 0
+    assert _run(["train", "--models", "tiny-bart", "--debug", "--run-id", "r1", "--set", "training.learning_rate=0.01",
+                 "--set", "generation.max_new_tokens=40"], env=env).returncode == 0
+    run_dir = out / "r1" / "tiny-bart"
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert (recorded["training"]["learning_rate"], recorded["generation"]["max_new_tokens"]) == (0.01, 40)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["overrides"] == ["training.learning_rate=0.01", "generation.max_new_tokens=40"]
     proc = _run(["predict", "--run", str(out / "r1" / "tiny-bart"), "--out", str(tmp_path / "p")], env=env)
     assert proc.returncode == 0, proc.stderr
     from dialsum.data import sample_dir
@@ -80,3 +89,26 @@ def test_format_table_aligns_columns():
     lines = table.splitlines()
     assert lines[0].split() == ["model", "type", "status", "dev_score"]
     assert "61.23" in lines[1] and lines[2].split()[:3] == ["long-name", "t", "failed"]
+
+
+def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect():
+    code = ("import sys; from dialsum.cli.main import main; "
+            "rc = main(['train', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
+            "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dialsum: error: ") and "did you mean `training.learning_rate`?" in line
+
+
+def test_config_show_prints_the_resolved_profile_with_overrides(capsys, tmp_path):
+    from dialsum.cli.main import main
+
+    overlay = tmp_path / "best.yaml"
+    overlay.write_text("training: {learning_rate: 0.02, epochs: 5}\n", encoding="utf-8")
+    assert main(["config", "show", "tiny-bart", "--overlay", str(overlay), "--set", "training.epochs=7"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["name"] == "tiny-bart" and shown["type"] == "encoder_decoder"
+    assert (shown["training"]["learning_rate"], shown["training"]["epochs"]) == (0.02, 7)  # --set after the overlay
+    assert main(["config", "show", "tiny-bart", "--set", "lora.r=8"]) == 2
+    assert "lora is only supported for type causal_lm" in capsys.readouterr().err

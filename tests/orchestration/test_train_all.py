@@ -134,7 +134,7 @@ class FakeChildren:
             return Failed(message=f"{where.model} broke"), 1.0
         return Completed(), 2.0
 
-    def published_row(self, run_id: str, model: str, store, seconds: float) -> dict:
+    def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None) -> dict:
         return {"model": model, "type": "causal_lm", "status": "completed", "dev_score_before": None,
                 "dev_score": 10.0, "seconds": seconds, "location": f"{run_id}/{model}", "error": None}
 
@@ -171,6 +171,12 @@ def test_train_all_places_children_and_fails_after_the_ensemble(
     summary = state.result(raise_on_failure=False).summary
     assert [r["status"] for r in summary["rows"]] == ["completed", "completed", "failed"]
     assert summary["ensemble"]["location"] == "r-1/ensemble"
+
+
+def test_train_all_passes_overrides_to_every_child(local_prefect: None, fake_children: FakeChildren, tmp_path: Path) -> None:
+    train_all(["m0", "m1"], target="process", run_id="r-3", storage_url=str(tmp_path),
+              overrides=["training.learning_rate=1e-4"])
+    assert [params["overrides"] for _, params in fake_children.launches] == [["training.learning_rate=1e-4"]] * 2
 
 
 def test_train_all_with_an_unwritable_report_folder_fails_before_launching(

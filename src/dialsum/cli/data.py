@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dialsum.cli.profiles import add_override_args, overrides_of
 from dialsum.errors import DialsumError
 
 
@@ -42,7 +43,8 @@ def _sample_data(args: argparse.Namespace) -> int:
 def _preflight(args: argparse.Namespace) -> int:
     from dialsum.models.preflight import format_report, run
 
-    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or ())
+    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (),
+                            overrides=overrides_of(args))
     print("\n\n".join(format_report(r) for r in reports))
     if problems and not args.force:
         print("dialsum: preflight: " + "; ".join(problems), file=sys.stderr)
@@ -58,4 +60,5 @@ def _add_preflight_parser(sub) -> None:
     p.add_argument("--data", type=Path, help="folder with train/dev/test CSVs, any present (default: bundled sample)")
     p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
     p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
+    add_override_args(p)
     p.set_defaults(func=_preflight)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from dialsum.cli.profiles import add_override_args, overrides_of
 from dialsum.errors import DialsumError
 
 
@@ -36,6 +37,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
                    help="make the run's ensemble the champion: never (default), if-better, always")
     p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
+    add_override_args(p)
 
 
 def _resume_run_id(args: argparse.Namespace) -> None:
@@ -52,8 +54,10 @@ def _validate_inputs(args: argparse.Namespace) -> None:
     from dialsum.data import load_splits
     from dialsum.data.source import is_url, resolve
 
+    args.overrides = overrides_of(args)
+    args.overlays = []
     for model in args.models:
-        load_model_config(model)
+        load_model_config(model, args.overrides)
     if not is_url(args.data):
         load_splits(resolve(args.data))
 
@@ -76,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
     result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
                        eval_before=args.eval_before, storage_url=args.storage, force=args.force,
-                       resume=bool(args.resume))
+                       resume=bool(args.resume), overrides=args.overrides)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
         print(format_table([_row(result.metrics, "completed", result.location)]))
     return 0
@@ -94,6 +98,7 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
     argv += ["--storage", args.storage] if args.storage else []
     argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
                                    ("--force", args.force)) if on]
+    argv += [arg for override in args.overrides for arg in ("--set", override)]
     return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
 
 
@@ -105,7 +110,7 @@ def _train_all(args: argparse.Namespace) -> int:
 
     summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
                            run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
-                           margin=args.margin, force=args.force)
+                           margin=args.margin, force=args.force, overrides=args.overrides)
     print(format_table(summary["rows"]))
     print_outcome(summary)
     failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]

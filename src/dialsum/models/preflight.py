@@ -184,19 +184,19 @@ def tokenizer_overrides(values: Sequence[str], models: Sequence[str]) -> dict[st
     return out
 
 
-def run(models: Sequence[str], data_dir: Path | None = None,
-        tokenizers: Sequence[str] = ()) -> tuple[list[Report], list[str]]:
+def run(models: Sequence[str], data_dir: Path | None = None, tokenizers: Sequence[str] = (),
+        overrides: Sequence[str] = ()) -> tuple[list[Report], list[str]]:
     """Check each model against the data; returns the reports and every problem line."""
     splits = load_splits(data_dir, optional=SPLITS)
     if not splits:
         raise DataError(f"{data_dir or sample_dir()}: no train.csv, dev.csv or test.csv")
-    overrides = tokenizer_overrides(tokenizers, models)
+    local_tokenizers = tokenizer_overrides(tokenizers, models)
     placeholders = placeholders_in(splits.get("train", []) + splits.get("dev", []))
     reports = []
     for name in models:
-        cfg = load_model_config(name)
-        if name in overrides:
-            cfg = cfg.model_copy(update={"tokenizer": overrides[name]})
+        cfg = load_model_config(name, overrides)
+        if name in local_tokenizers:
+            cfg = cfg.model_copy(update={"tokenizer": local_tokenizers[name]})
         source = checkpoint_source(cfg)
         tok = load_checked_tokenizer(cfg, source, placeholders)
         reports.append(check(cfg, tok, splits, cfg.tokenizer or cfg.model))

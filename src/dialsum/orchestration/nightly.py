@@ -5,7 +5,7 @@ the run's ensemble becomes the champion, and the run's report (markdown artifact
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -24,10 +24,10 @@ def check_policy(policy: str) -> None:
         raise ConfigError(f"unknown promote policy {policy!r}; use one of {', '.join(registry.POLICIES)}")
 
 
-def _fingerprints(model: str, data: Path | None, debug: bool) -> dict[str, Any] | None:
+def _fingerprints(model: str, data: Path | None, debug: bool, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
     """The hashes a published run of `model` must carry to be reused; None when the config does not load."""
     try:
-        cfg = load_model_config(model)
+        cfg = load_model_config(model, overrides)
     except DialsumError:
         return None
     return {"config_sha256": datasource.config_fingerprint(cfg), "data_sha256": datasource.data_fingerprint(data),
@@ -35,12 +35,12 @@ def _fingerprints(model: str, data: Path | None, debug: bool) -> dict[str, Any] 
 
 
 def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.Storage,
-                   base: registry.Record | None) -> str | None:
+                   base: registry.Record | None, overrides: Sequence[str] = ()) -> str | None:
     """The run id of a published run of `model` identical in data, config and code: the champion's, else the latest."""
-    wanted = _fingerprints(model, data, debug)
+    wanted = _fingerprints(model, data, debug, overrides)
     if wanted is None:
         return None
-    name = model_name(model)
+    name = model_name(model, overrides)
     champion = base.champion if base else {}
     runs = [champion.get("sources", {}).get(name, champion["run_id"])] if name in champion.get("members", []) else []
     runs += sorted((r.run_id for r in storage.list_runs(store) if r.model == name), reverse=True)
@@ -53,14 +53,14 @@ def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.St
 
 
 def unchanged_models(models: list[str], data: Path | None, debug: bool, store: storage.Storage,
-                     base: registry.Record | None) -> dict[str, dict[str, Any]]:
-    """model -> its table row, for the models that need no retraining."""
+                     base: registry.Record | None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """model -> its table row, for the models that need no retraining (config compared with `overrides` applied)."""
     rows = {}
     for model in models:
-        run = find_unchanged(model, data, debug, store, base)
+        run = find_unchanged(model, data, debug, store, base, overrides)
         if run is None:
             continue
-        row = published_row(run, model, store, 0.0)
+        row = published_row(run, model, store, 0.0, overrides)
         rows[model] = {**row, "status": "unchanged", "source_run": run}
         get_run_logger().info("%s: unchanged since run %s; not retrained", row["model"], run)
     return rows

@@ -109,7 +109,7 @@ def train_all(
     models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
     storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
     embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES, promote: str = "never", margin: float = 0.0,
-    force: bool = False, gpus_per_model: int = 1,
+    force: bool = False, gpus_per_model: int = 1, overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
     on promotion, then fail if any model did not succeed.
@@ -119,7 +119,8 @@ def train_all(
     run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
     `crash_relaunches` times, and resumes where it stopped. `gpus_per_model` > 1 trains each model
     data-parallel on that many GPUs of its placement. `promote`: never, if-better (by at least `margin`
-    dev score points, see `registry`) or always.
+    dev score points, see `registry`) or always. `overrides` (`KEY=VALUE`, as `dialsum train --set`) apply to
+    every model.
     """
     check_models(models)
     check_policy(promote)
@@ -128,14 +129,17 @@ def train_all(
     local_data = datasource.resolve(data_dir)
     store = storage.open_storage(storage_url)
     base = registry.current(store)
-    reused = {} if force else unchanged_models(models, local_data, debug, store, base)
+    overrides = list(overrides or [])
+    reused = {} if force else unchanged_models(models, local_data, debug, store, base, overrides)
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}
     if gpus_per_model > 1:
         common["gpus"] = gpus_per_model
+    if overrides:  # only when given, so deployments registered before the parameter existed keep working
+        common["overrides"] = overrides
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
                for p in placement.assign([m for m in models if m not in reused], target, num_gpus, gpus_per_model)]
-    rows = [reused[m] if m in reused else outcome_row(m, dict(futures)[m]) for m in models]
+    rows = [reused[m] if m in reused else outcome_row(m, dict(futures)[m], overrides) for m in models]
     _report(run_id, rows)
     if not futures:
         return unchanged_summary(run_id, rows, base)

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -67,10 +67,10 @@ def pipeline_module() -> ModuleType:
     return pipeline
 
 
-def model_name(model: str) -> str:
+def model_name(model: str, overrides: Sequence[str] | None = None) -> str:
     """The name a model config publishes under (its `name`, default the file stem); the stem if it does not load."""
     try:
-        return load_model_config(model).name
+        return load_model_config(model, overrides or ()).name
     except DialsumError:
         return Path(model).stem
 
@@ -91,20 +91,20 @@ def _skip_retries() -> None:
 @flow(name="train-model", retries=1, retry_delay_seconds=10)
 def train_model(
     model: str, run_id: str, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
-    group: str | None = None, eval_before: bool = False, gpus: int = 1,
+    group: str | None = None, eval_before: bool = False, gpus: int = 1, overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
-    other failures retry once."""
+    other failures retry once. `overrides`: `KEY=VALUE` config overrides, as `dialsum train --set`."""
     try:
         if gpus > 1:
             result = pipeline_module().run_model_on_gpus(
                 model, gpus, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
-                eval_before=eval_before, storage_url=storage_url,
+                eval_before=eval_before, storage_url=storage_url, overrides=overrides or (),
             )
         else:
             result = pipeline_module().run_model(
                 model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
-                eval_before=eval_before, storage_url=storage_url, group=group,
+                eval_before=eval_before, storage_url=storage_url, group=group, overrides=overrides or (),
             )
     except PERMANENT_ERRORS:
         _skip_retries()
@@ -140,9 +140,10 @@ def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
         return state, time.monotonic() - started
 
 
-def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None) -> dict[str, Any]:
+def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None,
+                  overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """A table row for a child that completed, from what it published."""
-    name = model_name(model)
+    name = model_name(model, overrides)
     try:
         outputs = ensemble.read_outputs(run_id, name, store)
     except DialsumError as exc:
@@ -174,7 +175,7 @@ def run_child(
         if not state.is_crashed() or attempt == relaunches:
             break
         get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
-                                 "checkpoint", model_name(where.model), state.message, attempt + 1, relaunches)
+                                 "checkpoint", model_name(where.model, parameters.get("overrides")), state.message, attempt + 1, relaunches)
     return state, total
 
 
@@ -185,11 +186,12 @@ def launch_model(
     """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
     state, seconds = run_child(where, parameters, embedded, relaunches)
     if not state.is_completed():
-        raise ModelRunFailed(model_name(where.model), f"{state.name}: {state.message or 'no message'}", _round(seconds))
-    return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds)
+        raise ModelRunFailed(model_name(where.model, parameters.get("overrides")), f"{state.name}: {state.message or 'no message'}", _round(seconds))
+    return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds,
+                         parameters.get("overrides"))
 
 
-def outcome_row(model: str, future: PrefectFuture) -> dict[str, Any]:
+def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """The launch task's row, or a `failed` row carrying the reason."""
     future.wait()
     if future.state.is_completed():
@@ -198,6 +200,6 @@ def outcome_row(model: str, future: PrefectFuture) -> dict[str, Any]:
     if isinstance(exc, ModelRunFailed):
         name, reason, seconds = exc.model, exc.reason, exc.seconds
     else:
-        name, reason, seconds = model_name(model), f"{type(exc).__name__}: {exc}", None
+        name, reason, seconds = model_name(model, overrides), f"{type(exc).__name__}: {exc}", None
     return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
             "seconds": seconds, "location": None, "error": reason}

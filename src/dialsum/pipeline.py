@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -138,7 +138,8 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
         return done
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
-    evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log)
+    evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log,
+                          on_evaluation=live_progress(ctx, checkpoints.storage if checkpoints else None))
     with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext():
         result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
                      on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator)
@@ -153,6 +154,28 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
             "train_losses": loss_curve(result.losses)}
     ctx.phases.mark("fit", done)
     return done
+
+
+def live_progress(ctx: RunContext, store) -> Callable[[list[dict]], bool] | None:
+    """The evaluation hook of a publishing run: publish the curve so far (`progress.json`), then stop training if
+    a stop request (`STOP`, e.g. a sweep pruning this trial) is there. A storage hiccup never stops training."""
+    if store is None:
+        return None
+    from dialsum import storage
+
+    def after_evaluation(curve: list[dict]) -> bool:
+        try:
+            storage.write_progress(ctx.run_id, ctx.cfg.name, curve, store)
+            request = storage.stop_request(ctx.run_id, ctx.cfg.name, store)
+        except (DialsumError, OSError) as exc:
+            log.warning("%s: cannot publish the evaluation curve or read a stop request: %s", ctx.cfg.name, exc)
+            return False
+        if request is not None:
+            log.info("%s: stop requested (%s); saving and publishing the best weights so far", ctx.cfg.name,
+                     request.get("reason") or "no reason given")
+        return request is not None
+
+    return after_evaluation
 
 
 def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:

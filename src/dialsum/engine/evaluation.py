@@ -2,7 +2,8 @@
 weights by a configured metric, and early stopping.
 
 `Evaluator.after_step` is what the training loop calls after every optimizer step; it decides whether an
-evaluation is due and returns True to stop early. `Evaluator.finish` puts the best weights back and returns the
+evaluation is due and returns True to stop early. An optional `on_evaluation` hook sees the curve after each
+evaluation and may ask training to stop there (a sweep pruning the run); the stop is recorded as requested. `Evaluator.finish` puts the best weights back and returns the
 curve for `metrics.json`. `BestTracker` holds everything a checkpoint must keep to resume the same decisions.
 """
 
@@ -85,9 +86,12 @@ class BestTracker:
 class Evaluator:
     """Dev loss (family.loss / target_count) and dev score (family.generate + metric) on configured dev subsets."""
 
-    def __init__(self, cfg, family: ModuleType, tok, dev: Sequence[Example], on_log: Callable[[dict], None] | None = None):
+    def __init__(self, cfg, family: ModuleType, tok, dev: Sequence[Example], on_log: Callable[[dict], None] | None = None,
+                 on_evaluation: Callable[[list[dict]], bool] | None = None):
         t = cfg.training
         self.cfg, self.family, self.tok, self.t, self.on_log = cfg, family, tok, t, on_log
+        self.on_evaluation = on_evaluation
+        self.stop_requested = False
         self.loss_features = family.build_features(cfg, tok, dev[: t.eval_loss_rows], with_labels=True)
         self.score_rows = list(dev[: t.eval_score_rows])
         self.score_features = family.build_features(cfg, tok, self.score_rows, with_labels=False)
@@ -135,9 +139,18 @@ class Evaluator:
             record["dev_score"] = self.dev_score(model)
         model.train()
         stop = self.tracker.update(record, model)
-        self._log(record, stop)
+        requested = self._stop_requested(next(model.parameters()).device)
+        self._log(record, stop, requested)
         self.stopped_early = self.stopped_early or stop
-        return stop
+        self.stop_requested = self.stop_requested or requested
+        return stop or requested
+
+    def _stop_requested(self, device: torch.device) -> bool:
+        """Ask the `on_evaluation` hook (rank 0 only) whether to stop now; every rank gets the same answer."""
+        if self.on_evaluation is None:
+            return False
+        asked = bool(self.on_evaluation(list(self.tracker.curve))) if distributed.is_main() else False
+        return bool(distributed.reduce_sum(torch.tensor(float(asked), device=device)) > 0)
 
     def _take_train_loss(self) -> float | None:
         if self._train_sum is None:
@@ -146,11 +159,11 @@ class Evaluator:
         self._train_sum, self._train_n = None, 0
         return mean
 
-    def _log(self, record: dict, stop: bool) -> None:
+    def _log(self, record: dict, stop: bool, requested: bool = False) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
         best = " (best)" if self.tracker.best_step == record["step"] else ""
-        log.info("%s: eval at step %d: %s%s%s", self.cfg.name, record["step"], shown, best,
-                 "; stopping early" if stop else "")
+        why = "; stopping early" if stop else ("; stopping as requested" if requested else "")
+        log.info("%s: eval at step %d: %s%s%s", self.cfg.name, record["step"], shown, best, why)
         if self.on_log:
             self.on_log({f"eval/{k}": v for k, v in record.items() if k != "step" and v is not None})
 
@@ -161,4 +174,5 @@ class Evaluator:
             log.info("%s: restored the best weights (step %s, %s %.4f)", self.cfg.name, self.tracker.best_step,
                      self.tracker.metric, self.tracker.best_value)
         return {"curve": self.tracker.curve, "best": {"metric": self.tracker.metric, "value": self.tracker.best_value,
-                "step": self.tracker.best_step}, "restored_best": bool(restored), "stopped_early": self.stopped_early}
+                "step": self.tracker.best_step}, "restored_best": bool(restored), "stopped_early": self.stopped_early,
+                "stop_requested": self.stop_requested}

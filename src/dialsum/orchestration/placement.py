@@ -1,7 +1,8 @@
 """Where training runs go: one table maps a target to its work pool, queues, deployment and GPU use.
 
 A target names the infrastructure a `train-model` child run lands on: `process` (the worker's own
-process), `docker-gpu` (one container per run on a local GPU box, pinned to one GPU through a
+process), `process-gpu` (a process per run on a GPU box without Docker, pinned to one GPU through a per-GPU work
+queue and `CUDA_VISIBLE_DEVICES`), `docker-gpu` (one container per run on a local GPU box, pinned to one GPU through a
 per-GPU work queue), `docker-cpu` (one container per run on a Docker host without GPUs) and `k8s`
 (one Kubernetes Job per run). Runs on a per-GPU pool only ever run from a per-GPU queue: its
 deployment defaults to the first one (`gpu-0`, GPU 0) and its worker polls no other queue. Work pool base job templates live in
@@ -75,6 +76,7 @@ POOLS = {
     pool.name: pool
     for pool in (
         Pool("dialsum-process", "process"),
+        Pool("dialsum-process-gpu", "process"),
         Pool("dialsum-control", "process"),
         Pool("dialsum-docker-gpu", "docker", "docker-gpu-pool.json"),
         Pool("dialsum-docker-cpu", "docker", "docker-cpu-pool.json"),
@@ -86,6 +88,7 @@ TARGETS = {
     target.name: target
     for target in (
         Target("process", f"{CHILD_FLOW}/process", POOLS["dialsum-process"], None, gpu=False),
+        Target("process-gpu", f"{CHILD_FLOW}/process-gpu", POOLS["dialsum-process-gpu"], "gpu", gpu=True),
         Target("docker-gpu", f"{CHILD_FLOW}/docker-gpu", POOLS["dialsum-docker-gpu"], "gpu", gpu=True),
         Target("docker-cpu", f"{CHILD_FLOW}/docker-cpu", POOLS["dialsum-docker-cpu"], None, gpu=False),
         Target("k8s", f"{CHILD_FLOW}/k8s", POOLS["dialsum-k8s"], None, gpu=True),
@@ -120,12 +123,34 @@ def queue_names(num_gpus: int | None, prefix: str = "gpu") -> list[str]:
     return [f"{prefix}-{i}" for i in range(resolve_num_gpus(num_gpus))]
 
 
+def gpu_job_variables(spec: Target, gpu_ids: list[str]) -> dict[str, Any]:
+    """How a per-GPU target's run is pinned to its GPUs: a process run sees only them (`CUDA_VISIBLE_DEVICES`),
+    a container gets them as device requests (`gpu_ids`)."""
+    if spec.pool.type == "process":
+        return {"env": {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)}}
+    return {"gpu_ids": list(gpu_ids)}
+
+
 def default_placement(target: str) -> tuple[str | None, dict[str, Any]]:
     """Queue and job variables of a run started by hand on `target`'s deployment: GPU 0 on a per-GPU target."""
     spec = get_target(target)
     if spec.queue_prefix is None:
         return None, {}
-    return f"{spec.queue_prefix}-0", {"gpu_ids": ["0"]}
+    return f"{spec.queue_prefix}-0", gpu_job_variables(spec, ["0"])
+
+
+def slots(model: str, target: str, parallel: int, num_gpus: int | None = None) -> dict[str, Placement]:
+    """Where a sweep's or K-fold's children run, at most `parallel` at once: one slot per GPU queue (`gpu-<i>`, so
+    a trial never shares a GPU) on per-GPU targets, else `parallel` interchangeable slots (`slot-<i>`)."""
+    spec = get_target(target)
+    if parallel < 1:
+        raise ConfigError(f"parallel must be at least 1, got {parallel}")
+    if spec.queue_prefix is None:
+        job_variables = {"gpu_count": 1} if spec.gpu else {}
+        return {f"slot-{i}": Placement(model, spec.deployment, None, dict(job_variables)) for i in range(parallel)}
+    count = min(parallel, resolve_num_gpus(num_gpus))
+    return {f"{spec.queue_prefix}-{i}": Placement(model, spec.deployment, f"{spec.queue_prefix}-{i}",
+                                                   gpu_job_variables(spec, [str(i)])) for i in range(count)}
 
 
 def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1) -> list[Placement]:
@@ -148,7 +173,7 @@ def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per
     for i, m in enumerate(models):
         first = (i % groups) * gpus_per_model
         gpu_ids = [str(first + k) for k in range(gpus_per_model)]
-        placed.append(Placement(m, spec.deployment, f"{spec.queue_prefix}-{first}", {"gpu_ids": gpu_ids}))
+        placed.append(Placement(m, spec.deployment, f"{spec.queue_prefix}-{first}", gpu_job_variables(spec, gpu_ids)))
     return placed
 
 

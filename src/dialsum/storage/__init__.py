@@ -3,7 +3,7 @@
 `open_storage(url)` picks the backend by URL (`s3://bucket/prefix`, `file:///path` or a plain folder; default the
 `DIALSUM_STORAGE_URL` setting): `local.py` or `s3.py` (the only module that talks to boto3, imported only for
 S3 URLs). `manifest.py` publishes and fetches run folders, manifest last; `checkpoints.py` does the same for
-training checkpoints. May import only the foundations (config, settings, errors).
+training checkpoints; `progress.py` holds a run's live curve and stop marker. May import only the foundations (config, settings, errors).
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from dialsum.storage.checkpoints import (
     CHECKPOINTS_DIR, delete_checkpoint, fetch_checkpoint, list_checkpoints, publish_checkpoint,
 )
 from dialsum.storage.local import LocalStorage
-from dialsum.storage.manifest import PublishResult, RunEntry, fetch, list_runs, publish, read_manifest, run_key
+from dialsum.storage.manifest import (
+    PublishResult, RunEntry, fetch, list_runs, publish, read_manifest, read_published, run_key,
+)
+from dialsum.storage.progress import read_progress, request_stop, stop_request, write_progress
 
 __all__ = [
     "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "LocalStorage", "PublishResult", "RunEntry", "Storage",
     "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint",
-    "list_checkpoints", "list_runs", "open_storage", "publish", "publish_checkpoint", "read_manifest", "run_key",
-    "sha256_file",
+    "list_checkpoints", "list_runs", "open_storage", "publish", "publish_checkpoint", "read_manifest",
+    "read_progress", "read_published", "request_stop", "run_key", "sha256_file", "stop_request", "write_progress",
 ]
 
 

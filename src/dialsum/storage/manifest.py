@@ -146,6 +146,23 @@ def read_manifest(run_id: str, model: str, storage: Storage | None = None) -> di
     return None if data is None else parse_manifest(data, storage.location(key))
 
 
+def read_published(run_id: str, model: str, rel: str, storage: Storage | None = None) -> bytes:
+    """One file of a published model run, checked against its manifest (size and sha256)."""
+    import hashlib
+
+    storage = storage or _default()
+    manifest = read_manifest(run_id, model, storage)
+    if manifest is None:
+        raise StorageError(f"{run_id}/{model} is not published in {storage.url}")
+    entry = next((e for e in manifest["files"] if e["path"] == rel), None)
+    data = storage.read_bytes(run_prefix(run_id, model) + rel) if entry is not None else None
+    if entry is None or data is None:
+        raise StorageError(f"{run_id}/{model} has no {rel}")
+    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise StorageError(f"checksum mismatch for {rel} of {run_id}/{model}: the stored file was changed")
+    return data
+
+
 def publish(
     local_dir: Path,
     run_id: str,

@@ -1,0 +1,157 @@
+"""Launching `train-model` children without waiting for them, for parents that keep several running (sweep, K-fold).
+
+A launcher starts a child on a slot and returns a handle; `status(handle)` says whether it is still running.
+Launches are idempotent per key (a trial's or fold's run id and attempt): launching the same key again finds the
+child already started, so a parent restarted between starting a child and recording it never starts a second one.
+
+* `DeploymentLauncher`: the child runs on a `train-model` deployment, on the queue and job variables of its slot
+  (`placement.slots`: one GPU queue each on GPU targets); the handle is the flow-run id.
+* `ProcessLauncher` (embedded): the child is a flow run of `train_model` in a local process of its own, on a slot
+  that sets `CUDA_VISIBLE_DEVICES` when GPUs are given; the handle is `<flow-run id>@<pid>`. A process that died
+  without reporting (SIGKILL, OOM) is marked Crashed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+
+from dialsum.orchestration import placement
+from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, Status
+
+
+class Launcher(Protocol):
+    slots: list[str]
+
+    def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str: ...
+
+    def status(self, handle: str) -> Status: ...
+
+
+def _status_of(flow_run: Any) -> Status:
+    state = flow_run.state
+    if state is None or not state.is_final():
+        return Status(RUNNING)
+    seconds = flow_run.total_run_time.total_seconds() if flow_run.total_run_time else None
+    if state.is_completed():
+        return Status(COMPLETED, seconds=seconds)
+    return Status(FAILED, f"{state.name}: {state.message or 'no message'}", seconds)
+
+
+def read_flow_run(flow_run_id: str) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id))
+
+
+class DeploymentLauncher:
+    """Children on `train-model` deployments, one slot per GPU queue (or `parallel` slots without queues)."""
+
+    def __init__(self, places: dict[str, placement.Placement]) -> None:
+        self.places = places
+        self.slots = list(places)
+
+    def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
+        where = self.places[slot]
+        child = run_deployment(where.deployment, parameters=parameters, job_variables=where.job_variables or None,
+                               work_queue_name=where.work_queue_name, timeout=0, as_subflow=True, tags=tags,
+                               idempotency_key=key, flow_run_name=key)
+        return str(child.id)
+
+    def status(self, handle: str) -> Status:
+        return _status_of(read_flow_run(handle))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class ProcessLauncher:
+    """Children as `train_model` flow runs in local processes, reporting to this process's Prefect API."""
+
+    def __init__(self, slots: list[str], gpus: bool) -> None:
+        self.slots, self.gpus = list(slots), gpus
+        self.processes: dict[str, Any] = {}
+
+    def _api_env(self) -> dict[str, str]:
+        """The API every child reports to: the configured one, else this process's temporary local server."""
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        if not url:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer()
+            server.start()
+            url = server.api_url
+        return {"PREFECT_API_URL": url}
+
+    def _find(self, key: str) -> Any | None:
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{key}"])),
+                                          limit=1)
+        return found[0] if found else None
+
+    def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
+        from prefect.flow_engine import run_flow_in_subprocess
+
+        from dialsum.orchestration.train_model import train_model
+
+        existing = self._find(key)
+        if existing is not None:
+            return f"{existing.id}@"  # started by an earlier parent: its process is not known here
+        env = self._api_env()
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = slot.rsplit("-", 1)[-1]
+        with get_client(sync_client=True) as client:
+            flow_run = client.create_flow_run(train_model, name=key, parameters=parameters, tags=[*tags, f"run:{key}"])
+        process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
+        self.processes[str(flow_run.id)] = process
+        return f"{flow_run.id}@{process.pid}"
+
+    def status(self, handle: str) -> Status:
+        flow_run_id, _, pid = handle.partition("@")
+        flow_run = read_flow_run(flow_run_id)
+        status = _status_of(flow_run)
+        if status.state != RUNNING:
+            self._reap(flow_run_id)
+            return status
+        process = self.processes.get(flow_run_id)
+        if process is not None:
+            gone = process.exitcode is not None
+        elif pid.isdigit():
+            gone = not _alive(int(pid))
+        else:  # no process known: trust the API, unless the run never started (its launcher is gone)
+            gone = flow_run.state is not None and flow_run.state.type.value in ("SCHEDULED", "PENDING")
+        if not gone:
+            return status
+        flow_run = read_flow_run(flow_run_id)  # it may have reported its end just now
+        if _status_of(flow_run).state != RUNNING:
+            self._reap(flow_run_id)
+            return _status_of(flow_run)
+        code = process.exitcode if process is not None else "unknown"
+        message = f"the child process exited with code {code} without reporting a final state"
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(UUID(flow_run_id), Crashed(message=message), force=True)
+        self._reap(flow_run_id)
+        return Status(FAILED, f"Crashed: {message}")
+
+    def _reap(self, flow_run_id: str) -> None:
+        process = self.processes.pop(flow_run_id, None)
+        if process is not None:
+            process.join(timeout=5)

@@ -1,0 +1,143 @@
+"""The `sweep` flow: an Optuna study over one model's config, each trial a `train-model` child run.
+
+The parent owns the study (`tuning.study`: a journal file snapshotted to `sweeps/<study>/` after every change)
+and runs the loop of `tuning.loop`: ask (TPE with the constant liar, seeded per trial), launch the child on a free
+slot (one GPU queue per trial on GPU targets; local processes when embedded), watch its published evaluation
+curve and prune it through a STOP marker, tell the result read back from storage. A restarted parent (any
+machine that sees the storage and the Prefect API) continues the same study: nothing runs twice and the budget
+counts every trial. The sweep ends Completed, with `trials.csv`, `best.yaml`, the history and importance plots
+and a table artifact `sweep-<study>` that says which trials failed and why. Trials share the study as W&B group.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+
+from dialsum import storage
+from dialsum.errors import ConfigError
+from dialsum.orchestration import placement
+from dialsum.orchestration.children import DeploymentLauncher, Launcher, ProcessLauncher
+from dialsum.orchestration.train_model import model_name, slug
+from dialsum.settings import get_settings
+from dialsum.tuning import outputs
+from dialsum.tuning.loop import StudyLoop, TrialRun
+from dialsum.tuning.space import check_trial, load_space
+from dialsum.tuning.study import StudyJournal, check_study_name, study_key
+
+OUTPUT_FILES = ("trials.csv", "best.yaml", "history.png", "importance.png")
+
+
+def new_study_name(model: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{model_name(model)[:24]}-{stamp}-{secrets.token_hex(2)}"
+
+
+class TrialExecutor:
+    """The study loop's executor: a launcher for the children, storage for their curves, results and stop markers."""
+
+    def __init__(self, launcher: Launcher, store: storage.Storage, model: str, name: str, study: str,
+                 common: dict[str, Any], base: list[str]) -> None:
+        self.launcher, self.store, self.model, self.name, self.study = launcher, store, model, name, study
+        self.common, self.base = common, base
+        self.slots = launcher.slots
+
+    def launch(self, run: TrialRun) -> str:
+        parameters = {"model": self.model, "run_id": run.run_id, **self.common, "overrides": [*self.base, *run.overrides]}
+        return self.launcher.launch(run.run_id, parameters, run.slot, [f"sweep:{self.study}", f"trial:{run.number}"])
+
+    def status(self, handle: str):
+        return self.launcher.status(handle)
+
+    def curve(self, run: TrialRun) -> list[dict[str, Any]]:
+        return storage.read_progress(run.run_id, self.name, self.store)
+
+    def result(self, run: TrialRun) -> dict[str, Any]:
+        import json
+
+        metrics = json.loads(storage.read_published(run.run_id, self.name, "metrics.json", self.store))
+        return {**metrics, "location": self.store.location(storage.run_key(run.run_id, self.name))}
+
+    def stop(self, run: TrialRun, reason: str) -> None:
+        storage.request_stop(run.run_id, self.name, self.store, reason)
+
+
+def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool) -> Launcher:
+    """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment."""
+    if embedded:
+        count = min(parallel, num_gpus) if num_gpus else parallel
+        prefix = "gpu" if num_gpus else "slot"
+        return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus))
+    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus))
+
+
+def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str]) -> dict[str, Any]:
+    """Write the sweep's outputs and upload them to `sweeps/<study>/`."""
+    with tempfile.TemporaryDirectory(prefix="dialsum-sweep-") as tmp:
+        facts = outputs.write_outputs(Path(tmp), study, space, model_name(model, base), base)
+        for name in OUTPUT_FILES:
+            if (Path(tmp) / name).is_file():
+                journal.store.write_bytes(study_key(journal.name, name), (Path(tmp) / name).read_bytes())
+    return facts
+
+
+def _report(study_name: str, rows: list[dict[str, Any]], params: list[str]) -> None:
+    logger = get_run_logger()
+    for row in rows:
+        if row["state"] == "failed":
+            logger.warning("trial %s failed: %s", row["trial"], row["error"])
+    shown = [{k: v for k, v in row.items() if k != "handle"} for row in rows]
+    create_table_artifact(shown, key=slug(f"sweep-{study_name}"), description=f"Trials of sweep {study_name}")
+    logger.info("sweep %s:\n%s", study_name, outputs.format_table(rows, params))
+
+
+@flow(name="sweep")
+def sweep(
+    model: str, space: str | dict[str, Any] | None = None, trials: int = 8, parallel: int = 1,
+    study: str | None = None, target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
+    storage_url: str | None = None, debug: bool = False, seed: int = 0, overrides: list[str] | None = None,
+    embedded: bool = False, poll_seconds: float = 2.0,
+) -> dict[str, Any]:
+    """Run (or continue) the study `study` of `trials` trials over `space` (a YAML path or its mapping; omitted
+    when continuing), at most `parallel` at once. `overrides` (`KEY=VALUE`) apply to every trial; `target` and
+    `num_gpus` place children as `train-all` does, one trial per GPU queue; `embedded` runs them as local processes."""
+    if trials < 1 or parallel < 1:
+        raise ConfigError(f"trials and parallel must be at least 1, got {trials} and {parallel}")
+    base = list(overrides or [])
+    searched = load_space(space, model, base) if space is not None else None
+    name = check_study_name(study or new_study_name(model))
+    store = storage.open_storage(storage_url)
+    journal = StudyJournal(name, store, get_settings().output_dir / "sweeps" / name)
+    resumed = journal.restore()
+    searched = journal.check_space(searched)
+    optuna_study = journal.open(searched, seed)
+    logger = get_run_logger()
+    logger.info("sweep %s: %s %s trials of %s, %d at once", name, "continuing" if resumed else "starting", trials,
+                model_name(model, base), parallel)
+    common = {"data_dir": data_dir, "storage_url": storage_url, "debug": debug, "group": name}
+    executor = TrialExecutor(make_launcher(model, target, parallel, num_gpus, embedded), store, model,
+                             model_name(model, base), name, common, base)
+    loop = StudyLoop(optuna_study, searched, executor, budget=trials, parallel=parallel, seed=seed, run_prefix=name,
+                     check=lambda params: check_trial(model, base, params), on_change=journal.snapshot,
+                     poll_seconds=poll_seconds, logger=logger)
+    loop.run()
+    journal.snapshot()
+    facts = publish_outputs(journal, optuna_study, searched, model, base)
+    _report(name, facts["rows"], list(searched.params))
+    return {"study": name, "model": model_name(model, base), "trials": len(facts["rows"]), "rows": facts["rows"],
+            "best": facts["best"], "importance": facts["importance"], "peak_parallel": loop.peak,
+            "location": store.location(study_key(name)), "params": list(searched.params)}
+
+
+def run_embedded(model: str, **options: Any) -> dict[str, Any]:
+    """Run `sweep` in this process, reporting to `PREFECT_API_URL` when set, else to a temporary local Prefect API."""
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+        return sweep(model, **options)

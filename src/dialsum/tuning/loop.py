@@ -1,0 +1,284 @@
+"""The parent's study loop: ask → launch → watch (report the curve, prune) → tell, over a few slots.
+
+The parent owns the study; children never sample. Each trial is a child run (launched by an `Executor`: Prefect
+deployments on GPU queues, local processes, or a stand-in) whose config overrides are the trial's parameters,
+with its own run id `<study>-t<NNNN>`. The loop reads a running trial's evaluation curve from storage, reports it
+to the trial and, when the pruner says so, asks the child to stop (it saves, publishes and completes: the trial
+is recorded as pruned). A finished trial's value comes from what it published, never from the executor.
+
+Bookkeeping lives in the study (trial user attributes), so a restarted parent picks up where the last one
+stopped: trials still running are watched again by their handle (a flow-run id), a trial asked but never
+launched is launched (launches are idempotent per trial), and the budget counts every trial, whatever its state.
+A failed or crashed child makes a failed trial whose parameters are queued once more (if the budget has room); a
+trial whose parameters do not configure the model fails at once, naming the key, and is not queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from dialsum.errors import DialsumError
+from dialsum.tuning.space import SearchSpace, to_overrides
+from dialsum.tuning.study import sampler
+
+log = logging.getLogger(__name__)
+
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One trial's child run: its number, run id, parameters as overrides, and the slot it runs on."""
+
+    number: int
+    run_id: str
+    params: dict[str, Any]
+    slot: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return to_overrides(self.params)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where a child run stands: running (scheduled, pending, retrying too), completed or failed; why; how long."""
+
+    state: str
+    message: str = ""
+    seconds: float | None = None
+
+
+class Executor(Protocol):
+    """Runs trials somewhere and reads what they publish."""
+
+    slots: list[str]
+
+    def launch(self, run: TrialRun) -> str:
+        """Start the child (or find the one already started for this trial); returns its handle."""
+
+    def status(self, handle: str) -> Status: ...
+
+    def curve(self, run: TrialRun) -> list[dict[str, Any]]:
+        """The evaluation curve the child has published so far."""
+
+    def result(self, run: TrialRun) -> dict[str, Any]:
+        """The child's published metrics.json; a DialsumError when it is missing or unusable."""
+
+    def stop(self, run: TrialRun, reason: str) -> None:
+        """Ask the child to stop at its next evaluation."""
+
+
+@dataclass
+class Active:
+    trial: Any
+    run: TrialRun
+    handle: str
+    reported: set[int] = field(default_factory=set)
+    stopping: bool = False
+
+
+def objective_value(objective: str, metrics: dict[str, Any]) -> float:
+    """The study's value of a finished trial: its full dev score, or the lowest dev loss of its curve."""
+    if objective == "dev_score":
+        return float(metrics["dev"]["score"])
+    losses = [r["dev_loss"] for r in (metrics.get("training") or {}).get("curve", []) if r.get("dev_loss") is not None]
+    if not losses:
+        raise DialsumError("its metrics hold no dev loss")
+    return float(min(losses))
+
+
+class StudyLoop:
+    """Runs a study to its budget of `budget` trials, at most `parallel` at once, one per free slot."""
+
+    def __init__(self, study: Any, space: SearchSpace, executor: Executor, *, budget: int, parallel: int, seed: int,
+                 run_prefix: str, check: Callable[[dict[str, Any]], str | None] = lambda params: None,
+                 on_change: Callable[[], None] = lambda: None, poll_seconds: float = 2.0,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        self.study, self.space, self.executor = study, space, executor
+        self.budget, self.parallel, self.seed, self.run_prefix = budget, max(1, parallel), seed, run_prefix
+        self.check, self.on_change, self.poll_seconds = check, on_change, poll_seconds
+        self.log = logger or log
+        self.active: dict[int, Active] = {}
+        self.unlaunched: list[Any] = []
+        self.peak = 0
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def trials(self) -> list[Any]:
+        return self.study.get_trials(deepcopy=False)
+
+    def can_ask(self) -> bool:
+        """Budget left: fewer trials than the budget (whatever their state), or requeued ones waiting."""
+        from optuna.trial import TrialState
+
+        trials = self.trials()
+        return len(trials) < self.budget or any(t.state == TrialState.WAITING for t in trials)
+
+    def _set(self, trial: Any, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+    def _free_slot(self, preferred: str | None = None) -> str | None:
+        busy = {a.run.slot for a in self.active.values()}
+        if preferred and preferred not in busy and preferred in self.executor.slots:
+            return preferred
+        return next((s for s in self.executor.slots if s not in busy), None)
+
+    def _run_of(self, trial: Any, slot: str) -> TrialRun:
+        return TrialRun(trial.number, f"{self.run_prefix}-t{trial.number:04d}", dict(trial.params), slot)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        self.reconcile()
+        while True:
+            changed = self.poll()
+            changed = self.fill() or changed
+            if changed:
+                self.on_change()
+            if not self.active and not self.unlaunched and not self.can_ask():
+                return
+            time.sleep(self.poll_seconds)
+
+    def reconcile(self) -> None:
+        """Pick up the trials a previous parent left running: watch launched ones, launch the others."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for frozen in self.trials():
+            if frozen.state != TrialState.RUNNING:
+                continue
+            trial = optuna.Trial(self.study, frozen._trial_id)
+            handle, slot = frozen.user_attrs.get("handle"), frozen.user_attrs.get("slot")
+            if handle and slot:
+                run = self._run_of(frozen, slot)
+                self.active[frozen.number] = Active(trial, run, handle, set(frozen.intermediate_values),
+                                                    bool(frozen.user_attrs.get("prune_requested_at")))
+                self.log.info("trial %d: still running (%s); watching it again", frozen.number, handle)
+            else:
+                self.unlaunched.append(trial)
+        self.peak = len(self.active)
+
+    def fill(self) -> bool:
+        """Start trials on free slots while the budget allows; True when anything changed."""
+        changed = False
+        while len(self.active) < self.parallel and self._free_slot() is not None:
+            if self.unlaunched:
+                trial = self.unlaunched.pop(0)
+            elif self.can_ask():
+                trial = self._ask()
+                changed = True
+                if trial is None:
+                    continue
+            else:
+                break
+            self._launch(trial)
+            changed = True
+        return changed
+
+    def _ask(self) -> Any | None:
+        """A new trial with its parameters drawn, or None when it failed before launch (duplicate, bad config)."""
+        from optuna.trial import TrialState
+
+        self.study.sampler = sampler(self.seed, len(self.trials()))
+        trial = self.study.ask()
+        params = self.space.suggest(trial)
+        source = self.study._storage.get_trial(trial._trial_id).user_attrs.get("requeued_from")
+        twin = next((t.number for t in self.trials() if t.number not in (trial.number, source)
+                     and t.state != TrialState.WAITING and t.params == params), None)
+        problem = f"same parameters as trial {twin}" if twin is not None else self.check(params)
+        if problem is not None:
+            self._set(trial, error=problem)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.log.warning("trial %d: %s; not run", trial.number, problem)
+            return None
+        return trial
+
+    def _launch(self, trial: Any) -> None:
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        slot = self._free_slot(frozen.user_attrs.get("slot"))
+        run = self._run_of(frozen, slot)
+        self._set(trial, run_id=run.run_id, slot=slot, overrides=run.overrides)
+        self.on_change()  # the trial is on record before its child exists
+        handle = self.executor.launch(run)
+        self._set(trial, handle=handle)
+        self.active[trial.number] = Active(trial, run, handle, set(frozen.intermediate_values))
+        self.peak = max(self.peak, len(self.active))
+        self.log.info("trial %d: launched on %s as %s (%s)", trial.number, slot, run.run_id, ", ".join(run.overrides))
+
+    def poll(self) -> bool:
+        """Look at every running trial once; True when any of them changed state or reported."""
+        changed = False
+        for number, active in list(self.active.items()):
+            status = self.executor.status(active.handle)
+            if status.state == RUNNING:
+                changed = self._watch(active) or changed
+                continue
+            del self.active[number]
+            changed = True
+            if status.state == COMPLETED:
+                self._finish(active, status)
+            else:
+                self._fail(active, status.message or "no message", status.seconds)
+        return changed
+
+    def _watch(self, active: Active) -> bool:
+        """Report the new points of a running trial's curve; ask it to stop when the pruner says so."""
+        try:
+            curve = self.executor.curve(active.run)
+        except DialsumError as exc:
+            self.log.warning("trial %d: cannot read its curve: %s", active.run.number, exc)
+            return False
+        points = [(int(r["step"]), float(r[self.space.objective])) for r in curve
+                  if r.get(self.space.objective) is not None and int(r["step"]) not in active.reported]
+        for step, value in points:
+            active.trial.report(value, step)
+            active.reported.add(step)
+        if points and not active.stopping and active.trial.should_prune():
+            step = points[-1][0]
+            self.executor.stop(active.run, f"pruned by the sweep at step {step}")
+            self._set(active.trial, prune_requested_at=step)
+            active.stopping = True
+            self.log.info("trial %d: pruned at step %d (%s %.4f); the child stops at its next evaluation",
+                          active.run.number, step, self.space.objective, points[-1][1])
+        return bool(points)
+
+    def _finish(self, active: Active, status: Status) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            metrics = self.executor.result(active.run)
+            value = objective_value(self.space.objective, metrics)
+        except (DialsumError, KeyError, TypeError, ValueError) as exc:
+            self._fail(active, f"completed, but its published result is unusable: {exc}", status.seconds)
+            return
+        training = metrics.get("training") or {}
+        self._set(active.trial, seconds=status.seconds, dev_score=(metrics.get("dev") or {}).get("score"),
+                  train_steps=metrics.get("train_steps"), location=metrics.get("location"))
+        if training.get("stop_requested"):
+            self.study.tell(active.trial, state=TrialState.PRUNED)
+            self.log.info("trial %d: pruned after %s steps", active.run.number, metrics.get("train_steps"))
+        else:
+            self.study.tell(active.trial, value)
+            self.log.info("trial %d: %s %.4f", active.run.number, self.space.objective, value)
+
+    def _fail(self, active: Active, reason: str, seconds: float | None) -> None:
+        """A failed trial; its parameters are queued once more unless it is itself a requeue or the budget is spent."""
+        from optuna.trial import TrialState
+
+        number = active.run.number
+        self._set(active.trial, error=reason, seconds=seconds)
+        self.study.tell(active.trial, state=TrialState.FAIL)
+        frozen = self.study._storage.get_trial(active.trial._trial_id)
+        if "requeued_from" in frozen.user_attrs:
+            self.log.warning("trial %d failed (%s); its parameters were already queued once more", number, reason)
+        elif len(self.trials()) >= self.budget:
+            self.log.warning("trial %d failed (%s); no budget left to queue its parameters again", number, reason)
+        else:
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={"requeued_from": number},
+                                     skip_if_exists=False)
+            self.log.warning("trial %d failed (%s); its parameters are queued once more", number, reason)

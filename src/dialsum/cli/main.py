@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from dialsum.cli import artifacts, champion, data, predict, profiles, train
+from dialsum.cli import artifacts, champion, data, predict, profiles, sweep, train
 from dialsum.errors import DialsumError
 
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dialsum", description="Fine-tune and ship Korean dialogue summarizers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (train, predict, data, profiles, artifacts, champion):
+    for group in (train, predict, data, profiles, artifacts, champion, sweep):
         group.register(sub)
     p = sub.add_parser("worker", add_help=False, help="Create a work pool from infra/ and start a Prefect worker on it.")
     p.add_argument("rest", nargs=argparse.REMAINDER)

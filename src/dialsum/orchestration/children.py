@@ -23,6 +23,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
 from dialsum.orchestration import placement
+from dialsum.orchestration.train_model import PERMANENT_ERRORS
 from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, Status
 
 
@@ -34,6 +35,12 @@ class Launcher(Protocol):
     def status(self, handle: str) -> Status: ...
 
 
+def _permanent(message: str) -> bool:
+    """A child that failed on its config or data (its state message names the error class)."""
+    names = {c.__name__ for base in PERMANENT_ERRORS for c in (base, *base.__subclasses__())}
+    return any(f"{name}: " in message for name in names)
+
+
 def _status_of(flow_run: Any) -> Status:
     state = flow_run.state
     if state is None or not state.is_final():
@@ -41,7 +48,8 @@ def _status_of(flow_run: Any) -> Status:
     seconds = flow_run.total_run_time.total_seconds() if flow_run.total_run_time else None
     if state.is_completed():
         return Status(COMPLETED, seconds=seconds)
-    return Status(FAILED, f"{state.name}: {state.message or 'no message'}", seconds)
+    message = f"{state.name}: {state.message or 'no message'}"
+    return Status(FAILED, message, seconds, permanent=state.is_failed() and _permanent(message))
 
 
 def read_flow_run(flow_run_id: str) -> Any:

@@ -50,6 +50,7 @@ class Status:
     state: str
     message: str = ""
     seconds: float | None = None
+    permanent: bool = False  # failed on its config or data: running it again would fail the same way
 
 
 class Executor(Protocol):
@@ -223,7 +224,7 @@ class StudyLoop:
             if status.state == COMPLETED:
                 self._finish(active, status)
             else:
-                self._fail(active, status.message or "no message", status.seconds)
+                self._fail(active, status.message or "no message", status.seconds, requeue=not status.permanent)
         return changed
 
     def _watch(self, active: Active) -> bool:
@@ -266,15 +267,18 @@ class StudyLoop:
             self.study.tell(active.trial, value)
             self.log.info("trial %d: %s %.4f", active.run.number, self.space.objective, value)
 
-    def _fail(self, active: Active, reason: str, seconds: float | None) -> None:
-        """A failed trial; its parameters are queued once more unless it is itself a requeue or the budget is spent."""
+    def _fail(self, active: Active, reason: str, seconds: float | None, requeue: bool = True) -> None:
+        """A failed trial; its parameters are queued once more unless it failed on its config or data, is itself a
+        requeue, or the budget is spent."""
         from optuna.trial import TrialState
 
         number = active.run.number
         self._set(active.trial, error=reason, seconds=seconds)
         self.study.tell(active.trial, state=TrialState.FAIL)
         frozen = self.study._storage.get_trial(active.trial._trial_id)
-        if "requeued_from" in frozen.user_attrs:
+        if not requeue:
+            self.log.warning("trial %d failed on its config or data (%s); not queued again", number, reason)
+        elif "requeued_from" in frozen.user_attrs:
             self.log.warning("trial %d failed (%s); its parameters were already queued once more", number, reason)
         elif len(self.trials()) >= self.budget:
             self.log.warning("trial %d failed (%s); no budget left to queue its parameters again", number, reason)

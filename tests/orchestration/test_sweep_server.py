@@ -1,0 +1,222 @@
+"""Sweeps on a real Prefect server: a process worker serving two per-GPU queues (standing in for two GPUs), tiny
+trials, the parent as `dialsum sweep --target process-gpu`. One server and worker for the module; the kill tests
+reuse them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from s3_server import free_port
+from test_train_all import _has_env, base_env, prefect, start_group, stop_group, wait_healthy
+
+from dialsum.config import load_model_config, overlay_overrides
+from dialsum.orchestration.placement import POOLS
+from dialsum.orchestration.worker import setup_pool
+from dialsum.storage import LocalStorage, read_manifest
+from dialsum.tuning.space import read_space
+from dialsum.tuning.study import StudyJournal
+
+REPO = Path(__file__).resolve().parents[2]
+POOL = POOLS["dialsum-process-gpu"]
+SPACE = {"objective": "dev_score",
+         "params": {"training.learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+                    "training.warmup_steps": {"low": 0.0, "high": 0.2}},
+         "pruner": {"type": "none"}}
+
+pytestmark = pytest.mark.slow
+
+
+def trial_profile(folder: Path) -> Path:
+    """tiny-bart cut to two optimizer steps on eight rows, a dev loss at each step and a short greedy decode."""
+    base = (REPO / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
+    path = folder / "sweep-bart.yaml"
+    path.write_text(base + "\ntraining: {epochs: 1, batch_size: 4, length_group_batches: 2, debug_rows: 8, "
+                    "debug_steps: 2, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
+                    "generation: {batch_size: 8, max_new_tokens: 24, num_beams: 1}\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Setup:
+    api_url: str
+    env: dict[str, str]
+    folder: Path
+    profile: Path
+    space: Path
+    store: Path
+
+    def sweep(self, study: str, trials: int, parent: str, space: bool = True) -> subprocess.Popen:
+        """`dialsum sweep` as its own process (its own output folder: a parent on another machine)."""
+        command = [sys.executable, "-m", "dialsum.cli", "sweep", "--models", str(self.profile), "--trials", str(trials),
+                   "--parallel", "2", "--gpus", "2", "--target", "process-gpu", "--study", study, "--debug",
+                   "--storage", str(self.store)]
+        command += ["--space", str(self.space)] if space else []
+        env = self.env | {"DIALSUM_OUTPUT_DIR": str(self.folder / parent)}
+        log = open(self.folder / f"{study}-{parent}.log", "ab")
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        path = self.folder / name
+        return path.read_text(errors="replace")[-6000:] if path.is_file() else ""
+
+    def runs(self, study: str) -> list[Any]:
+        """The train-model flow runs of a study, oldest first."""
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep:{study}"])))
+        return sorted(runs, key=lambda r: r.created)
+
+    def study(self, name: str) -> Any:
+        """The study as its storage snapshot holds it, opened from a fresh local copy."""
+        journal = StudyJournal(name, LocalStorage(self.store), self.folder / "reader" / f"{name}-{time.monotonic_ns()}")
+        assert journal.restore()
+        return journal.open(journal.check_space(None), seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    folder = tmp_path_factory.mktemp("sweep-server")
+    port, log = free_port(), folder / "server.log"
+    env = base_env(folder / "prefect-home")
+    server = start_group([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                         env, log)
+    api_url = f"http://127.0.0.1:{port}/api"
+    worker = None
+    try:
+        wait_healthy(api_url, server, log)
+        env = env | {"PREFECT_API_URL": api_url}
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            asyncio.run(setup_pool(POOL, 2, REPO / "infra"))
+        prefect("--no-prompt", "deploy", "--name", "process-gpu", "--prefect-file", "infra/prefect.yaml", env=env,
+                timeout=180)
+        run_env = env | {"DIALSUM_CONFIG_DIR": str(REPO / "configs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+                         "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache")}
+        worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL.name, "--type", "process",
+                              "--work-queue", "gpu-0", "--work-queue", "gpu-1"],
+                             run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
+                             folder / "worker.log")
+        space = folder / "space.yaml"
+        space.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
+        yield Setup(api_url, run_env, folder, trial_profile(folder), space, folder / "store")
+    finally:
+        if worker is not None:
+            stop_group(worker)
+        stop_group(server)
+
+
+def wait_for(predicate, timeout: float, what: str, parent: subprocess.Popen | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := predicate()):
+            return value
+        if parent is not None and parent.poll() is not None:
+            raise AssertionError(f"the parent exited ({parent.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def peak_overlap(runs: list[Any]) -> int:
+    """Most child runs running at the same moment (from their start and end times)."""
+    events = []
+    for run in runs:
+        if run.start_time is not None:
+            events += [(run.start_time, 1), (run.end_time or run.start_time, -1)]
+    peak = current = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
+def finish(setup: Setup, parent: subprocess.Popen, name: str, timeout: float = 300) -> None:
+    try:
+        code = parent.wait(timeout)
+    except subprocess.TimeoutExpired:
+        parent.kill()
+        code = None
+    assert code == 0, f"sweep exited with {code}:\n{setup.log(name)}\nworker:\n{setup.log('worker.log')}"
+
+
+def child_pids(setup: Setup, study: str, name: str) -> list[int] | None:
+    """The processes of a running child run (found by the flow-run id in their environment)."""
+    runs = [r for r in setup.runs(study) if r.name == name and r.state and r.state.is_running()]
+    if not runs:
+        return None
+    marker = f"PREFECT__FLOW_RUN_ID={runs[0].id}".encode()
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _has_env(p, marker)] or None
+
+
+def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> None:
+    """8 trials, 2 at once, on two GPU queues. The child of trial 0 is SIGKILLed while it trains; later the parent
+    is SIGKILLed with trials done and trials running, and a parent with another output folder (another machine)
+    continues from the storage snapshot. One sweep shows all three, to keep the suite's time."""
+    first = setup.sweep("s8", 8, "parent-a")
+    try:
+        for pid in wait_for(lambda: child_pids(setup, "s8", "s8-t0000"), 180, "trial 0 running", first):
+            os.kill(pid, signal.SIGKILL)
+
+        def ready() -> bool:
+            states = [r.state.type.value for r in setup.runs("s8") if r.state]
+            return states.count("COMPLETED") >= 2 and states.count("RUNNING") >= 1
+
+        wait_for(ready, 240, "two completed trials and one running", first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = {t.number: t.value for t in setup.study("s8").trials if t.state.name == "COMPLETE"}
+    running_at_kill = [r.name for r in setup.runs("s8") if r.state and not r.state.is_final()]
+    assert len(before) >= 2 and running_at_kill
+
+    second = setup.sweep("s8", 8, "parent-b", space=False)
+    finish(setup, second, "s8-parent-b.log")
+
+    study = setup.study("s8")
+    trials = {t.number: t for t in study.trials}
+    runs = setup.runs("s8")
+    names = [r.name for r in runs]
+    # exactly 8 trials, 0 duplicates (one child run per trial), never more than 2 at once
+    assert len(trials) == 8
+    assert sorted(names) == [f"s8-t{n:04d}" for n in range(8)]
+    assert peak_overlap(runs) == 2
+    assert all(t.user_attrs["slot"] in ("gpu-0", "gpu-1") for t in trials.values())
+    # the killed child: a failed trial, its parameters queued once more and completed; the sweep completed
+    assert trials[0].state.name == "FAIL" and "Crashed" in trials[0].user_attrs["error"]
+    (again,) = [t for t in trials.values() if t.user_attrs.get("requeued_from") == 0]
+    assert again.params == trials[0].params and again.state.name == "COMPLETE"
+    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE"] * 7 + ["FAIL"]
+    # the killed parent: 0 completed trials lost, the running ones adopted, no parameter set proposed twice
+    assert {n: trials[n].value for n in before} == before
+    assert set(running_at_kill) <= set(names)
+    proposed = [tuple(sorted(t.params.items())) for t in trials.values() if "requeued_from" not in t.user_attrs]
+    assert len(set(proposed)) == len(proposed) == 7
+    for t in trials.values():
+        if t.state.name == "COMPLETE":
+            assert read_manifest(t.user_attrs["run_id"], "sweep-bart", LocalStorage(setup.store)) is not None
+
+    folder = setup.store / "sweeps" / "s8"
+    assert {"journal.log", "space.yaml", "trials.csv", "best.yaml", "history.png", "importance.png"} <= {
+        p.name for p in folder.iterdir()}
+    table = (folder / "trials.csv").read_text()
+    assert len(table.strip().splitlines()) == 1 + 8 and "Crashed" in table
+    overlay = overlay_overrides(folder / "best.yaml")
+    best = study.best_trial.params["training.learning_rate"]
+    assert load_model_config(str(setup.profile), overlay).training.learning_rate == best
+    assert read_space(folder / "space.yaml")[0].params.keys() == SPACE["params"].keys()
+    with temporary_settings(updates={PREFECT_API_URL: setup.api_url}), get_client(sync_client=True) as client:
+        assert any(a.key == "sweep-s8" for a in client.read_artifacts())
+    print((setup.folder / "s8-parent-b.log").read_text().split("sweep s8:")[-1][-3000:])

@@ -163,3 +163,45 @@ class ProcessLauncher:
         process = self.processes.pop(flow_run_id, None)
         if process is not None:
             process.join(timeout=5)
+
+
+def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool) -> Launcher:
+    """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment."""
+    if embedded:
+        count = min(parallel, num_gpus) if num_gpus else parallel
+        prefix = "gpu" if num_gpus else "slot"
+        return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus))
+    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus))
+
+
+def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, relaunches: int, tags: list[str],
+            poll_seconds: float, logger: Any) -> dict[str, Status]:
+    """Run every job (run id -> child parameters), at most `parallel` at once on free slots; a child that ends
+    Crashed is launched again (same run id: it resumes) up to `relaunches` times. Returns each job's last status."""
+    import time
+
+    pending, running, done = list(jobs), {}, {}
+    attempts = dict.fromkeys(jobs, 0)
+    while pending or running:
+        free = [s for s in launcher.slots if s not in {slot for _, slot in running.values()}]
+        while pending and free and len(running) < parallel:
+            run_id, slot = pending.pop(0), free.pop(0)
+            key = f"{run_id}-a{attempts[run_id]}"
+            running[run_id] = (launcher.launch(key, jobs[run_id], slot, [*tags, f"run-id:{run_id}"]), slot)
+            logger.info("%s: launched on %s", run_id, slot)
+        for run_id, (handle, _) in list(running.items()):
+            status = launcher.status(handle)
+            if status.state == RUNNING:
+                continue
+            del running[run_id]
+            if status.state == FAILED and status.message.startswith("Crashed") and attempts[run_id] < relaunches:
+                attempts[run_id] += 1
+                pending.insert(0, run_id)
+                logger.warning("%s: %s; relaunching it (%d of %d) to resume", run_id, status.message,
+                               attempts[run_id], relaunches)
+                continue
+            done[run_id] = status
+            logger.info("%s: %s", run_id, status.state if status.state == COMPLETED else status.message)
+        if pending or running:
+            time.sleep(poll_seconds)
+    return done

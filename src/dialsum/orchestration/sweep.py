@@ -23,8 +23,7 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_setting
 
 from dialsum import storage
 from dialsum.errors import ConfigError
-from dialsum.orchestration import placement
-from dialsum.orchestration.children import DeploymentLauncher, Launcher, ProcessLauncher
+from dialsum.orchestration.children import Launcher, make_launcher
 from dialsum.orchestration.train_model import model_name, slug
 from dialsum.settings import get_settings
 from dialsum.tuning import outputs
@@ -67,15 +66,6 @@ class TrialExecutor:
 
     def stop(self, run: TrialRun, reason: str) -> None:
         storage.request_stop(run.run_id, self.name, self.store, reason)
-
-
-def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool) -> Launcher:
-    """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment."""
-    if embedded:
-        count = min(parallel, num_gpus) if num_gpus else parallel
-        prefix = "gpu" if num_gpus else "slot"
-        return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus))
-    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus))
 
 
 def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str]) -> dict[str, Any]:

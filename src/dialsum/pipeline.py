@@ -348,6 +348,17 @@ def run_model_on_gpus(
     return RunResult(cfg.name, cfg.type, run_id, run_dir, metrics)
 
 
+def open_run(run_dir: Path, data_dir: Path | None = None, splits: Sequence[str] = ("dev",)) -> RunContext:
+    """A saved run folder loaded for generation: its config, model (adapters applied) and tokenizer, with `splits`
+    of `data_dir`; `ctx.cfg` may then be replaced by a variant (e.g. other generation settings)."""
+    cfg = load_model_config(str(run_dir / "config.yaml"))
+    data = load_splits(data_dir, splits=tuple(splits))
+    fam = family(cfg)
+    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(sum(data.values(), [])), adapter=run_dir / "model")
+    model.to(device())
+    return RunContext(cfg, fam, model, tok, data, run_dir.parent.name, run_dir, "")
+
+
 def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None) -> dict:
     """Predict dev/test with a saved run folder; writes predictions and returns the dev scores (if any)."""
     cfg = load_model_config(str(run_dir / "config.yaml"))

@@ -42,3 +42,16 @@ def heldout_split(fnames: Sequence[str], seed: int = 0, heldout: float = 0.5) ->
     search = [f for f in fnames if share(f) >= heldout]
     held = [f for f in fnames if share(f) < heldout]
     return search, held
+
+
+def difference_interval(challenger: Sequence[str], baseline: Sequence[str], references: Sequence[str], seed: int = 0,
+                        resamples: int = 1000, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the score difference challenger - baseline, paired by row (percentile bootstrap)."""
+    diffs = [a - b for a, b in zip(row_scores(challenger, references), row_scores(baseline, references))]
+    if not diffs:
+        raise ValueError("no rows to score")
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    cut = (1 - level) / 2
+    return (round(sum(diffs) / n, 4), round(means[int(cut * (resamples - 1))], 4),
+            round(means[int((1 - cut) * (resamples - 1))], 4))

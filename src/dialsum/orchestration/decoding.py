@@ -1,0 +1,138 @@
+"""`dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model, no retraining.
+
+The model is loaded once (`pipeline.open_run`). The dev set is split by fname (`release.bootstrap.heldout_split`,
+seeded): every trial is scored on the search part; the best setting and the run's own setting are then scored
+once on the held-out part, with the paired interval of their difference (`release.bootstrap.difference_interval`),
+so the reported gain is not the search's own optimism. The run's own setting is always trial 0. Outputs in
+`out_dir` (default `<run>/decoding/`): `decoding.yaml` (the best setting as an overlay for `--overlay`),
+`trials.csv` and `decoding.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from dialsum import metric
+from dialsum.config import load_model_config
+from dialsum.release.bootstrap import difference_interval, heldout_split, score_interval
+from dialsum.tuning import outputs
+from dialsum.tuning.space import SearchSpace, load_space, to_overlay, to_overrides
+
+log = logging.getLogger(__name__)
+
+
+def default_space(cfg: Any) -> dict[str, Any]:
+    """Beams, length penalty, the no-repeat guard and the summary length, around the run's own settings."""
+    g = cfg.generation
+    lengths = sorted({max(8, g.max_new_tokens // 2), max(8, (g.max_new_tokens * 3) // 4), g.max_new_tokens})
+    return {"objective": "dev_score", "pruner": {"type": "none"}, "params": {
+        "generation.num_beams": {"choices": sorted({1, 2, 4, g.num_beams})},
+        "generation.length_penalty": {"low": 0.6, "high": 1.6},
+        "generation.no_repeat_ngram_size": {"choices": sorted({0, 4, 8, 12, g.no_repeat_ngram_size})},
+        "generation.max_new_tokens": {"choices": lengths},
+    }}
+
+
+def current_params(cfg: Any, space: SearchSpace) -> dict[str, Any]:
+    """The run's own value of every searched key."""
+    values = {}
+    for key in space.params:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        values[key] = node
+    return values
+
+
+class Scorer:
+    """Generates and scores dev rows with a variant of the run's generation settings."""
+
+    def __init__(self, ctx: Any, config_path: str) -> None:
+        self.ctx, self.config_path = ctx, config_path
+        self.model = ctx.family.inference_model(ctx.cfg, ctx.model)
+        self.examples = {ex.fname: ex for ex in ctx.splits["dev"]}
+
+    def predict(self, params: Mapping[str, Any], fnames: list[str]) -> list[str]:
+        cfg = load_model_config(self.config_path, to_overrides(params))
+        rows = [self.examples[f] for f in fnames]
+        features = self.ctx.family.build_features(cfg, self.ctx.tok, rows, with_labels=False)
+        return self.ctx.family.generate(cfg, self.model, self.ctx.tok, features)
+
+    def references(self, fnames: list[str]) -> list[str]:
+        return [self.examples[f].summary for f in fnames]
+
+
+def _study(space: SearchSpace, seed: int) -> Any:
+    import optuna
+    from optuna.samplers import TPESampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize", sampler=TPESampler(seed=seed))
+
+
+def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Mapping[str, Any] | None = None,
+                  trials: int = 16, rows: int | None = None, seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
+    """Search generation settings of the saved run at `run_dir` on dev; returns the summary written to decoding.json."""
+    from dialsum.orchestration.train_model import pipeline_module
+
+    config_path = str(Path(run_dir) / "config.yaml")
+    cfg = load_model_config(config_path)
+    searched = load_space(space if space is not None else default_space(cfg), config_path, prefix="generation.")
+    ctx = pipeline_module().open_run(Path(run_dir), data_dir, splits=("dev",))
+    scorer = Scorer(ctx, config_path)
+    search, held = heldout_split(list(scorer.examples), seed)
+    search = search[:rows] if rows else search
+    if not search or not held:
+        raise ValueError(f"dev has too few rows ({len(scorer.examples)}) for a search part and a held-out part")
+    study = _study(searched, seed)
+    own = current_params(cfg, searched)
+    study.enqueue_trial(own, user_attrs={"own": True})
+    for _ in range(trials):
+        trial = study.ask()
+        params = searched.suggest(trial)
+        value = metric.score(scorer.predict(params, search), scorer.references(search))["score"]
+        study.tell(trial, value)
+        log.info("decoding trial %d: %.2f (%s)", trial.number, value, ", ".join(to_overrides(params)))
+    best = study.best_trial
+    held_refs = scorer.references(held)
+    best_preds, own_preds = scorer.predict(best.params, held), scorer.predict(own, held)
+    gain = difference_interval(best_preds, own_preds, held_refs, seed)
+    summary = {
+        "run": str(run_dir), "trials": len(study.trials), "search_rows": len(search), "heldout_rows": len(held),
+        "best": {"trial": best.number, "params": best.params, "search_score": round(best.value, 4),
+                 "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),
+                 "heldout_interval": list(score_interval(best_preds, held_refs, seed))},
+        "own": {"params": own, "search_score": round(study.trials[0].value, 4),
+                "heldout_score": round(metric.score(own_preds, held_refs)["score"], 4)},
+        "gain": {"mean": gain[0], "interval": [gain[1], gain[2]], "interval_kind": "95% paired bootstrap over rows"},
+    }
+    _write(Path(out_dir) if out_dir else Path(run_dir) / "decoding", study, searched, summary)
+    return summary
+
+
+def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    overlay = to_overlay(to_overrides(summary["best"]["params"]))
+    header = (f"# Best decoding of {summary['run']} (trial {summary['best']['trial']}): held-out dev score "
+              f"{summary['best']['heldout_score']:.2f} vs {summary['own']['heldout_score']:.2f} for the run's own.\n")
+    (folder / "decoding.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=True), encoding="utf-8")
+    (folder / "trials.csv").write_text(outputs.trials_csv(outputs.trial_rows(study, space)), encoding="utf-8")
+    (folder / "decoding.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    summary["location"] = str(folder)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    best, own, gain = summary["best"], summary["own"], summary["gain"]
+    return "\n".join([
+        f"{summary['trials']} settings tried on {summary['search_rows']} dev rows; best: trial {best['trial']} "
+        f"({', '.join(to_overrides(best['params']))})",
+        f"held-out dev ({summary['heldout_rows']} rows): best {best['heldout_score']:.2f}, the run's own "
+        f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% interval {gain['interval'][0]:+.2f} to "
+        f"{gain['interval'][1]:+.2f})",
+        f"overlay: {summary['location']}/decoding.yaml",
+    ])

@@ -220,3 +220,49 @@ def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> N
     with temporary_settings(updates={PREFECT_API_URL: setup.api_url}), get_client(sync_client=True) as client:
         assert any(a.key == "sweep-s8" for a in client.read_artifacts())
     print((setup.folder / "s8-parent-b.log").read_text().split("sweep s8:")[-1][-3000:])
+
+
+def small_data(folder: Path) -> Path:
+    """12 train, 4 dev and 4 test rows of the bundled sample."""
+    import csv
+
+    from dialsum.data import sample_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 12), ("dev", 4), ("test", 4)):
+        rows = list(csv.DictReader(open(sample_dir() / f"{split}.csv", encoding="utf-8")))[:n]
+        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder
+
+
+def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: Setup) -> None:
+    import csv
+    import json
+
+    from dialsum.tuning.folds import assign
+
+    data = small_data(setup.folder / "kfold-data")
+    profile = setup.folder / "kfold-bart.yaml"  # not a debug run: every held-out row is predicted
+    profile.write_text(setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1", "eval_every: null"))
+    command = [sys.executable, "-m", "dialsum.cli", "kfold", "--models", str(profile), "--k", "2", "--gpus", "2",
+               "--target", "process-gpu", "--data", str(data), "--storage", str(setup.store), "--run-id", "kf2"]
+    done = subprocess.run(command, cwd=REPO, env=setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / "kfold")},
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    folder = setup.store / "kfold" / "kf2"
+    assert (folder / "folds.json").read_text() == assign(data / "train.csv", 2, 0).to_json()
+    folds = json.loads((folder / "folds.json").read_text())["folds"]
+    oof = list(csv.DictReader(open(folder / "oof.csv", encoding="utf-8")))
+    train = [r["fname"] for r in csv.DictReader(open(data / "train.csv", encoding="utf-8"))]
+    assert [r["fname"] for r in oof] == train and all(int(r["fold"]) == folds[r["fname"]] for r in oof)
+    summary = json.loads((folder / "kfold.json").read_text())
+    assert summary["oof_rows"] == summary["train_rows"] == 12 and summary["oof_interval"] is not None
+    assert [f["oof_rows"] for f in summary["folds"]] == [6, 6] and all(f["dev_score"] is not None for f in summary["folds"])
+    assert summary["ensemble"]["test_rows"] == 4 and summary["ensemble"]["dev_score"] is not None
+    test = list(csv.DictReader(open(folder / "predictions" / "test.csv", encoding="utf-8")))
+    assert [r["fname"] for r in test] == [r["fname"] for r in csv.DictReader(open(data / "test.csv", encoding="utf-8"))]
+    assert "pooled OOF score" in done.stdout

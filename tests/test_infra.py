@@ -344,6 +344,12 @@ def test_docker_gpu_deployment_started_by_hand_runs_on_gpu_0(docker_template: di
     (request,) = render_job_configuration(docker_template, variables)["container_create_kwargs"]["device_requests"]
     assert request["DeviceIDs"] == ["0"]
     assert placement.default_placement("docker-cpu") == (None, {})
+    (process,) = [d for d in spec["deployments"] if d["name"] == "process-gpu"]
+    queue, variables = placement.default_placement("process-gpu")
+    assert (queue, variables) == ("gpu-0", {"env": {"CUDA_VISIBLE_DEVICES": "0"}})
+    assert process["work_pool"]["work_queue_name"] == queue and process["work_pool"]["job_variables"] == variables
+    rendered = render_job_configuration(load_template(POOLS["dialsum-process-gpu"], INFRA), variables)
+    assert rendered["env"]["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 def test_gpu_worker_polls_only_the_per_gpu_queues() -> None:
@@ -394,18 +400,20 @@ def test_assign_gives_one_model_several_gpus(docker_template: dict, k8s_template
 
 def test_prefect_yaml_deployments_match_placement() -> None:
     spec = yaml.safe_load((INFRA / "prefect.yaml").read_text(encoding="utf-8"))
-    flow_names = {"flows/train_all.py:train_all": "train-all", "flows/train_model.py:train_model": "train-model"}
+    flow_names = {"flows/train_all.py:train_all": "train-all", "flows/train_model.py:train_model": "train-model",
+                  "flows/sweep.py:sweep": "sweep", "flows/kfold.py:kfold": "kfold"}
     deployments = {f"{flow_names[d['entrypoint']]}/{d['name']}": d for d in spec["deployments"]}
     assert set(deployments) == {
         "train-all/local", "train-all/gpu", "train-all/cpu", "train-all/nightly",
-        "train-model/process", "train-model/docker-gpu", "train-model/docker-cpu", "train-model/k8s",
+        "train-model/process", "train-model/process-gpu", "train-model/docker-gpu", "train-model/docker-cpu",
+        "train-model/k8s", "sweep/local", "sweep/gpu", "kfold/local", "kfold/gpu",
     }
     for target in TARGETS.values():
         assert deployments[target.deployment]["work_pool"]["name"] == target.pool.name
     for name, deployment in deployments.items():
         assert deployment["work_pool"]["name"] in POOLS, name
         assert deployment["pull"], name
-        if name.startswith("train-all/"):
+        if name.startswith(("train-all/", "sweep/", "kfold/")):
             assert deployment["parameters"]["target"] in TARGETS
     (schedule,) = deployments["train-all/nightly"]["schedules"]
     assert schedule == {"cron": "0 3 * * *", "timezone": "Asia/Seoul"}

@@ -51,3 +51,20 @@ def test_queue_names() -> None:
     assert queue_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
     assert gpu_queue_prefix(DOCKER_POOL) == "gpu"
     assert gpu_queue_prefix(POOLS["dialsum-process"]) is None
+
+
+def test_sweep_slots_are_one_gpu_queue_each_or_interchangeable() -> None:
+    from dialsum.orchestration.placement import slots
+
+    gpu = slots("m", "docker-gpu", parallel=4, num_gpus=2)
+    assert {name: (p.work_queue_name, p.job_variables) for name, p in gpu.items()} == {
+        "gpu-0": ("gpu-0", {"gpu_ids": ["0"]}), "gpu-1": ("gpu-1", {"gpu_ids": ["1"]})}
+    process = slots("m", "process-gpu", parallel=2, num_gpus=4)
+    assert [p.job_variables for p in process.values()] == [{"env": {"CUDA_VISIBLE_DEVICES": "0"}},
+                                                           {"env": {"CUDA_VISIBLE_DEVICES": "1"}}]
+    assert process["gpu-1"].deployment == "train-model/process-gpu"
+    plain = slots("m", "process", parallel=3)
+    assert list(plain) == ["slot-0", "slot-1", "slot-2"] and all(p.work_queue_name is None for p in plain.values())
+    assert slots("m", "k8s", parallel=1)["slot-0"].job_variables == {"gpu_count": 1}
+    with pytest.raises(ConfigError, match="parallel"):
+        slots("m", "process", parallel=0)

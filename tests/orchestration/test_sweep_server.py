@@ -63,7 +63,7 @@ class Setup:
         """`dialsum sweep` as its own process (its own output folder: a parent on another machine)."""
         command = [sys.executable, "-m", "dialsum.cli", "sweep", "--models", str(self.profile), "--trials", str(trials),
                    "--parallel", "2", "--gpus", "2", "--target", "process-gpu", "--study", study, "--debug",
-                   "--storage", str(self.store)]
+                   "--storage", str(self.store), "--poll-seconds", "1"]
         command += ["--space", str(self.space)] if space else []
         env = self.env | {"DIALSUM_OUTPUT_DIR": str(self.folder / parent)}
         log = open(self.folder / f"{study}-{parent}.log", "ab")
@@ -103,7 +103,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         prefect("--no-prompt", "deploy", "--name", "process-gpu", "--prefect-file", "infra/prefect.yaml", env=env,
                 timeout=180)
         run_env = env | {"DIALSUM_CONFIG_DIR": str(REPO / "configs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                         "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache")}
+                         "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache"),
+                         "OMP_NUM_THREADS": "1"}  # two children share the two cores
         worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL.name, "--type", "process",
                               "--work-queue", "gpu-0", "--work-queue", "gpu-1"],
                              run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
@@ -248,7 +249,8 @@ def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: S
     profile = setup.folder / "kfold-bart.yaml"  # not a debug run: every held-out row is predicted
     profile.write_text(setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1", "eval_every: null"))
     command = [sys.executable, "-m", "dialsum.cli", "kfold", "--models", str(profile), "--k", "2", "--gpus", "2",
-               "--target", "process-gpu", "--data", str(data), "--storage", str(setup.store), "--run-id", "kf2"]
+               "--target", "process-gpu", "--data", str(data), "--storage", str(setup.store), "--run-id", "kf2",
+               "--poll-seconds", "1"]
     done = subprocess.run(command, cwd=REPO, env=setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / "kfold")},
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -142,3 +142,13 @@ def test_an_overlay_file_reproduces_the_trial_overrides(tmp_path: Path) -> None:
     path = tmp_path / "best.yaml"
     path.write_text(yaml.safe_dump(to_overlay(["training.learning_rate=0.002", "training.warmup_steps=0.1"])))
     assert sorted(overlay_overrides(path)) == ["training.learning_rate=0.002", "training.warmup_steps=0.1"]
+
+
+def test_a_study_keeps_its_model_and_overrides(tmp_path: Path) -> None:
+    journal = StudyJournal("s2", LocalStorage(tmp_path / "store"), tmp_path / "a")
+    assert journal.check_settings("tiny-bart", ["training.epochs=2"]) == ["training.epochs=2"]
+    assert journal.check_settings("tiny-bart", []) == ["training.epochs=2"]  # continuing without them
+    with pytest.raises(ConfigError, match="started for tiny-bart with overrides"):
+        journal.check_settings("tiny-bart", ["training.epochs=3"])
+    with pytest.raises(ConfigError, match="use a new study name"):
+        journal.check_settings("tiny-llama", [])

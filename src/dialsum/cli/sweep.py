@@ -57,6 +57,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="run children on this target's train-model deployment (process, process-gpu, docker-gpu, "
                         "docker-cpu, k8s) through PREFECT_API_URL; default: local processes")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler or the fold assignment (default 0)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     add_override_args(p)
 
 
@@ -133,7 +134,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     summary = run_embedded(args.models, space=space, trials=args.trials, parallel=args.parallel, study=args.study,
                            data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
-                           seed=args.seed, overrides=args.overrides, **options)
+                           seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
     print(format_table(summary["rows"], summary["params"]))
     best = summary["best"]
     if best:
@@ -157,7 +158,7 @@ def _kfold(args: argparse.Namespace) -> int:
 
     summary = run_embedded(args.models, k=args.k, parallel=args.parallel, run_id=args.run_id,
                            data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
-                           seed=args.seed, overrides=args.overrides, **options)
+                           seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
     print(format_summary(summary))
     return 0 if not summary["failed"] else 1
 

@@ -107,6 +107,7 @@ def sweep(
     journal = StudyJournal(name, store, get_settings().output_dir / "sweeps" / name)
     resumed = journal.restore()
     searched = journal.check_space(searched)
+    base = journal.check_settings(model_name(model, base), base)
     optuna_study = journal.open(searched, seed)
     logger = get_run_logger()
     logger.info("sweep %s: %s %s trials of %s, %d at once", name, "continuing" if resumed else "starting", trials,

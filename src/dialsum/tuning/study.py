@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 STUDY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 JOURNAL = "journal.log"
 SPACE = "space.yaml"
+SETTINGS = "sweep.json"
 
 
 def check_study_name(name: str) -> str:
@@ -96,6 +97,22 @@ class StudyJournal:
             raise ConfigError(f"study {self.name} was started with another search space "
                               f"({self.store.location(study_key(self.name, SPACE))}); use a new study name")
         return before
+
+    def check_settings(self, model: str, overrides: list[str]) -> list[str]:
+        """The study's model and base overrides: stored on first use. Later, no overrides means the stored ones;
+        another model or other overrides are an error (the trials would not be comparable). Returns the overrides."""
+        import json
+
+        key = study_key(self.name, SETTINGS)
+        stored = self.store.read_bytes(key)
+        if stored is None:
+            self.store.write_bytes(key, json.dumps({"model": model, "overrides": list(overrides)}, indent=1).encode())
+            return list(overrides)
+        before = json.loads(stored)
+        if before["model"] != model or (overrides and list(overrides) != before["overrides"]):
+            raise ConfigError(f"study {self.name} was started for {before['model']} with overrides "
+                              f"{before['overrides'] or 'none'}; continue it with those, or use a new study name")
+        return list(before["overrides"])
 
     def open(self, space: SearchSpace, seed: int) -> Any:
         """The Optuna study on the local journal (created on first use)."""

@@ -138,7 +138,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(format_table(summary["rows"], summary["params"]))
     best = summary["best"]
     if best:
-        print(f"best: trial {best['trial']} ({best['value']:.4f}); overlay {summary['location']}best.yaml")
+        print(f"best: trial {best['trial']} ({best['value']:.4f}); overlay {summary['best_yaml']}")
     else:
         print("no trial completed")
     print(f"study {summary['study']}: {summary['location']}")

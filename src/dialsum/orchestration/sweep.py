@@ -83,8 +83,7 @@ def _report(study_name: str, rows: list[dict[str, Any]], params: list[str]) -> N
     for row in rows:
         if row["state"] == "failed":
             logger.warning("trial %s failed: %s", row["trial"], row["error"])
-    shown = [{k: v for k, v in row.items() if k != "handle"} for row in rows]
-    create_table_artifact(shown, key=slug(f"sweep-{study_name}"), description=f"Trials of sweep {study_name}")
+    create_table_artifact(rows, key=slug(f"sweep-{study_name}"), description=f"Trials of sweep {study_name}")
     logger.info("sweep %s:\n%s", study_name, outputs.format_table(rows, params))
 
 
@@ -124,7 +123,8 @@ def sweep(
     _report(name, facts["rows"], list(searched.params))
     return {"study": name, "model": model_name(model, base), "trials": len(facts["rows"]), "rows": facts["rows"],
             "best": facts["best"], "importance": facts["importance"], "peak_parallel": loop.peak,
-            "location": store.location(study_key(name)), "params": list(searched.params)}
+            "location": store.location(study_key(name)), "params": list(searched.params),
+            "best_yaml": store.location(study_key(name, "best.yaml")) if facts["best"] else None}
 
 
 def run_embedded(model: str, **options: Any) -> dict[str, Any]:

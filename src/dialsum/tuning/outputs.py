@@ -31,7 +31,7 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
                "seconds": _round(attrs.get("seconds"), 1), "run_id": attrs.get("run_id"), "slot": attrs.get("slot"),
                "requeued_from": attrs.get("requeued_from"), "error": attrs.get("error")}
         row.update({key: t.params.get(key) for key in space.params})
-        row["handle"] = attrs.get("handle")
+        row["flow_run_id"] = (attrs.get("handle") or "").split("@")[0] or None
         rows.append(row)
     return rows
 
@@ -118,15 +118,19 @@ def plot_history(study: Any, path: Path) -> None:
 
 
 def plot_importance(study: Any, path: Path) -> dict[str, float]:
-    """importance.png: fANOVA parameter importance over the completed trials (needs two of them); returns it."""
+    """importance.png: parameter importance over the completed trials (Optuna's default PED-ANOVA; needs two of them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
 
+    import warnings
+
     try:
-        importance = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "too few trials": the plot says so
+            importance = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError) as exc:  # too few completed trials, or a parameter that never varied
         log.info("parameter importance not computed: %s", exc)
         importance = {}
@@ -134,7 +138,7 @@ def plot_importance(study: Any, path: Path) -> dict[str, float]:
     if importance:
         names = list(importance)[::-1]
         ax.barh(names, [importance[n] for n in names], color="tab:blue")
-        ax.set_xlabel("importance (fANOVA)")
+        ax.set_xlabel("importance (PED-ANOVA, Optuna's default)")
     else:
         ax.text(0.5, 0.5, "needs at least two completed trials", ha="center", va="center")
         ax.set_axis_off()

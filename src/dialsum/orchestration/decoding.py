@@ -3,7 +3,8 @@
 The model is loaded once (`pipeline.open_run`). The dev set is split by fname (`release.bootstrap.heldout_split`,
 seeded): every trial is scored on the search part; the best setting and the run's own setting are then scored
 once on the held-out part, with the paired interval of their difference (`release.bootstrap.difference_interval`),
-so the reported gain is not the search's own optimism. The run's own setting is always trial 0. Outputs in
+so the reported gain is not the search's own optimism. The run's own setting is scored beside the trials
+and kept when no trial beats it on the search part. Outputs in
 `out_dir` (default `<run>/decoding/`): `decoding.yaml` (the best setting as an overlay for `--overlay`),
 `trials.csv` and `decoding.json`.
 """
@@ -91,7 +92,7 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
         raise ValueError(f"dev has too few rows ({len(scorer.examples)}) for a search part and a held-out part")
     study = _study(searched, seed)
     own = current_params(cfg, searched)
-    study.enqueue_trial(own, user_attrs={"own": True})
+    own_search = metric.score(scorer.predict(own, search), scorer.references(search))["score"]
     for _ in range(trials):
         trial = study.ask()
         params = searched.suggest(trial)
@@ -99,15 +100,18 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
         study.tell(trial, value)
         log.info("decoding trial %d: %.2f (%s)", trial.number, value, ", ".join(to_overrides(params)))
     best = study.best_trial
+    best_params = dict(best.params) if best.value > own_search else dict(own)  # the run's own setting may win
     held_refs = scorer.references(held)
-    best_preds, own_preds = scorer.predict(best.params, held), scorer.predict(own, held)
+    own_preds = scorer.predict(own, held)
+    best_preds = own_preds if best_params == own else scorer.predict(best_params, held)
     gain = difference_interval(best_preds, own_preds, held_refs, seed)
     summary = {
         "run": str(run_dir), "trials": len(study.trials), "search_rows": len(search), "heldout_rows": len(held),
-        "best": {"trial": best.number, "params": best.params, "search_score": round(best.value, 4),
+        "best": {"trial": best.number if best_params != own else None, "params": best_params,
+                 "search_score": round(max(best.value, own_search), 4),
                  "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),
                  "heldout_interval": list(score_interval(best_preds, held_refs, seed))},
-        "own": {"params": own, "search_score": round(study.trials[0].value, 4),
+        "own": {"params": own, "search_score": round(own_search, 4),
                 "heldout_score": round(metric.score(own_preds, held_refs)["score"], 4)},
         "gain": {"mean": gain[0], "interval": [gain[1], gain[2]], "interval_kind": "95% paired bootstrap over rows"},
     }
@@ -118,7 +122,8 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
 def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     overlay = to_overlay(to_overrides(summary["best"]["params"]))
-    header = (f"# Best decoding of {summary['run']} (trial {summary['best']['trial']}): held-out dev score "
+    which = f"trial {summary['best']['trial']}" if summary["best"]["trial"] is not None else "the run's own setting"
+    header = (f"# Best decoding of {summary['run']} ({which}): held-out dev score "
               f"{summary['best']['heldout_score']:.2f} vs {summary['own']['heldout_score']:.2f} for the run's own.\n")
     (folder / "decoding.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=True), encoding="utf-8")
     (folder / "trials.csv").write_text(outputs.trials_csv(outputs.trial_rows(study, space)), encoding="utf-8")
@@ -129,8 +134,9 @@ def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]
 def format_summary(summary: dict[str, Any]) -> str:
     best, own, gain = summary["best"], summary["own"], summary["gain"]
     return "\n".join([
-        f"{summary['trials']} settings tried on {summary['search_rows']} dev rows; best: trial {best['trial']} "
-        f"({', '.join(to_overrides(best['params']))})",
+        f"{summary['trials']} settings tried on {summary['search_rows']} dev rows (the run's own scored "
+        f"{own['search_score']:.2f}); best: " + (f"trial {best['trial']}" if best["trial"] is not None else "the run's own")
+        + f" ({', '.join(to_overrides(best['params']))})",
         f"held-out dev ({summary['heldout_rows']} rows): best {best['heldout_score']:.2f}, the run's own "
         f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% interval {gain['interval'][0]:+.2f} to "
         f"{gain['interval'][1]:+.2f})",

@@ -1,0 +1,52 @@
+"""`tune-decoding` on a saved tiny run: trials scored on a search part of dev, the winner and the run's own setting
+scored once on the held-out part, outputs that load as an overlay."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from dialsum.config import load_model_config, overlay_overrides
+from dialsum.orchestration.decoding import format_summary, tune_decoding
+from dialsum.pipeline import run_model
+from dialsum.release.bootstrap import heldout_split
+from dialsum.data import load_splits, sample_dir
+
+
+SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},
+                    "generation.length_penalty": {"low": 0.8, "high": 1.2}}}
+
+
+def small_dev(folder: Path) -> Path:
+    rows = list(csv.DictReader(open(sample_dir() / "dev.csv", encoding="utf-8")))[:12]
+    folder.mkdir(parents=True)
+    with open(folder / "dev.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_path: Path) -> None:
+    run = run_model("tiny-bart", run_id="dec-1", debug=True, publish=False, overrides=["generation.max_new_tokens=8"])
+    data = small_dev(tmp_path / "data")
+    summary = tune_decoding(run.run_dir, data_dir=data, space=SPACE, trials=3, rows=4, seed=1, out_dir=tmp_path / "dec")
+
+    dev = [ex.fname for ex in load_splits(data, splits=("dev",))["dev"]]
+    search, held = heldout_split(dev, 1)
+    assert summary["search_rows"] == min(4, len(search)) and summary["heldout_rows"] == len(held)
+    assert summary["trials"] == 3
+    cfg = load_model_config(str(run.run_dir / "config.yaml"))
+    assert summary["own"]["params"]["generation.num_beams"] == cfg.generation.num_beams
+    assert summary["gain"]["interval"][0] <= summary["gain"]["mean"] <= summary["gain"]["interval"][1]
+    files = {p.name for p in (tmp_path / "dec").iterdir()}
+    assert files == {"decoding.yaml", "trials.csv", "decoding.json"}
+    overlay = overlay_overrides(tmp_path / "dec" / "decoding.yaml")
+    tuned = load_model_config(str(run.run_dir / "config.yaml"), overlay)
+    assert tuned.generation.num_beams == summary["best"]["params"]["generation.num_beams"]
+    assert set(yaml.safe_load((tmp_path / "dec" / "decoding.yaml").read_text())) == {"generation"}
+    assert json.loads((tmp_path / "dec" / "decoding.json").read_text())["best"] == summary["best"]
+    assert "held-out dev" in format_summary(summary)

@@ -31,7 +31,8 @@ def small_dev(folder: Path) -> Path:
 
 
 def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_path: Path) -> None:
-    run = run_model("tiny-bart", run_id="dec-1", debug=True, publish=False, overrides=["generation.max_new_tokens=8"])
+    run = run_model("tiny-bart", run_id="dec-1", debug=True, publish=False, force=True,
+                    overrides=["generation.max_new_tokens=8"])  # short summaries: a cheap search
     data = small_dev(tmp_path / "data")
     summary = tune_decoding(run.run_dir, data_dir=data, space=SPACE, trials=3, rows=4, seed=1, out_dir=tmp_path / "dec")
 

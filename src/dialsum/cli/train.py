@@ -120,7 +120,12 @@ def print_outcome(summary: dict) -> None:
     if summary.get("status") == "unchanged":
         print("unchanged: data, config and code match an earlier run; nothing was retrained")
     if summary.get("ensemble"):
-        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+        from dialsum.release.ensemble import headline, strategy_lines
+
+        ens = summary["ensemble"]
+        print(f"ensemble ({ens['choice']}): {headline(ens)}")
+        if ens.get("strategies"):
+            print("\n".join(f"  {line}" for line in strategy_lines(ens)))
     if summary.get("promotion"):
         verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
         print(f"champion: {verdict}: {summary['promotion']['reason']}")

@@ -165,9 +165,13 @@ def test_an_ensemble_needs_dev_predictions() -> None:
 # ---------------------------------------------------------------- storage
 
 
-def publish_model(store: LocalStorage, root: Path, run_id: str, model: str, dev: dict[str, str], score: float) -> None:
+def publish_model(store: LocalStorage, root: Path, run_id: str, model: str, dev: dict[str, str], score: float,
+                  nbest: dict[str, list[str]] | None = None) -> None:
     folder = root / model
     write_submission(folder / "predictions" / "dev.csv", list(dev), list(dev.values()))
+    if nbest:
+        rows = [[{"text": t, "logprob": -1.0 - k, "tokens": 5} for k, t in enumerate(nbest[f])] for f in dev]
+        write_candidates(folder / "predictions" / "dev_candidates.jsonl", list(dev), rows)
     write_submission(folder / "predictions" / "test.csv", ["t0", "t1"], [f"{model} 0", f"{model} 1"])
     metrics = {"model": model, "type": "causal_lm", "run_id": run_id, "dev": {"score": score}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -183,6 +187,24 @@ def data_dir(tmp_path: Path) -> Path:
     lines = ["fname,dialogue,summary"] + [f'{f},"#Person1#: 안녕하세요.",{s}' for f, s in REFS.items()]
     (folder / "dev.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def test_published_candidates_are_read_back_and_ensembled_by_mbr(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    words = {f: SAMPLE[f].split() for f in SAMPLE}
+    for model, shift in (("x", 0), ("y", 1)):
+        nbest = {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 3)] for f, w in words.items()}
+        publish_model(store, tmp_path / "runs", "r1", model, {f: c[0] for f, c in nbest.items()}, 40.0, nbest)
+    assert read_outputs("r1", "x", store).candidates["dev"]["dev_0"][0] == " ".join(words["dev_0"][1:])
+
+    published = publish_ensemble("r1", store, ["x", "y"], None)  # the bundled sample's dev set
+
+    summary = json.loads((tmp_path / "store" / "r1" / "ensemble" / "ensemble.json").read_text(encoding="utf-8"))
+    assert list(summary["strategies"]) == [BEST_SINGLE, CONSENSUS, "mbr:x", "mbr:y", MBR]
+    assert summary["candidates"] == {"x": 3, "y": 3} and summary["scaling"]["sizes"] == [1, 2, 3]
+    assert summary["held_out_score"] == published.result.held_out_score
+    assert len(summary["row_scores"]) == 48 and set(summary["held_out"]) < set(SAMPLE)
+    assert "MBR over the first N candidates" in published.report
 
 
 def test_publish_ensemble_reads_models_back_from_storage(tmp_path: Path, data_dir: Path) -> None:

@@ -35,7 +35,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continue that run from its finished phases and newest checkpoint (local or in storage)")
     p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
                    help="make the run's ensemble the champion: never (default), if-better, always")
-    p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="if-better: the 95%% lower bound of the ensemble's paired dev-score gain over the champion "
+                        "must be above this (default 0)")
 
 
 def _resume_run_id(args: argparse.Namespace) -> None:

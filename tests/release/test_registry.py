@@ -118,6 +118,13 @@ def test_the_comparison_uses_the_rows_that_did_not_choose_the_challenger(store: 
     assert decision.comparison["mean"] == 0.0
 
 
+def test_on_the_same_dev_data_the_rows_both_predicted_are_compared(store: Storage, tmp_path: Path) -> None:
+    part = dict(list(DEV.items())[:16])  # debug runs predict a slice of dev
+    registry.promote(store, publish_run(store, tmp_path, "a", {f: WRONG[f] for f in part}, references=part))
+    decision = registry.promote(store, publish_run(store, tmp_path, "b", part, references=part), references=DEV)
+    assert decision.promoted and "on 16 dev rows, on the same dev data" in decision.reason
+
+
 def test_champion_show_prints_the_difference_with_its_interval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     store = open_storage(str(tmp_path / "store"))
     registry.promote(store, publish_run(store, tmp_path, "a", degraded(0.5, seed=1)))

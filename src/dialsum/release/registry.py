@@ -205,19 +205,20 @@ def _saved_predictions(store: storage.Storage, entry: dict[str, Any]) -> dict[st
         return read_submission(Path(tmp) / "dev.csv")
 
 
-def rescore(store: storage.Storage, entry: dict[str, Any], references: dict[str, str],
-            who: str = "champion") -> tuple[dict[str, float] | None, str]:
-    """Each reference row's score of the entry's saved dev predictions (fname -> 0..100), or why there is none."""
+def rescore(store: storage.Storage, entry: dict[str, Any], references: dict[str, str], who: str = "champion",
+            require_all: bool = True) -> tuple[dict[str, float] | None, str]:
+    """Each row's score of the entry's saved dev predictions against `references` (fname -> 0..100), for every
+    reference row (`require_all`) or those it predicted; or why there is none."""
     from dialsum.metric import row_scores
 
     predictions = _saved_predictions(store, entry)
     if predictions is None:
         return None, f"the {who} {entry['run_id']}/{entry['model']} has no saved dev predictions"
     missing = [f for f in references if f not in predictions]
-    if missing:
+    if require_all and missing:
         return None, (f"the {who}'s saved dev predictions cover {len(references) - len(missing)} of the "
                       f"{len(references)} dialogues of the new dev set (missing e.g. {missing[0]})")
-    fnames = list(references)
+    fnames = [f for f in references if f in predictions]
     return dict(zip(fnames, row_scores([predictions[f] for f in fnames], [references[f] for f in fnames]))), ""
 
 
@@ -246,12 +247,12 @@ def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, A
     if not same and references is None:
         return None, None, held, ("cannot compare: the dev data differs from the champion's and no references were "
                                   "given to re-score it")
-    if references is not None:
-        theirs, why = rescore(store, champ, references)
+    if references is not None:  # the champion must cover a new dev set; on the same one, the rows both predicted
+        theirs, why = rescore(store, champ, references, require_all=not same)
         if theirs is None:
             prefix = "the dev data differs from the champion's, and " if not same else ""
             return None, None, held, f"cannot compare: {prefix}{why}"
-        ours, why = rescore(store, challenger, references, who="challenger")
+        ours, why = rescore(store, challenger, references, who="challenger", require_all=False)
         if ours is None:
             return None, None, held, f"cannot compare: {why}"
         how = "on the same dev data" if same else f"re-scored on the new dev set ({len(references)} dialogues)"

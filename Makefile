@@ -35,6 +35,7 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/token_budget_throughput.py
 	$(PY) bench/merged_generation.py
 	$(PY) bench/host_memory.py
+	$(PY) bench/mbr_speed.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

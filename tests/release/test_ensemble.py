@@ -137,6 +137,11 @@ def test_mbr_strategies_use_the_candidates_and_are_deterministic() -> None:
     assert build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest) == first
     other = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, seed=7)
     assert other.split != first.split or other.held_out != first.held_out
+    weighted = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, model_weights={"x": 1, "y": 3},
+                              metric_weights=[0, 1, 0])
+    assert weighted.weights == {"x": 0.25, "y": 0.75} and weighted.metric_weights == [0, 1, 0]
+    assert combine(weighted.choice, preds, {"x": 40, "y": 30}, nbest, best=weighted.best_model,
+                   metric_weights=[0, 1, 0], weights={"x": 1, "y": 3})["dev"] == weighted.predictions["dev"]
 
 
 def test_one_model_is_trivially_the_best_single() -> None:

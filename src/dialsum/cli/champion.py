@@ -123,7 +123,8 @@ def predict_champion(data_dir: Path | None, out_dir: Path, storage_url: str | No
             candidates[member] = ensemble.read_predictions(Path(tmp) / "out" / member / "predictions")
             nbest[member] = ensemble.read_nbest(Path(tmp) / "out" / member / "predictions")
         combined = ensemble.combine(champ.get("strategy") or ensemble.BEST_SINGLE, candidates, champ["member_scores"],
-                                    nbest, best=champ.get("best_model"))
+                                    nbest, best=champ.get("best_model"), metric_weights=champ.get("metric_weights"),
+                                    weights=champ.get("weights"))
     for split, preds in combined.items():
         write_submission(out_dir / "predictions" / f"{split}.csv", list(preds), list(preds.values()))
     return {"champion": f"{champ['run_id']}/{champ['model']}", "generation": record.generation,

@@ -186,19 +186,22 @@ def write_ensemble(folder: Path, run_id: str, result: EnsembleResult, extra: dic
 def publish_ensemble(
     run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None,
     sources: dict[str, str] | None = None, attachments: Callable[[Path, EnsembleResult, list[ModelOutputs]], None] | None = None,
+    metric_weights: list[float] | None = None, model_weights: dict[str, float] | None = None,
 ) -> PublishedEnsemble:
     """Ensemble the published runs of `models` and publish it under `<run_id>/ensemble/`.
 
     A model is read from `<run_id>/<model>/`, or from the run `sources[model]` names when it was not
     retrained (its data, config and code were unchanged). `attachments(folder, result, outputs)` may add
-    files (plots) to the ensemble folder before it is published.
+    files (plots) to the ensemble folder before it is published. `metric_weights` and `model_weights` go to
+    `build_ensemble`.
     """
     sources = sources or {}
     outputs = [read_outputs(sources.get(m, run_id), m, store) for m in models]
     references = {ex.fname: ex.summary for ex in load_splits(data_dir, splits=("dev",))["dev"]}
     result = build_ensemble(
         {o.model: o.predictions for o in outputs}, {o.model: o.metrics["dev"]["score"] for o in outputs}, references,
-        nbest={o.model: o.candidates for o in outputs if o.candidates},
+        nbest={o.model: o.candidates for o in outputs if o.candidates}, metric_weights=metric_weights,
+        model_weights=model_weights,
     )
     with tempfile.TemporaryDirectory(prefix="dialsum-ensemble-") as tmp:
         from dialsum.data.source import dev_fingerprint

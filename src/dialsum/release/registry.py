@@ -168,6 +168,7 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
         member_manifests = {m: _manifest(store, sources[m], m) for m in members}
         entry = {"kind": "ensemble", "sources": sources, "dev_score": summary["dev_score"], "strategy": summary["choice"],
                  "best_model": summary.get("best_model"), "held_out_score": summary.get("held_out_score"),
+                 "metric_weights": summary.get("metric_weights"),
                  "weights": summary["weights"], "member_scores": summary["dev_scores"],
                  "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored")}
     else:

@@ -246,23 +246,25 @@ def _texts(choice: str, split: dict[str, Predictions], nbest: dict[str, dict[str
 
 
 def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float], nbest: NBest | None = None,
-            best: str | None = None, metric_weights: Sequence[float] | None = None) -> dict[str, Predictions]:
+            best: str | None = None, metric_weights: Sequence[float] | None = None,
+            weights: dict[str, float] | None = None) -> dict[str, Predictions]:
     """Apply a chosen strategy to new predictions and candidates (e.g. the champion's members on new data), per
-    split, on the fnames every model predicted; `best` names best single's model (default: the best dev score)."""
+    split, on the fnames every model predicted; `best` names best single's model (default: the best dev score),
+    `weights` the model weights the ensemble used (default: the normalised dev scores)."""
     models = sorted(candidates)
     valid = {BEST_SINGLE, CONSENSUS, MBR, *(f"{MBR}:{m}" for m in models)}
     if choice not in valid:
         raise ValueError(f"unknown ensemble strategy {choice!r}")
     scores = {m: dev_scores[m] for m in models}
     best = best or best_model(scores)
+    weights = normalised_weights({m: weights[m] for m in models} if weights else scores)
     out = {}
     for name in SPLITS:
         split = _split(candidates, name)
         if len(split) != len(candidates):
             continue
         fnames = common_fnames(split)
-        texts = _texts(choice, split, _split_nbest(nbest or {}, name), fnames, best, normalised_weights(scores),
-                       metric_weights)
+        texts = _texts(choice, split, _split_nbest(nbest or {}, name), fnames, best, weights, metric_weights)
         out[name] = dict(zip(fnames, texts))
     return out
 
@@ -304,9 +306,11 @@ def _report(rows: dict[str, float], selection: list[str], held: list[str], base:
 
 def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], references: dict[str, str],
                    nbest: NBest | None = None, seed: int = stats.SPLIT_SEED,
-                   metric_weights: Sequence[float] | None = None) -> EnsembleResult:
+                   metric_weights: Sequence[float] | None = None,
+                   model_weights: dict[str, float] | None = None) -> EnsembleResult:
     """Score every strategy on both halves of the dev rows every model predicted, choose on the selection half,
-    and apply the choice to every split (see the module docstring)."""
+    and apply the choice to every split (see the module docstring). `metric_weights` (ROUGE-1, -2, -L) change MBR's
+    utility; `model_weights` replace the dev scores as the models' weights in consensus and pooled MBR."""
     if not candidates:
         raise ValueError("an ensemble needs at least one model")
     nbest = nbest or {}
@@ -320,7 +324,8 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
     if not selection or not held:
         selection, held = list(fnames), []
     scores = {m: dev_scores[m] for m in sorted(candidates)}
-    weights, counts = normalised_weights(scores), _counts(scores, nbest, "dev")
+    weights = normalised_weights({m: model_weights[m] for m in scores} if model_weights else scores)
+    counts = _counts(scores, nbest, "dev")
     names = strategy_names(list(scores), counts)
     rows, pool, picks = _dev_rows(dev, _split_nbest(nbest, "dev"), fnames, references, weights, names, metric_weights)
     model_rows = rows.pop("models")

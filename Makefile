@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server)
-	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better
+demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample (4 candidates each), then ensemble with MBR (no server)
+	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better \
+		--set generation.num_candidates=4
 
 test: setup  ## the layers contract (pyproject.toml), then the test suite
 	$(VENV)/bin/lint-imports
@@ -36,6 +37,7 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/merged_generation.py
 	$(PY) bench/host_memory.py
 	$(PY) bench/pruning.py
+	$(PY) bench/mbr_speed.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -77,6 +77,30 @@ def test_family_defaults_for_schedule_optimizer_and_evaluation():
         assert t.best_metric == "dev_score" and t.load_best_model and t.eval_every and t.eval_score_rows
 
 
+def test_candidate_settings_that_cannot_work_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"num_beams 4 cannot give num_candidates 8; raise num_beams or sample"):
+        load_model_config(_write(tmp_path, "type: encoder_decoder\nmodel: x\n"
+                                           "generation: {num_beams: 4, num_candidates: 8, candidate_method: beam}\n"))
+    with pytest.raises(ConfigError, match=r"candidate_method 'beam' is not available for type causal_lm; "
+                                          r"use one of epsilon, temperature"):
+        load_model_config(_write(tmp_path, "type: causal_lm\nmodel: x\ninstruction: y\n"
+                                           "generation: {num_candidates: 4, candidate_method: beam}\n"))
+    with pytest.raises(ConfigError, match=r"generation\.candidate_epsilon: Input should be less than 1"):
+        load_model_config(_write(tmp_path, "type: causal_lm\nmodel: x\ninstruction: y\n"
+                                           "generation: {candidate_epsilon: 1.5}\n"))
+    with pytest.raises(ConfigError, match=r"generation\.num_candidates: Input should be greater than or equal to 1"):
+        load_model_config(_write(tmp_path, "type: encoder_decoder\nmodel: x\ngeneration: {num_candidates: 0}\n"))
+
+
+def test_candidates_are_off_by_default_with_each_familys_method():
+    for name, method in (("kobart", "beam"), ("qwen3-4b", "epsilon"), ("llama-3.2-korean-3b", "epsilon")):
+        cfg = load_model_config(name)
+        assert (cfg.generation.num_candidates, cfg.candidate_method) == (1, method)
+    assert load_model_config("qwen3-4b").generation.candidate_epsilon == 0.02
+    kobart = load_model_config("kobart")
+    assert kobart.generation.num_beams >= 4  # beam n-best up to 4 candidates without raising num_beams
+
+
 # ---------------------------------------------------------------- command-line overrides
 
 

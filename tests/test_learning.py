@@ -40,11 +40,42 @@ def test_run_folder_layout(trained):
     scored = [r for r in training["curve"] if "dev_score" in r]
     assert len(scored) == trained.metrics["train_steps"] // scored[0]["step"] and training["restored_best"]
     assert training["best"]["value"] == max(r["dev_score"] for r in scored) and training["skipped_steps"] == 0
+    held = metrics["dev_held_out"]  # the best step was chosen on dev rows 1-24 (eval_score_rows): 24 rows remain
+    assert (held["selection_rows"], held["rows"]) == (cfg.training.eval_score_rows, 48 - cfg.training.eval_score_rows)
+    rows = metrics["dev_rows"]
+    assert len(rows) == 48 and sum(rows.values()) / 48 == pytest.approx(metrics["dev"]["score"])
+    assert held["score"] == pytest.approx(sum(list(rows.values())[held["selection_rows"]:]) / held["rows"])
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))
         assert rows[0] == ["", "fname", "summary"] and len(rows) == n + 1
     assert not (run.parent / f".{run.name}.partial").exists()
     assert trained.location and "learning-test" in trained.location
+
+
+def test_predicting_with_candidates_writes_them_beside_unchanged_predictions(trained, tmp_path):
+    if trained.model != "tiny-qwen3":
+        pytest.skip("one causal profile shows the prediction phase writing candidates")
+    import shutil
+
+    import yaml
+
+    from dialsum.data import read_candidates, read_submission
+    from dialsum.pipeline import predict_run
+
+    run = shutil.copytree(trained.run_dir, tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["generation"]["num_candidates"] = 3
+    (run / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    scores = predict_run(run, out_dir=tmp_path / "out")
+    out = tmp_path / "out" / "predictions"
+    assert scores["score"] == pytest.approx(trained.metrics["dev"]["score"])
+    assert read_submission(out / "dev.csv") == read_submission(trained.run_dir / "predictions" / "dev.csv")
+    for split in ("dev", "test"):
+        candidates = read_candidates(out / f"{split}_candidates.jsonl")
+        assert len(candidates) == 48 and all(len(texts) == 3 for texts in candidates.values())
+    rows = [json.loads(line) for line in (out / "dev_candidates.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(c["logprob"] < 0 and c["tokens"] >= 1 for row in rows for c in row["candidates"])
+    assert len({c["text"] for row in rows for c in row["candidates"]}) > 48  # sampled: not one text per dialogue
 
 
 def test_batched_generation_equals_one_at_a_time(trained):

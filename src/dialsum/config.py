@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, Union
+from typing import Annotated, Any, ClassVar, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -93,6 +93,19 @@ class GenerationConfig(Strict):
     length_penalty: float = Field(1.0, description="Beam score exponent on length (>1 favours longer summaries).")
     early_stopping: bool = Field(False, description="Beam search stops once num_beams candidates have ended.")
     forced_eos: bool = Field(False, description="Force the end token when max_new_tokens is reached.")
+    num_candidates: int = Field(
+        1, ge=1, le=64, description="Summaries kept per dialogue for MBR ensembling (predictions/<split>_candidates.jsonl); "
+        "1: only the prediction."
+    )
+    candidate_method: Literal["beam", "epsilon", "temperature"] | None = Field(
+        None, description="How candidates are drawn: beam (the n best beams; needs num_beams >= num_candidates), "
+        "epsilon (ε-sampling) or temperature (plain sampling), seeded by training.seed; null: the family's default "
+        "(beam for encoder_decoder, epsilon for causal_lm)."
+    )
+    candidate_epsilon: float = Field(
+        0.02, gt=0, lt=1, description="ε-sampling: tokens below this probability are never drawn."
+    )
+    candidate_temperature: float = Field(1.0, gt=0, description="Softmax temperature of sampled candidates.")
 
 
 class QuantizationConfig(Strict):
@@ -149,11 +162,33 @@ class ModelConfigBase(Strict):
         return self
 
 
+def _check_candidates(cfg):
+    """Reject candidate settings the family cannot run: a method it does not offer, or fewer beams than candidates."""
+    g, method = cfg.generation, cfg.candidate_method
+    if method not in cfg.CANDIDATE_METHODS:
+        raise ValueError(f"generation.candidate_method {method!r} is not available for type {cfg.type}; "
+                         f"use one of {', '.join(cfg.CANDIDATE_METHODS)}")
+    if g.num_candidates > 1 and method == "beam" and g.num_beams < g.num_candidates:
+        raise ValueError(f"generation.candidate_method beam keeps the num_beams best beams: num_beams {g.num_beams} "
+                         f"cannot give num_candidates {g.num_candidates}; raise num_beams or sample (epsilon)")
+    return cfg
+
+
 class EncoderDecoderConfig(ModelConfigBase):
     type: Literal["encoder_decoder"] = Field(description="Model family: a seq2seq model such as KoBART.")
     max_source_length: int = Field(
         1024, ge=16, description="Input tokens kept (bos and eos included); longer dialogues are cut and reported."
     )
+    CANDIDATE_METHODS: ClassVar[tuple[str, ...]] = ("beam", "epsilon", "temperature")
+
+    @property
+    def candidate_method(self) -> str:
+        """generation.candidate_method, or this family's default: the beams' n best."""
+        return self.generation.candidate_method or "beam"
+
+    @model_validator(mode="after")
+    def _candidates_can_be_drawn(self):
+        return _check_candidates(self)
 
     @model_validator(mode="after")
     def _no_adapters(self):
@@ -183,6 +218,16 @@ class CausalLMConfig(ModelConfigBase):
         date(2024, 7, 26), description="The date a chat template sees (date_string, strftime_now), "
         "so prompts are the same bytes on every day."
     )
+    CANDIDATE_METHODS: ClassVar[tuple[str, ...]] = ("epsilon", "temperature")
+
+    @property
+    def candidate_method(self) -> str:
+        """generation.candidate_method, or this family's default: ε-sampling."""
+        return self.generation.candidate_method or "epsilon"
+
+    @model_validator(mode="after")
+    def _candidates_can_be_drawn(self):
+        return _check_candidates(self)
 
     @model_validator(mode="after")
     def _quantized_needs_lora(self):

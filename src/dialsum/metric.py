@@ -23,17 +23,34 @@ def _kiwi():
     return Kiwi()
 
 
+def _pieces(text: str) -> list[str]:
+    """The text cut around placeholders, blank pieces dropped: each piece is a placeholder or a span for Kiwi."""
+    return [piece for piece in _PLACEHOLDER_SPLIT.split(text) if piece.strip()]
+
+
 @lru_cache(maxsize=65536)
 def morphemes(text: str) -> tuple[str, ...]:
     tokens: list[str] = []
-    for piece in _PLACEHOLDER_SPLIT.split(text):
-        if not piece.strip():
-            continue
+    for piece in _pieces(text):
         if _PLACEHOLDER_SPLIT.fullmatch(piece):
             tokens.append(piece)
         else:
             tokens.extend(t.form for t in _kiwi().tokenize(piece))
     return tuple(tokens)
+
+
+def morphemes_many(texts: Sequence[str]) -> list[tuple[str, ...]]:
+    """`morphemes` of every text, equal to calling it on each; each distinct span goes through Kiwi once, in
+    one batch that Kiwi spreads over its worker threads (about twice as fast on two cores)."""
+    spans = list(dict.fromkeys(p for text in dict.fromkeys(texts) for p in _pieces(text)
+                               if not _PLACEHOLDER_SPLIT.fullmatch(p)))
+    analysed = dict(zip(spans, (tuple(t.form for t in result) for result in _kiwi().tokenize(spans)))) if spans else {}
+    done: dict[str, tuple[str, ...]] = {}
+    for text in texts:
+        if text not in done:
+            done[text] = tuple(token for piece in _pieces(text)
+                               for token in ((piece,) if _PLACEHOLDER_SPLIT.fullmatch(piece) else analysed[piece]))
+    return [done[text] for text in texts]
 
 
 class MorphemeTokenizer:
@@ -57,6 +74,13 @@ def pair_f1(prediction: str, reference: str) -> dict[str, float]:
 def similarity(a: str, b: str) -> float:
     """Competition score of `a` against `b`, on 0..100."""
     return 100.0 * sum(pair_f1(a, b).values()) / len(ROUGE_TYPES)
+
+
+def row_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Each row's competition score (0..100): the per-row terms whose mean is `score(...)["score"]`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return [similarity(pred or "", ref) for pred, ref in zip(predictions, references)]
 
 
 def score(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:

@@ -27,11 +27,13 @@ from tqdm.auto import tqdm
 
 from dialsum import metric
 from dialsum.config import dump_config, load_model_config
-from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
+from dialsum.data import (
+    Example, candidates_path, load_splits, placeholders_in, sample_dir, write_candidates, write_submission,
+)
 from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
 from dialsum.engine import distributed, host_memory
 from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
-from dialsum.engine.evaluation import Evaluator
+from dialsum.engine.evaluation import Evaluator, held_out
 from dialsum.engine.trainer import fit
 from dialsum.errors import DataError, DialsumError
 from dialsum.models import checkpoint_source, family, preflight
@@ -190,21 +192,41 @@ def dev_score(ctx: RunContext, predictions: list[str] | None = None) -> dict:
     return metric.score(predictions, [ex.summary for ex in ctx.splits["dev"]])
 
 
+def predict_split(ctx: RunContext, split: str, model, folder: Path) -> list[str]:
+    """The split's predictions; with `generation.num_candidates` > 1 also its candidates (with log-probabilities),
+    written to folder/<split>_candidates.jsonl for MBR."""
+    if ctx.cfg.generation.num_candidates <= 1:
+        return generate_split(ctx, split, model)
+    examples = ctx.splits[split]
+    features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
+    with tqdm(total=len(examples), desc=f"{ctx.cfg.name} {split} candidates", unit="dlg", leave=False,
+              disable=None) as bar:
+        texts, candidates = ctx.family.generate_candidates(ctx.cfg, model, ctx.tok, features, progress=bar)
+    write_candidates(candidates_path(folder, split), [e.fname for e in examples], candidates)
+    return texts
+
+
 def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
-    """Generate dev and test (when present) and write submission-shaped CSVs under out_dir/predictions.
+    """Generate dev and test (when present) and write submission-shaped CSVs under out_dir/predictions (and the
+    candidate files, when the config asks for candidates).
 
     Generation uses the family's inference model (e.g. adapters merged into a dense copy); `ctx.model` is kept
     as trained, for saving."""
     preds, model = {}, ctx.family.inference_model(ctx.cfg, ctx.model)
     for split in ("dev", "test"):
         if split in ctx.splits:
-            preds[split] = generate_split(ctx, split, model)
+            preds[split] = predict_split(ctx, split, model, out_dir / "predictions")
             write_submission(out_dir / "predictions" / f"{split}.csv", [e.fname for e in ctx.splits[split]], preds[split])
     return preds
 
 
 def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> dict:
-    metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"])}
+    """metrics.json: the full-dev score, the score on dev rows that did not choose the best training step, and
+    each dev row's score (for paired comparisons), plus `extra`."""
+    dev = ctx.splits["dev"]
+    metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
+               "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),
+               "dev_rows": dict(zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev])))}
     metrics.update(extra)
     (ctx.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     ctx.tracker.log({f"dev/{k}": v for k, v in metrics["dev"].items()})
@@ -229,6 +251,11 @@ def save_generation_config(ctx: RunContext) -> None:
     exempt = ctx.family.no_repeat_exempt_ids(ctx.cfg, ctx.tok) if g.no_repeat_ngram_size else []
     record = {"generate": resolved, "batch_size": g.batch_size,
               "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt}}
+    if g.num_candidates > 1:
+        drawn = ctx.family.candidate_generation_config(ctx.cfg, ctx.model, ctx.tok).to_dict()
+        record["candidates"] = {"method": ctx.cfg.candidate_method, "num_candidates": g.num_candidates,
+                                "seed": ctx.cfg.training.seed,
+                                "generate": {k: v for k, v in drawn.items() if v is not None and not k.startswith("_")}}
     (ctx.work_dir / "generation_config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 

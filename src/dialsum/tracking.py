@@ -81,7 +81,11 @@ def publish_report(run_id: str, markdown: str, summary: dict) -> None:
     run.summary.update({
         "status": summary["status"],
         "ensemble/dev_score": (summary.get("ensemble") or {}).get("dev_score"),
+        "ensemble/held_out_score": (summary.get("ensemble") or {}).get("held_out_score"),
         "promotion/promoted": promotion.get("promoted"),
+        "promotion/difference": (promotion.get("comparison") or {}).get("mean"),
+        "promotion/difference_low": (promotion.get("comparison") or {}).get("low"),
+        "promotion/difference_high": (promotion.get("comparison") or {}).get("high"),
         "promotion/reason": promotion.get("reason"),
         "report_png": summary.get("plot"),
     })

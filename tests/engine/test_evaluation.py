@@ -74,3 +74,23 @@ def test_an_equal_score_goes_to_the_lower_dev_loss():
     for step, loss in ((1, 3.0), (2, 2.0), (3, 2.5)):
         tracker.update({"step": step, "dev_loss": loss, "dev_score": 0.0}, model)
     assert (tracker.best_step, tracker.since_best) == (2, 1)
+
+
+def test_the_held_out_score_leaves_out_the_rows_that_chose_the_best_step():
+    from dialsum import metric
+    from dialsum.engine.evaluation import held_out
+
+    cfg = load_model_config("tiny-bart")  # eval_score_rows 24 of the sample's 48 dev rows
+    dev = load_splits(None)["dev"]
+    preds = [ex.summary if i < 24 else "엉뚱한 이야기: 오늘은 비가 온다." for i, ex in enumerate(dev)]
+    refs = [ex.summary for ex in dev]
+    chosen = held_out(cfg, dev, preds, {"restored_best": True, "stopped_early": False})
+    assert (chosen["selection_rows"], chosen["rows"]) == (24, 24)
+    assert chosen["score"] == metric.score(preds[24:], refs[24:])["score"] < 20 < metric.score(preds, refs)["score"]
+    assert chosen["selected_by"] == "dev_score on dev rows 1-24"
+    untouched = held_out(cfg, dev, preds, {"restored_best": False, "stopped_early": False})
+    assert (untouched["selection_rows"], untouched["rows"]) == (0, 48)
+    assert untouched["score"] == metric.score(preds, refs)["score"]
+    by_loss = cfg.model_copy(update={"training": cfg.training.model_copy(update={"best_metric": "dev_loss"})})
+    everything = held_out(by_loss, dev, preds, {"restored_best": True})  # eval_loss_rows None: every dev row
+    assert everything == {"score": None, "rows": 0, "selection_rows": 48, "selected_by": "dev_loss on dev rows 1-48"}

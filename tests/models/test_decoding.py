@@ -88,3 +88,75 @@ def test_kobart_generation_never_bans_the_next_reference_token(shared_data):
             blocked_stock += bool(stock2(seq[:, :t], scores)[0, seq[0, t]] == -float("inf"))
     assert blocked_shipped == 0
     assert blocked_stock > 50  # the stock bigram rule blocks real references
+
+
+# ---------------------------------------------------------------- candidates
+
+
+@cache
+def _tiny(name: str, **generation):
+    from dialsum.data import load_splits
+    from dialsum.models import checkpoint_source, family
+
+    cfg = load_model_config(name)
+    cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update=generation)})
+    splits = load_splits(None)
+    fam = family(cfg)
+    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
+    return cfg, fam, model, tok, fam.build_features(cfg, tok, splits["dev"][:6], with_labels=False)
+
+
+def test_beam_candidates_carry_the_beams_log_probabilities_and_the_best_is_the_prediction():
+    cfg, fam, model, tok, feats = _tiny("tiny-bart", num_beams=4, num_candidates=4, candidate_method="beam",
+                                        max_new_tokens=10)
+    preds, candidates = fam.generate_candidates(cfg, model, tok, feats)
+    assert preds == fam.generate(cfg, model, tok, feats)
+    assert all(len(c) == 4 and c[0]["text"] == p for c, p in zip(candidates, preds))
+    batch = fam.collate(tok, feats)
+    scorer = decoding.SequenceLogprobs(fam.stop_ids(cfg, tok, model), beams=4)
+    out = model.generate(**batch, generation_config=fam.candidate_generation_config(cfg, model, tok),
+                         logits_processor=[scorer], output_scores=True)
+    ours = scorer.totals(out.sequences, out.beam_indices)
+    stock = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices).sum(-1)
+    assert [lp for lp, _ in ours] == pytest.approx(stock.tolist(), abs=1e-4)
+    assert [n for _, n in ours] == (out.beam_indices >= 0).sum(-1).tolist()
+
+
+def test_sampled_candidates_are_seeded_and_scored_under_the_model_before_sampling_warpers():
+    cfg, fam, model, tok, feats = _tiny("tiny-llama", num_candidates=3, candidate_method="temperature",
+                                        candidate_temperature=1.5, max_new_tokens=8)
+    preds, candidates = fam.generate_candidates(cfg, model, tok, feats)
+    assert preds == fam.generate(cfg, model, tok, feats)  # the prediction stays greedy
+    assert fam.generate_candidates(cfg, model, tok, feats) == (preds, candidates)  # seeded by training.seed
+    reseeded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 7})})
+    assert fam.generate_candidates(reseeded, model, tok, feats)[1] != candidates
+    assert len({c["text"] for row in candidates for c in row}) > 6  # an untrained model samples widely
+    batch = fam.collate(tok, feats[:2], for_generation=True)
+    width, rows = batch["input_ids"].shape[1], model.get_input_embeddings().num_embeddings
+    gen = fam.candidate_generation_config(cfg, model, tok)
+    scorer = decoding.SequenceLogprobs(fam.stop_ids(cfg, tok, model))
+    with decoding.seeded(0):
+        out = model.generate(**batch, generation_config=gen, logits_processor=[scorer], output_logits=True,
+                             suppress_tokens=list(range(len(tok), rows)))
+    logits = torch.stack(out.logits, 1).float()  # raw logits, before suppression and temperature
+    logits[..., len(tok):] = -float("inf")
+    expected = torch.log_softmax(logits, -1).gather(2, out.sequences[:, width:, None]).squeeze(2)
+    stops = torch.tensor(fam.stop_ids(cfg, tok, model))
+    ended = torch.isin(out.sequences[:, width:], stops).long().cumsum(1)
+    live = (ended == 0) | ((ended == 1) & torch.isin(out.sequences[:, width:], stops))  # up to the first end token
+    ours = scorer.totals(out.sequences)
+    assert [lp for lp, _ in ours] == pytest.approx((expected * live).sum(1).tolist(), abs=1e-4)
+    assert [n for _, n in ours] == live.sum(1).tolist()
+
+
+def test_sampled_candidates_count_in_the_token_budget():
+    from dialsum.models.common import batched_generate
+
+    feats = [{"input_ids": [0] * n} for n in (10, 20, 30, 40)]
+    seen = []
+    batched_generate(feats, 8, lambda b: seen.append(len(b)) or [""] * len(b), max_tokens=200, new_tokens=10,
+                     copies=4)
+    assert seen == [1, 1, 1, 1]  # (40 + 10) x 4 copies fills the budget alone
+    seen.clear()
+    batched_generate(feats, 8, lambda b: seen.append(len(b)) or [""] * len(b), max_tokens=200, new_tokens=10)
+    assert sum(seen) == 4 and len(seen) < 4

@@ -12,7 +12,7 @@ import yaml
 from dialsum.config import load_model_config, overlay_overrides
 from dialsum.orchestration.decoding import format_summary, tune_decoding
 from dialsum.pipeline import run_model
-from dialsum.release.bootstrap import heldout_split
+from dialsum.release.stats import split_halves
 from dialsum.data import load_splits, sample_dir
 
 
@@ -37,7 +37,7 @@ def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_
     summary = tune_decoding(run.run_dir, data_dir=data, space=SPACE, trials=3, rows=4, seed=1, out_dir=tmp_path / "dec")
 
     dev = [ex.fname for ex in load_splits(data, splits=("dev",))["dev"]]
-    search, held = heldout_split(dev, 1)
+    search, held = split_halves(dev, 1)
     assert summary["search_rows"] == min(4, len(search)) and summary["heldout_rows"] == len(held)
     assert summary["trials"] == 3
     cfg = load_model_config(str(run.run_dir / "config.yaml"))

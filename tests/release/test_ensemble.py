@@ -1,4 +1,4 @@
-"""Ensemble strategies on constructed candidates, and publishing from (and to) storage."""
+"""Ensemble strategies on constructed candidates, the held-out choice, and publishing from (and to) storage."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from dialsum.data import read_submission, write_submission
+from dialsum import metric
+from dialsum.data import load_splits, read_submission, write_candidates, write_submission
 from dialsum.errors import StorageError
+from dialsum.release import stats
 from dialsum.release.ensemble import (
-    BEST_SINGLE, CONSENSUS, best_model, build_ensemble, combine, consensus_pick, normalised_weights, publish_ensemble,
-    read_outputs,
+    BEST_SINGLE, CONSENSUS, MBR, best_model, build_ensemble, combine, consensus_pick, normalised_weights,
+    publish_ensemble, read_outputs,
 )
 from dialsum.storage import LocalStorage, publish, read_manifest
 
@@ -25,6 +27,8 @@ REFS = {
     "dev_2": "#Person1#와 #Person2#는 저녁으로 김치찌개를 먹기로 한다.",
 }
 JUNK = {f: f"완전히 다른 이야기 {i}: 날씨가 맑고 하늘이 푸르다." for i, f in enumerate(REFS)}
+SAMPLE = {ex.fname: ex.summary for ex in load_splits(None, splits=("dev",))["dev"]}  # 48 dev rows
+NOISE = {f: f"엉뚱한 이야기 {i}: 오늘은 비가 오고 바람이 분다." for i, f in enumerate(SAMPLE)}
 
 
 def dev_only(rows: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, str]]]:
@@ -63,16 +67,18 @@ def test_best_single_is_the_highest_dev_score() -> None:
 
 
 def test_consensus_wins_when_it_scores_better_on_dev() -> None:
-    wrong = {"a": "dev_0", "b": "dev_1", "c": "dev_2"}
+    wrong = {m: [f for i, f in enumerate(SAMPLE) if i % 3 == k] for k, m in enumerate("abc")}  # each wrong on a third
     candidates = {
-        m: {"dev": {f: JUNK[f] if f == wrong[m] else REFS[f] for f in REFS}, "test": {"t0": f"{m} test"}}
+        m: {"dev": {f: NOISE[f] if f in wrong[m] else SAMPLE[f] for f in SAMPLE}, "test": {"t0": f"{m} test"}}
         for m in wrong
     }
-    result = build_ensemble(candidates, {"a": 30, "b": 20, "c": 10}, REFS)
+    result = build_ensemble(candidates, {"a": 30, "b": 20, "c": 10}, SAMPLE)
     assert result.choice == CONSENSUS
-    assert result.predictions["dev"] == REFS
+    assert result.predictions["dev"] == SAMPLE
     assert result.strategy_scores[CONSENSUS] == pytest.approx(100)
-    assert result.strategy_scores[CONSENSUS] > result.strategy_scores[BEST_SINGLE]
+    assert result.held_out_score == pytest.approx(100)
+    assert result.strategies[CONSENSUS]["selection"] > result.strategies[BEST_SINGLE]["selection"]
+    assert result.strategies[CONSENSUS]["vs_best_single_low"] > 0  # consensus is better on the held-out rows too
     assert set(result.predictions["test"]) == {"t0"}
 
 
@@ -88,13 +94,54 @@ def test_combine_applies_a_chosen_strategy_to_new_predictions() -> None:
 
 
 def test_best_single_wins_when_consensus_follows_agreeing_bad_models() -> None:
-    candidates = dev_only({"good": dict(REFS), "bad1": dict(JUNK), "bad2": dict(JUNK)})
-    result = build_ensemble(candidates, {"good": 50, "bad1": 10, "bad2": 10}, REFS)
-    assert result.consensus_picks["bad1"] + result.consensus_picks["bad2"] == len(REFS)
+    candidates = dev_only({"good": dict(SAMPLE), "bad1": dict(NOISE), "bad2": dict(NOISE)})
+    result = build_ensemble(candidates, {"good": 50, "bad1": 10, "bad2": 10}, SAMPLE)
+    assert result.consensus_picks["bad1"] + result.consensus_picks["bad2"] == len(SAMPLE)
     assert result.choice == BEST_SINGLE
     assert result.best_model == "good"
-    assert result.predictions["dev"] == REFS
+    assert result.predictions["dev"] == SAMPLE
     assert result.dev_score == pytest.approx(100)
+
+
+def test_the_choice_is_reported_on_rows_that_did_not_make_it() -> None:
+    """A strategy that is perfect exactly on the selection half wins there, and its held-out score is measured on
+    the other rows only: it is never reported with the rows that chose it."""
+    selection, held = stats.split_halves(list(SAMPLE))
+    lucky = {f: SAMPLE[f] if f in selection else NOISE[f] for f in SAMPLE}
+    steady = {f: " ".join(SAMPLE[f].split()[:-2]) for f in SAMPLE}  # good everywhere, perfect nowhere
+    nbest = {"steady": {"dev": {f: [steady[f], lucky[f]] for f in SAMPLE}},
+             "lucky": {"dev": {f: [lucky[f], lucky[f], NOISE[f]] for f in SAMPLE}}}
+    result = build_ensemble(dev_only({"steady": steady, "lucky": dict(NOISE)}), {"steady": 50, "lucky": 50}, SAMPLE,
+                            nbest=nbest)
+    assert result.split == {"seed": 0, "selection": len(selection), "held_out": len(held)}
+    assert result.held_out == held and set(result.held_out).isdisjoint(selection)
+    assert result.choice == "mbr:lucky" and result.strategies["mbr:lucky"]["selection"] == pytest.approx(100)
+    rows = metric.row_scores([NOISE[f] for f in held], [SAMPLE[f] for f in held])
+    assert result.held_out_score == pytest.approx(sum(rows) / len(rows)) and result.held_out_score < 20
+    assert result.best_model == "steady"  # best single is chosen on the selection half as well
+    for name, row in result.strategies.items():
+        assert row["held_out_low"] <= row["held_out"] <= row["held_out_high"], name
+    assert result.row_scores == pytest.approx(dict(zip(SAMPLE, metric.row_scores(
+        [result.predictions["dev"][f] for f in SAMPLE], list(SAMPLE.values())))))
+
+
+def test_mbr_strategies_use_the_candidates_and_are_deterministic() -> None:
+    words = {f: SAMPLE[f].split() for f in SAMPLE}
+    nbest = {m: {"dev": {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 4)] for f, w in words.items()}}
+             for m, shift in (("x", 0), ("y", 1))}
+    preds = {m: {"dev": {f: c[-1] for f, c in nbest[m]["dev"].items()}} for m in nbest}
+    first = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest)
+    assert list(first.strategies) == [BEST_SINGLE, CONSENSUS, "mbr:x", "mbr:y", MBR]
+    assert first.candidates == {"x": 4, "y": 4}
+    assert first.scaling["sizes"] == [1, 2, 4] and set(first.scaling["series"]) == {MBR, "x", "y"}
+    assert build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest) == first
+    other = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, seed=7)
+    assert other.split != first.split or other.held_out != first.held_out
+    weighted = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, model_weights={"x": 1, "y": 3},
+                              metric_weights=[0, 1, 0])
+    assert weighted.weights == {"x": 0.25, "y": 0.75} and weighted.metric_weights == [0, 1, 0]
+    assert combine(weighted.choice, preds, {"x": 40, "y": 30}, nbest, best=weighted.best_model,
+                   metric_weights=[0, 1, 0], weights={"x": 1, "y": 3})["dev"] == weighted.predictions["dev"]
 
 
 def test_one_model_is_trivially_the_best_single() -> None:
@@ -109,6 +156,8 @@ def test_only_dialogues_every_model_predicted_are_used() -> None:
     result = build_ensemble(candidates, {"a": 1, "b": 2}, REFS)
     assert result.rows["dev_scored"] == 2
     assert list(result.predictions["dev"]) == ["dev_0", "dev_1"]
+    tiny = build_ensemble(dev_only({"a": {"dev_0": REFS["dev_0"]}}), {"a": 1}, REFS)
+    assert tiny.held_out_score is None and tiny.split["held_out"] == 0  # one row cannot be split
 
 
 def test_an_ensemble_needs_dev_predictions() -> None:
@@ -121,9 +170,13 @@ def test_an_ensemble_needs_dev_predictions() -> None:
 # ---------------------------------------------------------------- storage
 
 
-def publish_model(store: LocalStorage, root: Path, run_id: str, model: str, dev: dict[str, str], score: float) -> None:
+def publish_model(store: LocalStorage, root: Path, run_id: str, model: str, dev: dict[str, str], score: float,
+                  nbest: dict[str, list[str]] | None = None) -> None:
     folder = root / model
     write_submission(folder / "predictions" / "dev.csv", list(dev), list(dev.values()))
+    if nbest:
+        rows = [[{"text": t, "logprob": -1.0 - k, "tokens": 5} for k, t in enumerate(nbest[f])] for f in dev]
+        write_candidates(folder / "predictions" / "dev_candidates.jsonl", list(dev), rows)
     write_submission(folder / "predictions" / "test.csv", ["t0", "t1"], [f"{model} 0", f"{model} 1"])
     metrics = {"model": model, "type": "causal_lm", "run_id": run_id, "dev": {"score": score}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -139,6 +192,24 @@ def data_dir(tmp_path: Path) -> Path:
     lines = ["fname,dialogue,summary"] + [f'{f},"#Person1#: 안녕하세요.",{s}' for f, s in REFS.items()]
     (folder / "dev.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def test_published_candidates_are_read_back_and_ensembled_by_mbr(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    words = {f: SAMPLE[f].split() for f in SAMPLE}
+    for model, shift in (("x", 0), ("y", 1)):
+        nbest = {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 3)] for f, w in words.items()}
+        publish_model(store, tmp_path / "runs", "r1", model, {f: c[0] for f, c in nbest.items()}, 40.0, nbest)
+    assert read_outputs("r1", "x", store).candidates["dev"]["dev_0"][0] == " ".join(words["dev_0"][1:])
+
+    published = publish_ensemble("r1", store, ["x", "y"], None)  # the bundled sample's dev set
+
+    summary = json.loads((tmp_path / "store" / "r1" / "ensemble" / "ensemble.json").read_text(encoding="utf-8"))
+    assert list(summary["strategies"]) == [BEST_SINGLE, CONSENSUS, "mbr:x", "mbr:y", MBR]
+    assert summary["candidates"] == {"x": 3, "y": 3} and summary["scaling"]["sizes"] == [1, 2, 3]
+    assert summary["held_out_score"] == published.result.held_out_score
+    assert len(summary["row_scores"]) == 48 and set(summary["held_out"]) < set(SAMPLE)
+    assert "MBR over the first N candidates" in published.report
 
 
 def test_publish_ensemble_reads_models_back_from_storage(tmp_path: Path, data_dir: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 
-from dialsum import metric
-from dialsum.release.bootstrap import difference_interval, heldout_split, row_scores, score_interval
 from dialsum.release.ensemble import ModelOutputs
 from dialsum.release.kfold import assemble, oof_csv
 
@@ -40,16 +38,3 @@ def test_a_failed_fold_leaves_its_rows_without_oof_predictions() -> None:
     result = assemble({"t0": 0, "t1": 1}, {0: outputs(0, ["t0"], 70.0)}, REFS, DEV)
     assert result.summary["oof_rows"] == 1 and result.summary["completed_folds"] == [0]
     assert result.summary["folds"][1]["oof_score"] is None
-
-
-def test_bootstrap_helpers() -> None:
-    preds, refs = [REFS["t0"], "아무 말", REFS["t2"]], [REFS["t0"], REFS["t1"], REFS["t2"]]
-    scores = row_scores(preds, refs)
-    assert sum(scores) / 3 == metric.score(preds, refs)["score"]
-    low, high = score_interval(preds, refs, seed=1)
-    assert low <= sum(scores) / 3 <= high and score_interval(preds, refs, seed=1) == (low, high)
-    mean, low, high = difference_interval(preds, ["아무 말"] * 3, refs)
-    assert mean > 0 and low <= mean <= high
-    search, held = heldout_split([f"dev_{i}" for i in range(200)], seed=3)
-    assert not set(search) & set(held) and 70 < len(held) < 130
-    assert heldout_split(["dev_7", "dev_1"], seed=3)[1] == [f for f in ["dev_7", "dev_1"] if f in held]

@@ -49,3 +49,26 @@ def test_the_markdown_says_when_the_champion_was_scored_on_other_dev_data() -> N
     assert "(scored on other dev data)" in text and "Decision" not in text
     unchanged = report.markdown("r4", ROWS[:1], None, None, None, None, status="unchanged")
     assert "**Unchanged**" in unchanged and "No champion yet." in unchanged
+
+
+SCALING = {"sizes": [1, 2, 4, 8, 16], "rows": 499, "series": {
+    name: [{"n": n, "score": base + k, "low": base + k - 0.7, "high": base + k + 0.7} for k, n in enumerate([1, 2, 4, 8, 16])]
+    for name, base in (("mbr", 46.0), ("kobart", 43.0), ("qwen3-4b", 45.0))}}
+
+
+def test_the_n_scaling_plot_draws_every_series_with_its_band(tmp_path: Path) -> None:
+    path = report.plot_scaling(tmp_path / report.SCALING_PLOT, SCALING, "train-all r1")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (700, 450)
+        colours = {rgb for _, rgb in image.convert("RGB").getcolors(maxcolors=1_000_000)}
+    for line in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)):  # one colour per series
+        assert line in colours
+
+
+def test_the_markdown_prints_the_promotion_difference_with_its_interval() -> None:
+    comparison = {"mean": 1.234, "low": 0.41, "high": 2.02, "rows": 250, "confidence": 0.95}
+    decision = {"promoted": True, "reason": "challenger 46.10 vs champion 44.87: ...", "comparison": comparison}
+    ensemble = {**ENSEMBLE, "headline": "held-out score 45.80 (95% CI 44.90 to 46.70) on 250 dev rows"}
+    text = report.markdown("r5", ROWS[:1], ensemble, CHAMPION, decision, None)
+    assert "Challenger - champion: +1.23 (95% CI +0.41 to +2.02) on 250 dev rows, paired bootstrap." in text
+    assert "Ensemble (consensus): held-out score 45.80 (95% CI 44.90 to 46.70) on 250 dev rows." in text

@@ -26,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote = commands.add_parser("promote", help="make a published run the champion if it beats the current one")
     promote.add_argument("run", metavar="RUN_ID", help="a run id (its ensemble) or RUN_ID/MODEL for one model")
     promote.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
-    promote.add_argument("--margin", type=float, default=0.0, help="dev score points it must gain (default 0)")
-    promote.add_argument("--data", help="dev data folder or storage URL, to re-score the champion on other dev data")
+    promote.add_argument("--margin", type=float, default=0.0,
+                         help="promote only when the 95%% lower bound of its paired dev-score gain is above this "
+                              "(default 0)")
+    promote.add_argument("--data", help="dev data folder or storage URL: both runs' saved dev predictions are "
+                                        "re-scored on it (needed when the champion was scored on other dev data)")
     _storage_arg(promote)
     promote.set_defaults(func=_promote)
 
@@ -43,7 +46,9 @@ def _storage_arg(parser: argparse.ArgumentParser) -> None:
 def describe_line(champion: dict[str, Any]) -> str:
     what = (f"ensemble ({champion['strategy']}) of {', '.join(champion['members'])}"
             if champion["kind"] == "ensemble" else f"model {champion['model']}")
-    return f"{champion['run_id']}/{champion['model']}: {what}; dev score {champion['dev_score']:.2f}"
+    held = champion.get("held_out_score")
+    held = f" (held-out {held:.2f})" if held is not None else ""
+    return f"{champion['run_id']}/{champion['model']}: {what}; dev score {champion['dev_score']:.2f}{held}"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -55,6 +60,10 @@ def _show(args: argparse.Namespace) -> int:
     c = record.champion
     print(f"champion (generation {record.generation}, {record.action} at {record.at}): {describe_line(c)}")
     print(f"  reason: {record.reason}")
+    if record.comparison:
+        diff = record.comparison
+        print(f"  vs the champion it replaced: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} to "
+              f"{diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap")
     print(f"  dev data {(c.get('dev_sha256') or '?')[:12]}  data {(c.get('data_sha256') or '?')[:12]}  "
           f"code {(c.get('code_sha256') or '?')[:12]}  commit {(c.get('commit') or '?')[:12]}")
     if args.history:
@@ -106,12 +115,16 @@ def predict_champion(data_dir: Path | None, out_dir: Path, storage_url: str | No
     champ = record.champion
     with tempfile.TemporaryDirectory(prefix="dialsum-champion-") as tmp:
         candidates: ensemble.Candidates = {}
+        nbest: ensemble.NBest = {}
         for member in champ["members"]:
             source = champ.get("sources", {}).get(member, champ["run_id"])
             run_dir = storage.fetch(source, member, Path(tmp) / "runs" / member, store)
             predict_run(run_dir, data_dir=data_dir, out_dir=Path(tmp) / "out" / member)
             candidates[member] = ensemble.read_predictions(Path(tmp) / "out" / member / "predictions")
-    combined = ensemble.combine(champ.get("strategy") or ensemble.BEST_SINGLE, candidates, champ["member_scores"])
+            nbest[member] = ensemble.read_nbest(Path(tmp) / "out" / member / "predictions")
+        combined = ensemble.combine(champ.get("strategy") or ensemble.BEST_SINGLE, candidates, champ["member_scores"],
+                                    nbest, best=champ.get("best_model"), metric_weights=champ.get("metric_weights"),
+                                    weights=champ.get("weights"))
     for split, preds in combined.items():
         write_submission(out_dir / "predictions" / f"{split}.csv", list(preds), list(preds.values()))
     return {"champion": f"{champ['run_id']}/{champ['model']}", "generation": record.generation,

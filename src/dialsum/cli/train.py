@@ -36,7 +36,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continue that run from its finished phases and newest checkpoint (local or in storage)")
     p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
                    help="make the run's ensemble the champion: never (default), if-better, always")
-    p.add_argument("--margin", type=float, default=0.0, help="dev score points a challenger must gain (if-better)")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="if-better: the 95%% lower bound of the ensemble's paired dev-score gain over the champion "
+                        "must be above this (default 0)")
     add_override_args(p)
 
 
@@ -125,7 +127,12 @@ def print_outcome(summary: dict) -> None:
     if summary.get("status") == "unchanged":
         print("unchanged: data, config and code match an earlier run; nothing was retrained")
     if summary.get("ensemble"):
-        print(f"ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+        from dialsum.release.ensemble import headline, strategy_lines
+
+        ens = summary["ensemble"]
+        print(f"ensemble ({ens['choice']}): {headline(ens)}")
+        if ens.get("strategies"):
+            print("\n".join(f"  {line}" for line in strategy_lines(ens)))
     if summary.get("promotion"):
         verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
         print(f"champion: {verdict}: {summary['promotion']['reason']}")

@@ -5,6 +5,7 @@ weights by a configured metric, and early stopping.
 evaluation is due and returns True to stop early. An optional `on_evaluation` hook sees the curve after each
 evaluation and may ask training to stop there (a sweep pruning the run); the stop is recorded as requested. `Evaluator.finish` puts the best weights back and returns the
 curve for `metrics.json`. `BestTracker` holds everything a checkpoint must keep to resume the same decisions.
+`held_out` splits a finished run's dev score by whether a row took part in choosing the shipped step.
 """
 
 from __future__ import annotations
@@ -176,3 +177,24 @@ class Evaluator:
         return {"curve": self.tracker.curve, "best": {"metric": self.tracker.metric, "value": self.tracker.best_value,
                 "step": self.tracker.best_step}, "restored_best": bool(restored), "stopped_early": self.stopped_early,
                 "stop_requested": self.stop_requested}
+
+
+def selection_rows(t, dev_rows: int, training: dict | None) -> int:
+    """How many leading dev rows chose the shipped weights: the rows `best_metric` is measured on (dev_score:
+    `eval_score_rows`, dev_loss: `eval_loss_rows`) when the run kept its best evaluation or stopped early on it;
+    0 when nothing was chosen on dev."""
+    training = training or {}
+    if not (training.get("restored_best") or training.get("stopped_early")):
+        return 0
+    limit = t.eval_score_rows if t.best_metric == "dev_score" else t.eval_loss_rows
+    return dev_rows if limit is None else min(limit, dev_rows)
+
+
+def held_out(cfg, dev: Sequence[Example], predictions: Sequence[str], training: dict | None) -> dict:
+    """The dev score on the rows that did not choose the best training step (`score` None when every row did),
+    next to how many rows chose it; the full-dev score stays in `metrics["dev"]`."""
+    used = selection_rows(cfg.training, len(dev), training)
+    rest = range(used, len(dev))
+    value = metric.score([predictions[i] for i in rest], [dev[i].summary for i in rest])["score"] if rest else None
+    chosen_by = f"{cfg.training.best_metric} on dev rows 1-{used}" if used else "nothing chosen on dev"
+    return {"score": value, "rows": len(rest), "selection_rows": used, "selected_by": chosen_by}

@@ -3,8 +3,9 @@ shares (decoding rules, new-token rows, merging, memory estimates, tiny models) 
 family's tokenizer surface. May import data and the foundations; never storage or any layer above.
 
 Each family module exposes the same surface: `load`, `build_features`, `collate`, `target_count`, `loss`,
-`inference_model`, `generate` and `save`; for preflight and the run record also `load_tokenizer`, `input_overhead`,
-`input_limit`, `target_ids`, `stop_ids`, `generation_config` and `no_repeat_exempt_ids`.
+`inference_model`, `generate`, `generate_candidates` (MBR candidates with log-probabilities) and `save`; for
+preflight and the run record also `load_tokenizer`, `input_overhead`, `input_limit`, `target_ids`, `stop_ids`,
+`generation_config`, `candidate_generation_config` and `no_repeat_exempt_ids`.
 Adding a model of a known family is one YAML file in configs/models/.
 """
 

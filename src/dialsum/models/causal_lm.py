@@ -285,6 +285,23 @@ def _autocast(model, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
+def _generation_setup(cfg: CausalLMConfig, model, tok) -> tuple[torch.device, list[int], int, dict]:
+    """Device, no-repeat exempt ids, embedding rows and generate() extras shared by predictions and candidates."""
+    model.eval()
+    g = cfg.generation
+    exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
+    rows = model.get_input_embeddings().num_embeddings
+    extra = {"suppress_tokens": list(range(len(tok), rows))} if rows > len(tok) else {}
+    if g.static_cache:
+        extra["cache_implementation"] = "static"
+    return next(model.parameters()).device, exempt, rows, extra
+
+
+def _inputs(cfg: CausalLMConfig, tok, batch: list[dict], device: torch.device) -> dict:
+    multiple = 64 if cfg.generation.static_cache else 1
+    return {k: v.to(device) for k, v in collate(tok, batch, for_generation=True, multiple_of=multiple).items()}
+
+
 @torch.inference_mode()
 def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress=None) -> list[str]:
     """Greedy/beam summaries for prompt-only `features`, in order; the prompt is stripped from the output.
@@ -293,19 +310,12 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
     Embedding rows past the tokenizer (vocabulary padding) are never generated. `static_cache` decodes with a
     static KV cache (compiled on GPU); prompts are then padded to a multiple of 64 to bound recompilation.
     """
-    model.eval()
-    device = next(model.parameters()).device
     g = cfg.generation
+    device, exempt, rows, extra = _generation_setup(cfg, model, tok)
     gen = generation_config(cfg, model, tok)
-    exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
-    rows = model.get_input_embeddings().num_embeddings
-    extra = {"suppress_tokens": list(range(len(tok), rows))} if rows > len(tok) else {}
-    if g.static_cache:
-        extra["cache_implementation"] = "static"
 
     def run(batch: list[dict]) -> list[str]:
-        multiple = 64 if g.static_cache else 1
-        inputs = {k: v.to(device) for k, v in collate(tok, batch, for_generation=True, multiple_of=multiple).items()}
+        inputs = _inputs(cfg, tok, batch, device)
         start = inputs["input_ids"].shape[1]
         processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
         with _autocast(model, device):
@@ -316,14 +326,48 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
                             max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens)
 
 
-def generation_config(cfg: CausalLMConfig, model, tok):
-    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
+@torch.inference_mode()
+def generate_candidates(cfg: CausalLMConfig, model, tok, features: Sequence[dict],
+                        progress=None) -> tuple[list[str], list[list[dict]]]:
+    """The summaries `generate` returns, and `generation.num_candidates` seeded samples per dialogue
+    (ε-sampling by default), each {"text", "logprob", "tokens"}; token budgets count every sample."""
+    g = cfg.generation
+    device, exempt, rows, extra = _generation_setup(cfg, model, tok)
+    gen, cand = generation_config(cfg, model, tok), candidate_generation_config(cfg, model, tok)
+    stops = stop_ids(cfg, tok, model)
+
+    def run(batch: list[dict]) -> list[tuple[str, list[dict]]]:
+        inputs = _inputs(cfg, tok, batch, device)
+        start = inputs["input_ids"].shape[1]
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
+        with _autocast(model, device):
+            return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops, start, **extra)
+
+    with decoding.seeded(cfg.training.seed):
+        pairs = batched_generate([{"input_ids": f["input_ids"]} for f in features], g.batch_size, run, progress,
+                                 max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens,
+                                 copies=g.num_candidates)
+    return [text for text, _ in pairs], [candidates for _, candidates in pairs]
+
+
+def _settings(cfg: CausalLMConfig, model, tok) -> dict:
     g, stops = cfg.generation, stop_ids(cfg, tok, model)
-    return decoding.resolve_generation_config(model, dict(
+    return dict(
         max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, repetition_penalty=g.repetition_penalty,
         length_penalty=g.length_penalty, early_stopping=g.early_stopping,
         forced_eos_token_id=stops[0] if g.forced_eos else None, eos_token_id=stops, pad_token_id=tok.pad_token_id,
-    ))
+    )
+
+
+def generation_config(cfg: CausalLMConfig, model, tok):
+    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
+    return decoding.resolve_generation_config(model, _settings(cfg, model, tok))
+
+
+def candidate_generation_config(cfg: CausalLMConfig, model, tok):
+    """The GenerationConfig that draws `generation.num_candidates` candidates (`candidate_method`: seeded sampling)."""
+    extra = decoding.candidate_settings(cfg.candidate_method, cfg.generation)
+    return decoding.resolve_generation_config(model, {**_settings(cfg, model, tok), **extra})
 
 
 def no_repeat_exempt_ids(cfg: CausalLMConfig, tok) -> list[int]:

@@ -232,24 +232,26 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
 
 
 def batched_generate(
-    features: Sequence[dict], batch_size: int, run: Callable[[list[dict]], list[str]], progress=None,
-    max_tokens: int | None = None, new_tokens: int = 0,
-) -> list[str]:
+    features: Sequence[dict], batch_size: int, run: Callable[[list[dict]], list], progress=None,
+    max_tokens: int | None = None, new_tokens: int = 0, copies: int = 1,
+) -> list:
     """Generate in length-sorted batches and return outputs in the input order.
 
     With `max_tokens`, a batch holds at most `batch_size` rows and at most `max_tokens` tokens counting each
-    row as its padded prompt plus `new_tokens` generated ones (the KV cache it will need); else `batch_size` rows.
+    row as its padded prompt plus `new_tokens` generated ones (the KV cache it will need), `copies` times over
+    (sampled candidates expand each row); else `batch_size` rows.
     """
-    out: list[str | None] = [None] * len(features)
+    out: list = [None] * len(features)
     lengths = [len(f["input_ids"]) for f in features]
     if max_tokens:
-        budget = max(max_tokens, max(lengths, default=0) + new_tokens)  # one row always fits
-        order = token_budget_batches([n + new_tokens for n in lengths], budget, seed=None, max_rows=batch_size)
+        costs = [(n + new_tokens) * copies for n in lengths]
+        budget = max(max_tokens, max(costs, default=0))  # one row always fits
+        order = token_budget_batches(costs, budget, seed=None, max_rows=batch_size)
     else:
         order = length_grouped_batches(lengths, batch_size, seed=None)
     for batch in order:
-        for i, text in zip(batch, run([features[i] for i in batch])):
-            out[i] = text
+        for i, result in zip(batch, run([features[i] for i in batch])):
+            out[i] = result
         if progress is not None:
             progress.update(len(batch))
-    return [o or "" for o in out]
+    return [o if o is not None else "" for o in out]

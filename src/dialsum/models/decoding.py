@@ -1,4 +1,5 @@
-"""Decoding pieces shared by the model families: the no-repeat rule, end tokens, resolved settings, detokenizing.
+"""Decoding pieces shared by the model families: the no-repeat rule, end tokens, resolved settings, detokenizing,
+and candidates for MBR (beam n-best or seeded sampling, each with its log-probability).
 
 The no-repeat rule here differs from the stock one in two ways that matter for this data:
 - n-grams that contain a placeholder (`#Person1#`) or a whitespace-only piece never count, so naming a speaker
@@ -9,6 +10,7 @@ The no-repeat rule here differs from the stock one in two ways that matter for t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 import torch
@@ -126,3 +128,114 @@ def decode(tok, ids) -> list[str]:
     """Text of generated ids: special tokens dropped, no space clean-up (it would rewrite the summary)."""
     texts = tok.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return [t.strip() for t in texts]
+
+
+# ---------------------------------------------------------------- candidates for MBR
+
+
+def candidate_settings(method: str, g) -> dict:
+    """generate() settings that draw `g.num_candidates` candidates per dialogue with `method`: the n best beams of
+    the configured beam search, or ancestral sampling (ε-sampling: tokens below `candidate_epsilon` probability
+    are never drawn) at `candidate_temperature`, with no top-k or top-p cut."""
+    if method == "beam":
+        return {"num_return_sequences": g.num_candidates, "return_dict_in_generate": True}
+    settings = {"do_sample": True, "num_beams": 1, "num_return_sequences": g.num_candidates, "top_k": 0,
+                "top_p": 1.0, "temperature": g.candidate_temperature, "return_dict_in_generate": True}
+    if method == "epsilon":
+        settings["epsilon_cutoff"] = g.candidate_epsilon
+    return settings
+
+
+@contextmanager
+def seeded(seed: int):
+    """Sampling inside draws from torch's RNG seeded with `seed`; the RNG state outside is left as it was."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class SequenceLogprobs(LogitsProcessor):
+    """Records each generated token's log-probability under the decoding distribution: the model's softmax at
+    temperature 1 after the rules that come before it (no-repeat, forced end, suppressed ids), so sampling
+    warpers (temperature, ε) do not change it. Add it last to `logits_processor`; it changes no score.
+
+    Sampling and greedy rows stay in place, so each step's token is read at the next call (and the last one by
+    `totals`). Beam rows move between steps: each row's `keep` best log-probabilities are kept per step (a beam
+    can only continue with one of them) and `totals` follows `beam_indices` back through them.
+    """
+
+    def __init__(self, stops: Sequence[int], beams: int = 1):
+        self.stops = torch.tensor(sorted(set(stops)), dtype=torch.long)
+        self.beams = beams
+        self.keep = max(2, 1 + len(self.stops)) * beams
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calls = 0
+        self._last: torch.Tensor | None = None
+        self._sum = self._count = self._done = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        self.calls += 1
+        if self.beams > 1:
+            values, ids = logp.topk(min(self.keep, logp.shape[-1]), dim=-1)
+            self.steps.append((values, ids))
+        else:
+            self._take(input_ids[:, -1])
+            self._last = logp
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self._last is None:
+            return
+        if self._sum is None:
+            self._sum = torch.zeros(len(tokens), dtype=torch.float64, device=tokens.device)
+            self._count = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+            self._done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
+        live = ~self._done
+        picked = self._last.gather(1, tokens[:, None]).squeeze(1).double()
+        self._sum += torch.where(live, picked, torch.zeros_like(picked))
+        self._count += live.long()
+        self._done |= torch.isin(tokens, self.stops.to(tokens.device))
+
+    def totals(self, sequences: torch.Tensor, beam_indices: torch.Tensor | None = None) -> list[tuple[float, int]]:
+        """(log-probability, generated tokens) of each returned sequence, end token included."""
+        if self.beams <= 1:
+            self._take(sequences[:, -1])
+            if self._sum is None:
+                return [(0.0, 0)] * len(sequences)
+            return list(zip(self._sum.tolist(), self._count.tolist()))
+        steps = beam_indices.shape[1]
+        tokens = sequences[:, sequences.shape[1] - steps:]
+        values = torch.stack([v for v, _ in self.steps[:steps]])  # [steps, rows, keep]
+        ids = torch.stack([i for _, i in self.steps[:steps]])
+        live = beam_indices >= 0
+        at = torch.arange(steps, device=tokens.device).expand_as(beam_indices)
+        rows = beam_indices.clamp(min=0)
+        match = ids[at, rows] == tokens[..., None]  # [sequences, steps, keep]
+        found = torch.where(match, values[at, rows].double(), torch.zeros((), dtype=torch.float64, device=tokens.device))
+        per_token = torch.where(match.any(-1), found.sum(-1), torch.full_like(found[..., 0], float("nan")))
+        total = torch.where(live, per_token, torch.zeros_like(per_token)).sum(-1)
+        return list(zip(total.tolist(), live.sum(-1).tolist()))
+
+
+def draw_candidates(model, tok, inputs: dict, prediction, candidate, processors: list, stops: Sequence[int],
+                    prompt_width: int = 0, **extra) -> list[tuple[str, list[dict]]]:
+    """(prediction, candidates) per input row; generated text starts after `prompt_width` columns (a causal LM's
+    padded prompt; 0 for an encoder-decoder). With beam candidates (`candidate.do_sample` off), one beam search
+    gives both: the n best beams, the best first, which is exactly the prediction. Sampled candidates come from a
+    second generate() call; the prediction is generated as without candidates. Each candidate is
+    {"text", "logprob", "tokens"} (see `SequenceLogprobs`)."""
+    n = candidate.num_return_sequences
+    scorer = SequenceLogprobs(stops, beams=candidate.num_beams if not candidate.do_sample else 1)
+    out = model.generate(**inputs, generation_config=candidate, logits_processor=[*processors, scorer], **extra)
+    beams = out.beam_indices if scorer.beams > 1 else None
+    texts = decode(tok, out.sequences[:, prompt_width:])
+    scores = scorer.totals(out.sequences, beams)
+    rows = [[{"text": texts[i], "logprob": round(lp, 4), "tokens": int(count)}
+             for i, (lp, count) in enumerate(scores[r * n:(r + 1) * n], start=r * n)]
+            for r in range(len(texts) // n)]
+    if not candidate.do_sample:
+        return [(row[0]["text"], row) for row in rows]
+    greedy = model.generate(**inputs, generation_config=prediction, logits_processor=processors, **extra)
+    return list(zip(decode(tok, greedy[:, prompt_width:]), rows))

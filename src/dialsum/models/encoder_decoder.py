@@ -85,15 +85,25 @@ def stop_ids(cfg: EncoderDecoderConfig, tok, model=None) -> list[int]:
     return decoding.end_token_ids(tok, *(decoding.model_configs(model) if model is not None else ()))
 
 
-def generation_config(cfg: EncoderDecoderConfig, model, tok):
-    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
+def _settings(cfg: EncoderDecoderConfig, model, tok) -> dict:
     g = cfg.generation
-    return decoding.resolve_generation_config(model, dict(
+    return dict(
         max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, repetition_penalty=g.repetition_penalty,
         length_penalty=g.length_penalty, early_stopping=g.early_stopping,
         forced_eos_token_id=tok.eos_token_id if g.forced_eos else None,
         eos_token_id=stop_ids(cfg, tok, model), pad_token_id=tok.pad_token_id,
-    ))
+    )
+
+
+def generation_config(cfg: EncoderDecoderConfig, model, tok):
+    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
+    return decoding.resolve_generation_config(model, _settings(cfg, model, tok))
+
+
+def candidate_generation_config(cfg: EncoderDecoderConfig, model, tok):
+    """The GenerationConfig that draws `generation.num_candidates` candidates (`candidate_method`)."""
+    extra = decoding.candidate_settings(cfg.candidate_method, cfg.generation)
+    return decoding.resolve_generation_config(model, {**_settings(cfg, model, tok), **extra})
 
 
 def no_repeat_exempt_ids(cfg: EncoderDecoderConfig, tok) -> list[int]:
@@ -136,6 +146,30 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
 
     return batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
                             new_tokens=g.max_new_tokens)
+
+
+@torch.inference_mode()
+def generate_candidates(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict],
+                        progress=None) -> tuple[list[str], list[list[dict]]]:
+    """The summaries `generate` returns, and `generation.num_candidates` candidates per dialogue (beam n-best by
+    default, or seeded sampling), each {"text", "logprob", "tokens"}; in length-sorted batches, in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    g = cfg.generation
+    gen, cand = generation_config(cfg, model, tok), candidate_generation_config(cfg, model, tok)
+    exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
+    stops = stop_ids(cfg, tok, model)
+
+    def run(batch: list[dict]) -> list[tuple[str, list[dict]]]:
+        inputs = {k: v.to(device) for k, v in collate(tok, [{"input_ids": f["input_ids"]} for f in batch]).items()}
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, len(tok))
+        return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops)
+
+    copies = 1 if cfg.candidate_method == "beam" else g.num_candidates
+    with decoding.seeded(cfg.training.seed):
+        pairs = batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
+                                 new_tokens=g.max_new_tokens, copies=copies)
+    return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 
 def save(model, tok, out_dir: Path) -> None:

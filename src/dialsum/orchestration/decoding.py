@@ -1,8 +1,8 @@
 """`dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model, no retraining.
 
-The model is loaded once (`pipeline.open_run`). The dev set is split by fname (`release.bootstrap.heldout_split`,
+The model is loaded once (`pipeline.open_run`). The dev set is split by fname (`release.stats.split_halves`,
 seeded): every trial is scored on the search part; the best setting and the run's own setting are then scored
-once on the held-out part, with the paired interval of their difference (`release.bootstrap.difference_interval`),
+once on the held-out part, with the paired interval of their difference (`release.stats.paired_bootstrap`),
 so the reported gain is not the search's own optimism. The run's own setting is scored beside the trials
 and kept when no trial beats it on the search part. Outputs in
 `out_dir` (default `<run>/decoding/`): `decoding.yaml` (the best setting as an overlay for `--overlay`),
@@ -20,7 +20,7 @@ import yaml
 
 from dialsum import metric
 from dialsum.config import load_model_config
-from dialsum.release.bootstrap import difference_interval, heldout_split, score_interval
+from dialsum.release.stats import bootstrap_interval, paired_bootstrap, split_halves
 from dialsum.tuning import outputs
 from dialsum.tuning.space import SearchSpace, load_space, to_overlay, to_overrides
 
@@ -86,7 +86,7 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
     searched = load_space(space if space is not None else default_space(cfg), config_path, prefix="generation.")
     ctx = pipeline_module().open_run(Path(run_dir), data_dir, splits=("dev",))
     scorer = Scorer(ctx, config_path)
-    search, held = heldout_split(list(scorer.examples), seed)
+    search, held = split_halves(list(scorer.examples), seed)
     search = search[:rows] if rows else search
     if not search or not held:
         raise ValueError(f"dev has too few rows ({len(scorer.examples)}) for a search part and a held-out part")
@@ -104,16 +104,19 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
     held_refs = scorer.references(held)
     own_preds = scorer.predict(own, held)
     best_preds = own_preds if best_params == own else scorer.predict(best_params, held)
-    gain = difference_interval(best_preds, own_preds, held_refs, seed)
+    best_rows, own_rows = metric.row_scores(best_preds, held_refs), metric.row_scores(own_preds, held_refs)
+    gain = paired_bootstrap(best_rows, own_rows, seed=seed)
+    interval = bootstrap_interval(best_rows, seed=seed)
     summary = {
         "run": str(run_dir), "trials": len(study.trials), "search_rows": len(search), "heldout_rows": len(held),
         "best": {"trial": best.number if best_params != own else None, "params": best_params,
                  "search_score": round(max(best.value, own_search), 4),
                  "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),
-                 "heldout_interval": list(score_interval(best_preds, held_refs, seed))},
+                 "heldout_interval": [round(interval.low, 4), round(interval.high, 4)]},
         "own": {"params": own, "search_score": round(own_search, 4),
                 "heldout_score": round(metric.score(own_preds, held_refs)["score"], 4)},
-        "gain": {"mean": gain[0], "interval": [gain[1], gain[2]], "interval_kind": "95% paired bootstrap over rows"},
+        "gain": {"mean": round(gain.mean, 4), "interval": [round(gain.low, 4), round(gain.high, 4)],
+                 "interval_kind": "95% paired bootstrap over rows"},
     }
     _write(Path(out_dir) if out_dir else Path(run_dir) / "decoding", study, searched, summary)
     return summary

@@ -64,10 +64,14 @@ def build_ensemble(
     published = ensemble.publish_ensemble(run_id, store, models, data, sources, attachments=_plot_attachment(run_id, champion))
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     result = published.result
-    return {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
-            "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
-            "dev_sha256": datasource.dev_fingerprint(data),
-            "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
+    summary = {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
+               "held_out_score": result.held_out_score, "strategies": result.strategies, "split": result.split,
+               "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
+               "dev_sha256": datasource.dev_fingerprint(data),
+               "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
+    if result.scaling:
+        summary["scaling_plot"] = store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.SCALING_PLOT))
+    return {**summary, "headline": ensemble.headline(summary)}
 
 
 def _plot_attachment(run_id: str, champion: dict[str, Any] | None):
@@ -80,6 +84,8 @@ def _plot_attachment(run_id: str, champion: dict[str, Any] | None):
             theirs = {**champion.get("member_scores", {}), "ensemble": champion["dev_score"]}
         who = f"champion {champion['run_id']}/{champion['model']}" if champion else "no champion yet"
         report.plot(folder / report.PLOT, losses, scores, theirs, f"train-all {run_id} ({who})")
+        if result.scaling:
+            report.plot_scaling(folder / report.SCALING_PLOT, result.scaling, f"train-all {run_id}")
 
     return attach
 
@@ -118,9 +124,9 @@ def train_all(
     champion's run (or its latest published run) is not retrained unless `force`; when no model changed the
     run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
     `crash_relaunches` times, and resumes where it stopped. `gpus_per_model` > 1 trains each model
-    data-parallel on that many GPUs of its placement. `promote`: never, if-better (by at least `margin`
-    dev score points, see `registry`) or always. `overrides` (`KEY=VALUE`, as `dialsum train --set`) apply to
-    every model.
+    data-parallel on that many GPUs of its placement. `promote`: never, if-better (the 95% lower bound of the
+    paired dev-score gain over the champion above `margin`, see `registry`) or always. `overrides` (`KEY=VALUE`, as
+    `dialsum train --set`) apply to every model.
     """
     check_models(models)
     check_policy(promote)
@@ -150,7 +156,7 @@ def train_all(
         sources = {r["model"]: r["source_run"] for r in rows if r["status"] == "unchanged"}
         result = build_ensemble(run_id, done, storage_url, str(local_data) if local_data else None, sources,
                                 base.champion if base else None, wait_for=[allow_failure(f) for _, f in futures])
-        get_run_logger().info("ensemble (%s): dev score %.2f", result["choice"], result["dev_score"])
+        get_run_logger().info("ensemble (%s): %s", result["choice"], result["headline"])
         decision = decide_promotion(run_id, storage_url, promote, margin, local_data, failed, result["dev_score"])
     summary = {"run_id": run_id, "status": "trained", "rows": rows, "ensemble": result, "promotion": decision,
                "plot": result["plot"] if result else None}

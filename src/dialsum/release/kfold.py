@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dialsum import metric
-from dialsum.release.bootstrap import score_interval
 from dialsum.release.ensemble import EnsembleResult, ModelOutputs, build_ensemble
+from dialsum.release.stats import bootstrap_interval
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ def assemble(assignment: dict[str, int], outputs: dict[int, ModelOutputs], refer
         })
     fnames = list(oof)
     pooled = _score(oof, fnames, references)
-    interval = score_interval([oof[f][1] for f in fnames], [references[f] for f in fnames], seed) if fnames else None
+    rows = metric.row_scores([oof[f][1] for f in fnames], [references[f] for f in fnames]) if fnames else []
+    interval = bootstrap_interval(rows, seed=seed) if rows else None
     ensemble = None
     if outputs:
         candidates = {fold_name(i): {"dev": o.predictions.get("dev", {}),
@@ -56,7 +57,7 @@ def assemble(assignment: dict[str, int], outputs: dict[int, ModelOutputs], refer
         ensemble = build_ensemble(candidates, {fold_name(i): o.metrics["dev"]["score"] for i, o in outputs.items()},
                                   dev_references)
     summary = {"k": k, "train_rows": len(assignment), "oof_rows": len(oof), "oof_score": pooled,
-               "oof_interval": list(interval) if interval else None, "interval": "95% percentile bootstrap over rows",
+               "oof_interval": [round(interval.low, 4), round(interval.high, 4)] if interval else None, "interval": "95% percentile bootstrap over rows",
                "folds": per_fold, "completed_folds": sorted(outputs),
                "ensemble": None if ensemble is None else {
                    "choice": ensemble.choice, "dev_score": ensemble.dev_score, "best_fold": ensemble.best_model,

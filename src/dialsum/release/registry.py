@@ -3,7 +3,8 @@
 Layout under the storage root:
 
 * `champion-history/<generation>.json` (8 digits): one immutable record per change (promotion or rollback):
-  `{"generation", "previous", "action", "reason", "at", "champion": {...}}`. A record is created with a
+  `{"generation", "previous", "action", "reason", "at", "comparison", "champion": {...}}` (`comparison`: the
+  promotion's challenger - champion difference with its 95% interval). A record is created with a
   create-only write (S3 `If-None-Match: *`; locally a hard link, which fails when the name exists), so of
   two writers that both saw generation N exactly one creates N+1: no lock, no lost update, and the loser
   is told who won. `previous` is the generation whose champion this one replaced (for rollback).
@@ -12,8 +13,9 @@ Layout under the storage root:
   for newer generations after it, so a pointer left behind by a crash is caught up on the next read.
 
 The champion names a run (`run_id`) and a model in it: `ensemble` (with its members, the run each member was
-trained in (`sources`: an unchanged model is reused from an earlier run) and its strategy) or one model. It carries the dev score, the dev data hash it was scored on, the data, config and code hashes,
-and the commit, so a challenger is compared like for like.
+trained in (`sources`: an unchanged model is reused from an earlier run) and its strategy) or one model. It
+carries the dev score, the dev data hash it was scored on, the data, config and code hashes, and the commit, so a
+challenger is compared like for like: row by row on the same dev rows, by a paired bootstrap (`decide`).
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ class Decision:
     champion_score: float | None = None
     generation: int | None = None
     champion: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None  # challenger - champion: mean, low, high, rows, confidence
 
     def as_dict(self) -> dict[str, Any]:
         return {"promoted": self.promoted, "reason": self.reason, "challenger_score": self.challenger_score,
-                "champion_score": self.champion_score, "generation": self.generation}
+                "champion_score": self.champion_score, "generation": self.generation, "comparison": self.comparison}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Record:
     action: str
     reason: str
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    comparison: dict[str, Any] | None = None  # the promotion's challenger - champion difference and interval
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, indent=2, ensure_ascii=False).encode()
@@ -72,7 +76,7 @@ class Record:
         try:
             raw = json.loads(data)
             return cls(int(raw["generation"]), dict(raw["champion"]), raw.get("previous"), raw["action"],
-                       raw.get("reason", ""), raw.get("at", ""))
+                       raw.get("reason", ""), raw.get("at", ""), raw.get("comparison"))
         except (ValueError, KeyError, TypeError) as exc:
             raise RegistryError(f"malformed champion record {where}: {exc}") from None
 
@@ -163,12 +167,16 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
         sources = {m: summary.get("sources", {}).get(m, run_id) for m in members}
         member_manifests = {m: _manifest(store, sources[m], m) for m in members}
         entry = {"kind": "ensemble", "sources": sources, "dev_score": summary["dev_score"], "strategy": summary["choice"],
+                 "best_model": summary.get("best_model"), "held_out_score": summary.get("held_out_score"),
+                 "metric_weights": summary.get("metric_weights"),
                  "weights": summary["weights"], "member_scores": summary["dev_scores"],
                  "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored")}
     else:
         metrics = _read_json(store, run_id, model, "metrics.json", manifest)
         members, member_manifests = [model], {model: manifest}
-        entry = {"kind": "model", "sources": {model: run_id}, "dev_score": metrics["dev"]["score"], "strategy": None, "weights": {model: 1.0},
+        entry = {"kind": "model", "sources": {model: run_id}, "dev_score": metrics["dev"]["score"], "strategy": None,
+                 "best_model": model, "held_out_score": (metrics.get("dev_held_out") or {}).get("score"),
+                 "weights": {model: 1.0},
                  "member_scores": {model: metrics["dev"]["score"]},
                  "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None}
     extras = {m: man.get("extra", {}) for m, man in member_manifests.items()}
@@ -184,36 +192,91 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
 # ---------------------------------------------------------------- comparing
 
 
-def rescore(store: storage.Storage, champion: dict[str, Any], references: dict[str, str]) -> tuple[float | None, str]:
-    """The champion's saved dev predictions scored against `references` (another dev set), or why not."""
-    from dialsum.data import read_submission
-    from dialsum.metric import score
-
-    key = storage.run_key(champion["run_id"], champion["model"], "predictions/dev.csv")
-    data = store.read_bytes(key)
-    if data is None:
-        return None, f"the champion {champion['run_id']}/{champion['model']} has no saved dev predictions"
+def _saved_predictions(store: storage.Storage, entry: dict[str, Any]) -> dict[str, str] | None:
     import tempfile
     from pathlib import Path
 
+    from dialsum.data import read_submission
+
+    data = store.read_bytes(storage.run_key(entry["run_id"], entry["model"], "predictions/dev.csv"))
+    if data is None:
+        return None
     with tempfile.TemporaryDirectory(prefix="dialsum-rescore-") as tmp:
-        path = Path(tmp) / "dev.csv"
-        path.write_bytes(data)
-        predictions = read_submission(path)
+        (Path(tmp) / "dev.csv").write_bytes(data)
+        return read_submission(Path(tmp) / "dev.csv")
+
+
+def rescore(store: storage.Storage, entry: dict[str, Any], references: dict[str, str], who: str = "champion",
+            require_all: bool = True) -> tuple[dict[str, float] | None, str]:
+    """Each row's score of the entry's saved dev predictions against `references` (fname -> 0..100), for every
+    reference row (`require_all`) or those it predicted; or why there is none."""
+    from dialsum.metric import row_scores
+
+    predictions = _saved_predictions(store, entry)
+    if predictions is None:
+        return None, f"the {who} {entry['run_id']}/{entry['model']} has no saved dev predictions"
     missing = [f for f in references if f not in predictions]
-    if missing:
-        return None, (f"the champion's saved dev predictions cover {len(references) - len(missing)} of the "
+    if require_all and missing:
+        return None, (f"the {who}'s saved dev predictions cover {len(references) - len(missing)} of the "
                       f"{len(references)} dialogues of the new dev set (missing e.g. {missing[0]})")
-    fnames = list(references)
-    value = score([predictions[f] for f in fnames], [references[f] for f in fnames])["score"]
-    return value, f"re-scored on the new dev set ({len(fnames)} dialogues)"
+    fnames = [f for f in references if f in predictions]
+    return dict(zip(fnames, row_scores([predictions[f] for f in fnames], [references[f] for f in fnames]))), ""
+
+
+def _published(store: storage.Storage, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's ensemble.json or metrics.json, checked against its manifest."""
+    rel = "ensemble.json" if entry["model"] == ENSEMBLE else "metrics.json"
+    return _read_json(store, entry["run_id"], entry["model"], rel, _manifest(store, entry["run_id"], entry["model"]))
+
+
+def published_rows(store: storage.Storage, entry: dict[str, Any]) -> tuple[dict[str, float] | None, list[str] | None]:
+    """The per-row dev scores a run published (None before they were published) and its held-out rows: those
+    that did not choose its strategy (ensemble) or its best training step (model); None: all rows."""
+    data = _published(store, entry)
+    if entry["model"] == ENSEMBLE:
+        return data.get("row_scores") or None, data.get("held_out") or None
+    rows = data.get("dev_rows") or None
+    used = (data.get("dev_held_out") or {}).get("selection_rows", 0)
+    return rows, (list(rows)[used:] or None) if rows else None
+
+
+def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, Any],
+          references: dict[str, str] | None) -> tuple[dict | None, dict | None, list[str] | None, str]:
+    """Both sides' per-row dev scores, the challenger's held-out rows, and how they were obtained (or why not)."""
+    _, held = published_rows(store, challenger)
+    same = champ.get("dev_sha256") is not None and champ.get("dev_sha256") == challenger.get("dev_sha256")
+    if not same and references is None:
+        return None, None, held, ("cannot compare: the dev data differs from the champion's and no references were "
+                                  "given to re-score it")
+    if references is not None:  # the champion must cover a new dev set; on the same one, the rows both predicted
+        theirs, why = rescore(store, champ, references, require_all=not same)
+        if theirs is None:
+            prefix = "the dev data differs from the champion's, and " if not same else ""
+            return None, None, held, f"cannot compare: {prefix}{why}"
+        ours, why = rescore(store, challenger, references, who="challenger", require_all=False)
+        if ours is None:
+            return None, None, held, f"cannot compare: {why}"
+        how = "on the same dev data" if same else f"re-scored on the new dev set ({len(references)} dialogues)"
+        return ours, theirs, held, how
+    ours, theirs = published_rows(store, challenger)[0], published_rows(store, champ)[0]
+    if ours is None or theirs is None:
+        who = "challenger" if ours is None else "champion"
+        return None, None, held, (f"cannot compare row by row: the {who} published no per-row dev scores; give the "
+                                  "dev data to re-score both")
+    return ours, theirs, held, "on the same dev data"
 
 
 def decide(
     store: storage.Storage, challenger: dict[str, Any], record: Record | None, policy: str, margin: float,
     references: dict[str, str] | None = None,
 ) -> Decision:
-    """Apply `policy` to the challenger against the champion of `record` (no promotion happens here)."""
+    """Apply `policy` to the challenger against the champion of `record` (no promotion happens here).
+
+    `if-better` compares both on the same dev rows (the challenger's held-out rows when it has them): each row's
+    score of their saved dev predictions against `references` (else the per-row scores they published, on the
+    same dev data); it promotes only when the 95% paired-bootstrap lower bound of challenger - champion is above
+    `margin`.
+    """
     if policy not in POLICIES:
         raise RegistryError(f"unknown promotion policy {policy!r}; use one of {', '.join(POLICIES)}")
     ours = challenger["dev_score"]
@@ -224,26 +287,32 @@ def decide(
     champ = record.champion
     if policy == "always":
         return Decision(True, "promotion policy is `always`", ours, champ["dev_score"])
-    theirs, how = champ["dev_score"], "on the same dev data"
-    if champ.get("dev_sha256") is None or champ.get("dev_sha256") != challenger.get("dev_sha256"):
-        if references is None:
-            return Decision(False, "cannot compare: the dev data differs from the champion's and no references "
-                                   "were given to re-score it", ours)
-        theirs, how = rescore(store, champ, references)
-        if theirs is None:
-            return Decision(False, f"cannot compare: the dev data differs from the champion's, and {how}", ours)
-    return _by_score(ours, theirs, margin, how)
+    mine, theirs, held, how = _rows(store, challenger, champ, references)
+    if mine is None or theirs is None:
+        return Decision(False, how, ours)
+    common = [f for f in mine if f in theirs]
+    chosen = set(held or [])
+    rows = [f for f in common if f in chosen]
+    where = f"{len(rows)} held-out dev rows" if rows else f"{len(common)} dev rows"
+    return _by_interval([mine[f] for f in rows or common], [theirs[f] for f in rows or common], margin,
+                        f"{where}, {how}")
 
 
-def _by_score(ours: float, theirs: float, margin: float, how: str) -> Decision:
-    gain = ours - theirs
-    if gain > 0 and gain >= margin:
-        return Decision(True, f"dev score {ours:.2f} beats the champion's {theirs:.2f} by {gain:.2f} "
-                              f"(margin {margin:.2f}, {how})", ours, theirs)
-    if gain > 0:
-        return Decision(False, f"dev score {ours:.2f} beats the champion's {theirs:.2f} by only {gain:.2f}, "
-                               f"below the margin {margin:.2f} ({how})", ours, theirs)
-    return Decision(False, f"dev score {ours:.2f} does not beat the champion's {theirs:.2f} ({how})", ours, theirs)
+def _by_interval(ours: list[float], theirs: list[float], margin: float, where: str) -> Decision:
+    from dialsum.release.stats import paired_bootstrap
+
+    if not ours:
+        return Decision(False, f"cannot compare: the challenger and the champion share no scored dev row ({where})")
+    diff = paired_bootstrap(ours, theirs)
+    a, b = sum(ours) / len(ours), sum(theirs) / len(theirs)
+    said = (f"challenger {a:.2f} vs champion {b:.2f}: {diff.text(signed=True)} by paired bootstrap on {where}")
+    if diff.low > margin:
+        verdict, promoted = f"the lower bound is above the margin {margin:.2f}", True
+    elif diff.mean > 0:
+        verdict, promoted = f"the lower bound {diff.low:+.2f} is not above the margin {margin:.2f}: within the noise", False
+    else:
+        verdict, promoted = "it does not beat the champion", False
+    return Decision(promoted, f"{said}; {verdict}", a, b, comparison=diff.as_dict())
 
 
 # ---------------------------------------------------------------- changing
@@ -269,15 +338,18 @@ def promote(
     if not decision.promoted:
         return Decision(**{**decision.__dict__, "champion": base.champion if base else None})
     generation = (base.generation if base else 0) + 1
-    record = Record(generation, challenger, base.generation if base else None, "promote", decision.reason)
+    record = Record(generation, challenger, base.generation if base else None, "promote", decision.reason,
+                    comparison=decision.comparison)
     if not _commit(store, record, base):
         winner = _read_record(store, generation)
         who = f"{winner.champion['run_id']}/{winner.champion['model']}" if winner else "another run"
         return Decision(False, f"another promotion ({who}) became generation {generation} first",
-                        decision.challenger_score, decision.champion_score, champion=winner.champion if winner else None)
+                        decision.challenger_score, decision.champion_score, champion=winner.champion if winner else None,
+                        comparison=decision.comparison)
     log.info("champion is now %s/%s (generation %d): %s", challenger["run_id"], challenger["model"], generation,
              decision.reason)
-    return Decision(True, decision.reason, decision.challenger_score, decision.champion_score, generation, challenger)
+    return Decision(True, decision.reason, decision.challenger_score, decision.champion_score, generation, challenger,
+                    decision.comparison)
 
 
 def rollback(store: storage.Storage) -> Record:

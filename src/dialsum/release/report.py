@@ -1,9 +1,11 @@
-"""The train-all report: a PNG in the ensemble folder and a markdown summary for Prefect and W&B.
+"""The train-all report: PNGs in the ensemble folder and a markdown summary for Prefect and W&B.
 
-The PNG has two panels: the training loss per optimizer step of every model (from its `metrics.json`,
+`report.png` has two panels: the training loss per optimizer step of every model (from its `metrics.json`,
 `train_losses`), and each model's and the ensemble's dev score next to the champion's (the champion in
-service when the run started). The markdown compares challenger and champion per model and for the
-ensemble, states the promotion decision with its reason, and links the PNG.
+service when the run started). Beside it, for runs with candidates, `n_scaling.png`: dev score against the
+number of MBR candidates N (1, 2, 4, 8, 16), pooled and per model, with 95% intervals. The markdown compares
+challenger and champion per model and for the ensemble (with its held-out score), states the promotion
+decision with the challenger - champion difference and its interval, and links the PNGs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PLOT = "report.png"
+SCALING_PLOT = "n_scaling.png"
 
 
 def plot(path: Path, losses: dict[str, list[float]], scores: dict[str, float],
@@ -59,6 +62,34 @@ def plot(path: Path, losses: dict[str, list[float]], scores: dict[str, float],
     return path
 
 
+def plot_scaling(path: Path, scaling: dict[str, Any], title: str) -> Path:
+    """Dev score against N (log2 axis) for pooled MBR and each model's own MBR, 95% intervals as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for name, points in scaling["series"].items():
+        n = [p["n"] for p in points]
+        label = "pooled MBR" if name == "mbr" else f"{name} MBR"
+        line, = ax.plot(n, [p["score"] for p in points], marker="o", linewidth=2.2 if name == "mbr" else 1.4,
+                        label=label)
+        ax.fill_between(n, [p["low"] for p in points], [p["high"] for p in points], alpha=0.18, color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(scaling["sizes"], [str(n) for n in scaling["sizes"]])
+    ax.set(title=f"MBR dev score by candidates per model ({scaling['rows']} dev rows, 95% CI)", xlabel="N candidates",
+           ylabel="dev score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -88,9 +119,15 @@ def markdown(run_id: str, rows: list[dict[str, Any]], ensemble: dict[str, Any] |
         change = _cell(ensemble["dev_score"] - theirs) if theirs is not None else "-"
         lines.append(f"| **ensemble** ({ensemble['choice']}) | | **{_cell(ensemble['dev_score'])}** | {_cell(theirs)} "
                      f"| {change} | |")
+        if ensemble.get("headline"):
+            lines += ["", f"Ensemble ({ensemble['choice']}): {ensemble['headline']}."]
     if decision:
         verdict = "promoted" if decision["promoted"] else "not promoted"
         lines += ["", f"**Decision: {verdict}.** {decision['reason']}"]
+        diff = decision.get("comparison")
+        if diff:
+            lines += ["", f"Challenger - champion: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} "
+                          f"to {diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap."]
     if plot_url:
         lines += ["", f"[Loss curves and dev scores (PNG)]({plot_url})", "", f"![report]({plot_url})"]
     return "\n".join(lines) + "\n"

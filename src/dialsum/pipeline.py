@@ -12,24 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
+import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import metric
+from dialsum import console, metric
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
-from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
-from dialsum.engine import distributed, host_memory
-from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
+from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint, same_run
+from dialsum.engine import distributed, host_memory, stop
+from dialsum.engine.checkpoint import Checkpointer, Phases, local_checkpoints, stop_on_sigterm
 from dialsum.engine.evaluation import Evaluator
 from dialsum.engine.trainer import fit
 from dialsum.errors import DataError, DialsumError
@@ -41,7 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    from dialsum import storage
+
+    return storage.new_run_id()
 
 
 @dataclass
@@ -68,6 +69,7 @@ class RunResult:
     run_dir: Path
     metrics: dict
     location: str | None = None
+    status: str = "completed"
 
 
 def device() -> torch.device:
@@ -136,9 +138,11 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
     evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log)
-    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext():
+    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext(), \
+            stop.cooperative():
         result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator)
+                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator,
+                     label=console.bar_label(ctx.cfg.name, "train"))
     log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
     if not distributed.is_main():
         return {}
@@ -152,11 +156,26 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     return done
 
 
+class StoppingProgress:
+    """A progress bar for generation that stops it between batches after Ctrl-C (`stop.Interrupted`)."""
+
+    def __init__(self, bar, where: str) -> None:
+        self.bar, self.where = bar, where
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        stop.check(self.where)
+
+
 def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
-    with tqdm(total=len(examples), desc=f"{ctx.cfg.name} {split}", unit="dlg", leave=False, disable=None) as bar:
-        return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=bar)
+    with tqdm(total=len(examples), desc=console.bar_label(ctx.cfg.name, split), unit="dlg", leave=False,
+              disable=None) as bar:
+        progress = StoppingProgress(bar, f"{ctx.cfg.name}: stopped while predicting {split}"
+                                         + (" (training finished; its model is saved)"
+                                            if ctx.phases is not None and ctx.phases.done("fit") else ""))
+        return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=progress)
 
 
 def dev_score(ctx: RunContext, predictions: list[str] | None = None) -> dict:
@@ -178,7 +197,8 @@ def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
 
 
 def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> dict:
-    metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"])}
+    metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
+               "dev_rows": len(preds["dev"])}
     metrics.update(extra)
     (ctx.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     ctx.tracker.log({f"dev/{k}": v for k, v in metrics["dev"].items()})
@@ -260,31 +280,125 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
 def run_model(
     model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
-    group: str | None = None, resume: bool = False,
+    group: str | None = None, resume: bool = False, lease_wait: float = 0.0,
 ) -> RunResult:
     """Train, predict, score and publish one model; the single entry point every caller uses.
 
     A failure keeps every finished phase; running the same run id again continues where it stopped
-    (`resume=True` insists that there is something to continue).
+    (`resume=True` insists that there is something to continue), and a run already published with the same
+    config and data is complete: it is returned as published, and nothing is written. While it runs, the
+    process holds the run's lease (`storage.lease`): a second process with the same run id and model is
+    refused, after waiting up to `lease_wait` seconds for the holder's lease to expire.
     """
     run_id = run_id or new_run_id()
     if resume:
         require_resumable(model_name, run_id, storage_url)
-    started = time.perf_counter()
-    ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
-    try:
-        metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
-        if not distributed.is_main():
-            return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
-        location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
-    except BaseException:
-        ctx.tracker.finish(failed=True)
-        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
-                    "from there", ctx.cfg.name, run_id, ctx.phases.folder)
-        raise
+    if publish and (done := already_complete(model_name, run_id, data_dir, debug, storage_url, force)) is not None:
+        return done
+    name = load_model_config(model_name).name
+    with run_lease(name, run_id, storage_url, publish, lease_wait) as lease:
+        stop.check(f"{name}: not started")
+        started = time.perf_counter()
+        try:
+            ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
+        except BaseException as exc:
+            discard_if_unstarted(run_id, name)
+            if isinstance(exc, KeyboardInterrupt):
+                raise stop.Interrupted(f"{name}: stopped while setting up, before training") from None
+            raise
+        checkpoints = checkpointer(ctx, storage_url, publish)
+        try:
+            metrics, run_dir = train_and_save(ctx, eval_before, checkpoints, started)
+            if not distributed.is_main():
+                return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
+            stop.check(f"{name}: stopped before publishing; its run folder {run_dir} is complete")
+            if lease is not None:
+                lease.check()
+            location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
+        except BaseException as exc:
+            if (outcome := failed(ctx, checkpoints, exc)) is exc:
+                raise
+            raise outcome from None
     ctx.phases.clear()
     ctx.tracker.finish({"dev_score": metrics["dev"]["score"]})
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
+
+
+def failed(ctx: RunContext, checkpoints: Checkpointer, exc: BaseException) -> BaseException:
+    """After a failure: what to raise (Ctrl-C outside the loop becomes `stop.Interrupted`, saying where it
+    stopped), and one line saying what is kept, unless nothing had finished and nothing is kept."""
+    ctx.tracker.finish(failed=True)
+    if isinstance(exc, KeyboardInterrupt):
+        exc = stop.Interrupted(stopped_where(ctx, checkpoints))
+    if not discard_if_unstarted(ctx.run_id, ctx.cfg.name) and not isinstance(exc, stop.Interrupted):
+        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
+                    "from there", ctx.cfg.name, ctx.run_id, ctx.phases.folder)
+    return exc
+
+
+def discard_if_unstarted(run_id: str, name: str) -> bool:
+    """Remove a failed run's local state when nothing in it had finished (no phase, no checkpoint), and its
+    run folder when that leaves it empty; True when removed."""
+    folder = state_dir(run_id, name)
+    if not folder.is_dir() or local_checkpoints(folder / "checkpoints"):
+        return False
+    if any(p.name not in ("run.json", "checkpoints") for p in folder.iterdir()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder.parent / f".{name}.partial", ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:
+        pass
+    return True
+
+
+def stopped_where(ctx: RunContext, checkpoints: Checkpointer) -> str:
+    """One line for a run stopped by Ctrl-C outside the training loop: what it had finished."""
+    if ctx.phases.done("save"):
+        return f"{ctx.cfg.name}: stopped before publishing; its run folder is complete"
+    if ctx.phases.done("fit"):
+        return f"{ctx.cfg.name}: stopped after training (its model is saved)"
+    newest = local_checkpoints(checkpoints.folder)
+    return (f"{ctx.cfg.name}: stopped during training; newest checkpoint {newest[-1].name}" if newest
+            else f"{ctx.cfg.name}: stopped before its first checkpoint")
+
+
+@contextmanager
+def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wait: float):
+    """Hold the run's lease while the block runs; none for unpublished runs and for data-parallel ranks (the
+    process that launched them holds it)."""
+    from dialsum import storage
+
+    if not publish or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield None
+        return
+    lease = storage.Lease(storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds)
+    with lease.acquire(wait):
+        yield lease
+
+
+def already_complete(model_name: str, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None,
+                     force: bool) -> RunResult | None:
+    """The published result when `run_id` already holds this model with the same config, data and debug mode;
+    None when it holds nothing. A different config or data under the run id is refused unless `force`."""
+    from dialsum import storage
+
+    cfg = load_model_config(model_name)
+    store = storage.open_storage(storage_url)
+    manifest = storage.read_manifest(run_id, cfg.name, store)
+    if manifest is None:
+        return None
+    if not same_run(manifest, cfg, data_dir, debug):
+        if force:
+            return None
+        raise DialsumError(f"run {run_id}/{cfg.name} is already published in {store.url} with another config, data "
+                           "or debug mode; use a new run id, or force to replace it")
+    metrics = json.loads(store.read_bytes(storage.run_key(run_id, cfg.name, "metrics.json")) or b"{}")
+    log.info("%s: run %s is already complete (published to %s); nothing to do", cfg.name, run_id,
+             store.location(storage.run_key(run_id, cfg.name)))
+    return RunResult(cfg.name, cfg.type, run_id, get_settings().output_dir / run_id / cfg.name, metrics,
+                     store.location(storage.run_key(run_id, cfg.name)), status="already complete")
 
 
 def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> None:

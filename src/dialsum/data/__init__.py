@@ -4,11 +4,11 @@ foundations; never torch.
 """
 
 from dialsum.data.splits import (
-    KNOWN_PLACEHOLDERS, PLACEHOLDER_RE, SPLITS, Example, load_splits, normalize, placeholders_in, read_split,
-    read_submission, sample_dir, write_submission,
+    KNOWN_PLACEHOLDERS, PLACEHOLDER_RE, SPLITS, Example, load_splits, normalize, placeholders_in, read_references,
+    read_split, read_submission, sample_dir, write_submission,
 )
 
 __all__ = [
     "KNOWN_PLACEHOLDERS", "PLACEHOLDER_RE", "SPLITS", "Example", "load_splits", "normalize", "placeholders_in",
-    "read_split", "read_submission", "sample_dir", "write_submission",
+    "read_references", "read_split", "read_submission", "sample_dir", "write_submission",
 ]

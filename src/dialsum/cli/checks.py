@@ -1,0 +1,111 @@
+"""Checks before any work, in seconds: configs, data, output folders, the storage (a probe object written and
+deleted), a run to resume, and the runs' leases. They run before torch, transformers or Prefect are imported,
+create nothing, and fail with one line naming the file, folder, option or process at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from dialsum.errors import ConfigError, DataError, DialsumError, FolderError
+
+
+def models(names: list[str]) -> list:
+    """Each profile loaded and validated, each named once."""
+    from dialsum.config import load_model_config
+
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--models lists {', '.join(repeated)} more than once")
+    return [load_model_config(name) for name in names]
+
+
+def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
+    """The data folder's CSVs read and validated, by split (a storage URL is fetched later, by the run: {})."""
+    from dialsum.data import load_splits, sample_dir
+    from dialsum.data.source import is_url, resolve
+
+    if is_url(folder):
+        return {}
+    loaded = load_splits(resolve(folder), optional=optional, **({"splits": splits} if splits else {}))
+    if not loaded:
+        raise DataError(f"{folder or sample_dir()}: no {' or '.join(f'{s}.csv' for s in splits or ())} found")
+    return loaded
+
+
+def destination(path: Path, what: str, empty: bool = False) -> None:
+    """A folder that a command will write: creatable and writable (and with `empty`, new or empty)."""
+    from dialsum.settings import check_writable
+
+    if empty and path.is_dir() and any(path.iterdir()):
+        raise FolderError(f"{what} {path} already exists and is not an empty folder")
+    check_writable(path, what)
+
+
+def training(args: argparse.Namespace) -> None:
+    """Everything `train` and `train-all` need before building a model."""
+    from dialsum import storage
+    from dialsum.settings import get_settings
+
+    cfgs = models(args.models)
+    data(args.data)
+    hub(cfgs)
+    get_settings().check_folders_writable()
+    store = storage.open_storage(args.storage)
+    if args.resume:
+        resumable(args.resume, [cfg.name for cfg in cfgs], store)
+    storage.probe(store)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # data-parallel ranks: their launcher holds the lease
+        for cfg in cfgs:
+            busy(store, args.run_id, cfg.name)
+
+
+def resumable(run_id: str, names: list[str], store) -> None:
+    """Something to continue for at least one of the models: local state, a checkpoint or a published result."""
+    from dialsum import storage
+    from dialsum.settings import get_settings
+
+    storage.check_name(run_id, "run id")
+    for name in names:
+        if (get_settings().output_dir / run_id / f".{name}.state" / "run.json").is_file():
+            return
+        if storage.read_manifest(run_id, name, store) or storage.list_checkpoints(run_id, name, store):
+            return
+    what = f"{run_id}/{names[0]}" if len(names) == 1 else f"{run_id} (models {', '.join(names)})"
+    raise DialsumError(f"nothing to resume for run {what}: no local state in {get_settings().output_dir}, and no "
+                       f"checkpoint or published result in {store.url}")
+
+
+def busy(store, run_id: str | None, name: str) -> None:
+    """`LeaseHeld` at once when another live process holds the lease of `run_id`/`name`."""
+    from dialsum import storage
+
+    if run_id is not None:
+        storage.Lease(store, storage.check_name(run_id, "run id"), name).check_free()
+
+
+def hub(cfgs: list) -> None:
+    """Each hub checkpoint a profile names (not a tiny model, not a local folder) is in the local Hugging Face
+    cache, or the hub answers: else one line now, not a minute of connection retries later."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for cfg in cfgs:
+        if cfg.tiny is not None:
+            continue
+        for repo, probe in ((cfg.model, "config.json"), (cfg.tokenizer, "tokenizer_config.json")):
+            if repo is None or Path(repo).exists() or isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
+                continue
+            where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
+            fix = "point `model` (and `tokenizer`) of a profile YAML at a local folder and pass that YAML to --models"
+            if constants.HF_HUB_OFFLINE:
+                raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set; download it where the hub is reachable, or {fix}")
+            host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+            try:
+                socket.create_connection((host, 443), timeout=3).close()
+            except OSError as exc:
+                raise ConfigError(f"{where}, and {host} cannot be reached ({exc.strerror or exc}); {fix}") from None

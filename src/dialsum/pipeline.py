@@ -373,8 +373,7 @@ def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wa
     if not publish or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield None
         return
-    lease = storage.Lease(storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds)
-    with lease.acquire(wait):
+    with storage.hold(storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds, wait) as lease:
         yield lease
 
 

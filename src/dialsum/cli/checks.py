@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from dialsum.errors import ConfigError, DataError, DialsumError, FolderError
 
@@ -44,8 +46,8 @@ def destination(path: Path, what: str, empty: bool = False) -> None:
     check_writable(path, what)
 
 
-def training(args: argparse.Namespace) -> None:
-    """Everything `train` and `train-all` need before building a model."""
+def training(args: argparse.Namespace) -> list[str]:
+    """Everything `train` and `train-all` need before building a model; returns the models' names."""
     from dialsum import storage
     from dialsum.settings import get_settings
 
@@ -57,9 +59,7 @@ def training(args: argparse.Namespace) -> None:
     if args.resume:
         resumable(args.resume, [cfg.name for cfg in cfgs], store)
     storage.probe(store)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # data-parallel ranks: their launcher holds the lease
-        for cfg in cfgs:
-            busy(store, args.run_id, cfg.name)
+    return [cfg.name for cfg in cfgs]
 
 
 def resumable(run_id: str, names: list[str], store) -> None:
@@ -78,12 +78,23 @@ def resumable(run_id: str, names: list[str], store) -> None:
                        f"checkpoint or published result in {store.url}")
 
 
-def busy(store, run_id: str | None, name: str) -> None:
-    """`LeaseHeld` at once when another live process holds the lease of `run_id`/`name`."""
+@contextmanager
+def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
+    """Hold the leases of a named run (--run-id or --resume) for the whole command, taken before torch loads:
+    a second process with the same run id stops at once, naming the holder. Data-parallel ranks take none
+    (the process that launched them holds it); a new run id cannot be contended."""
     from dialsum import storage
+    from dialsum.settings import get_settings
 
-    if run_id is not None:
-        storage.Lease(store, storage.check_name(run_id, "run id"), name).check_free()
+    if args.run_id is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    store = storage.open_storage(args.storage)
+    with ExitStack() as held:
+        for name in names:
+            held.enter_context(storage.hold(store, storage.check_name(args.run_id, "run id"), name,
+                                            get_settings().lease_seconds))
+        yield
 
 
 def hub(cfgs: list) -> None:

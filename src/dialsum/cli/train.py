@@ -59,14 +59,14 @@ def _train(args: argparse.Namespace) -> int:
         raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
                            "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
     _resume_run_id(args)
-    checks.training(args)
-    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        return _train_data_parallel(args)
-    from dialsum.pipeline import run_model
+    with checks.leases(args, checks.training(args)):
+        if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+            return _train_data_parallel(args)
+        from dialsum.pipeline import run_model
 
-    result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
-                       eval_before=args.eval_before, storage_url=args.storage, force=args.force,
-                       resume=bool(args.resume))
+        result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+                           eval_before=args.eval_before, storage_url=args.storage, force=args.force,
+                           resume=bool(args.resume))
     if result.metrics:  # data-parallel ranks other than 0 report nothing
         print(format_table([_row(result.metrics, result.status, result.location)]))
     return 0
@@ -90,20 +90,19 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
     argv += ["--storage", args.storage] if args.storage else []
     argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
                                    ("--force", args.force)) if on]
-    lease = storage.Lease(storage.open_storage(args.storage), run_id, load_model_config(args.models[0]).name,
-                          get_settings().lease_seconds)
-    with lease.acquire():
+    with storage.hold(storage.open_storage(args.storage), run_id, load_model_config(args.models[0]).name,
+                      get_settings().lease_seconds):
         return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
 
 
 def _train_all(args: argparse.Namespace) -> int:
     _resume_run_id(args)
-    checks.training(args)
-    from dialsum.orchestration.train_all import run_embedded
+    with checks.leases(args, checks.training(args)):
+        from dialsum.orchestration.train_all import run_embedded
 
-    summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
-                           run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
-                           margin=args.margin, force=args.force, resume=bool(args.resume))
+        summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
+                               run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
+                               margin=args.margin, force=args.force, resume=bool(args.resume))
     if summary.get("status") == "stopped":
         return print_stopped(summary)
     print(format_table(summary["rows"]))

@@ -176,7 +176,7 @@ def published_row(run_id: str, model: str, store: storage.Storage, seconds: floa
     return {
         "model": name, "type": metrics.get("type"), "status": "completed",
         "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
-        "seconds": _round(seconds), "location": outputs.location, "error": None,
+        "dev_rows": metrics.get("dev_rows"), "seconds": _round(seconds), "location": outputs.location, "error": None,
     }
 
 

@@ -18,14 +18,14 @@ from dialsum.storage.checkpoints import (
     CHECKPOINTS_DIR, delete_checkpoint, fetch_checkpoint, list_checkpoints, publish_checkpoint,
 )
 from dialsum.storage.local import LocalStorage
-from dialsum.storage.lease import Lease, LeaseHeld
+from dialsum.storage.lease import Lease, LeaseHeld, hold
 from dialsum.storage.manifest import (
     PublishResult, RunEntry, fetch, list_runs, new_run_id, publish, read_manifest, run_key,
 )
 
 __all__ = [
     "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",
-    "Storage", "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint",
+    "Storage", "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint", "hold",
     "list_checkpoints", "list_runs", "new_run_id", "open_storage", "probe", "publish", "publish_checkpoint",
     "read_manifest", "run_key", "sha256_file",
 ]

@@ -6,6 +6,9 @@ lease in a background thread every quarter of its time to live (a compare-and-sw
 A lease not renewed for its time to live has expired and may be taken over, with a compare-and-swap too, so of
 two processes taking it over one wins; so may, at once, a lease whose holder was a process on this host that
 no longer exists. Releasing deletes it. Readers of runs ignore it: it is not listed by any manifest.
+
+`hold()` is re-entrant within a process: the CLI takes a run's leases before anything heavy is imported, and
+the model runs it starts (in-process children included) find them held by this process and use them.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import secrets
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 from dialsum.errors import StorageError
 from dialsum.storage.base import Storage
@@ -27,6 +32,8 @@ from dialsum.storage.manifest import run_key
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
+_HELD: dict[tuple[str, str, str], "Lease"] = {}
+_HELD_LOCK = threading.Lock()
 
 
 class LeaseHeld(StorageError):
@@ -192,3 +199,24 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextmanager
+def hold(storage: Storage, run_id: str, model: str, ttl: float, wait: float = 0.0) -> Iterator[Lease]:
+    """Hold the lease of `run_id`/`model` for the block: the one this process already holds, else a new one
+    (acquired, waiting up to `wait` seconds, and released at the end)."""
+    key = (storage.url, run_id, model)
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+    if held is not None:
+        yield held
+        return
+    lease = Lease(storage, run_id, model, ttl).acquire(wait)
+    with _HELD_LOCK:
+        _HELD[key] = lease
+    try:
+        yield lease
+    finally:
+        with _HELD_LOCK:
+            _HELD.pop(key, None)
+        lease.release()

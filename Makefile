@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server)
-	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better
+demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample, then ensemble (no server); always trains
+	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better --force
 
 test: setup  ## the layers contract (pyproject.toml), then the test suite
 	$(VENV)/bin/lint-imports

@@ -83,12 +83,13 @@ def check_writable(path: Path, what: str) -> Path:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise FolderError(f"cannot write to the {what} folder {path}: {existing} is a file, not a folder")
+    if _read_only(existing):
+        raise FolderError(f"cannot write to the {what} folder {path}: {existing} is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
-        reason = "read-only file system" if _read_only(existing) else "permission denied"
         uid, gid = os.getuid(), os.getgid()
         raise FolderError(
-            f"cannot write to the {what} folder {path} ({reason} at {existing}): it must be writable by uid {uid} "
-            f"(gid {gid}); for a bind mount, give that uid the host folder, e.g. `chown -R {uid}:{gid} <host folder>`"
+            f"cannot write to the {what} folder {path} (permission denied at {existing}): it must be writable by uid "
+            f"{uid} (gid {gid}); for a bind mount, give that uid the host folder, e.g. `chown -R {uid}:{gid} <host folder>`"
         )
     return path
 

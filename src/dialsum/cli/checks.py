@@ -38,11 +38,12 @@ def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...
 
 
 def destination(path: Path, what: str, empty: bool = False) -> None:
-    """A folder that a command will write: creatable and writable (and with `empty`, new or empty)."""
+    """A folder that a command will write (the `what` folder): creatable and writable, and with `empty`, new or
+    empty."""
     from dialsum.settings import check_writable
 
-    if empty and path.is_dir() and any(path.iterdir()):
-        raise FolderError(f"{what} {path} already exists and is not an empty folder")
+    if empty and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FolderError(f"the {what} folder {path} already exists and is not an empty folder")
     check_writable(path, what)
 
 

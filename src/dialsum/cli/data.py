@@ -35,7 +35,7 @@ def _build_tiny(args: argparse.Namespace) -> int:
 def _sample_data(args: argparse.Namespace) -> int:
     from dialsum.data.synthetic import write_sample
 
-    checks.destination(args.out, "output folder")
+    checks.destination(args.out, "output")
 
     write_sample(args.out)
     print(f"wrote train.csv, dev.csv and test.csv to {args.out}")

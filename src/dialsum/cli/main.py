@@ -29,10 +29,18 @@ def version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"dialsum {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dialsum", description="Fine-tune and ship Korean dialogue summarizers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"dialsum {version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (train, predict, data, artifacts, champion, profiles):
         group.register(sub)

@@ -30,11 +30,11 @@ def _predict(args: argparse.Namespace) -> int:
         from dialsum.cli.champion import predict_command
 
         checks.data(args.data, splits=("dev", "test"), optional=("dev", "test"))
-        checks.destination(args.out or Path("."), "output folder")
+        checks.destination(args.out or Path("."), "output")
         return predict_command(args)
     check_run_folder(args.run)
     splits = checks.data(args.data, splits=("dev", "test"), optional=("dev", "test"))
-    checks.destination((args.out or args.run) / "predictions", "output folder")
+    checks.destination((args.out or args.run) / "predictions", "output")
     from dialsum.pipeline import predict_run
 
     scores = predict_run(args.run, data_dir=args.data, out_dir=args.out)

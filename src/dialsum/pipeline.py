@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from dialsum import console, metric
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import Example, load_splits, placeholders_in, sample_dir, write_submission
-from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint, same_run
-from dialsum.engine import distributed, host_memory, stop
-from dialsum.engine.checkpoint import Checkpointer, Phases, local_checkpoints, stop_on_sigterm
+from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
+from dialsum.engine import distributed, host_memory, runs, stop
+from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.engine.evaluation import Evaluator
 from dialsum.engine.trainer import fit
 from dialsum.errors import DataError, DialsumError
@@ -81,8 +81,7 @@ def run_fingerprint(cfg, data_hash: str, debug: bool) -> str:
     return hashlib.sha256(f"{dump_config(cfg)}\0{data_hash}\0{debug}".encode()).hexdigest()
 
 
-def state_dir(run_id: str, name: str) -> Path:
-    return get_settings().output_dir / run_id / f".{name}.state"
+state_dir = runs.state_dir
 
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
@@ -156,23 +155,12 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     return done
 
 
-class StoppingProgress:
-    """A progress bar for generation that stops it between batches after Ctrl-C (`stop.Interrupted`)."""
-
-    def __init__(self, bar, where: str) -> None:
-        self.bar, self.where = bar, where
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        stop.check(self.where)
-
-
 def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
     with tqdm(total=len(examples), desc=console.bar_label(ctx.cfg.name, split), unit="dlg", leave=False,
               disable=None) as bar:
-        progress = StoppingProgress(bar, f"{ctx.cfg.name}: stopped while predicting {split}"
+        progress = stop.StoppingProgress(bar, f"{ctx.cfg.name}: stopped while predicting {split}"
                                          + (" (training finished; its model is saved)"
                                             if ctx.phases is not None and ctx.phases.done("fit") else ""))
         return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=progress)
@@ -302,13 +290,12 @@ def run_model(
         try:
             ctx = setup(model_name, run_id, data_dir, debug, group, force=force)
         except BaseException as exc:
-            discard_if_unstarted(run_id, name)
+            runs.discard_if_unstarted(run_id, name)
             if isinstance(exc, KeyboardInterrupt):
                 raise stop.Interrupted(f"{name}: stopped while setting up, before training") from None
             raise
-        checkpoints = checkpointer(ctx, storage_url, publish)
         try:
-            metrics, run_dir = train_and_save(ctx, eval_before, checkpoints, started)
+            metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
             if not distributed.is_main():
                 return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
             stop.check(f"{name}: stopped before publishing; its run folder {run_dir} is complete")
@@ -316,7 +303,7 @@ def run_model(
                 lease.check()
             location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
         except BaseException as exc:
-            if (outcome := failed(ctx, checkpoints, exc)) is exc:
+            if (outcome := failed(ctx, exc)) is exc:
                 raise
             raise outcome from None
     ctx.phases.clear()
@@ -324,44 +311,16 @@ def run_model(
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
 
 
-def failed(ctx: RunContext, checkpoints: Checkpointer, exc: BaseException) -> BaseException:
+def failed(ctx: RunContext, exc: BaseException) -> BaseException:
     """After a failure: what to raise (Ctrl-C outside the loop becomes `stop.Interrupted`, saying where it
     stopped), and one line saying what is kept, unless nothing had finished and nothing is kept."""
     ctx.tracker.finish(failed=True)
     if isinstance(exc, KeyboardInterrupt):
-        exc = stop.Interrupted(stopped_where(ctx, checkpoints))
-    if not discard_if_unstarted(ctx.run_id, ctx.cfg.name) and not isinstance(exc, stop.Interrupted):
+        exc = stop.Interrupted(runs.stopped_where(ctx.run_id, ctx.cfg.name))
+    if not runs.discard_if_unstarted(ctx.run_id, ctx.cfg.name) and not isinstance(exc, stop.Interrupted):
         log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
                     "from there", ctx.cfg.name, ctx.run_id, ctx.phases.folder)
     return exc
-
-
-def discard_if_unstarted(run_id: str, name: str) -> bool:
-    """Remove a failed run's local state when nothing in it had finished (no phase, no checkpoint), and its
-    run folder when that leaves it empty; True when removed."""
-    folder = state_dir(run_id, name)
-    if not folder.is_dir() or local_checkpoints(folder / "checkpoints"):
-        return False
-    if any(p.name not in ("run.json", "checkpoints") for p in folder.iterdir()):
-        return False
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(folder.parent / f".{name}.partial", ignore_errors=True)
-    try:
-        folder.parent.rmdir()
-    except OSError:
-        pass
-    return True
-
-
-def stopped_where(ctx: RunContext, checkpoints: Checkpointer) -> str:
-    """One line for a run stopped by Ctrl-C outside the training loop: what it had finished."""
-    if ctx.phases.done("save"):
-        return f"{ctx.cfg.name}: stopped before publishing; its run folder is complete"
-    if ctx.phases.done("fit"):
-        return f"{ctx.cfg.name}: stopped after training (its model is saved)"
-    newest = local_checkpoints(checkpoints.folder)
-    return (f"{ctx.cfg.name}: stopped during training; newest checkpoint {newest[-1].name}" if newest
-            else f"{ctx.cfg.name}: stopped before its first checkpoint")
 
 
 @contextmanager
@@ -379,38 +338,23 @@ def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wa
 
 def already_complete(model_name: str, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None,
                      force: bool) -> RunResult | None:
-    """The published result when `run_id` already holds this model with the same config, data and debug mode;
-    None when it holds nothing. A different config or data under the run id is refused unless `force`."""
+    """The published result when `run_id` already holds this model with the same config, data and debug mode."""
     from dialsum import storage
 
-    cfg = load_model_config(model_name)
-    store = storage.open_storage(storage_url)
-    manifest = storage.read_manifest(run_id, cfg.name, store)
-    if manifest is None:
+    cfg, store = load_model_config(model_name), storage.open_storage(storage_url)
+    if (metrics := runs.published(run_id, cfg, data_dir, debug, store, force)) is None:
         return None
-    if not same_run(manifest, cfg, data_dir, debug):
-        if force:
-            return None
-        raise DialsumError(f"run {run_id}/{cfg.name} is already published in {store.url} with another config, data "
-                           "or debug mode; use a new run id, or force to replace it")
-    metrics = json.loads(store.read_bytes(storage.run_key(run_id, cfg.name, "metrics.json")) or b"{}")
-    log.info("%s: run %s is already complete (published to %s); nothing to do", cfg.name, run_id,
-             store.location(storage.run_key(run_id, cfg.name)))
-    return RunResult(cfg.name, cfg.type, run_id, get_settings().output_dir / run_id / cfg.name, metrics,
-                     store.location(storage.run_key(run_id, cfg.name)), status="already complete")
+    where = store.location(storage.run_key(run_id, cfg.name))
+    log.info("%s: run %s is already complete (published to %s); nothing to do", cfg.name, run_id, where)
+    return RunResult(cfg.name, cfg.type, run_id, get_settings().output_dir / run_id / cfg.name, metrics, where,
+                     status="already complete")
 
 
 def require_resumable(model_name: str, run_id: str, storage_url: str | None) -> None:
     """Refuse a resume of a run that left nothing behind, locally or in storage."""
     from dialsum import storage
 
-    name = load_model_config(model_name).name
-    if (state_dir(run_id, name) / "run.json").is_file():
-        return
-    store = storage.open_storage(storage_url)
-    if storage.list_checkpoints(run_id, name, store) or storage.read_manifest(run_id, name, store):
-        return
-    raise DialsumError(f"nothing to resume for run {run_id}/{name}: no local state and no checkpoint in storage")
+    runs.require_resumable(run_id, [load_model_config(model_name).name], storage.open_storage(storage_url))
 
 
 def run_model_on_gpus(
@@ -423,7 +367,8 @@ def run_model_on_gpus(
     argv += ["--data", str(data_dir)] if data_dir else []
     argv += ["--storage", storage_url] if storage_url else []
     argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
-    code = distributed.launch(argv, gpus)
+    with run_lease(load_model_config(model_name).name, run_id, storage_url, True, 0.0):  # the ranks take none
+        code = distributed.launch(argv, gpus)
     if code:
         raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")
     cfg = load_model_config(model_name)

@@ -20,7 +20,7 @@ from prefect import get_client
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-from prefect.states import Completed, Crashed, Failed
+from prefect.states import Cancelled, Completed, Crashed, Failed
 from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
 from dialsum.engine.checkpoint import Preempted
@@ -228,8 +228,27 @@ def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.M
         raise ModelsFailed({"a": "broke"}, summary)
 
     monkeypatch.setattr(train_all_module, "train_all", failing_train_all)
+    monkeypatch.setattr(train_all_module, "start_temporary_api", lambda: (lambda: None))
     assert run_embedded(["a"], data_dir=Path("/data"), debug=True) is summary
-    assert calls == [{"embedded": True, "data_dir": "/data", "debug": True}]
+    assert calls == [{"embedded": True, "return_state": True, "data_dir": "/data", "debug": True}]
+
+
+def test_a_run_stopped_by_ctrl_c_returns_its_summary_from_the_cancelled_state() -> None:
+    summary = {"run_id": "r", "status": "stopped", "rows": [{"model": "a", "status": "stopped"}]}
+    assert train_all_module.summary_of(Cancelled(message="stopped by Ctrl-C", data=summary)) is summary
+
+
+def test_a_resumed_run_reuses_nothing_from_other_runs(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reused = {"m0": {"model": "m0", "status": "unchanged", "source_run": "older", "dev_score": 1.0, "seconds": 0.0}}
+    monkeypatch.setattr(train_all_module, "unchanged_models", lambda *args: reused)
+    fresh = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), return_state=True)
+    assert fresh.is_completed() and [w.model for w, _ in fake_children.launches] == ["m1"]
+    fake_children.launches.clear()
+    resumed = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), resume=True,
+                        return_state=True)
+    assert resumed.is_completed() and sorted(w.model for w, _ in fake_children.launches) == ["m0", "m1"]
 
 
 # ---------------------------------------------------------------- embedded, with real training

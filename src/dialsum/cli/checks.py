@@ -58,25 +58,11 @@ def training(args: argparse.Namespace) -> list[str]:
     get_settings().check_folders_writable()
     store = storage.open_storage(args.storage)
     if args.resume:
-        resumable(args.resume, [cfg.name for cfg in cfgs], store)
+        from dialsum.engine import runs
+
+        runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)
     storage.probe(store)
     return [cfg.name for cfg in cfgs]
-
-
-def resumable(run_id: str, names: list[str], store) -> None:
-    """Something to continue for at least one of the models: local state, a checkpoint or a published result."""
-    from dialsum import storage
-    from dialsum.settings import get_settings
-
-    storage.check_name(run_id, "run id")
-    for name in names:
-        if (get_settings().output_dir / run_id / f".{name}.state" / "run.json").is_file():
-            return
-        if storage.read_manifest(run_id, name, store) or storage.list_checkpoints(run_id, name, store):
-            return
-    what = f"{run_id}/{names[0]}" if len(names) == 1 else f"{run_id} (models {', '.join(names)})"
-    raise DialsumError(f"nothing to resume for run {what}: no local state in {get_settings().output_dir}, and no "
-                       f"checkpoint or published result in {store.url}")
 
 
 @contextmanager

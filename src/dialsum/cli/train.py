@@ -132,6 +132,8 @@ def print_outcome(summary: dict) -> None:
     """The lines under the table: the ensemble, the promotion decision, the report."""
     if summary.get("status") == "unchanged":
         print("unchanged: data, config and code match an earlier run; nothing was retrained (--force retrains)")
+    if summary.get("status") == "already complete":
+        print(f"already complete: run {summary['run_id']} has every model and its ensemble published; nothing changed")
     if summary.get("ensemble"):
         ens = summary["ensemble"]
         rows = f" on {ens['dev_rows']} dev rows" if ens.get("dev_rows") else ""

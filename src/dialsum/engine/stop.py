@@ -35,6 +35,17 @@ class Interrupted(DialsumError):
     continues from there. `str()` is the one line that says where it stopped."""
 
 
+class StoppingProgress:
+    """A progress bar's `update` that stops generation between batches after a stop request."""
+
+    def __init__(self, bar, where: str) -> None:
+        self.bar, self.where = bar, where
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        check(self.where)
+
+
 def request() -> None:
     _REQUEST.set()
 

@@ -18,6 +18,7 @@ decision, the plot). W&B runs of one train-all run share its run id as group; th
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -156,6 +157,10 @@ def train_all(
         return unchanged_summary(run_id, rows, base)
     if stop.requested():
         return stopped_summary(run_id, rows)
+    if resume and all(r["status"] == "already complete" for r in rows) and (done := published_ensemble(run_id, store)):
+        get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
+        return {"run_id": run_id, "status": "already complete", "rows": rows, "ensemble": done, "promotion": None,
+                "plot": done["plot"]}
     done = [row["model"] for row in rows if row["status"] in ("completed", "already complete", "unchanged")]
     failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
     result = decision = None
@@ -172,6 +177,18 @@ def train_all(
     if failed:
         raise ModelsFailed(failed, summary)
     return summary
+
+
+def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | None:
+    """The run's ensemble as `build_ensemble` reports it, read back from storage; None when not published."""
+    if storage.read_manifest(run_id, ensemble.ENSEMBLE, store) is None:
+        return None
+    data = json.loads(store.read_bytes(storage.run_key(run_id, ensemble.ENSEMBLE, "ensemble.json")) or b"{}")
+    return {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
+            "dev_rows": (data.get("rows") or {}).get("dev_scored"), "scores": data.get("strategy_scores"),
+            "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
+            "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
+            "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
 
 
 def stopped_summary(run_id: str, rows: list[dict[str, Any]]) -> State:

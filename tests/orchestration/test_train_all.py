@@ -371,6 +371,14 @@ def child_runs(api_url: str, model: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.created)
 
 
+def run_logs(api_url: str, flow_run_id) -> list[str]:
+    """The log messages of a flow run, read back through the API."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+
+
 def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefix: str, parent) -> None:
     """SIGKILL the process of `model`'s child run once it has published a checkpoint (a node lost mid-training)."""
     deadline = time.monotonic() + 420
@@ -436,6 +444,9 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     metrics = json.loads(s3_client(moto_endpoint).get_object(
         Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"].read())
     assert 0 < metrics["resumed_at_step"] < 30 and metrics["train_steps"] == 30
+    relaunched = run_logs(api_url, attempts[-1].id)  # our lines reach the UI from a worker's flow-run process
+    assert any(m.startswith("resumed long-bart at step") for m in relaunched), relaunched
+    assert any(m.startswith("long-bart: eval at step") for m in relaunched), relaunched
 
     keys = {o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
     names = ["long-bart", "tiny-llama", "tiny-qwen3"]

@@ -5,7 +5,8 @@ short and the overhead stands out) both ways in one process, publishing to a loc
 dir: directly, one after another, and through `orchestration.run_embedded` (temporary local Prefect
 API started and stopped per run, one child subflow per model, read-back from storage, ensemble,
 artifacts), alternating, REPEATS times. A warm-up run of each model first keeps one-off imports and
-model loading out of both timings. The Prefect home is a fresh temp folder. The embedded runs pass `force`, so
+model loading out of both timings. Torch runs one thread (BENCH_THREADS) both ways: with two, a loaded machine
+stalls the main thread's kernels far more than a worker thread's. The Prefect home is a fresh temp folder. The embedded runs pass `force`, so
 they train although the direct runs already published the same models (else they would be reused, unchanged).
 
 `ours` is the best embedded wall time minus the best direct wall time (seconds), `baseline` the best
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SMOKE, sized, write_result  # noqa: E402
+from _common import SMOKE, cpu_threads, sized, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
@@ -42,6 +43,8 @@ def configure(tmp: Path) -> None:
         PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="disabled",
         HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DIALSUM_OUTPUT_DIR=str(tmp / "outputs"),
         DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
+        # a loaded machine can take longer than Prefect's default 20 s to start the temporary server
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
 
 
@@ -86,6 +89,7 @@ def measure(tmp: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
+    threads = cpu_threads()  # both ways alike: torch's thread count set here holds in Prefect's task threads too
     with tempfile.TemporaryDirectory(prefix="dialsum-bench-") as tmp:
         configure(Path(tmp))
         if SMOKE:
@@ -114,7 +118,7 @@ def main() -> None:
             "model (in-process, one at a time), verified read-back of metrics and predictions from storage, "
             "ensemble (both strategies scored on dev) published to storage, table and markdown artifacts",
             "baseline_does": "pipeline.run_model for each model in turn, same process, same storage",
-            "cpus": os.cpu_count(),
+            "cpus": os.cpu_count(), "threads": threads,
         },
     }
     write_result(**result)

@@ -1,5 +1,6 @@
 """Run benchmarks' smoke modes (`bench/<name>.py --smoke`), each in a fork of one process that imported torch,
-transformers and the model families once: each run then costs its own work, not a new interpreter's imports.
+transformers and the model families once (each run then costs its own work, not a new interpreter's imports),
+two at a time on machines with two cores or more.
 
 Usage: python tests/bench_smoke.py OUT_DIR BENCH.py...   prints {name: {"rc", "seconds", "log"}} as JSON.
 """
@@ -15,8 +16,8 @@ import traceback
 from pathlib import Path
 
 
-def run_one(script: Path, log: Path) -> int:
-    """In a forked child: `script --smoke` as __main__, output to `log`; returns its exit code."""
+def start_one(script: Path, log: Path) -> int:
+    """Fork a child that runs `script --smoke` as __main__, output to `log`; returns its pid."""
     pid = os.fork()
     if pid == 0:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -37,24 +38,29 @@ def run_one(script: Path, log: Path) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return pid
 
 
-def main(out_dir: Path, scripts: list[Path]) -> dict[str, dict]:
+def main(out_dir: Path, scripts: list[Path], jobs: int) -> dict[str, dict]:
+    """Run the scripts' smoke modes, `jobs` at a time (benchmarks use one torch thread each)."""
     import torch  # noqa: F401  - imported once, shared by every fork; nothing computes before forking
     import transformers  # noqa: F401
 
     import dialsum.models  # noqa: F401
 
-    results = {}
-    for script in scripts:
-        log = out_dir / f"{script.stem}.log"
-        started = time.monotonic()
-        rc = run_one(script, log)
-        results[script.stem] = {"rc": rc, "seconds": round(time.monotonic() - started, 1), "log": str(log)}
+    results, running, waiting = {}, {}, list(scripts)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            script = waiting.pop(0)
+            running[start_one(script, out_dir / f"{script.stem}.log")] = (script, time.monotonic())
+        pid, status = os.wait()
+        if pid not in running:
+            continue
+        script, started = running.pop(pid)
+        results[script.stem] = {"rc": os.waitstatus_to_exitcode(status), "seconds": round(time.monotonic() - started, 1),
+                                "log": str(out_dir / f"{script.stem}.log")}
     return results
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])))
+    print(json.dumps(main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], min(2, os.cpu_count() or 1))))

@@ -37,7 +37,7 @@ def place(tmp_path: Path) -> Path:
 def cli(place: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Run `dialsum ARGS` in place/cwd; as root, in a mount namespace where place/ro is a read-only bind mount
     (root ignores folder permissions)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DIALSUM_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DIALSUM_") or k == "DIALSUM_CONFIG_DIR"}
     base |= {"HOME": str(place / "home"), "DIALSUM_CACHE_DIR": str(place / "home" / "cache"),
              "HF_HOME": str(place / "home" / "hf"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-c", WRAPPER, *args]

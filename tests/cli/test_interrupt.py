@@ -1,5 +1,6 @@
 """Ctrl-C in a multi-model run (`make demo`'s mode), the run continued with --resume (its terminal output: each line
-once, no third-party chatter), and the children's log lines read back from the Prefect API."""
+once, no third-party chatter), the children's log lines read back from the Prefect API, and a resume of the
+finished run that changes nothing."""
 
 from __future__ import annotations
 
@@ -102,3 +103,14 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     assert any(m.startswith(f"resumed {stopped.group(1)} at step") for m in messages), messages
     assert any(f"{stopped.group(1)}: eval at step" in m for m in messages), messages
     assert any(m.startswith(f"published m1/{stopped.group(1)}") for m in messages), messages
+
+    # Resuming the finished run changes no byte: every model and the ensemble are already published.
+    def tree() -> dict[str, bytes]:
+        return {str(f): f.read_bytes() for d in ("outputs", "store") for f in sorted((tmp_path / d).rglob("*"))
+                if f.is_file()}
+
+    before = tree()
+    again = subprocess.run([*train, "--resume", "m1"], env=env(tmp_path, PREFECT_API_URL=prefect_api),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already complete: run m1" in again.stdout, (again.stdout + again.stderr)[-3000:]
+    assert tree() == before

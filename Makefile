@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample (4 candidates each), then ensemble with MBR (no server)
+demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample (4 candidates each), then ensemble with MBR (no server); always trains
 	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better \
-		--set generation.num_candidates=4
+		--force --set generation.num_candidates=4
 
 test: setup  ## the layers contract (pyproject.toml), then the test suite
 	$(VENV)/bin/lint-imports

@@ -1,11 +1,15 @@
-"""Shared benchmark helpers: the shared-data lookup, dev.csv, fixed-width padding and result files."""
+"""Shared benchmark helpers: the shared-data lookup, dev.csv, fixed-width padding, result files, and the smoke
+mode every benchmark has: `python bench/<name>.py --smoke` runs tiny sizes in seconds and writes its JSON to a
+temp folder, never to bench/results/ (tests/test_bench.py runs each one, so a broken benchmark fails CI)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +21,53 @@ KOBART = Path("data/reference/kobart-tokenizer")
 QWEN3 = Path("data/reference/qwen3-4b-instruct-2507")
 LLAMA3 = Path("data/reference/llama-3.2-korean-bllossom-3b")
 DEV_CSV = Path("data/competition/dev.csv")
+SMOKE = "--smoke" in sys.argv[1:]
+
+
+def sized(full, smoke):
+    """`full` for a real run, `smoke` under --smoke."""
+    return smoke if SMOKE else full
+
+
+def smoke_args() -> list[str]:
+    """Arguments that carry the mode to a benchmark's own subprocesses."""
+    return ["--smoke"] if SMOKE else []
+
+
+def run_variant(script: str, variant: str, measure) -> dict:
+    """One variant measured in a process of its own, so nothing carries over between variants: a new
+    interpreter running `script --variant VARIANT` (which prints its JSON last), or under --smoke a fork of this
+    one calling `measure(variant)` (no second round of imports)."""
+    if not SMOKE:
+        out = subprocess.run([sys.executable, script, "--variant", variant], capture_output=True, text=True,
+                             check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        code = 0
+        try:
+            os.write(write, json.dumps(measure(variant)).encode())
+        except BaseException:  # reported by the parent as a failed variant
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{Path(script).name}: variant {variant} failed")
+    return json.loads(data)
+
+
+def variant_arg() -> str | None:
+    """The X of `--variant X`: a benchmark measuring one variant in a fresh process of its own."""
+    args = sys.argv[1:]
+    return args[args.index("--variant") + 1] if "--variant" in args[:-1] else None
 
 
 def use_repo_configs() -> None:
@@ -139,6 +190,8 @@ def write_result(
     result = {"name": name, "unit": unit, "ours": ours, "baseline": baseline, "ratio": ratio, "goal": goal}
     if details:
         result["details"] = details
+    if SMOKE and out_dir is None:
+        out_dir = Path(tempfile.mkdtemp(prefix=f"dialsum-bench-smoke-{name}-"))
     path = Path(out_dir or RESULTS) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_threads, device_info, use_repo_configs, write_result  # noqa: E402
+from _common import cpu_threads, device_info, sized, use_repo_configs, write_result  # noqa: E402
 
-ROUNDS = 2
+ROUNDS = sized(2, 1)
+EVERY = sized(None, 3)  # None: the default checkpoint_every
 PROFILE = "tiny-bart"
 
 
@@ -37,7 +38,7 @@ def prepare():
     from dialsum.models import checkpoint_source, family
 
     cfg = load_model_config(PROFILE)
-    every = TrainingConfig().checkpoint_every
+    every = EVERY or TrainingConfig().checkpoint_every
     t = cfg.training.model_copy(update={"checkpoint_every": every})
     splits = load_splits(None)
     fam = family(cfg)

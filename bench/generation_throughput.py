@@ -23,16 +23,17 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, use_repo_configs,
-    write_result,
+    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, sized,
+    use_repo_configs, write_result,
 )
 
-PROMPTS = 32
-BATCH = 16
-MAX_NEW = 32
-ROUNDS = 2
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-         "head_dim": 64, "intermediate_size": 768, "vocab_size": 151936, "max_position_embeddings": 4096}
+PROMPTS = sized(32, 4)
+BATCH = sized(16, 2)
+MAX_NEW = sized(32, 4)
+ROUNDS = sized(2, 1)
+SHAPE = {"hidden_size": sized(256, 32), "num_hidden_layers": sized(4, 1), "num_attention_heads": 4,
+         "num_key_value_heads": 2, "head_dim": sized(64, 8), "intermediate_size": sized(768, 64), "vocab_size": 151936,
+         "max_position_embeddings": 4096}
 
 
 def load_model(shared: Path, folder: Path, examples):

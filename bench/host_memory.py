@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    cpu_threads, dev_examples, device_info, require_shared, use_repo_configs, write_result,
+    cpu_threads, dev_examples, device_info, require_shared, run_variant, sized, use_repo_configs, variant_arg,
+    write_result,
 )
 
-STEPS = 8
-ROUNDS = 2
-EVERY = 3
+STEPS = sized(8, 1)
+ROUNDS = sized(2, 1)
+EVERY = sized(3, 125)
 
 
 def _hwm_mib() -> float:
@@ -72,17 +72,15 @@ def main() -> None:
         print("host_memory: skipped, needs Linux with glibc")
         sys.exit(0)
     use_repo_configs()
-    if len(sys.argv) == 3 and sys.argv[1] == "--variant":
+    if (variant := variant_arg()) is not None:
         cpu_threads()
-        print(json.dumps(measure(sys.argv[2], shared)))
+        print(json.dumps(measure(variant, shared)))
         return
     runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
     started = time.perf_counter()
     for _ in range(ROUNDS):
         for variant in runs:
-            out = subprocess.run([sys.executable, __file__, "--variant", variant], capture_output=True, text=True,
-                                 check=True).stdout
-            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+            runs[variant].append(run_variant(__file__, variant, lambda v: measure(v, shared)))
     best = {k: max(v, key=lambda r: r["tokens_per_second"]) for k, v in runs.items()}
     o, b = best["ours"]["tokens_per_second"], best["baseline"]["tokens_per_second"]
     assert best["ours"]["real_tokens"] == best["baseline"]["real_tokens"], "both variants must train the same rows"

@@ -18,7 +18,6 @@ Usage: .venv/bin/python bench/loss_memory.py
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     QWEN3, causal_config, cpu_threads, dev_examples, device_info, full_logits_loss, require_shared, save_random_lm,
-    use_repo_configs, write_result,
+    run_variant, sized, use_repo_configs, variant_arg, write_result,
 )
 
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-         "head_dim": 64, "intermediate_size": 768, "vocab_size": 151936, "max_position_embeddings": 4096}
-ROWS = 200
+SHAPE = {"hidden_size": sized(256, 32), "num_hidden_layers": sized(2, 1), "num_attention_heads": 4,
+         "num_key_value_heads": 2, "head_dim": sized(64, 8), "intermediate_size": sized(768, 64), "vocab_size": 151936,
+         "max_position_embeddings": 4096}
+ROWS = sized(200, 2)
 
 
 def _rss_kib(field: str) -> int:
@@ -86,16 +86,14 @@ def main() -> None:
         print("loss_memory: skipped, needs Linux /proc")
         sys.exit(0)
     use_repo_configs()
-    if len(sys.argv) == 3 and sys.argv[1] == "--variant":
+    if (variant := variant_arg()) is not None:
         cpu_threads(2)
-        print(json.dumps(step(sys.argv[2], shared)))
+        print(json.dumps(step(variant, shared)))
         return
     runs, seconds = {}, {}
     for variant in ("baseline", "ours"):
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--variant", variant], capture_output=True, text=True,
-                             check=True).stdout
-        runs[variant] = json.loads(out.strip().splitlines()[-1])
+        runs[variant] = run_variant(__file__, variant, lambda v: step(v, shared))
         seconds[variant] = round(time.perf_counter() - started, 1)
     o, b = runs["ours"]["peak_mib"], runs["baseline"]["peak_mib"]
     batch = {k: v for k, v in runs["ours"].items() if k != "peak_mib"}

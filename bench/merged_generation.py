@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_threads, device_info, use_repo_configs, write_result  # noqa: E402
+from _common import cpu_threads, device_info, sized, use_repo_configs, write_result  # noqa: E402
 
-PROMPTS = 48
-BATCH = 16
-MAX_NEW = 32
-ROUNDS = 2
+PROMPTS = sized(48, 4)
+BATCH = sized(16, 4)
+MAX_NEW = sized(32, 4)
+ROUNDS = sized(2, 1)
 
 
 def load():

@@ -5,12 +5,14 @@ short and the overhead stands out) both ways in one process, publishing to a loc
 dir: directly, one after another, and through `orchestration.run_embedded` (temporary local Prefect
 API started and stopped per run, one child subflow per model, read-back from storage, ensemble,
 artifacts), alternating, REPEATS times. A warm-up run of each model first keeps one-off imports and
-model loading out of both timings. The Prefect home is a fresh temp folder.
+model loading out of both timings. Torch runs one thread (BENCH_THREADS) both ways: with two, a loaded machine
+stalls the main thread's kernels far more than a worker thread's. The Prefect home is a fresh temp folder. The embedded runs pass `force`, so
+they train although the direct runs already published the same models (else they would be reused, unchanged).
 
 `ours` is the best embedded wall time minus the best direct wall time (seconds), `baseline` the best
 direct wall time. Writes bench/results/orchestration_overhead.json.
 
-Usage: .venv/bin/python bench/orchestration_overhead.py
+Usage: .venv/bin/python bench/orchestration_overhead.py [--smoke]   (--smoke: one small model, once)
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SMOKE, cpu_threads, sized, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
-REPEATS = 3
+REPEATS = sized(3, 1)
+SMOKE_PROFILE = ("type: encoder_decoder\nmodel: tiny-bart\ntiny: {arch: bart, hidden_size: 16, num_layers: 1, "
+                 "num_heads: 2, intermediate_size: 16, vocab_size: 300}\nmax_source_length: 64\nmax_target_length: 16\n"
+                 "training: {epochs: 1, batch_size: 4, debug_rows: 4, debug_steps: 1, eval_score_rows: 2}\n"
+                 "generation: {batch_size: 4, max_new_tokens: 128, num_beams: 1, no_repeat_ngram_size: 0}\n")
 
 
 def configure(tmp: Path) -> None:
@@ -35,6 +43,8 @@ def configure(tmp: Path) -> None:
         PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="disabled",
         HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DIALSUM_OUTPUT_DIR=str(tmp / "outputs"),
         DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
+        # a loaded machine can take longer than Prefect's default 20 s to start the temporary server
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
 
 
@@ -54,7 +64,7 @@ def time_embedded(store: str, run_id: str) -> float:
     from prefect.server.api.server import SubprocessASGIServer
 
     started = time.perf_counter()
-    summary = run_embedded(MODELS, run_id=run_id, debug=True, storage_url=store)
+    summary = run_embedded(MODELS, run_id=run_id, debug=True, storage_url=store, force=True)
     APILogWorker.drain_all(timeout=5)
     SubprocessASGIServer().stop()
     seconds = time.perf_counter() - started
@@ -68,7 +78,7 @@ def measure(tmp: Path) -> dict[str, list[float]]:
     """Warm up each model, then time direct and embedded runs alternately, REPEATS times."""
     from dialsum.pipeline import run_model
 
-    for model in MODELS:
+    for model in MODELS if not SMOKE else ():
         run_model(model, run_id="bench-warmup", debug=True, publish=False)
     store = str(tmp / "store")
     times: dict[str, list[float]] = {"direct": [], "embedded": []}
@@ -79,8 +89,12 @@ def measure(tmp: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
+    threads = cpu_threads()  # both ways alike: torch's thread count set here holds in Prefect's task threads too
     with tempfile.TemporaryDirectory(prefix="dialsum-bench-") as tmp:
         configure(Path(tmp))
+        if SMOKE:
+            (Path(tmp) / "smoke-bart.yaml").write_text(SMOKE_PROFILE, encoding="utf-8")
+            MODELS[:] = [str(Path(tmp) / "smoke-bart.yaml")]
         times = measure(Path(tmp))
     direct, embedded = min(times["direct"]), min(times["embedded"])
     result = {
@@ -104,7 +118,7 @@ def main() -> None:
             "model (in-process, one at a time), verified read-back of metrics and predictions from storage, "
             "ensemble (both strategies scored on dev) published to storage, table and markdown artifacts",
             "baseline_does": "pipeline.run_model for each model in turn, same process, same storage",
-            "cpus": os.cpu_count(),
+            "cpus": os.cpu_count(), "threads": threads,
         },
     }
     write_result(**result)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import write_result  # noqa: E402
+from _common import sized, write_result  # noqa: E402
 from s3_server import CREDENTIALS, s3_client, start_moto  # noqa: E402
 
 from dialsum.settings import get_settings  # noqa: E402
@@ -27,18 +27,18 @@ from dialsum.storage import Storage, open_storage, publish  # noqa: E402
 
 MB = 1024 * 1024
 FILES = {
-    "adapter_model.safetensors": 160 * MB,
-    "tokenizer.json": 17 * MB,
-    "tokenizer.model": 4 * MB,
-    "predictions/dev.csv": 8 * MB,
-    "predictions/test.csv": 11 * MB,
+    "adapter_model.safetensors": sized(160 * MB, MB),
+    "tokenizer.json": sized(17 * MB, MB // 4),
+    "tokenizer.model": sized(4 * MB, MB // 8),
+    "predictions/dev.csv": sized(8 * MB, MB // 8),
+    "predictions/test.csv": sized(11 * MB, MB // 8),
     "adapter_config.json": 900,
     "tokenizer_config.json": 2_000,
     "special_tokens_map.json": 600,
     "metrics.json": 300,
     "config.yaml": 1_500,
 }
-REPEATS = 7
+REPEATS = sized(7, 1)
 BUCKET = "bench"
 
 

@@ -35,14 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, use_repo_configs,
-    write_result,
+    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, sized,
+    use_repo_configs, write_result,
 )
 
-SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+SHAPE = {"hidden_size": 64, "num_hidden_layers": sized(2, 1), "num_attention_heads": 4, "num_key_value_heads": 2,
          "head_dim": 16, "intermediate_size": 128, "vocab_size": 151936, "max_position_embeddings": 4096}
-EVERY = 3
-ROUNDS = 2
+EVERY = sized(3, 125)
+ROUNDS = sized(2, 1)
 
 
 def load(shared: Path, examples):

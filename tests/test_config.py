@@ -151,3 +151,26 @@ def test_an_overlay_file_is_its_leaves_as_overrides(tmp_path):
     by_set = load_model_config("qwen3-4b", ["training.learning_rate=1e-4", "training.warmup_steps=0.1", "lora.r=8",
                                             "lora.target_modules=[q_proj, v_proj]"])
     assert dump_config(by_overlay) == dump_config(by_set)
+def test_shipped_profiles_then_local_configs_then_config_dir_file_by_file(tmp_path, monkeypatch):
+    from dialsum.config import config_dirs, packaged_configs
+    from dialsum.settings import get_settings
+
+    assert sorted(p.stem for p in (packaged_configs() / "models").glob("*.yaml")) == sorted(SHIPPED)
+    local, custom = tmp_path / "configs", tmp_path / "custom"
+    (local / "models").mkdir(parents=True)
+    (local / "models" / "tiny-bart.yaml").write_text(
+        (packaged_configs() / "models" / "tiny-bart.yaml").read_text().replace("max_source_length: 256", "max_source_length: 200"))
+    (local / "models" / "mine.yaml").write_text("type: encoder_decoder\nmodel: x\n")
+    (custom / "base").mkdir(parents=True)
+    (custom / "base" / "encoder_decoder.yaml").write_text("type: encoder_decoder\nmax_target_length: 77\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIALSUM_CONFIG_DIR")
+    get_settings.cache_clear()
+    assert config_dirs() == [Path("configs"), packaged_configs()]
+    assert load_model_config("tiny-bart").max_source_length == 200  # ./configs over the shipped file
+    assert load_model_config("kobart").max_source_length == 1024  # other files still shipped
+    assert "mine" in available_models() and set(SHIPPED) < set(available_models())
+    monkeypatch.setenv("DIALSUM_CONFIG_DIR", str(custom))
+    get_settings.cache_clear()
+    assert load_model_config("mine").max_target_length == 77  # DIALSUM_CONFIG_DIR's base, ./configs' model
+    assert load_model_config("kobart").max_target_length == 77 and load_model_config("kobart").max_source_length == 1024

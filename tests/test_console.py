@@ -1,8 +1,8 @@
-"""What a person sees: each line once, no third-party chatter by default, fast config errors with suggestions."""
+"""What a person sees: each line once and above the progress bars, no third-party chatter by default, fast config
+errors with suggestions, a version, shell completion. (Each line once in a whole multi-model run: cli/test_interrupt.py.)"""
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import resource
@@ -14,8 +14,6 @@ import pytest
 
 from dialsum import console
 
-PREFECT_PREFIX = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| *\w+ *\| [^-]+ - ")
-OUR_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 
 
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
@@ -67,22 +65,41 @@ def test_default_verbosity_quiets_third_parties_and_verbose_does_not(monkeypatch
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").filter(record)
 
 
-def message(line: str) -> str:
-    return OUR_PREFIX.sub("", PREFECT_PREFIX.sub("", line)).strip()
+def test_quiet_affects_console_handlers_only_and_telemetry_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [*console.QUIET_ENV, *console.ALWAYS_ENV, "PREFECT_LOGGING_LEVEL"]:
+        monkeypatch.delenv(name, raising=False)
+    console.configure(verbose=False)
+    assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "WARNING"
+    assert "PREFECT_LOGGING_LEVEL" not in os.environ  # Prefect's loggers (and its API handler) stay at INFO
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
 
 
-@pytest.mark.slow
-def test_demo_like_output_has_each_line_once_and_no_progress_bars(tmp_path: Path) -> None:
-    env = {"DIALSUM_OUTPUT_DIR": str(tmp_path / "out"), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
-    proc, _ = run_cli(["train", "--mode", "multi_model", "--models", "tiny-bart", "tiny-llama", "--debug",
-                       "--storage", str(tmp_path / "store"), "--promote", "if-better"], env=env)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    lines = [line for line in output.splitlines() if line.strip()]
-    counts = collections.Counter(message(line) for line in lines)
-    assert [m for m, n in counts.items() if n > 1] == [], output
-    for noise in ("Loading weights", "Writing model shards", "wandb:", "kernels-community"):
-        assert noise not in output, noise
-    table_at = next(i for i, line in enumerate(lines) if line.startswith("model "))
-    assert table_at <= 20, "\n".join(lines[:table_at])
-    assert "champion: promoted: no champion yet" in output
+def test_log_lines_go_above_the_progress_bar_which_names_the_model() -> None:
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    handler = console.AboveProgressBars(stream)
+    handler.setFormatter(logging.Formatter(console.FORMAT))
+    with console.model_position(2, 3):
+        label = console.bar_label("tiny-llama", "train")
+    assert label == "tiny-llama train (model 2 of 3)" and console.bar_label("kobart", "dev") == "kobart dev"
+    with tqdm(total=10, desc=label, file=stream, mininterval=0, ascii=True) as bar:
+        bar.update(3)
+        handler.emit(logging.LogRecord("dialsum.x", logging.INFO, __file__, 1, "eval at step 3", (), None))
+        bar.update(1)
+    rows = [row for row in re.split(r"[\r\n]", stream.getvalue()) if row.strip()]
+    assert "INFO dialsum.x: eval at step 3" in rows  # a line of its own, not glued to the bar
+    assert all(row.startswith("tiny-llama train (model 2 of 3)") or row.startswith("INFO") for row in rows), rows
+
+
+def test_version_and_shell_completion() -> None:
+    from importlib import metadata
+
+    version = subprocess.run([sys.executable, "-m", "dialsum.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"dialsum {metadata.version('dialsum')}"
+    script = subprocess.run([sys.executable, "-m", "dialsum.cli", "completion", "bash"], capture_output=True, text=True)
+    assert script.returncode == 0 and "complete" in script.stdout and "_dialsum_models" in script.stdout
+    assert "--resume" in script.stdout and "preflight" in script.stdout

@@ -42,8 +42,8 @@ def test_run_folder_layout(trained):
     assert training["best"]["value"] == max(r["dev_score"] for r in scored) and training["skipped_steps"] == 0
     held = metrics["dev_held_out"]  # the best step was chosen on dev rows 1-24 (eval_score_rows): 24 rows remain
     assert (held["selection_rows"], held["rows"]) == (cfg.training.eval_score_rows, 48 - cfg.training.eval_score_rows)
-    rows = metrics["dev_rows"]
-    assert len(rows) == 48 and sum(rows.values()) / 48 == pytest.approx(metrics["dev"]["score"])
+    rows = metrics["dev_row_scores"]
+    assert len(rows) == 48 == metrics["dev_rows"] and sum(rows.values()) / 48 == pytest.approx(metrics["dev"]["score"])
     assert held["score"] == pytest.approx(sum(list(rows.values())[held["selection_rows"]:]) / held["rows"])
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))

@@ -1,12 +1,15 @@
 """Typed experiment configs. YAML is only data: every field is declared and validated here.
 
-A model YAML names its family with `type`; `configs/base/<type>.yaml` supplies the defaults and the model
-file overrides them (deep merge). Unknown keys are rejected, and errors name the file and the field.
+A model YAML names its family with `type`; `base/<type>.yaml` supplies the defaults and the model file
+overrides them (deep merge). Unknown keys are rejected, and errors name the file and the field. Profiles ship
+inside the package; a `./configs` folder and then `DIALSUM_CONFIG_DIR` add to them or override them, file by
+file (`config_dirs`).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Sequence, Union
@@ -18,6 +21,7 @@ from dialsum.errors import ConfigError
 from dialsum.settings import get_settings
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 class Strict(BaseModel):
@@ -243,27 +247,46 @@ _ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
 FAMILIES: dict[str, type[ModelConfigBase]] = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}
 
 
-def config_dir() -> Path:
+def packaged_configs() -> Path:
+    """The profiles shipped inside the package (`configs/` of the repository)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def config_dirs() -> list[Path]:
+    """Folders that hold profiles, highest priority first: `DIALSUM_CONFIG_DIR`, `./configs` (when it has a
+    models/ or base/ folder), then the shipped ones. A file in an earlier folder hides the same file later."""
     configured = get_settings().config_dir
-    path = configured if configured is not None else Path("configs")
-    if not (path / "models").is_dir():
-        raise ConfigError(f"config folder {path} has no models/ subfolder (set DIALSUM_CONFIG_DIR)")
-    return path
+    if configured is not None and not configured.is_dir():
+        raise ConfigError(f"DIALSUM_CONFIG_DIR {configured} is not a folder")
+    local = Path("configs")
+    found = [configured] if configured is not None else []
+    if (local / "models").is_dir() or (local / "base").is_dir():
+        found.append(local)
+    found.append(packaged_configs())
+    unique: dict[Path, Path] = {}
+    for folder in found:
+        unique.setdefault(folder.resolve(), folder)
+    return list(unique.values())
+
+
+def find_config(relative: str) -> Path | None:
+    """The highest-priority file `relative` (e.g. models/kobart.yaml) among `config_dirs()`."""
+    return next((folder / relative for folder in config_dirs() if (folder / relative).is_file()), None)
 
 
 def available_models() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))
+    return sorted({p.stem for folder in config_dirs() for p in (folder / "models").glob("*.yaml")})
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """A stem of a file in configs/models/, or a path to a YAML file."""
+    """A stem of a file in a models/ folder of `config_dirs()`, or a path to a YAML file."""
     candidate = Path(name_or_path)
     if candidate.suffix in {".yaml", ".yml"}:
         if not candidate.is_file():
             raise ConfigError(f"{candidate}: config file not found")
         return candidate
-    path = config_dir() / "models" / f"{name_or_path}.yaml"
-    if not path.is_file():
+    path = find_config(f"models/{name_or_path}.yaml") if NAME_RE.fullmatch(name_or_path) else None
+    if path is None:
         available = available_models()
         raise ConfigError(f"unknown model {name_or_path!r}{did_you_mean(name_or_path, available)}; "
                           f"available: {', '.join(available)}")
@@ -328,8 +351,8 @@ def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> Encod
     family = raw.get("type")
     if family not in FAMILIES:
         raise ConfigError(f"{path}: type: must be 'encoder_decoder' or 'causal_lm', got {family!r}")
-    base_path = config_dir() / "base" / f"{family}.yaml"
-    merged = deep_merge(_read_yaml(base_path) if base_path.is_file() else {}, raw)
+    base_path = find_config(f"base/{family}.yaml")
+    merged = deep_merge(_read_yaml(base_path) if base_path is not None else {}, raw)
     merged.setdefault("name", path.stem)
     try:
         given = apply_overrides(merged, overrides, family)

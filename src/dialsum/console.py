@@ -1,27 +1,37 @@
-"""What a person sees in the terminal: each log line once, and third-party chatter only with `-v`.
+"""What a person sees in the terminal: each log line once, above the progress bars, and third-party chatter only
+with `-v`.
 
 `configure(verbose)` runs before torch, transformers, W&B or Prefect are imported, because several of
 them read their switches from the environment at import time:
 
 * our `dialsum` logger prints through one handler and does not propagate, so Prefect's console handler on
-  the root logger does not print the same line again;
+  the root logger does not print the same line again; its lines are written above any progress bar;
 * default verbosity: Hugging Face progress bars ("Loading weights", "Writing model shards") are off,
-  W&B is silent (no banner, no per-run history and summary), Prefect prints warnings and errors only;
-* always: bitsandbytes' warning about the optional `kernels` package (a CPU fast path) is dropped.
+  W&B is silent (no banner, no per-run history and summary), and Prefect's console handler shows warnings
+  and errors only. Only console handlers are quieted: inside a flow run, Prefect's loggers stay at INFO, so
+  the run's logs in the Prefect API are complete (`orchestration.logs` sends ours there too);
+* always: bitsandbytes' warning about the optional `kernels` package (a CPU fast path) is dropped, and the
+  temporary Prefect server that embedded runs start sends no telemetry (whose failures offline would print).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "WANDB_SILENT": "true",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
+ALWAYS_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+_position = threading.local()
 
 
 class _DropKernelsHint(logging.Filter):
@@ -29,17 +39,54 @@ class _DropKernelsHint(logging.Filter):
         return "kernels" not in record.getMessage()
 
 
+class AboveProgressBars(logging.StreamHandler):
+    """A stream handler that clears tqdm's bars, writes the line, and redraws them (tqdm's logging redirect)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def configure(verbose: bool) -> None:
     """Set up the console for one CLI invocation (idempotent)."""
     if not verbose:
         for name, value in QUIET_ENV.items():
             os.environ.setdefault(name, value)
+    for name, value in ALWAYS_ENV.items():
+        os.environ.setdefault(name, value)
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHint())
+    ensure_handler()
+    log = logging.getLogger("dialsum")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def ensure_handler() -> None:
+    """Our console handler on the `dialsum` logger, and INFO unless a level is set (a flow run that a worker
+    started never ran `configure`); the logger does not propagate."""
     log = logging.getLogger("dialsum")
     if not any(getattr(h, "_dialsum", False) for h in log.handlers):
-        handler = logging.StreamHandler()
+        handler = AboveProgressBars()
         handler.setFormatter(logging.Formatter(FORMAT))
         handler._dialsum = True  # type: ignore[attr-defined]
         log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
     log.propagate = False
+
+
+@contextmanager
+def model_position(index: int, total: int) -> Iterator[None]:
+    """While a multi-model run trains its `index`-th of `total` models in this thread, bars say so."""
+    _position.value = (index, total)
+    try:
+        yield
+    finally:
+        _position.value = None
+
+
+def bar_label(model: str, what: str) -> str:
+    """A progress bar's name: the model and the work, plus "model 2 of 3" inside a multi-model run."""
+    position = getattr(_position, "value", None)
+    return f"{model} {what}" + (f" (model {position[0]} of {position[1]})" if position else "")

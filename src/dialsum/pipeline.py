@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
+import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
@@ -25,13 +24,13 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dialsum import metric
+from dialsum import console, metric
 from dialsum.config import dump_config, load_model_config
 from dialsum.data import (
     Example, candidates_path, load_splits, placeholders_in, sample_dir, write_candidates, write_submission,
 )
 from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
-from dialsum.engine import distributed, host_memory
+from dialsum.engine import distributed, host_memory, runs, stop
 from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.engine.evaluation import Evaluator, held_out
 from dialsum.engine.trainer import fit
@@ -44,7 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    from dialsum import storage
+
+    return storage.new_run_id()
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RunResult:
     run_dir: Path
     metrics: dict
     location: str | None = None
+    status: str = "completed"
 
 
 def device() -> torch.device:
@@ -83,8 +85,7 @@ def run_fingerprint(cfg, data_hash: str, debug: bool) -> str:
     return hashlib.sha256(f"{dump_config(cfg)}\0{data_hash}\0{debug}".encode()).hexdigest()
 
 
-def state_dir(run_id: str, name: str) -> Path:
-    return get_settings().output_dir / run_id / f".{name}.state"
+state_dir = runs.state_dir
 
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
@@ -142,9 +143,11 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
     evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log,
                           on_evaluation=live_progress(ctx, checkpoints.storage if checkpoints else None))
-    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext():
+    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext(), \
+            stop.cooperative():
         result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator)
+                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator,
+                     label=console.bar_label(ctx.cfg.name, "train"))
     log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
     if not distributed.is_main():
         return {}
@@ -183,8 +186,12 @@ def live_progress(ctx: RunContext, store) -> Callable[[list[dict]], bool] | None
 def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
-    with tqdm(total=len(examples), desc=f"{ctx.cfg.name} {split}", unit="dlg", leave=False, disable=None) as bar:
-        return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=bar)
+    with tqdm(total=len(examples), desc=console.bar_label(ctx.cfg.name, split), unit="dlg", leave=False,
+              disable=None) as bar:
+        progress = stop.StoppingProgress(bar, f"{ctx.cfg.name}: stopped while predicting {split}"
+                                         + (" (training finished; its model is saved)"
+                                            if ctx.phases is not None and ctx.phases.done("fit") else ""))
+        return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=progress)
 
 
 def dev_score(ctx: RunContext, predictions: list[str] | None = None) -> dict:
@@ -222,11 +229,12 @@ def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
 
 def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> dict:
     """metrics.json: the full-dev score, the score on dev rows that did not choose the best training step, and
-    each dev row's score (for paired comparisons), plus `extra`."""
+    how many dev rows were scored, each dev row's score (for paired comparisons), plus `extra`."""
     dev = ctx.splits["dev"]
     metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
                "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),
-               "dev_rows": dict(zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev])))}
+               "dev_rows": len(preds["dev"]),
+               "dev_row_scores": dict(zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev])))}
     metrics.update(extra)
     (ctx.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     ctx.tracker.log({f"dev/{k}": v for k, v in metrics["dev"].items()})
@@ -314,45 +322,94 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
 def run_model(
     model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
-    group: str | None = None, resume: bool = False, overrides: Sequence[str] = (),
+    group: str | None = None, resume: bool = False, overrides: Sequence[str] = (), lease_wait: float = 0.0,
 ) -> RunResult:
     """Train, predict, score and publish one model; the single entry point every caller uses.
 
     A failure keeps every finished phase; running the same run id again continues where it stopped
-    (`resume=True` insists that there is something to continue). `overrides` (`KEY=VALUE`, see
-    `config.apply_overrides`) change the profile; the resolved config is what the run records and fingerprints.
+    (`resume=True` insists that there is something to continue), and a run already published with the same
+    config and data is complete: it is returned as published, and nothing is written. While it runs, the
+    process holds the run's lease (`storage.lease`): a second process with the same run id and model is
+    refused, after waiting up to `lease_wait` seconds for the holder's lease to expire. `overrides` (`KEY=VALUE`,
+    see `config.apply_overrides`) change the profile; the resolved config is what the run records and fingerprints.
     """
     run_id = run_id or new_run_id()
     if resume:
         require_resumable(model_name, run_id, storage_url, overrides)
-    started = time.perf_counter()
-    ctx = setup(model_name, run_id, data_dir, debug, group, force=force, overrides=overrides)
-    try:
-        metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
-        if not distributed.is_main():
-            return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
-        location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
-    except BaseException:
-        ctx.tracker.finish(failed=True)
-        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
-                    "from there", ctx.cfg.name, run_id, ctx.phases.folder)
-        raise
+    if publish and (done := already_complete(model_name, run_id, data_dir, debug, storage_url, force, overrides)) is not None:
+        return done
+    name = load_model_config(model_name, overrides).name
+    with run_lease(name, run_id, storage_url, publish, lease_wait) as lease:
+        stop.check(f"{name}: not started")
+        started = time.perf_counter()
+        try:
+            ctx = setup(model_name, run_id, data_dir, debug, group, force=force, overrides=overrides)
+        except BaseException as exc:
+            runs.discard_if_unstarted(run_id, name)
+            if isinstance(exc, KeyboardInterrupt):
+                raise stop.Interrupted(f"{name}: stopped while setting up, before training") from None
+            raise
+        try:
+            metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
+            if not distributed.is_main():
+                return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
+            stop.check(f"{name}: stopped before publishing; its run folder {run_dir} is complete")
+            if lease is not None:
+                lease.check()
+            location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
+        except BaseException as exc:
+            if (outcome := failed(ctx, exc)) is exc:
+                raise
+            raise outcome from None
     ctx.phases.clear()
     ctx.tracker.finish({"dev_score": metrics["dev"]["score"]})
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
+
+
+def failed(ctx: RunContext, exc: BaseException) -> BaseException:
+    """After a failure: what to raise (Ctrl-C outside the loop becomes `stop.Interrupted`, saying where it
+    stopped), and one line saying what is kept, unless nothing had finished and nothing is kept."""
+    ctx.tracker.finish(failed=True)
+    if isinstance(exc, KeyboardInterrupt):
+        exc = stop.Interrupted(runs.stopped_where(ctx.run_id, ctx.cfg.name))
+    if not runs.discard_if_unstarted(ctx.run_id, ctx.cfg.name) and not isinstance(exc, stop.Interrupted):
+        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
+                    "from there", ctx.cfg.name, ctx.run_id, ctx.phases.folder)
+    return exc
+
+
+@contextmanager
+def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wait: float):
+    """Hold the run's lease while the block runs; none for unpublished runs and for data-parallel ranks (the
+    process that launched them holds it)."""
+    from dialsum import storage
+
+    if not publish or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield None
+        return
+    with storage.hold(storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds, wait) as lease:
+        yield lease
+
+
+def already_complete(model_name: str, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None,
+                     force: bool, overrides: Sequence[str] = ()) -> RunResult | None:
+    """The published result when `run_id` already holds this model with the same config, data and debug mode."""
+    from dialsum import storage
+
+    cfg, store = load_model_config(model_name, overrides), storage.open_storage(storage_url)
+    if (metrics := runs.published(run_id, cfg, data_dir, debug, store, force)) is None:
+        return None
+    where = store.location(storage.run_key(run_id, cfg.name))
+    log.info("%s: run %s is already complete (published to %s); nothing to do", cfg.name, run_id, where)
+    return RunResult(cfg.name, cfg.type, run_id, get_settings().output_dir / run_id / cfg.name, metrics, where,
+                     status="already complete")
 
 
 def require_resumable(model_name: str, run_id: str, storage_url: str | None, overrides: Sequence[str] = ()) -> None:
     """Refuse a resume of a run that left nothing behind, locally or in storage."""
     from dialsum import storage
 
-    name = load_model_config(model_name, overrides).name
-    if (state_dir(run_id, name) / "run.json").is_file():
-        return
-    store = storage.open_storage(storage_url)
-    if storage.list_checkpoints(run_id, name, store) or storage.read_manifest(run_id, name, store):
-        return
-    raise DialsumError(f"nothing to resume for run {run_id}/{name}: no local state and no checkpoint in storage")
+    runs.require_resumable(run_id, [load_model_config(model_name, overrides).name], storage.open_storage(storage_url))
 
 
 def run_model_on_gpus(
@@ -366,7 +423,8 @@ def run_model_on_gpus(
     argv += ["--storage", storage_url] if storage_url else []
     argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
     argv += [arg for override in overrides for arg in ("--set", override)]
-    code = distributed.launch(argv, gpus)
+    with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):  # the ranks take none
+        code = distributed.launch(argv, gpus)
     if code:
         raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")
     cfg = load_model_config(model_name, overrides)

@@ -30,18 +30,23 @@ def test_single_mode_takes_one_model():
         args.func(args)
 
 
-def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch):
+def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch, tmp_path, capsys):
+    import torch
+
     from dialsum.engine import distributed
 
     calls = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(distributed, "launch", lambda argv, n: calls.append((argv, n)) or 0)
-    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", "/s",
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    store = str(tmp_path / "s")
+    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", store,
                                       "--set", "training.learning_rate=0.01"])
     assert args.func(args) == 0
+    assert "no GPU found: --gpus 2 runs 2 data-parallel CPU processes" in capsys.readouterr().err
     (argv, n), = calls
     assert n == 2 and argv[:3] == ["train", "--models", "tiny-bart"] and "--gpus" not in argv
-    assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", "/s"} <= set(argv)
+    assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", store} <= set(argv)
     assert argv[argv.index("--set") + 1] == "training.learning_rate=0.01"  # every rank trains the same config
     args = build_parser().parse_args(["train", "--mode", "multi_model", "--models", "a", "b", "--gpus", "2"])
     with pytest.raises(DialsumError, match="one model on several GPUs"):
@@ -80,15 +85,28 @@ def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     proc = _run(["evaluate", "--predictions", str(tmp_path / "p" / "predictions" / "dev.csv"),
                  "--references", str(sample_dir() / "dev.csv")])
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score"}
+    assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score", "rows"}
 
 
-def test_format_table_aligns_columns():
-    table = format_table([{"model": "a", "type": "t", "status": "completed", "dev_score": 61.234},
+def test_format_table_aligns_columns_and_says_which_rows_scores_cover():
+    table = format_table([{"model": "a", "type": "t", "status": "completed", "dev_score": 61.234, "dev_rows": 499},
                           {"model": "long-name", "type": "t", "status": "failed", "dev_score": None}])
     lines = table.splitlines()
-    assert lines[0].split() == ["model", "type", "status", "dev_score"]
+    assert lines[0].split() == ["model", "type", "status", "dev_score", "(499", "rows)"]
     assert "61.23" in lines[1] and lines[2].split()[:3] == ["long-name", "t", "failed"]
+    mixed = format_table([{"model": "a", "dev_score": 1.0, "dev_rows": 16}, {"model": "b", "dev_score": 2.0, "dev_rows": 499}])
+    assert "1.00 (16 rows)" in mixed and "2.00 (499 rows)" in mixed
+
+
+def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path, capsys):
+    from dialsum.cli.main import main
+
+    (tmp_path / "refs.csv").write_text("fname,summary\nd1,#Person1#이 점심을 먹는다.\nd2,비가 온다.\n", encoding="utf-8")
+    (tmp_path / "preds.csv").write_text(",fname,summary\n0,d2,비가 온다.\n1,d1,#Person1#이 점심을 먹는다.\n",
+                                        encoding="utf-8")
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["rows"] == 2 and scores["score"] == pytest.approx(100.0)
 
 
 def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect():

@@ -6,7 +6,7 @@ from dialsum.cli.main import main
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in, read_split
 from dialsum.errors import ConfigError, PreflightError
-from dialsum.models.preflight import check, gate, load_checked_tokenizer, run
+from dialsum.models.preflight import PreflightFailed, check, gate, load_checked_tokenizer, run
 
 REAL = {"kobart": "kobart-tokenizer", "qwen3-4b": "qwen3-4b-instruct-2507"}
 _CACHE = {}
@@ -73,8 +73,14 @@ def test_tiny_profiles_pass_on_the_sample(name, capsys):
 
 def test_real_config_without_hub_or_tokenizer_is_one_clear_error():
     cfg = load_model_config("qwen3-4b")
-    with pytest.raises(ConfigError, match="pass --tokenizer PATH"):
+    with pytest.raises(ConfigError, match="a profile YAML at a local folder and pass that YAML to --models"):
         load_checked_tokenizer(cfg, cfg.model, [])
+
+
+def test_preflight_reports_the_other_models_when_a_tokenizer_cannot_load():
+    with pytest.raises(PreflightFailed, match=r"qwen3-4b: cannot load .*--tokenizer MODEL=PATH") as caught:
+        run(["qwen3-4b", "tiny-bart"])
+    assert [r.model for r in caught.value.reports] == ["tiny-bart"]
 
 
 def test_percentiles_and_cuts_are_counted(shared_data):

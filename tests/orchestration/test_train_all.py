@@ -20,7 +20,7 @@ from prefect import get_client
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-from prefect.states import Completed, Crashed, Failed
+from prefect.states import Cancelled, Completed, Crashed, Failed
 from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
 from dialsum.engine.checkpoint import Preempted
@@ -234,8 +234,27 @@ def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.M
         raise ModelsFailed({"a": "broke"}, summary)
 
     monkeypatch.setattr(train_all_module, "train_all", failing_train_all)
+    monkeypatch.setattr(train_all_module, "start_temporary_api", lambda: (lambda: None))
     assert run_embedded(["a"], data_dir=Path("/data"), debug=True) is summary
-    assert calls == [{"embedded": True, "data_dir": "/data", "debug": True}]
+    assert calls == [{"embedded": True, "return_state": True, "data_dir": "/data", "debug": True}]
+
+
+def test_a_run_stopped_by_ctrl_c_returns_its_summary_from_the_cancelled_state() -> None:
+    summary = {"run_id": "r", "status": "stopped", "rows": [{"model": "a", "status": "stopped"}]}
+    assert train_all_module.summary_of(Cancelled(message="stopped by Ctrl-C", data=summary)) is summary
+
+
+def test_a_resumed_run_reuses_nothing_from_other_runs(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reused = {"m0": {"model": "m0", "status": "unchanged", "source_run": "older", "dev_score": 1.0, "seconds": 0.0}}
+    monkeypatch.setattr(train_all_module, "unchanged_models", lambda *args: reused)
+    fresh = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), return_state=True)
+    assert fresh.is_completed() and [w.model for w, _ in fake_children.launches] == ["m1"]
+    fake_children.launches.clear()
+    resumed = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), resume=True,
+                        return_state=True)
+    assert resumed.is_completed() and sorted(w.model for w, _ in fake_children.launches) == ["m0", "m1"]
 
 
 # ---------------------------------------------------------------- embedded, with real training
@@ -358,6 +377,14 @@ def child_runs(api_url: str, model: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.created)
 
 
+def run_logs(api_url: str, flow_run_id) -> list[str]:
+    """The log messages of a flow run, read back through the API."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+
+
 def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefix: str, parent) -> None:
     """SIGKILL the process of `model`'s child run once it has published a checkpoint (a node lost mid-training)."""
     deadline = time.monotonic() + 420
@@ -423,6 +450,9 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     metrics = json.loads(s3_client(moto_endpoint).get_object(
         Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"].read())
     assert 0 < metrics["resumed_at_step"] < 30 and metrics["train_steps"] == 30
+    relaunched = run_logs(api_url, attempts[-1].id)  # our lines reach the UI from a worker's flow-run process
+    assert any(m.startswith("resumed long-bart at step") for m in relaunched), relaunched
+    assert any(m.startswith("long-bart: eval at step") for m in relaunched), relaunched
 
     keys = {o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
     names = ["long-bart", "tiny-llama", "tiny-qwen3"]

@@ -48,7 +48,7 @@ def publish_run(store: Storage, tmp: Path, run_id: str, predictions: dict[str, s
     model = tmp / run_id / "m1"
     write_submission(model / "predictions" / "dev.csv", list(predictions), list(predictions.values()))
     (model / "metrics.json").write_text(json.dumps({"model": "m1", "dev": {"score": score}}
-                                                   | ({"dev_rows": rows} if rows else {})))
+                                                   | ({"dev_row_scores": rows} if rows else {})))
     extra = {"config_sha256": "cfg", "data_sha256": f"data-{dev_sha}", "dev_sha256": dev_sha, "code_sha256": "code"}
     publish(model, run_id, "m1", storage=store, extra=extra)
     ens = tmp / run_id / "ensemble"

@@ -61,6 +61,9 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
+    from dialsum.cli import checks
+
+    checks.destination(args.dest, "destination", empty=True)
     storage = open_storage(args.storage)
     dest = fetch(args.run_id, args.model, args.dest, storage)
     count, size = _summary(json.loads((dest / MANIFEST).read_text()))

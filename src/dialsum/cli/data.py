@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dialsum.cli import checks
 from dialsum.cli.profiles import add_override_args, overrides_of
 from dialsum.errors import DialsumError
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--models", nargs="+", default=["tiny-bart", "tiny-llama", "tiny-qwen3"])
     p.set_defaults(func=_build_tiny)
     p = sub.add_parser("sample-data", help="regenerate the bundled sample dataset")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder to write train.csv, dev.csv and test.csv into")
     p.set_defaults(func=_sample_data)
     _add_preflight_parser(sub)
 
@@ -35,16 +36,27 @@ def _build_tiny(args: argparse.Namespace) -> int:
 def _sample_data(args: argparse.Namespace) -> int:
     from dialsum.data.synthetic import write_sample
 
+    checks.destination(args.out, "output")
+
     write_sample(args.out)
     print(f"wrote train.csv, dev.csv and test.csv to {args.out}")
     return 0
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from dialsum.models.preflight import format_report, run
+    from dialsum.data import SPLITS
 
-    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (),
-                            overrides=overrides_of(args))
+    overrides = overrides_of(args)
+    checks.models(args.models, overrides)
+    checks.data(args.data, optional=SPLITS)
+    from dialsum.models.preflight import PreflightFailed, format_report, run
+
+    try:
+        reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (),
+                                overrides=overrides)
+    except PreflightFailed as exc:
+        print("\n\n".join(format_report(r) for r in exc.reports))
+        raise
     print("\n\n".join(format_report(r) for r in reports))
     if problems and not args.force:
         print("dialsum: preflight: " + "; ".join(problems), file=sys.stderr)

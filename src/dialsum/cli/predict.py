@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dialsum.cli import checks
 from dialsum.errors import DialsumError
 
 
@@ -19,7 +20,8 @@ def register(sub) -> None:
     p.set_defaults(func=_predict)
     p = sub.add_parser("evaluate", help="score a submission-shaped CSV against references")
     p.add_argument("--predictions", type=Path, required=True)
-    p.add_argument("--references", type=Path, required=True, help="CSV with fname and summary")
+    p.add_argument("--references", type=Path, required=True,
+                   help="CSV with fname and summary columns (e.g. dev.csv); every reference row is scored")
     p.set_defaults(func=_evaluate)
 
 
@@ -27,22 +29,42 @@ def _predict(args: argparse.Namespace) -> int:
     if str(args.run) == "champion":
         from dialsum.cli.champion import predict_command
 
+        checks.data(args.data, splits=("dev", "test"), optional=("dev", "test"))
+        checks.destination(args.out or Path("."), "output")
         return predict_command(args)
+    check_run_folder(args.run)
+    splits = checks.data(args.data, splits=("dev", "test"), optional=("dev", "test"))
+    checks.destination((args.out or args.run) / "predictions", "output")
     from dialsum.pipeline import predict_run
 
     scores = predict_run(args.run, data_dir=args.data, out_dir=args.out)
-    print(json.dumps({"predictions": str((args.out or args.run) / "predictions"), "dev": scores}, indent=2))
+    print(json.dumps({"predictions": str((args.out or args.run) / "predictions"), "dev": scores,
+                      "dev_rows": len(splits.get("dev", []))}, indent=2))
     return 0
 
 
+def check_run_folder(run: Path) -> None:
+    """A run folder holds config.yaml (a valid profile) and model/; else one line naming what is missing."""
+    from dialsum.config import load_model_config
+
+    if not run.is_dir():
+        raise DialsumError(f"--run {run}: no such folder")
+    missing = [name for name in ("config.yaml", "model") if not (run / name).exists()]
+    if missing:
+        raise DialsumError(f"--run {run} is not a run folder: no {' and no '.join(missing)} in it (a run folder is "
+                           "outputs/<run-id>/<model>/, or one fetched with `dialsum artifacts get`)")
+    load_model_config(str(run / "config.yaml"))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from dialsum.data import read_split, read_submission
+    from dialsum.data import read_references, read_submission
     from dialsum.metric import score
 
-    refs = read_split(args.references, "dev")
+    refs = read_references(args.references)
     preds = read_submission(args.predictions)
-    missing = [ex.fname for ex in refs if ex.fname not in preds]
+    missing = [fname for fname in refs if fname not in preds]
     if missing:
         raise DialsumError(f"{args.predictions}: no prediction for fname {missing[0]} ({len(missing)} missing)")
-    print(json.dumps(score([preds[ex.fname] for ex in refs], [ex.summary for ex in refs]), indent=2))
+    scores = score([preds[fname] for fname in refs], list(refs.values()))
+    print(json.dumps({**scores, "rows": len(refs)}, indent=2))
     return 0

@@ -1,11 +1,13 @@
-"""Model profiles on the command line: `dialsum config show`, and the `--set` / `--overlay` options that every
-command taking `--models` shares."""
+"""Model profiles on the command line: `dialsum models` lists them (family, one line on what each trains, where the
+file comes from: shipped with the package, ./configs or DIALSUM_CONFIG_DIR), `dialsum config show` prints one as it
+resolves, and `--set` / `--overlay` are the override options every command taking `--models` shares."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from dialsum.errors import ConfigError
 
 def add_override_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -23,6 +25,7 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def register(sub) -> None:
+    _register_models(sub)
     p = sub.add_parser("config", help="show a model profile as it resolves (base defaults, the YAML, overrides)")
     commands = p.add_subparsers(dest="config_command", required=True)
     show = commands.add_parser("show", help="print the resolved config of a profile as YAML",
@@ -37,4 +40,56 @@ def _show(args: argparse.Namespace) -> int:
     from dialsum.config import dump_config, load_model_config
 
     print(dump_config(load_model_config(args.model, overrides_of(args))), end="")
+    return 0
+
+
+def _register_models(sub) -> None:
+    p = sub.add_parser("models", help="list the model profiles: family, what each trains, where it comes from")
+    p.add_argument("--names", action="store_true", help="profile names only, one a line")
+    p.set_defaults(func=_models)
+
+
+def describe(cfg) -> str:
+    """One line on what a profile trains: its checkpoint (or tiny architecture) and how it is fine-tuned."""
+    if cfg.tiny is not None:
+        source = f"tiny {cfg.tiny.arch} built locally, random weights ({cfg.tiny.hidden_size} wide)"
+    else:
+        source = cfg.model + (f"@{cfg.revision}" if cfg.revision else "")
+    if cfg.lora is None:
+        how = "full fine-tuning"
+    else:
+        adapters = f"LoRA r{cfg.lora.r}/alpha {cfg.lora.alpha} on {len(cfg.lora.target_modules)} modules"
+        quant = cfg.quantization
+        how = f"QLoRA: {quant.quant_type} 4-bit base, {adapters}" if quant and quant.load_in_4bit else adapters
+    return f"{source}; {how}"
+
+
+def origin(path: Path) -> str:
+    from dialsum.config import packaged_configs
+
+    folder = path.resolve().parent.parent
+    if folder == packaged_configs().resolve():
+        return "shipped"
+    if folder == Path("configs").resolve():
+        return "./configs"
+    return str(path.parent.parent)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from dialsum.config import available_models, load_model_config, resolve_model_path
+
+    names = available_models()
+    if args.names:
+        print("\n".join(names))
+        return 0
+    rows = [("profile", "family", "what", "from")]
+    for name in names:
+        try:
+            cfg = load_model_config(name)
+            rows.append((name, cfg.type, describe(cfg), origin(resolve_model_path(name))))
+        except ConfigError as exc:
+            rows.append((name, "?", f"invalid: {exc}", origin(resolve_model_path(name))))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
     return 0

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from dialsum.cli.profiles import add_override_args, overrides_of
+from dialsum.cli import checks
+from dialsum.cli.profiles import add_override_args
+from dialsum.engine import stop
 from dialsum.errors import DialsumError
 
 
@@ -50,20 +52,6 @@ def _resume_run_id(args: argparse.Namespace) -> None:
         args.run_id = args.resume
 
 
-def _validate_inputs(args: argparse.Namespace) -> None:
-    """Configs and data checked before torch or Prefect is imported, so mistakes are reported in seconds."""
-    from dialsum.config import load_model_config
-    from dialsum.data import load_splits
-    from dialsum.data.source import is_url, resolve
-
-    args.overrides = overrides_of(args)
-    args.overlays = []
-    for model in args.models:
-        load_model_config(model, args.overrides)
-    if not is_url(args.data):
-        load_splits(resolve(args.data))
-
-
 def _train(args: argparse.Namespace) -> int:
     if args.gpus > 1 and (args.mode != "single" or len(args.models) != 1):
         raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
@@ -74,45 +62,55 @@ def _train(args: argparse.Namespace) -> int:
     if args.promote != "never":
         raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
                            "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
-    _validate_inputs(args)
     _resume_run_id(args)
-    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        return _train_data_parallel(args)
-    from dialsum.pipeline import run_model
+    with checks.leases(args, checks.training(args)):
+        if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+            return _train_data_parallel(args)
+        from dialsum.pipeline import run_model
 
-    result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
-                       eval_before=args.eval_before, storage_url=args.storage, force=args.force,
-                       resume=bool(args.resume), overrides=args.overrides)
+        result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+                           eval_before=args.eval_before, storage_url=args.storage, force=args.force,
+                           resume=bool(args.resume), overrides=args.overrides)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
-        print(format_table([_row(result.metrics, "completed", result.location)]))
+        print(format_table([_row(result.metrics, result.status, result.location)]))
     return 0
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
-    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id."""
-    from dialsum.engine import distributed
-    from dialsum.pipeline import new_run_id
+    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id; this
+    process holds the run's lease meanwhile."""
+    import torch
 
-    if args.mode != "single" or len(args.models) != 1:
-        raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
-    argv = ["train", "--models", args.models[0], "--run-id", args.run_id or new_run_id()]
+    from dialsum import storage
+    from dialsum.config import load_model_config
+    from dialsum.engine import distributed
+    from dialsum.settings import get_settings
+
+    run_id = args.run_id or storage.new_run_id()
+    if not torch.cuda.is_available():
+        print(f"dialsum: no GPU found: --gpus {args.gpus} runs {args.gpus} data-parallel CPU processes", file=sys.stderr)
+    argv = ["train", "--models", args.models[0], "--run-id", run_id]
     argv += ["--data", str(args.data)] if args.data else []
     argv += ["--storage", args.storage] if args.storage else []
     argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
                                    ("--force", args.force)) if on]
     argv += [arg for override in args.overrides for arg in ("--set", override)]
-    return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+    with storage.hold(storage.open_storage(args.storage), run_id, load_model_config(args.models[0], args.overrides).name,
+                      get_settings().lease_seconds):
+        return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
 
 
 def _train_all(args: argparse.Namespace) -> int:
-    _validate_inputs(args)
-    from dialsum.orchestration.train_all import run_embedded
-
     _resume_run_id(args)
+    with checks.leases(args, checks.training(args)):
+        from dialsum.orchestration.train_all import run_embedded
 
-    summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
-                           run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
-                           margin=args.margin, force=args.force, overrides=args.overrides)
+        summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
+                               run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
+                               margin=args.margin, force=args.force, resume=bool(args.resume),
+                               overrides=args.overrides)
+    if summary.get("status") == "stopped":
+        return print_stopped(summary)
     print(format_table(summary["rows"]))
     print_outcome(summary)
     failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]
@@ -122,10 +120,26 @@ def _train_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_stopped(summary: dict) -> int:
+    """After Ctrl-C: one line per model saying where it stopped, and how to continue; exit code 130."""
+    for row in summary["rows"]:
+        if row["status"] == "stopped":
+            where = row["error"]
+        elif row["status"] == "failed":
+            where = f"failed: {row['error']}"
+        else:
+            where = f"{row['status']} (dev score {row['dev_score']:.2f}{rows_label(row)})"
+        print(f"dialsum: {row['model']}: {where}", file=sys.stderr)
+    print(f"dialsum: stopped; continue with --resume {summary['run_id']}", file=sys.stderr)
+    return stop.EXIT_CODE
+
+
 def print_outcome(summary: dict) -> None:
     """The lines under the table: the ensemble, the promotion decision, the report."""
     if summary.get("status") == "unchanged":
-        print("unchanged: data, config and code match an earlier run; nothing was retrained")
+        print("unchanged: data, config and code match an earlier run; nothing was retrained (--force retrains)")
+    if summary.get("status") == "already complete":
+        print(f"already complete: run {summary['run_id']} has every model and its ensemble published; nothing changed")
     if summary.get("ensemble"):
         from dialsum.release.ensemble import headline, strategy_lines
 
@@ -142,17 +156,30 @@ def print_outcome(summary: dict) -> None:
 
 def _row(metrics: dict, status: str, location: str | None) -> dict:
     before = metrics.get("dev_score_before")
-    return {"model": metrics["model"], "type": metrics["type"], "status": status,
-            "dev_score_before": before, "dev_score": metrics["dev"]["score"], "location": location}
+    return {"model": metrics["model"], "type": metrics["type"], "status": status, "dev_score_before": before,
+            "dev_score": metrics["dev"]["score"], "dev_rows": metrics.get("dev_rows"), "location": location}
+
+
+def rows_label(row: dict) -> str:
+    return f" on {row['dev_rows']} dev rows" if row.get("dev_rows") else ""
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text comparison table: model, type, status, score before/after training, location."""
+    """A plain-text comparison table: model, type, status, score before/after training, location. The score
+    headers say how many dev rows the scores cover (each cell does when models differ)."""
     def cell(value) -> str:
         return f"{value:.2f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
     cols = ["model", "type", "status", "dev_score_before", "dev_score", "location"]
     cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
-    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    counts = {r.get("dev_rows") for r in rows if r.get("dev_score") is not None}
+    shared = f" ({counts.pop()} rows)" if len(counts) == 1 and None not in counts else ""
+    header = [c + shared if c.startswith("dev_score") else c for c in cols]
+
+    def score_cell(r: dict, c: str) -> str:
+        text = cell(r.get(c))
+        return text + (f" ({r['dev_rows']} rows)" if not shared and r.get(c) is not None and r.get("dev_rows") else "")
+
+    table = [header] + [[score_cell(r, c) if c.startswith("dev_score") else cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)

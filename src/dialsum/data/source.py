@@ -52,6 +52,18 @@ def config_fingerprint(cfg) -> str:
     return hashlib.sha256(dump_config(cfg).encode()).hexdigest()
 
 
+def run_identity(cfg, data_dir: Path | None, debug: bool) -> dict:
+    """What makes two runs of a model the same run: its resolved config, its data and debug mode (the keys a
+    published manifest's `extra` records)."""
+    return {"config_sha256": config_fingerprint(cfg), "data_sha256": data_fingerprint(data_dir), "debug": debug}
+
+
+def same_run(manifest: dict, cfg, data_dir: Path | None, debug: bool) -> bool:
+    """True when a published manifest records this config, data and debug mode."""
+    extra = manifest.get("extra", {})
+    return all(extra.get(key) == value for key, value in run_identity(cfg, data_dir, debug).items())
+
+
 def code_files() -> dict[str, Path]:
     """Every Python source of the installed `dialsum` package, by path relative to it, in path order."""
     import dialsum

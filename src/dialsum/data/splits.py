@@ -45,26 +45,48 @@ def sample_dir() -> Path:
     return Path(str(resources.files("dialsum.data") / "sample"))
 
 
-def read_split(path: Path, split: str) -> list[Example]:
-    """Read and validate one CSV. Summaries are required for train and dev."""
-    need_summary = split in ("train", "dev")
+def _read_rows(path: Path, required: list[str]) -> list[dict]:
+    """The rows of a CSV that has the `required` columns and at least one row; a `DataError` naming it if not."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             rows = list(csv.DictReader(fh))
             header = rows[0].keys() if rows else _header(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a CSV file") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from None
-    required = ["fname", "dialogue"] + (["summary"] if need_summary else [])
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(h for h in header if h)})")
     if not rows:
         raise DataError(f"{path}: no data rows")
+    return rows
+
+
+def read_split(path: Path, split: str) -> list[Example]:
+    """Read and validate one CSV. Summaries are required for train and dev."""
+    need_summary = split in ("train", "dev")
+    rows = _read_rows(path, ["fname", "dialogue"] + (["summary"] if need_summary else []))
     return _validate_rows(path, split, rows, need_summary)
+
+
+def read_references(path: Path) -> dict[str, str]:
+    """fname -> reference summary, in file order, from a CSV with fname and summary columns (a dev.csv, or a
+    submission-shaped file); every row needs both, once per fname."""
+    references: dict[str, str] = {}
+    for i, row in enumerate(_read_rows(path, ["fname", "summary"]), start=1):
+        fname, summary = (row.get("fname") or "").strip(), normalize(row.get("summary") or "")
+        where = f"{path}: row {i}" + (f" (fname {fname})" if fname else "")
+        if not fname or not summary:
+            raise DataError(f"{where}: a reference needs a fname and a summary")
+        if fname in references:
+            raise DataError(f"{where}: duplicate fname")
+        references[fname] = summary
+    return references
 
 
 def _header(path: Path) -> list[str]:

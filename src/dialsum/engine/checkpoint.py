@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from dialsum import storage as store
-from dialsum.engine import distributed
+from dialsum.engine import distributed, stop
 from dialsum.errors import DialsumError
 
 log = logging.getLogger(__name__)
@@ -184,17 +184,18 @@ class Checkpointer:
         return Position(meta["step"], meta["epoch"], meta["window"], list(meta["losses"]))
 
     def due(self, steps: int, window: int, n_windows: int, total: int) -> bool:
-        """Every `every` steps, at an epoch end, at the last step, or after SIGTERM."""
+        """Every `every` steps, at an epoch end, at the last step, or after SIGTERM or Ctrl-C."""
         epoch_end = window + 1 == n_windows
-        return self.stop.is_set() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
+        return self.stop.is_set() or stop.requested() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
 
     def after_step(self, steps: int, losses: list[float], epoch: int, window: int, n_windows: int, total: int,
                    model, optimizer, scheduler, scaler, extras: dict | None = None) -> None:
-        """Checkpoint when due (see `due`); after SIGTERM, raise `Preempted` once the checkpoint is out."""
+        """Checkpoint when due (see `due`); after SIGTERM raise `Preempted`, after Ctrl-C `stop.Interrupted`, once
+        the checkpoint is out."""
         if not self.due(steps, window, n_windows, total):
             return
         epoch_end = window + 1 == n_windows
-        stopping = self.stop.is_set()
+        stopping, interrupted = self.stop.is_set(), stop.requested()
         position = Position(steps, epoch + 1, 0, list(losses)) if epoch_end else Position(steps, epoch, window + 1, list(losses))
         if distributed.is_main():  # one writer; every rank resumes from the same files
             self.save(position, model, optimizer, scheduler, scaler, extras)
@@ -202,6 +203,10 @@ class Checkpointer:
             raise Preempted(f"stopped by SIGTERM after step {steps}; checkpoint {checkpoint_name(steps)} is saved"
                             + (f" and published to {self.storage.url}" if self.storage else "")
                             + "; rerun the same run id to resume")
+        if interrupted and steps < total:
+            raise stop.Interrupted(f"{self.model or 'training'}: stopped at step {steps} of {total}; checkpoint "
+                                   f"{checkpoint_name(steps)} saved" + (f" and published to {self.storage.url}"
+                                                                        if self.storage else ""))
 
     def save(self, position: Position, model, optimizer, scheduler, scaler, extras: dict | None = None) -> Path:
         started = time.perf_counter()

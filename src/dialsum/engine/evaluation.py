@@ -94,7 +94,7 @@ class Evaluator:
         self.on_evaluation = on_evaluation
         self.stop_requested = False
         self.loss_features = family.build_features(cfg, tok, dev[: t.eval_loss_rows], with_labels=True)
-        self.score_rows = list(dev[: t.eval_score_rows])
+        self.score_rows, self.dev_rows = list(dev[: t.eval_score_rows]), len(dev)
         self.score_features = family.build_features(cfg, tok, self.score_rows, with_labels=False)
         self.tracker = BestTracker(t.best_metric, t.early_stopping_patience)
         self.stopped_early = False
@@ -161,7 +161,9 @@ class Evaluator:
         return mean
 
     def _log(self, record: dict, stop: bool, requested: bool = False) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+        rows = f" on {len(self.score_rows)} of {self.dev_rows} dev rows"
+        shown = ", ".join(f"{k} {v:.4f}" + (rows if k == "dev_score" else "")
+                          for k, v in record.items() if isinstance(v, float))
         best = " (best)" if self.tracker.best_step == record["step"] else ""
         why = "; stopping early" if stop else ("; stopping as requested" if requested else "")
         log.info("%s: eval at step %d: %s%s%s", self.cfg.name, record["step"], shown, best, why)
@@ -172,8 +174,9 @@ class Evaluator:
         """Restore the best weights (when configured) and return the curve and the winner for metrics.json."""
         restored = self.t.load_best_model and self.tracker.restore(model)
         if restored:
-            log.info("%s: restored the best weights (step %s, %s %.4f)", self.cfg.name, self.tracker.best_step,
-                     self.tracker.metric, self.tracker.best_value)
+            on = f" on {len(self.score_rows)} of {self.dev_rows} dev rows" if self.tracker.metric == "dev_score" else ""
+            log.info("%s: restored the best weights (step %s, %s %.4f%s)", self.cfg.name, self.tracker.best_step,
+                     self.tracker.metric, self.tracker.best_value, on)
         return {"curve": self.tracker.curve, "best": {"metric": self.tracker.metric, "value": self.tracker.best_value,
                 "step": self.tracker.best_step}, "restored_best": bool(restored), "stopped_early": self.stopped_early,
                 "stop_requested": self.stop_requested}

@@ -193,12 +193,14 @@ def fit(
     show_progress: bool = True,
     checkpoints: Checkpointer | None = None,
     evaluation=None,
+    label: str = "train",
 ) -> FitResult:
     """Train `model` on `features` in place; returns step count, timing and token counts.
 
     With `checkpoints`, training first resumes from the newest checkpoint (if any) and checkpoints as it goes.
     `evaluation` (an `evaluation.Evaluator`) is called after every step and may stop training early; at the
     end it restores the best weights. Data-parallel ranks share one batch plan of global micro-batches.
+    `label` names the progress bar.
     """
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
@@ -216,7 +218,7 @@ def fit(
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
-    bar = tqdm(total=steps, initial=result.steps, desc="train", unit="step", disable=None if show_progress else True, leave=False)
+    bar = tqdm(total=steps, initial=result.steps, desc=label, unit="step", disable=None if show_progress else True, leave=False)
     model.train()
     start, epoch = time.perf_counter(), first_epoch
     while result.steps < steps and not result.stopped_early:

@@ -141,13 +141,24 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
-def load_checked_tokenizer(cfg, source: str, placeholders: list[str]):
+LOCAL_COPY_HINT = "point `tokenizer` (or `model`) of a profile YAML at a local folder and pass that YAML to --models"
+
+
+class PreflightFailed(ConfigError):
+    """A model whose tokenizer could not be checked; `reports` holds the other models' reports."""
+
+    def __init__(self, message: str, reports: list[Report]) -> None:
+        super().__init__(message)
+        self.reports = reports
+
+
+def load_checked_tokenizer(cfg, source: str, placeholders: list[str], hint: str = LOCAL_COPY_HINT):
     try:
         tok, _ = family(cfg).load_tokenizer(cfg, source, placeholders)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{cfg.name}: cannot load the tokenizer from {cfg.tokenizer or source} ({first}); "
-                          "pass --tokenizer PATH to use a local copy") from None
+                          f"{hint}") from None
     return tok
 
 
@@ -192,12 +203,18 @@ def run(models: Sequence[str], data_dir: Path | None = None, tokenizers: Sequenc
         raise DataError(f"{data_dir or sample_dir()}: no train.csv, dev.csv or test.csv")
     local_tokenizers = tokenizer_overrides(tokenizers, models)
     placeholders = placeholders_in(splits.get("train", []) + splits.get("dev", []))
-    reports = []
+    reports, failures = [], []
     for name in models:
         cfg = load_model_config(name, overrides)
         if name in local_tokenizers:
             cfg = cfg.model_copy(update={"tokenizer": local_tokenizers[name]})
         source = checkpoint_source(cfg)
-        tok = load_checked_tokenizer(cfg, source, placeholders)
+        try:
+            tok = load_checked_tokenizer(cfg, source, placeholders, "pass --tokenizer MODEL=PATH to use a local copy")
+        except ConfigError as exc:
+            failures.append(str(exc))
+            continue
         reports.append(check(cfg, tok, splits, cfg.tokenizer or cfg.model))
+    if failures:
+        raise PreflightFailed("; ".join(failures), reports)
     return reports, [p for r in reports for p in r.problems()]

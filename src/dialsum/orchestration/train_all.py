@@ -18,24 +18,30 @@ decision, the plot). W&B runs of one train-all run share its run id as group; th
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings, temporary_settings
+from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 
 from dialsum import storage, tracking
 from dialsum.data import source as datasource
+from dialsum.engine import stop
 from dialsum.errors import ConfigError
 from dialsum.orchestration import placement
+from dialsum.orchestration.logs import send_to_prefect
 from dialsum.orchestration.nightly import (
     check_policy, decide_promotion, publish_summary, unchanged_models, unchanged_summary,
 )
 from dialsum.orchestration.train_model import (
-    CRASH_RELAUNCHES, OrchestrationError, launch_model, outcome_row, pipeline_module, slug,
+    CRASH_RELAUNCHES, OrchestrationError, launch_model, outcome_row, plan_in_process, slug,
 )
 from dialsum.release import ensemble, registry, report
 
@@ -65,7 +71,8 @@ def build_ensemble(
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     result = published.result
     summary = {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
-               "held_out_score": result.held_out_score, "strategies": result.strategies, "split": result.split,
+               "dev_rows": result.rows.get("dev_scored"), "held_out_score": result.held_out_score,
+               "strategies": result.strategies, "split": result.split,
                "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
                "dev_sha256": datasource.dev_fingerprint(data),
                "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
@@ -94,7 +101,8 @@ def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
     """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
     logger = get_run_logger()
     for row in rows:
-        outcome = f"failed: {row['error']}" if row["status"] == "failed" else f"dev score {row['dev_score']:.2f}"
+        outcome = (f"{row['status']}: {row['error']}" if row["status"] in ("failed", "stopped")
+                   else f"dev score {row['dev_score']:.2f}")
         if row["status"] == "unchanged":
             outcome += f" (unchanged, from run {row['source_run']})"
         logger.info("%s: %s after %s s", row["model"], outcome, row["seconds"] if row["seconds"] is not None else "?")
@@ -115,8 +123,8 @@ def train_all(
     models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
     storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
     embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES, promote: str = "never", margin: float = 0.0,
-    force: bool = False, gpus_per_model: int = 1, overrides: list[str] | None = None,
-) -> dict[str, Any]:
+    force: bool = False, gpus_per_model: int = 1, overrides: list[str] | None = None, resume: bool = False,
+) -> dict[str, Any] | State:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
     on promotion, then fail if any model did not succeed.
 
@@ -127,29 +135,43 @@ def train_all(
     data-parallel on that many GPUs of its placement. `promote`: never, if-better (the 95% lower bound of the
     paired dev-score gain over the champion above `margin`, see `registry`) or always. `overrides` (`KEY=VALUE`, as
     `dialsum train --set`) apply to every model.
+
+    `resume` continues the run `run_id`: no model is reused from other runs; each child finds its model
+    already complete (published) or continues it from its finished phases and checkpoints. After Ctrl-C
+    (embedded), children stop at their next safe point, none starts, and the run ends Cancelled with one row
+    per model saying where it stopped, without ensemble.
     """
     check_models(models)
     check_policy(promote)
     tracking.check_report_folder()
-    run_id = run_id or pipeline_module().new_run_id()
+    send_to_prefect()
+    run_id = run_id or storage.new_run_id()
     local_data = datasource.resolve(data_dir)
     store = storage.open_storage(storage_url)
     base = registry.current(store)
     overrides = list(overrides or [])
-    reused = {} if force else unchanged_models(models, local_data, debug, store, base, overrides)
+    reused = {} if force or resume else unchanged_models(models, local_data, debug, store, base, overrides)
     common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
               "group": run_id, "eval_before": eval_before}
     if gpus_per_model > 1:
         common["gpus"] = gpus_per_model
     if overrides:  # only when given, so deployments registered before the parameter existed keep working
         common["overrides"] = overrides
+    if embedded:
+        plan_in_process(run_id, len(models) - len(reused))
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
                for p in placement.assign([m for m in models if m not in reused], target, num_gpus, gpus_per_model)]
     rows = [reused[m] if m in reused else outcome_row(m, dict(futures)[m], overrides) for m in models]
     _report(run_id, rows)
     if not futures:
         return unchanged_summary(run_id, rows, base)
-    done = [row["model"] for row in rows if row["status"] in ("completed", "unchanged")]
+    if stop.requested():
+        return stopped_summary(run_id, rows)
+    if resume and all(r["status"] == "already complete" for r in rows) and (done := published_ensemble(run_id, store)):
+        get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
+        return {"run_id": run_id, "status": "already complete", "rows": rows, "ensemble": done, "promotion": None,
+                "plot": done["plot"]}
+    done = [row["model"] for row in rows if row["status"] in ("completed", "already complete", "unchanged")]
     failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
     result = decision = None
     if done:
@@ -166,15 +188,68 @@ def train_all(
     return summary
 
 
+def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | None:
+    """The run's ensemble as `build_ensemble` reports it, read back from storage; None when not published."""
+    if storage.read_manifest(run_id, ensemble.ENSEMBLE, store) is None:
+        return None
+    data = json.loads(store.read_bytes(storage.run_key(run_id, ensemble.ENSEMBLE, "ensemble.json")) or b"{}")
+    return {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
+            "dev_rows": (data.get("rows") or {}).get("dev_scored"), "scores": data.get("strategy_scores"),
+            "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
+            "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
+            "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
+
+
+def stopped_summary(run_id: str, rows: list[dict[str, Any]]) -> State:
+    """After Ctrl-C: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per model."""
+    summary = {"run_id": run_id, "status": "stopped", "rows": rows, "ensemble": None, "promotion": None,
+               "plot": None}
+    stopped = [row["model"] for row in rows if row["status"] == "stopped"]
+    return Cancelled(message=f"stopped by Ctrl-C: {', '.join(stopped) or 'no model'} stopped; running the same run "
+                             "id again continues", data=summary)
+
+
 def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:
     """Run `train_all` with every child in this process, without a Prefect server of its own.
 
-    Runs report to `PREFECT_API_URL` when it is set, else to a temporary local Prefect API. Returns the
-    flow's summary (`run_id`, `rows`, `ensemble`) also when some models failed; their rows say so.
+    Runs report to `PREFECT_API_URL` when it is set, else to a temporary local Prefect API, started here with
+    SIGINT blocked: Ctrl-C at a terminal reaches every process of its group, and the children must still
+    report while they stop. Returns the flow's summary (`run_id`, `rows`, `ensemble`, `status`) also when some
+    models failed or the run was stopped; their rows say so.
     """
     options = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
+        forget_server = start_temporary_api()
         try:
-            return train_all(models, embedded=True, **options)
+            state = train_all(models, embedded=True, return_state=True, **options)
         except ModelsFailed as exc:
             return exc.summary
+        finally:
+            forget_server()
+    return summary_of(state)
+
+
+def summary_of(state: State) -> dict[str, Any]:
+    """The summary a finished train-all run carries: completed, failed models, or stopped by Ctrl-C."""
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, ModelsFailed):
+        return outcome.summary
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if isinstance(outcome, dict):
+        return outcome
+    raise OrchestrationError(f"train-all ended {state.name}: {state.message}")
+
+
+def start_temporary_api() -> Callable[[], None]:
+    """Start the temporary local Prefect API (unless PREFECT_API_URL names a server) with SIGINT blocked in its
+    process, and have a second Ctrl-C stop it; returns what undoes the latter."""
+    if get_current_settings().api.url:
+        return lambda: None
+    server = SubprocessASGIServer()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        server.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return stop.at_hard_exit(server.stop)

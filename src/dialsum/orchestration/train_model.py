@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -21,20 +22,24 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture
-from prefect.states import Crashed, State
+from prefect.states import Cancelled, Crashed, State
 
-from dialsum import storage
+from dialsum import console, storage
 from dialsum.config import load_model_config
 from dialsum.data import source as datasource
+from dialsum.engine import stop
 from dialsum.engine.checkpoint import Preempted
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
+from dialsum.orchestration.logs import send_to_prefect
 from dialsum.release import ensemble
+from dialsum.settings import get_settings
 
-PERMANENT_ERRORS = (ConfigError, DataError)
+PERMANENT_ERRORS = (ConfigError, DataError, storage.LeaseHeld)
 POLL_SECONDS = 2
 CRASH_RELAUNCHES = 2
 _IN_PROCESS = threading.Lock()
+_IN_PROCESS_PLAN: dict[str, dict[str, Any]] = {}  # run id -> {"total": n, "started": [model, ...]}
 
 
 class OrchestrationError(DialsumError):
@@ -94,7 +99,10 @@ def train_model(
     group: str | None = None, eval_before: bool = False, gpus: int = 1, overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
-    other failures retry once. `overrides`: `KEY=VALUE` config overrides, as `dialsum train --set`."""
+    other failures retry once. `overrides`: `KEY=VALUE` config overrides, as `dialsum train --set`. A run stopped
+    by Ctrl-C ends Cancelled, saying where it stopped. Another process holding the run's lease is waited for until
+    that lease would have expired (a crashed attempt's)."""
+    send_to_prefect()
     try:
         if gpus > 1:
             result = pipeline_module().run_model_on_gpus(
@@ -105,13 +113,18 @@ def train_model(
             result = pipeline_module().run_model(
                 model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
                 eval_before=eval_before, storage_url=storage_url, group=group, overrides=overrides or (),
+                lease_wait=get_settings().lease_seconds * 1.25,
             )
     except PERMANENT_ERRORS:
         _skip_retries()
         raise
     except Preempted as exc:
         return _preempted(exc)
-    return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location}
+    except stop.Interrupted as exc:
+        _skip_retries()
+        return Cancelled(message=str(exc))
+    return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location,
+            "status": result.status}
 
 
 def _preempted(exc: Preempted) -> State:
@@ -132,11 +145,24 @@ def _run_on_worker(where: placement.Placement, parameters: dict[str, Any]) -> tu
     return child.state, child.total_run_time.total_seconds()
 
 
+def plan_in_process(run_id: str, total: int) -> None:
+    """A train-all run is about to run `total` children in this process (progress bars say "model k of n")."""
+    _IN_PROCESS_PLAN[run_id] = {"total": total, "started": []}
+
+
 def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
-    """Run the child as a subflow of this process, one at a time; returns its final state and run time."""
+    """Run the child as a subflow of this process, one at a time; returns its final state and run time. After
+    Ctrl-C, a child that has not started yet does not start."""
     with _IN_PROCESS:
+        if stop.requested():
+            return Cancelled(message=f"{model_name(parameters['model'])}: not started"), 0.0
+        plan = _IN_PROCESS_PLAN.get(parameters["run_id"], {"total": 1, "started": []})
+        if parameters["model"] not in plan["started"]:
+            plan["started"].append(parameters["model"])
         started = time.monotonic()
-        state = train_model(**parameters, return_state=True)
+        with console.model_position(plan["started"].index(parameters["model"]) + 1, plan["total"]) \
+                if plan["total"] > 1 else nullcontext():
+            state = train_model(**parameters, return_state=True)
         return state, time.monotonic() - started
 
 
@@ -152,7 +178,7 @@ def published_row(run_id: str, model: str, store: storage.Storage, seconds: floa
     return {
         "model": name, "type": metrics.get("type"), "status": "completed",
         "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
-        "seconds": _round(seconds), "location": outputs.location, "error": None,
+        "dev_rows": metrics.get("dev_rows"), "seconds": _round(seconds), "location": outputs.location, "error": None,
     }
 
 
@@ -172,7 +198,7 @@ def run_child(
     for attempt in range(relaunches + 1):
         state, seconds = _run_in_process(parameters) if embedded else _run_on_worker(where, parameters)
         total = None if total is None or seconds is None else total + seconds
-        if not state.is_crashed() or attempt == relaunches:
+        if not state.is_crashed() or attempt == relaunches or stop.requested():
             break
         get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
                                  "checkpoint", model_name(where.model, parameters.get("overrides")), state.message, attempt + 1, relaunches)
@@ -185,10 +211,19 @@ def launch_model(
 ) -> dict[str, Any]:
     """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
     state, seconds = run_child(where, parameters, embedded, relaunches)
+    if state.is_cancelled() and stop.requested():
+        return stopped_row(model_name(where.model), state.message or "stopped", seconds)
     if not state.is_completed():
         raise ModelRunFailed(model_name(where.model, parameters.get("overrides")), f"{state.name}: {state.message or 'no message'}", _round(seconds))
-    return published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds,
-                         parameters.get("overrides"))
+    row = published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds,
+                        parameters.get("overrides"))
+    return {**row, "status": _reported_status(state)} if embedded else row
+
+
+def _reported_status(state: State) -> str:
+    """What an in-process child reported: "completed", or "already complete" for a run published earlier."""
+    result = state.result(raise_on_failure=False)
+    return result.get("status", "completed") if isinstance(result, dict) else "completed"
 
 
 def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None) -> dict[str, Any]:
@@ -203,3 +238,10 @@ def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | No
         name, reason, seconds = model_name(model, overrides), f"{type(exc).__name__}: {exc}", None
     return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
             "seconds": seconds, "location": None, "error": reason}
+
+
+def stopped_row(name: str, message: str, seconds: float | None) -> dict[str, Any]:
+    """A table row for a child that Ctrl-C stopped (or kept from starting); `error` says where it stopped."""
+    where = message.removeprefix(f"{name}: ")
+    return {"model": name, "type": None, "status": "stopped", "dev_score_before": None, "dev_score": None,
+            "seconds": _round(seconds), "location": None, "error": where}

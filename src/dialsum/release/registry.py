@@ -235,7 +235,7 @@ def published_rows(store: storage.Storage, entry: dict[str, Any]) -> tuple[dict[
     data = _published(store, entry)
     if entry["model"] == ENSEMBLE:
         return data.get("row_scores") or None, data.get("held_out") or None
-    rows = data.get("dev_rows") or None
+    rows = data.get("dev_row_scores") or None
     used = (data.get("dev_held_out") or {}).get("selection_rows", 0)
     return rows, (list(rows)[used:] or None) if rows else None
 

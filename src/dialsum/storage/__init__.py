@@ -18,16 +18,18 @@ from dialsum.storage.checkpoints import (
     CHECKPOINTS_DIR, delete_checkpoint, fetch_checkpoint, list_checkpoints, publish_checkpoint,
 )
 from dialsum.storage.local import LocalStorage
+from dialsum.storage.lease import Lease, LeaseHeld, hold
 from dialsum.storage.manifest import (
-    PublishResult, RunEntry, fetch, list_runs, publish, read_manifest, read_published, run_key,
+    PublishResult, RunEntry, fetch, list_runs, new_run_id, publish, read_manifest, read_published, run_key,
 )
 from dialsum.storage.progress import read_progress, request_stop, stop_request, write_progress
 
 __all__ = [
-    "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "LocalStorage", "PublishResult", "RunEntry", "Storage",
-    "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint",
-    "list_checkpoints", "list_runs", "open_storage", "publish", "publish_checkpoint", "read_manifest",
-    "read_progress", "read_published", "request_stop", "run_key", "sha256_file", "stop_request", "write_progress",
+    "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",
+    "Storage", "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint", "hold",
+    "list_checkpoints", "list_runs", "new_run_id", "open_storage", "probe", "publish", "publish_checkpoint",
+    "read_manifest", "read_progress", "read_published", "request_stop", "run_key", "sha256_file", "stop_request",
+    "write_progress",
 ]
 
 
@@ -45,3 +47,14 @@ def open_storage(url: str | None = None) -> Storage:
     if parsed.scheme:
         raise StorageError(f"unsupported storage URL {url!r}: use s3://bucket/prefix, file:///path or a folder path")
     return LocalStorage(Path(url))
+
+
+def probe(store: Storage) -> None:
+    """Write and delete a small object at the storage root: a `StorageError` now, naming the storage, rather
+    than after training (a missing bucket, no credentials, a read-only folder)."""
+    key = f".dialsum-probe-{new_run_id()}"
+    try:
+        store.write_bytes(key, b"probe")
+        store.delete(key)
+    except StorageError as exc:
+        raise StorageError(f"storage {store.url} is not writable: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -111,13 +112,24 @@ class LocalStorage(Storage):
         return None if data is None else (data, hashlib.sha256(data).hexdigest())
 
     def replace_if(self, key: str, data: bytes, tag: str) -> bool:
-        """Replace when the content still hashes to `tag`. The check and the rename are two steps, so
-        callers that need arbitration between writers use `create_bytes` (see `registry`)."""
-        current = self.read_tagged(key)
-        if current is None or current[1] != tag:
+        """Replace when the content still hashes to `tag`: the check and the rename happen under an exclusive
+        `flock` of the key's folder, so processes on this machine (the lease's heartbeat and a takeover) never
+        both succeed. Over a network file system, arbitration between machines rests on `create_bytes`."""
+        try:
+            folder = os.open(self._path(key).parent, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
             return False
-        self.write_bytes(key, data)
-        return True
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.location(key)}: {exc}") from exc
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            current = self.read_tagged(key)
+            if current is None or current[1] != tag:
+                return False
+            self.write_bytes(key, data)
+            return True
+        finally:
+            os.close(folder)
 
     def share_url(self, key: str, expires: int = 7 * 24 * 3600) -> str:
         return self._path(key).as_uri()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,11 @@ class RunEntry:
     run_id: str
     model: str
     manifest: dict[str, Any]
+
+
+def new_run_id() -> str:
+    """A time-based run id, e.g. 20250101-030000-ab12cd (UTC, then 6 random hex digits)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def run_key(run_id: str, model: str, rel: str = "") -> str:

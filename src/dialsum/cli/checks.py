@@ -1,0 +1,111 @@
+"""Checks before any work, in seconds: configs, data, output folders, the storage (a probe object written and
+deleted), a run to resume, and the runs' leases. They run before torch, transformers or Prefect are imported,
+create nothing, and fail with one line naming the file, folder, option or process at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from dialsum.cli.profiles import overrides_of
+from dialsum.errors import ConfigError, DataError, FolderError
+
+
+def models(names: list[str], overrides: Sequence[str] = ()) -> list:
+    """Each profile loaded and validated with the command's overrides, each named once."""
+    from dialsum.config import load_model_config
+
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--models lists {', '.join(repeated)} more than once")
+    return [load_model_config(name, overrides) for name in names]
+
+
+def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
+    """The data folder's CSVs read and validated, by split (a storage URL is fetched later, by the run: {})."""
+    from dialsum.data import load_splits, sample_dir
+    from dialsum.data.source import is_url, resolve
+
+    if is_url(folder):
+        return {}
+    loaded = load_splits(resolve(folder), optional=optional, **({"splits": splits} if splits else {}))
+    if not loaded:
+        raise DataError(f"{folder or sample_dir()}: no {' or '.join(f'{s}.csv' for s in splits or ())} found")
+    return loaded
+
+
+def destination(path: Path, what: str, empty: bool = False) -> None:
+    """A folder that a command will write (the `what` folder): creatable and writable, and with `empty`, new or
+    empty."""
+    from dialsum.settings import check_writable
+
+    if empty and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FolderError(f"the {what} folder {path} already exists and is not an empty folder")
+    check_writable(path, what)
+
+
+def training(args: argparse.Namespace) -> list[str]:
+    """Everything `train` and `train-all` need before building a model; returns the models' names."""
+    from dialsum import storage
+    from dialsum.settings import get_settings
+
+    args.overrides, args.overlays = overrides_of(args), []  # overlays read once, then passed on as overrides
+    cfgs = models(args.models, args.overrides)
+    data(args.data)
+    hub(cfgs)
+    get_settings().check_folders_writable()
+    store = storage.open_storage(args.storage)
+    if args.resume:
+        from dialsum.engine import runs
+
+        runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)
+    storage.probe(store)
+    return [cfg.name for cfg in cfgs]
+
+
+@contextmanager
+def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
+    """Hold the leases of a named run (--run-id or --resume) for the whole command, taken before torch loads:
+    a second process with the same run id stops at once, naming the holder. Data-parallel ranks take none
+    (the process that launched them holds it); a new run id cannot be contended."""
+    from dialsum import storage
+    from dialsum.settings import get_settings
+
+    if args.run_id is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    store = storage.open_storage(args.storage)
+    with ExitStack() as held:
+        for name in names:
+            held.enter_context(storage.hold(store, storage.check_name(args.run_id, "run id"), name,
+                                            get_settings().lease_seconds))
+        yield
+
+
+def hub(cfgs: list) -> None:
+    """Each hub checkpoint a profile names (not a tiny model, not a local folder) is in the local Hugging Face
+    cache, or the hub answers: else one line now, not a minute of connection retries later."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for cfg in cfgs:
+        if cfg.tiny is not None:
+            continue
+        for repo, probe in ((cfg.model, "config.json"), (cfg.tokenizer, "tokenizer_config.json")):
+            if repo is None or Path(repo).exists() or isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
+                continue
+            where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
+            fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"
+            if constants.HF_HUB_OFFLINE:
+                raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set; download it where the hub is reachable, or {fix}")
+            host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+            try:
+                socket.create_connection((host, 443), timeout=3).close()
+            except OSError as exc:
+                raise ConfigError(f"{where}, and {host} cannot be reached ({exc.strerror or exc}); {fix}") from None

@@ -1,0 +1,71 @@
+"""Ctrl-C: the first SIGINT asks runs to stop at a safe point (the loop checkpoints, then stops), a second exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from dialsum.engine import stop
+from dialsum.engine.checkpoint import Checkpointer, local_checkpoints
+
+
+@pytest.fixture(autouse=True)
+def _no_request():
+    stop.clear()
+    yield
+    stop.clear()
+
+
+def test_outside_a_cooperative_region_the_first_sigint_interrupts_at_once() -> None:
+    with stop.on_sigint():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(2)
+    assert stop.requested()
+
+
+def test_inside_a_cooperative_region_the_first_sigint_only_asks(capsys: pytest.CaptureFixture) -> None:
+    with stop.on_sigint(), stop.cooperative():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):
+            if stop.requested():
+                break
+            threading.Event().wait(0.01)
+    assert stop.requested()
+    assert "each model finishes its current step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(stop.Interrupted, match="m: not started"):
+        stop.check("m: not started")
+
+
+def test_a_second_sigint_exits_130_at_once_after_the_callbacks() -> None:
+    code = ("import os, signal, time\n"
+            "from dialsum.engine import stop\n"
+            "stop.at_hard_exit(lambda: print('cleaned up', flush=True))\n"
+            "with stop.on_sigint(), stop.cooperative():\n"
+            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
+            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "cleaned up" in proc.stdout
+    assert "stopped at once (second Ctrl-C)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_after_a_stop_request_the_loop_writes_a_checkpoint_then_stops(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    ckpt = Checkpointer(tmp_path, every=100, keep=2, fingerprint="f", model="m")
+    assert not ckpt.due(3, 0, 10, 20)
+    stop.request()
+    assert ckpt.due(3, 0, 10, 20)
+    with pytest.raises(stop.Interrupted, match="m: stopped at step 3 of 20; checkpoint step-00000003 saved"):
+        ckpt.after_step(3, [1.0, 0.9, 0.8], 0, 2, 10, 20, model, optimizer, scheduler, None)
+    assert [p.name for p in local_checkpoints(tmp_path)] == ["step-00000003"]
+    ckpt.after_step(20, [0.5], 1, 9, 10, 20, model, optimizer, scheduler, None)  # the last step: training is done

@@ -69,14 +69,17 @@ def base_dtype(cfg: CausalLMConfig) -> torch.dtype:
 
 
 _STRFTIME_RE = re.compile(r"strftime_now\(\s*(?:\"([^\"]*)\"|'([^']*)')\s*\)")
+_PIN_RE = re.compile(r"\{%- macro strftime_now\(format\) -%\}.*?\[format\] \}\}\{%- endmacro -%\}", re.S)
 
 
 def pin_template_clock(template: str, day) -> str:
     """The template with `strftime_now` answering for the fixed date `day`, so prompts never follow the clock.
 
     A macro defined in the template shadows transformers' global of the same name; each format the template
-    uses is resolved here. A template that computes its format at render time is refused.
+    uses is resolved here. A template that computes its format at render time is refused. Pinning a pinned
+    template replaces its date (the result is the same as pinning the original once).
     """
+    template = unpin_template_clock(template)
     if "strftime_now" not in template:
         return template
     formats = {a or b for a, b in _STRFTIME_RE.findall(template)}
@@ -84,6 +87,12 @@ def pin_template_clock(template: str, day) -> str:
         raise ConfigError("the chat template calls strftime_now with a computed format; set chat_template to a fixed one")
     table = ", ".join(f"{f!r}: {day.strftime(f)!r}" for f in sorted(formats))
     return "{%- macro strftime_now(format) -%}{{ {" + table + "}[format] }}{%- endmacro -%}" + template
+
+
+def unpin_template_clock(template: str) -> str:
+    """The template as it was before `pin_template_clock` (what a run folder saves)."""
+    pinned = _PIN_RE.match(template)
+    return template[pinned.end():] if pinned else template
 
 
 def load_tokenizer(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
@@ -331,10 +340,16 @@ def no_repeat_exempt_ids(cfg: CausalLMConfig, tok) -> list[int]:
 
 
 def save(model, tok, out_dir: Path) -> None:
-    """Adapters only for (Q)LoRA (plus the new tokens' rows), the full model otherwise; the tokenizer beside it."""
+    """Adapters only for (Q)LoRA (plus the new tokens' rows), the full model otherwise; the tokenizer beside it,
+    with the chat template as the checkpoint had it (unpinned)."""
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir, save_embedding_layers=False)
         new_tokens.save_rows(model.get_base_model(), out_dir)
     else:
         model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    pinned = tok.chat_template
+    tok.chat_template = unpin_template_clock(pinned) if pinned else pinned  # loading pins it again
+    try:
+        tok.save_pretrained(out_dir)
+    finally:
+        tok.chat_template = pinned

@@ -308,15 +308,14 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
     gen = generation_config(cfg, model, tok)
     exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
     rows = model.get_input_embeddings().num_embeddings
-    extra = {"suppress_tokens": list(range(len(tok), rows))} if rows > len(tok) else {}
-    if g.static_cache:
-        extra["cache_implementation"] = "static"
+    padding = [decoding.SuppressFrom(len(tok))] if rows > len(tok) else []
+    extra = {"cache_implementation": "static"} if g.static_cache else {}
 
     def run(batch: list[dict]) -> list[str]:
         multiple = 64 if g.static_cache else 1
         inputs = {k: v.to(device) for k, v in collate(tok, batch, for_generation=True, multiple_of=multiple).items()}
         start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
         with _autocast(model, device):
             out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
         return decoding.decode(tok, out[:, start:])

@@ -335,7 +335,7 @@ def run_model_on_gpus(
     model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (),
 ) -> RunResult:
-    """`run_model` data-parallel on `gpus` GPUs: one process per GPU through `accelerate launch` (rank 0 saves
+    """`run_model` data-parallel on `gpus` GPUs: one process per GPU (`distributed.launch_command`; rank 0 saves
     and publishes); returns what rank 0 left in the run folder."""
     argv = ["train", "--models", model_name, "--run-id", run_id]
     argv += ["--data", str(data_dir)] if data_dir else []

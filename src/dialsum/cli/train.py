@@ -14,7 +14,7 @@ from dialsum.errors import DialsumError
 def register(sub) -> None:
     p = sub.add_parser("train", help="train, predict, score and publish one or more models")
     p.add_argument("--mode", choices=["single", "multi_model"], default="single")
-    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (accelerate launch)")
+    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (on a CPU-only machine: this many gloo processes)")
     _add_train_args(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")
@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
-    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id."""
+    """`train --gpus N`: the same command once per GPU (see `distributed.launch_command`), under one run id."""
     from dialsum.engine import distributed
     from dialsum.pipeline import new_run_id
 

@@ -1,7 +1,8 @@
 """Data-parallel training of one model on several devices, around accelerate.
 
-`dialsum train --gpus N` relaunches itself through `accelerate launch`, one process per device; each process
-calls `init()`, which joins the process group the launcher described (NCCL on GPUs, gloo on CPUs). Every rank
+`dialsum train --gpus N` relaunches itself once per device: through `accelerate launch` on GPUs (NCCL), through
+`torch.distributed.run` on CPUs (gloo; accelerate's CPU launcher would start one process only). Each process
+calls `init()`, which joins the process group the launcher described. Every rank
 builds the same batch plan, with a global micro-batch of `batch_size × world` rows, and trains on its own
 slice of each micro-batch; DistributedDataParallel averages the gradients. The trainer counts a window's label
 tokens over all ranks, so the loss stays a mean over every label token of the global window. Evaluation
@@ -180,12 +181,15 @@ def no_sync(model: torch.nn.Module):
 
 
 def launch_command(argv: Sequence[str], processes: int) -> list[str]:
-    """The `accelerate launch` command that runs `dialsum <argv>` once per device."""
+    """The command that runs `dialsum <argv>` once per device: `accelerate launch` on GPUs, `torch.distributed.run`
+    on CPUs (a standalone rendezvous on a free local port)."""
     if processes < 2:
         raise ConfigError(f"--gpus must be at least 2 to launch data-parallel training, got {processes}")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+    if torch.cuda.is_available():
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return launcher + ["-m", "dialsum.cli", *argv]
 
 

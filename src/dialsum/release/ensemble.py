@@ -194,7 +194,7 @@ def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float]) -
 
 def read_predictions(folder: Path) -> dict[str, Predictions]:
     """split -> predictions from `folder/<split>.csv`, for the splits present."""
-    return {s: read_submission(folder / f"{s}.csv") for s in SPLITS if (folder / f"{s}.csv").is_file()}
+    return {s: read_submission(folder / f"{s}.csv", normalized=False) for s in SPLITS if (folder / f"{s}.csv").is_file()}
 
 
 # ---------------------------------------------------------------- storage
@@ -230,7 +230,7 @@ def read_outputs(run_id: str, model: str, store: storage.Storage) -> ModelOutput
         files = fetch_outputs(run_id, model, store, Path(tmp))
         metrics = json.loads(files[METRICS_FILE].read_text(encoding="utf-8"))
         csvs = {s: files.get(f"predictions/{s}.csv") for s in SPLITS}
-        predictions = {s: read_submission(path) for s, path in csvs.items() if path is not None}
+        predictions = {s: read_submission(path, normalized=False) for s, path in csvs.items() if path is not None}
     return ModelOutputs(model, metrics, predictions, store.location(_key(run_id, model)))
 
 

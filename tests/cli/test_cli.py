@@ -91,9 +91,10 @@ def test_format_table_aligns_columns():
     assert "61.23" in lines[1] and lines[2].split()[:3] == ["long-name", "t", "failed"]
 
 
-def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect():
+@pytest.mark.parametrize("command", ["train", "preflight"])
+def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect(command):
     code = ("import sys; from dialsum.cli.main import main; "
-            "rc = main(['train', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
+            f"rc = main(['{command}', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
             "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"]

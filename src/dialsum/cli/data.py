@@ -41,10 +41,14 @@ def _sample_data(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
+    from dialsum.config import load_model_config
+
+    overrides = overrides_of(args)
+    for model in args.models:  # a bad profile or --set is one line at once, before torch is imported
+        load_model_config(model, overrides)
     from dialsum.models.preflight import format_report, run
 
-    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (),
-                            overrides=overrides_of(args))
+    reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (), overrides=overrides)
     print("\n\n".join(format_report(r) for r in reports))
     if problems and not args.force:
         print("dialsum: preflight: " + "; ".join(problems), file=sys.stderr)

@@ -259,12 +259,12 @@ def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force
 
 def before_phase(ctx: RunContext, eval_before: bool) -> float | None:
     """The untrained model's dev score (when asked), measured once per run; data-parallel ranks each summarize
-    every world-th dev row and all score the gathered summaries (rank 0 records it)."""
+    every world-th dev row, and rank 0 scores the gathered summaries and records the score."""
     if (done := ctx.phases.get("before")) is not None or not eval_before or ctx.phases.done("fit"):
         return (done or {}).get("score")
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["dev"], with_labels=False)
     predictions = distributed.map_shards(lambda rows: ctx.family.generate(ctx.cfg, ctx.model, ctx.tok, rows), features)
-    score = dev_score(ctx, predictions)["score"]
+    score = distributed.on_main(lambda: dev_score(ctx, predictions)["score"])
     ctx.phases.mark("before", {"score": score})
     return score
 

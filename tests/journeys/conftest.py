@@ -20,12 +20,13 @@ RESULTS: dict[tuple[str, str], tuple[str, float]] = {}
 
 
 def pytest_runtest_logreport(report) -> None:
-    """Record each journey step's outcome and time, by profile, for the closing table."""
-    if "journeys/" not in report.nodeid or "[" not in report.nodeid:
+    """Record each journey step's outcome and time, by profile (`*`: one step for all profiles), for the table."""
+    if "journeys/" not in report.nodeid:
         return
     if report.when == "call" or (report.when == "setup" and not report.passed):
-        step = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
-        profile = report.nodeid.split("[")[-1].rstrip("]")
+        name = report.nodeid.split("::")[-1]
+        step = name.split("[")[0].removeprefix("test_")
+        profile = name.split("[")[-1].rstrip("]") if "[" in name else "*"
         RESULTS[(profile, step)] = (report.outcome, report.duration)
 
 
@@ -33,15 +34,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if not RESULTS:
         return
     steps = list(dict.fromkeys(step for _, step in RESULTS))
-    profiles = list(dict.fromkeys(profile for profile, _ in RESULTS))
+    profiles = [p for p in dict.fromkeys(profile for profile, _ in RESULTS) if p != "*"]
     terminalreporter.section("profile journeys")
-    terminalreporter.write_line("| profile | " + " | ".join(steps) + " | total |")
-    terminalreporter.write_line("|---" * (len(steps) + 2) + "|")
+    terminalreporter.write_line("| profile | " + " | ".join(steps) + " |")
+    terminalreporter.write_line("|---" * (len(steps) + 1) + "|")
     for profile in profiles:
-        cells = [RESULTS.get((profile, step)) for step in steps]
-        total = sum(c[1] for c in cells if c)
-        terminalreporter.write_line(f"| {profile} | " + " | ".join(f"{c[0]} {c[1]:.1f} s" if c else "-" for c in cells)
-                                    + f" | {total:.1f} s |")
+        cells = []
+        for step in steps:
+            own, shared = RESULTS.get((profile, step)), RESULTS.get(("*", step))
+            cells.append(f"{own[0]} {own[1]:.1f} s" if own else f"{shared[0]} (all three: {shared[1]:.1f} s)" if shared else "-")
+        terminalreporter.write_line(f"| {profile} | " + " | ".join(cells) + " |")
+    total = sum(duration for _, duration in RESULTS.values())
+    terminalreporter.write_line(f"journey steps: {total:.1f} s in all")
 
 
 @pytest.fixture(scope="session")

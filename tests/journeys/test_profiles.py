@@ -4,7 +4,8 @@ vocabulary. The shipped YAML is used as it is, except `model` and step counts (`
 
 In order, for kobart, llama-3.2-korean-3b and qwen3-4b:
 1. train with checkpoints to S3, SIGKILL after the first one, `--resume` on a machine without local state, finish;
-2. `dialsum predict --run` in a fresh process writes the training process's predictions, byte for byte;
+2. `dialsum predict --run` in a fresh process writes the training process's predictions, byte for byte (one new
+   process predicts with the three run folders);
 3. `artifacts get` the published run into an empty folder and predict from that copy: the same bytes;
 4. `champion promote`, then `predict --run champion`: the same bytes, shaped like sample_submission.csv;
 5. `--gpus 2` on gloo with `--eval-before` ends with the weights of one process with twice the batch.
@@ -93,14 +94,21 @@ def test_train_kill_resume(profile, standins, journey_data, journey_bucket, fres
     RUNS[profile] = run_dir
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_predict_run_in_a_fresh_process(profile, journey_data, fresh_env, tmp_path):
-    run_dir = RUNS[profile]
-    done = subprocess.run([sys.executable, "-m", "dialsum.cli", "predict", "--run", str(run_dir),
-                           "--data", str(journey_data), "--out", str(tmp_path)],
+def test_predict_run_in_a_fresh_process(journey_data, fresh_env, tmp_path):
+    """One new process, which holds nothing of the training, runs `dialsum predict --run` on each profile's run
+    folder (one process for all three: a Python start with torch costs seconds on a small CI machine)."""
+    assert RUNS, "no journey run to predict with"
+    jobs = {profile: [str(run_dir), str(tmp_path / profile)] for profile, run_dir in RUNS.items()}
+    code = ("import json, sys; from dialsum.cli.main import main; jobs = json.loads(sys.argv[1]); codes = "
+            "{p: main(['predict', '--run', r, '--data', sys.argv[2], '--out', o]) for p, (r, o) in jobs.items()}; "
+            "print(json.dumps(codes))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(jobs), str(journey_data)],
                           env=fresh_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _predictions(tmp_path) == _predictions(run_dir)
+    codes = json.loads(done.stdout.strip().splitlines()[-1])
+    for profile, run_dir in RUNS.items():
+        assert codes[profile] == 0, f"{profile}: {done.stderr[-3000:]}"
+        assert _predictions(tmp_path / profile) == _predictions(run_dir), profile
 
 
 @pytest.mark.parametrize("profile", PROFILES)

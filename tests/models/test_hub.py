@@ -73,8 +73,8 @@ def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_ca
     profile = tmp_path / "pinned.yaml"
     profile.write_text(f"type: causal_lm\nmodel: {REPO}\nrevision: main\nstop_tokens: ['<|eot_id|>']\n"
                        "max_prompt_length: 320\nquantization: null\ntraining: {epochs: 1, batch_size: 8, learning_rate: 5.0e-3, "
-                       "precision: fp32, gradient_checkpointing: false, eval_score_rows: 4}\n"
-                       "generation: {batch_size: 8, max_new_tokens: 48}\n",
+                       "precision: fp32, gradient_checkpointing: false, eval_score_rows: 2}\n"
+                       "generation: {batch_size: 8, max_new_tokens: 16}\n",
                        encoding="utf-8")
     data, store = _small_data(tmp_path), tmp_path / "store"
     real_predict = pipeline.predict
@@ -84,10 +84,10 @@ def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_ca
 
     monkeypatch.setattr(pipeline, "predict", out_of_memory)
     with pytest.raises(RuntimeError, match="injected"):
-        pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store))
+        pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store), force=True)
     _move_main(hub_cache, COMMITS[1])  # upstream changed between the crash and the retry
     monkeypatch.setattr(pipeline, "predict", real_predict)
-    result = pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store))
+    result = pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store), force=True)
 
     assert result.metrics["base"] == {"model": REPO, "revision": "main", "commit": COMMITS[0]}  # the retry kept it
     assert storage.read_manifest("pinned", "pinned", storage.open_storage(str(store)))["extra"]["base_commit"] == COMMITS[0]

@@ -117,11 +117,12 @@ class Evaluator:
 
     def dev_score(self, model) -> float:
         """The competition score of greedy/beam summaries of the dev-score rows. Data-parallel ranks each
-        summarize every world-th row; every rank scores the gathered summaries."""
+        summarize every world-th row; rank 0 scores the gathered summaries and every rank gets its score."""
         mine = distributed.shard(self.score_features)
         predictions = self.family.generate(self.cfg, model, self.tok, mine) if mine else []
         predictions = distributed.gather_shards(predictions)
-        return metric.score(predictions, [ex.summary for ex in self.score_rows])["score"]
+        references = [ex.summary for ex in self.score_rows]
+        return distributed.on_main(lambda: metric.score(predictions, references)["score"])
 
     def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool,
                    stopping: bool = False) -> bool:

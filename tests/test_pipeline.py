@@ -8,6 +8,7 @@ import os
 import socket
 import traceback
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,27 +39,42 @@ class Summarizer:
         return [DEV[f["input_ids"][0]].summary if f["input_ids"][0] % 3 else "다른 요약" for f in features]
 
 
+def _together(fn):
+    """`fn()` on this rank; ok only when it succeeded on every rank, so the ranks never part ways (a rank left
+    alone in a collective would wait for the other)."""
+    try:
+        value, error = fn(), None
+    except Exception:
+        value, error = None, traceback.format_exc(limit=3)
+    ok = bool(distributed.all_true(torch.tensor(error is None)))
+    return ok, value, error or (None if ok else "failed on the other rank")
+
+
 def _rank(rank: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))  # a lost rank fails, never hangs
     distributed.init()
     root_dir, store = Path(root), LocalStorage(Path(root) / "store")
     summarizer, outcomes = Summarizer(), []
     for start in range(STARTS):
         run_id, before = f"race-{start:02d}", summarizer.rows
         torch.distributed.barrier()  # both processes start each run at the same moment
-        try:
-            phases = Phases(root_dir / "out" / run_id / ".m.state", "fingerprint")
-            ctx = pipeline.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id, root_dir / "out" / run_id,
-                                      "", phases=phases)
-            score = pipeline.before_phase(ctx, eval_before=True)
-            path = Checkpointer(phases.folder / "checkpoints", 1, 2, "fingerprint", run_id, "m", store).latest()
+        ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint"))
+        ctx = pipeline.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id,
+                                  root_dir / "out" / run_id, "", phases=phases)
+        if ok:
+            ok, score, error = _together(lambda: pipeline.before_phase(ctx, eval_before=True))
+        if ok:
+            ok, path, error = _together(lambda: Checkpointer(phases.folder / "checkpoints", 1, 2, "fingerprint",
+                                                             run_id, "m", store).latest())
+        if ok:
             meta = json.loads((path / checkpoint.META_FILE).read_text())
             outcomes.append({"ok": True, "score": score, "step": meta["step"], "rows": summarizer.rows - before,
                              "started": phases.started})
-        except Exception:
-            outcomes.append({"ok": False, "error": traceback.format_exc(limit=3)})
+        else:
+            outcomes.append({"ok": False, "error": error})
     (root_dir / f"rank{rank}.json").write_text(json.dumps(outcomes))
     torch.distributed.destroy_process_group()
 

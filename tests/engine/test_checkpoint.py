@@ -243,29 +243,30 @@ def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_fir
     from dialsum.engine.checkpoint import Preempted
     from dialsum.engine.evaluation import Evaluator
 
-    cfg = load_model_config(str(long_profile(tmp_path, steps=6)))  # 5 steps an epoch: step 5 ends one, step 6 the run
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "checkpoint_every": None}),
+    cfg = load_model_config(str(long_profile(tmp_path, steps=3)))  # 16 rows: 2 steps an epoch, so step 2 ends one
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "eval_loss_rows": 8,
+                                                                             "checkpoint_every": None}),
                                  "generation": cfg.generation.model_copy(update={"max_new_tokens": 8})})
     fam, splits, t = family(cfg), load_splits(None), cfg.training
 
     def run(wrapped: StopDuring, checkpoints: Checkpointer | None):
         model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
-        feats = fam.build_features(cfg, tok, splits["train"][:40], with_labels=True)
+        feats = fam.build_features(cfg, tok, splits["train"][:16], with_labels=True)
         evaluator = Evaluator(cfg, wrapped, tok, splits["dev"])
-        return model, fit(t, wrapped, model, tok, feats, max_steps=6, show_progress=False, checkpoints=checkpoints,
+        return model, fit(t, wrapped, model, tok, feats, max_steps=3, show_progress=False, checkpoints=checkpoints,
                           evaluation=evaluator)
 
     whole_model, whole = run(StopDuring(fam), None)
     stopper = Checkpointer(tmp_path / "ckpt", None, 2, "f")
-    stopped = StopDuring(fam, stopper, at=10)  # two micro-batches a step: the 10th is step 5's last
-    with pytest.raises(Preempted, match="after step 5"):
+    stopped = StopDuring(fam, stopper, at=4)  # two micro-batches a step: the 4th is step 2's last
+    with pytest.raises(Preempted, match="after step 2"):
         run(stopped, stopper)
     assert stopped.generated == 0, "no dev summaries while stopping"
-    assert [p.name for p in checkpoint.local_checkpoints(tmp_path / "ckpt")] == ["step-00000005"]
+    assert [p.name for p in checkpoint.local_checkpoints(tmp_path / "ckpt")] == ["step-00000002"]
     resumed_family = StopDuring(fam)
     resumed_model, resumed = run(resumed_family, Checkpointer(tmp_path / "ckpt", None, 2, "f"))
     assert resumed_family.generated == 2 * 4  # the deferred epoch-end evaluation, then the last step's
-    assert [r["step"] for r in resumed.evaluation["curve"]] == [r["step"] for r in whole.evaluation["curve"]] == [5, 6]
+    assert [r["step"] for r in resumed.evaluation["curve"]] == [r["step"] for r in whole.evaluation["curve"]] == [2, 3]
     for one, two in zip(whole.evaluation["curve"], resumed.evaluation["curve"]):
         assert two["dev_score"] == pytest.approx(one["dev_score"], abs=1e-9)
         assert two["dev_loss"] == pytest.approx(one["dev_loss"], rel=1e-5)

@@ -151,27 +151,11 @@ def cpu_threads(default: int = 1) -> int:
 
 
 def save_random_lm(arch: str, shape: dict, tok, folder: Path, dtype=torch.float32, device="cpu", seed=0) -> int:
-    """Save a random-weight Llama or Qwen3 of `shape` plus `tok` to `folder` like a hub checkpoint; returns N params."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    """Save a random-weight Llama or Qwen3 of `shape` plus `tok` to `folder` like a hub checkpoint; returns N params
+    (`dialsum.models.standin.save_random_lm`, which the tests' stand-in checkpoints share)."""
+    from dialsum.models.standin import save_random_lm as save
 
-    cls_config, cls_model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
-    config = cls_config(
-        **shape, tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id, dtype=dtype,
-    )
-    torch.manual_seed(seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = cls_model(config)
-    finally:
-        torch.set_default_dtype(default)
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    del model
-    return params
+    return save(arch, shape, tok, folder, dtype=dtype, device=device, seed=seed)
 
 
 def device_info() -> dict:

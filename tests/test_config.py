@@ -26,6 +26,9 @@ def test_real_llm_configs_use_qlora():
         assert (lora.r, lora.alpha, lora.dropout) == (16, 32, 0.05)
         assert len(set(lora.target_modules)) == 7
     assert load_model_config("kobart").model == "digit82/kobart-summarization"
+    pins = {name: load_model_config(name).revision for name in ("kobart", "llama-3.2-korean-3b", "qwen3-4b")}
+    assert pins == {"kobart": "main", "llama-3.2-korean-3b": "e68fbb0d9c2a4031b0d61b14014eac1a4810ac2e",
+                    "qwen3-4b": "cdbee75f17c01a7cc42f958dc650907174af0554"}
     assert load_model_config("qwen3-4b").chat_template_kwargs == {"enable_thinking": False}
 
 
@@ -123,7 +126,7 @@ def test_overrides_change_the_config_and_its_fingerprint():
 
 @pytest.mark.parametrize(("override", "message"), [
     ("training.lerning_rate=1", "unknown key `training.lerning_rate`; did you mean `training.learning_rate`?"),
-    ("lerning_rate=1", "unknown key `lerning_rate`"),
+    ("lerning_rate=1", "unknown key `lerning_rate`; did you mean `training.learning_rate`?"),
     ("generation.num_beam=2", "did you mean `generation.num_beams`?"),
     ("training.learning_rate=fast", "--set training.learning_rate=fast: Input should be a valid number"),
     ("training.epochs=-1", "--set training.epochs=-1: Input should be greater than 0"),

@@ -146,7 +146,10 @@ class TinySpec(Strict):
 class ModelConfigBase(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Short model name; defaults to the YAML file stem.")
     model: str = Field(description="Hub id or local path of the pretrained checkpoint (a label for tiny models).")
-    revision: str | None = Field(None, description="Hub revision to pin.")
+    revision: str | None = Field(
+        None, description="Hub revision of `model` (commit, tag or branch); a run resolves it to a commit when it starts "
+        "and loads that commit for retries and predictions."
+    )
     tokenizer: str | None = Field(None, description="Tokenizer id or path if it differs from `model`.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless needed.")
     tiny: TinySpec | None = Field(None, description="Build this model locally with random weights instead of loading.")
@@ -399,6 +402,9 @@ def _check_key(text: str, path: list[str], family: str) -> None:
         if part not in fields:
             prefix = ".".join(path[:depth])
             close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            if not close:  # a nested key given without its section: `lerning_rate` -> `training.learning_rate`
+                nested = {key.rsplit(".", 1)[-1]: key for key in _dotted_keys(model) if "." in key}
+                close = [nested[m] for m in difflib.get_close_matches(part, list(nested), n=1, cutoff=0.6)]
             hint = f"; did you mean `{prefix + '.' if prefix else ''}{close[0]}`?" if close else ""
             raise ConfigError(f"--set {text}: unknown key `{'.'.join(path[: depth + 1])}`{hint}")
         annotation = fields[part].annotation
@@ -406,6 +412,16 @@ def _check_key(text: str, path: list[str], family: str) -> None:
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if model is None and depth < len(path) - 1 and dict not in {getattr(c, "__origin__", c) for c in candidates}:
             raise ConfigError(f"--set {text}: `{'.'.join(path[: depth + 1])}` is a value, not a section")
+
+
+def _dotted_keys(model: Any, prefix: str = "") -> list[str]:
+    """Every leaf key of a config model, dotted (`training.learning_rate`)."""
+    keys = []
+    for name, info in model.model_fields.items():
+        candidates = [info.annotation, *getattr(info.annotation, "__args__", ())]
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        keys += _dotted_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return keys
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], family: str) -> dict[str, str]:

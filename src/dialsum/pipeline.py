@@ -35,7 +35,7 @@ from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
 from dialsum.engine.evaluation import Evaluator, held_out
 from dialsum.engine.trainer import fit
 from dialsum.errors import DataError, DialsumError
-from dialsum.models import checkpoint_source, family, preflight
+from dialsum.models import checkpoint_source, family, hub, preflight
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
 
@@ -63,6 +63,7 @@ class RunContext:
     phases: Phases | None = None
     dev_hash: str | None = None
     overrides: tuple[str, ...] = ()
+    base_commit: str | None = None
 
 
 @dataclass
@@ -92,7 +93,9 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
           force: bool = False, overrides: Sequence[str] = ()) -> RunContext:
     """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before.
 
-    After a finished `fit` the saved model is loaded instead; after `save` no model is needed at all.
+    The base checkpoint is pinned to the hub commit its revision resolves to when the run starts; a retry
+    loads the same commit. After a finished `fit` the saved model is loaded instead; after `save` no model is
+    needed at all.
     """
     distributed.init()
     host_memory.prepare_for(device(), get_settings().keep_freed_host_memory)
@@ -101,9 +104,12 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     get_settings().check_folders()  # after validation: bad input leaves no folder behind
     if debug:
         splits = {k: v[: cfg.training.debug_rows] for k, v in splits.items()}
-    preflight.gate(cfg, splits, checkpoint_source(cfg), force=force)
+    source = checkpoint_source(cfg)
+    commit = hub.resolve_commit(source, cfg.revision, get_settings().hub_token())
+    preflight.gate(hub.pinned(cfg, commit), splits, source, force=force)
     fam, data_hash = family(cfg), data_fingerprint(data_dir)
     phases = Phases(state_dir(run_id, cfg.name), run_fingerprint(cfg, data_hash, debug))
+    commit = distributed.on_main(lambda: pinned_base(phases, commit))
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
     model = tok = None
     if not phases.done("save"):
@@ -112,16 +118,24 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
                 shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True, exist_ok=True)
         saved = work_dir / "model" if phases.done("fit") else None
-        model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]), adapter=saved)
+        model, tok = fam.load(hub.pinned(cfg, commit), source, placeholders_in(splits["train"] + splits["dev"]), adapter=saved)
         if next(model.parameters()).device.type != device().type:
             model.to(device())
     if not distributed.is_main():  # data-parallel ranks other than 0 only train
         return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases,
-                          overrides=tuple(overrides))
+                          overrides=tuple(overrides), base_commit=commit)
     tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
                              get_settings().output_dir / run_id / "wandb")
     return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases,
-                      dev_fingerprint(data_dir), tuple(overrides))
+                      dev_fingerprint(data_dir), tuple(overrides), commit)
+
+
+def pinned_base(phases: Phases, resolved: str | None) -> str | None:
+    """The base commit this run trains on: the one recorded when it started, else `resolved` (then recorded)."""
+    if (recorded := phases.get("base")) is not None:
+        return recorded["commit"]
+    phases.mark("base", {"commit": resolved})
+    return resolved
 
 
 def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool) -> Checkpointer:
@@ -241,13 +255,23 @@ def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> di
     return metrics
 
 
-def save_phase(ctx: RunContext) -> Path:
-    """Add the resolved config beside the saved model, then move the folder into place."""
+def save_phase(ctx: RunContext, metrics: dict) -> Path:
+    """Add the resolved config beside the saved model, record the phase, then move the folder into place.
+
+    The phase is recorded before the rename, and `finish_save` completes a rename that a crash interrupted, so
+    a retry never looks for a `.partial` folder that was already moved."""
     save_generation_config(ctx)
     (ctx.work_dir / "config.yaml").write_text(dump_config(ctx.cfg), encoding="utf-8")
+    ctx.phases.mark("save", {"metrics": metrics})
+    return finish_save(ctx)
+
+
+def finish_save(ctx: RunContext) -> Path:
+    """Move the complete `.partial` folder to the run folder (nothing to do when an earlier attempt did)."""
     final = ctx.work_dir.parent / ctx.cfg.name
-    shutil.rmtree(final, ignore_errors=True)
-    ctx.work_dir.rename(final)
+    if ctx.work_dir.is_dir():
+        shutil.rmtree(final, ignore_errors=True)
+        ctx.work_dir.rename(final)
     return final
 
 
@@ -286,16 +310,19 @@ def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force
 
     result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=storage.open_storage(storage_url),
                              extra={"config_sha256": config_fingerprint(ctx.cfg), "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
-                                    **run_facts(ctx)},
+                                    "base_commit": ctx.base_commit, **run_facts(ctx)},
                              force=force)
     return result.url
 
 
 def before_phase(ctx: RunContext, eval_before: bool) -> float | None:
-    """The untrained model's dev score (when asked), measured once per run."""
+    """The untrained model's dev score (when asked), measured once per run; data-parallel ranks each summarize
+    every world-th dev row, and rank 0 scores the gathered summaries and records the score."""
     if (done := ctx.phases.get("before")) is not None or not eval_before or ctx.phases.done("fit"):
         return (done or {}).get("score")
-    score = dev_score(ctx)["score"]
+    features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["dev"], with_labels=False)
+    predictions = distributed.map_shards(lambda rows: ctx.family.generate(ctx.cfg, ctx.model, ctx.tok, rows), features)
+    score = distributed.on_main(lambda: dev_score(ctx, predictions)["score"])
     ctx.phases.mark("before", {"score": score})
     return score
 
@@ -303,7 +330,7 @@ def before_phase(ctx: RunContext, eval_before: bool) -> float | None:
 def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer, started: float) -> tuple[dict, Path]:
     """The phases up to a complete local run folder, each skipped when an earlier attempt finished it."""
     if (done := ctx.phases.get("save")) is not None:
-        return done["metrics"], ctx.work_dir.parent / ctx.cfg.name
+        return done["metrics"], finish_save(ctx)
     before = before_phase(ctx, eval_before)
     fitted = fit_phase(ctx, checkpoints)
     if not distributed.is_main():
@@ -312,11 +339,10 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
         preds = predict(ctx, ctx.work_dir)
         ctx.phases.mark("predict", preds)
     extra = {"dev_score_before": before, **fitted, "debug": ctx.debug, "overrides": list(ctx.overrides),
+             "base": {"model": ctx.cfg.model, "revision": ctx.cfg.revision, "commit": ctx.base_commit},
              "seconds": round(time.perf_counter() - started, 2)}
     metrics = score_phase(ctx, preds, extra)
-    run_dir = save_phase(ctx)
-    ctx.phases.mark("save", {"metrics": metrics})
-    return metrics, run_dir
+    return metrics, save_phase(ctx, metrics)
 
 
 def run_model(
@@ -416,7 +442,7 @@ def run_model_on_gpus(
     model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (),
 ) -> RunResult:
-    """`run_model` data-parallel on `gpus` GPUs: one process per GPU through `accelerate launch` (rank 0 saves
+    """`run_model` data-parallel on `gpus` GPUs: one process per GPU (`distributed.launch_command`; rank 0 saves
     and publishes); returns what rank 0 left in the run folder."""
     argv = ["train", "--models", model_name, "--run-id", run_id]
     argv += ["--data", str(data_dir)] if data_dir else []
@@ -445,14 +471,24 @@ def open_run(run_dir: Path, data_dir: Path | None = None, splits: Sequence[str] 
 
 
 def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None) -> dict:
-    """Predict dev/test with a saved run folder; writes predictions and returns the dev scores (if any)."""
+    """Predict dev/test with a saved run folder, on the base commit the run trained on; writes predictions and
+    returns the dev scores (if any)."""
     cfg = load_model_config(str(run_dir / "config.yaml"))
     splits = load_splits(data_dir, splits=("dev", "test"), optional=("dev", "test"))
     if not splits:
         raise DataError(f"{data_dir or sample_dir()}: neither dev.csv nor test.csv found")
     fam = family(cfg)
-    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(sum(splits.values(), [])), adapter=run_dir / "model")
+    commit = recorded_base(run_dir)
+    model, tok = fam.load(hub.pinned(cfg, commit), checkpoint_source(cfg), placeholders_in(sum(splits.values(), [])),
+                          adapter=run_dir / "model")
     model.to(device())
-    ctx = RunContext(cfg, fam, model, tok, splits, run_dir.parent.name, run_dir, "")
+    ctx = RunContext(cfg, fam, model, tok, splits, run_dir.parent.name, run_dir, "", base_commit=commit)
     preds = predict(ctx, out_dir or run_dir)
     return dev_score(ctx, preds["dev"]) if "dev" in preds else {}
+
+
+def recorded_base(run_dir: Path) -> str | None:
+    """The base commit a saved run trained on (its metrics.json), or None (a local base, or an older run)."""
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return (metrics.get("base") or {}).get("commit")

@@ -109,9 +109,10 @@ def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path
     assert scores["rows"] == 2 and scores["score"] == pytest.approx(100.0)
 
 
-def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect():
+@pytest.mark.parametrize("command", ["train", "preflight"])
+def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect(command):
     code = ("import sys; from dialsum.cli.main import main; "
-            "rc = main(['train', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
+            f"rc = main(['{command}', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
             "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"]

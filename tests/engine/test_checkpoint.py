@@ -183,6 +183,98 @@ def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkey
     assert not (work / ".after-fit.state").exists() and not (work / ".after-fit.partial").exists()
 
 
+def test_a_crash_around_the_save_rename_leaves_a_state_the_retry_finishes(monkeypatch, tmp_path):
+    """The save phase is recorded before the `.partial` folder is renamed, and a retry completes the rename: a crash
+    just before or just after the rename is harmless (a retry used to load the missing `.partial/model`)."""
+    config = long_profile(tmp_path, "saving", steps=2, every=1)
+    store = tmp_path / "store"
+    real_rename = Path.rename
+    crashes = ["before", "after"]
+
+    def crashing_rename(self, target):
+        if self.name != ".saving.partial" or not crashes:
+            return real_rename(self, target)
+        when = crashes.pop(0)
+        if when == "after":
+            real_rename(self, target)
+        raise Killed(f"killed {when} the rename")
+
+    monkeypatch.setattr(Path, "rename", crashing_rename)
+    for when in ("before", "after"):
+        with pytest.raises(Killed, match=when):
+            run_model(str(config), run_id="saving", debug=True, storage_url=str(store))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the retry trained again")
+
+    monkeypatch.setattr(pipeline, "fit", no_training)
+    result = run_model(str(config), run_id="saving", debug=True, storage_url=str(store))
+    assert result.run_dir == get_settings().output_dir / "saving" / "saving" and result.metrics["train_steps"] == 2
+    assert {p.name for p in result.run_dir.iterdir()} >= {"model", "metrics.json", "config.yaml", "predictions"}
+    assert [(r.run_id, r.model) for r in list_runs(LocalStorage(store))] == [("saving", "saving")]
+    assert not (result.run_dir.parent / ".saving.partial").exists()
+
+
+class StopDuring:
+    """The family, with SIGTERM arriving during training micro-batch `at` (a loss call in training mode) and a count
+    of the dev rows summarized."""
+
+    def __init__(self, fam, checkpoints: Checkpointer | None = None, at: int = 0):
+        self.fam, self.checkpoints, self.at, self.calls, self.generated = fam, checkpoints, at, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.fam, name)
+
+    def loss(self, model, batch):
+        if model.training:
+            self.calls += 1
+            if self.checkpoints is not None and self.calls == self.at:
+                self.checkpoints.stop.set()
+        return self.fam.loss(model, batch)
+
+    def generate(self, cfg, model, tok, features, progress=None):
+        self.generated += len(features)
+        return self.fam.generate(cfg, model, tok, features, progress)
+
+
+def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_first(tmp_path):
+    """SIGTERM during an epoch-end step: the checkpoint comes at once, with no dev generation in the grace period;
+    the resumed run runs that evaluation first, so its curve and weights equal an uninterrupted run's."""
+    from dialsum.engine.checkpoint import Preempted
+    from dialsum.engine.evaluation import Evaluator
+
+    cfg = load_model_config(str(long_profile(tmp_path, steps=3)))  # 16 rows: 2 steps an epoch, so step 2 ends one
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "eval_loss_rows": 8,
+                                                                             "checkpoint_every": None}),
+                                 "generation": cfg.generation.model_copy(update={"max_new_tokens": 8})})
+    fam, splits, t = family(cfg), load_splits(None), cfg.training
+
+    def run(wrapped: StopDuring, checkpoints: Checkpointer | None):
+        model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
+        feats = fam.build_features(cfg, tok, splits["train"][:16], with_labels=True)
+        evaluator = Evaluator(cfg, wrapped, tok, splits["dev"])
+        return model, fit(t, wrapped, model, tok, feats, max_steps=3, show_progress=False, checkpoints=checkpoints,
+                          evaluation=evaluator)
+
+    whole_model, whole = run(StopDuring(fam), None)
+    stopper = Checkpointer(tmp_path / "ckpt", None, 2, "f")
+    stopped = StopDuring(fam, stopper, at=4)  # two micro-batches a step: the 4th is step 2's last
+    with pytest.raises(Preempted, match="after step 2"):
+        run(stopped, stopper)
+    assert stopped.generated == 0, "no dev summaries while stopping"
+    assert [p.name for p in checkpoint.local_checkpoints(tmp_path / "ckpt")] == ["step-00000002"]
+    resumed_family = StopDuring(fam)
+    resumed_model, resumed = run(resumed_family, Checkpointer(tmp_path / "ckpt", None, 2, "f"))
+    assert resumed_family.generated == 2 * 4  # the deferred epoch-end evaluation, then the last step's
+    assert [r["step"] for r in resumed.evaluation["curve"]] == [r["step"] for r in whole.evaluation["curve"]] == [2, 3]
+    for one, two in zip(whole.evaluation["curve"], resumed.evaluation["curve"]):
+        assert two["dev_score"] == pytest.approx(one["dev_score"], abs=1e-9)
+        assert two["dev_loss"] == pytest.approx(one["dev_loss"], rel=1e-5)
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    for (name, a), b in zip(whole_model.named_parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+
 @pytest.mark.slow
 def test_sigterm_publishes_a_checkpoint_and_exits_within_the_grace_period(tmp_path):
     grace = 60

@@ -104,3 +104,29 @@ def test_token_budget_fit_covers_every_row_once_per_epoch(sample):
     assert len(result.losses) == result.steps and all(torch.isfinite(torch.tensor(result.losses)))
     assert len(logged) == -(-result.steps // 2)  # one read per logging interval, each the interval's mean
     assert logged[-1]["train/loss"] == pytest.approx(sum(result.losses[-2:]) / 2)
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_no_data_parallel_rank_gets_more_than_its_token_budget(world, monkeypatch):
+    """The budget is per GPU: the global plan is cut so that each rank's share (every world-th row, padded to its
+    longest) fits, for any world size; a plan cut on budget x world let a rank hold one row too many."""
+    import random
+
+    from dialsum.config import TrainingConfig
+    from dialsum.engine import distributed, trainer
+
+    rng = random.Random(0)
+    lengths = [rng.randint(120, 900) for _ in range(499)]  # prompt + summary tokens of a real-sized dev set
+    features = [{"input_ids": [0] * n} for n in lengths]
+    t = TrainingConfig(max_tokens_per_batch=4096, length_group_batches=50)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    for epoch in range(3):
+        batches = trainer._batches(features, trainer.global_batch(t), epoch)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        shares = []
+        for rank in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+            shares += [distributed.shard(b) for b in batches]
+        assert max(len(s) * max(lengths[i] for i in s) for s in shares if s) <= 4096
+        used = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        assert used / (len(batches) * world * 4096) > 0.6  # global batches still fill most of world x budget

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,6 +128,25 @@ def test_pinned_strftime_now_answers_with_the_fixed_date():
     with _clock("2031-12-31T23:59:00"):
         assert _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=pinned)[0][0] == \
             "2024-07-26|26 Jul 2024"
+
+
+def test_a_run_saved_with_the_bllossom_template_loads_again_with_the_same_prompts(shared_data, sample, tmp_path):
+    """The pinned template is not what a run folder saves, and pinning a pinned template is harmless: a saved Llama
+    run (retry after fit, predict --run, champion) loads again and renders the same bytes."""
+    from types import SimpleNamespace
+
+    cfg, source = _real_template_cfg(shared_data, "llama-3.2-korean-3b")
+    raw = Path(cfg.chat_template).read_text(encoding="utf-8")
+    tok, _ = causal_lm.load_tokenizer(cfg, source, placeholders_in(sample["train"]))
+    causal_lm.save(SimpleNamespace(save_pretrained=lambda folder: None), tok, tmp_path)
+    assert (tmp_path / "chat_template.jinja").read_text(encoding="utf-8") == raw
+    with _clock("2031-12-31T23:59:00"):
+        again, _ = causal_lm.load_tokenizer(cfg.model_copy(update={"chat_template": None}), source, [], adapter=tmp_path)
+    feats = [causal_lm.build_features(cfg, t, sample["dev"][:2], with_labels=False) for t in (tok, again)]
+    assert feats[0] == feats[1] and b"Today Date: 26 Jul 2024" in again.decode(feats[1][0]["input_ids"]).encode()
+    pinned = tok.chat_template
+    assert causal_lm.pin_template_clock(pinned, cfg.template_date) == pinned
+    assert causal_lm.unpin_template_clock(pinned) == raw and causal_lm.unpin_template_clock(raw) == raw
 
 
 @pytest.fixture(scope="module")

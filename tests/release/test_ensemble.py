@@ -242,3 +242,13 @@ def test_reading_outputs_back_detects_a_changed_file(tmp_path: Path) -> None:
         read_outputs("r1", "good", store)
     with pytest.raises(StorageError, match="not published"):
         read_outputs("r1", "missing", store)
+
+
+def test_a_members_predictions_pass_through_unchanged(tmp_path):
+    """What a model wrote is what an ensemble or the champion passes on: whitespace inside a summary is its own."""
+    from dialsum.release import ensemble
+
+    written = {"t0": "#Person1#는\t요약  둘\n 셋", "t1": "한 줄"}
+    write_submission(tmp_path / "test.csv", list(written), list(written.values()))
+    assert ensemble.read_predictions(tmp_path) == {"test": written}
+    assert read_submission(tmp_path / "test.csv")["t0"] == "#Person1#는 요약 둘\n셋"  # scoring input stays normalized

@@ -1,4 +1,4 @@
-"""`python -m dialsum.cli`: what `accelerate launch` and the tests run."""
+"""`python -m dialsum.cli`: what the data-parallel launchers and the tests run."""
 
 import sys
 

@@ -16,7 +16,7 @@ from dialsum.errors import DialsumError
 def register(sub) -> None:
     p = sub.add_parser("train", help="train, predict, score and publish one or more models")
     p.add_argument("--mode", choices=["single", "multi_model"], default="single")
-    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (accelerate launch)")
+    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (on a CPU-only machine: this many gloo processes)")
     _add_train_args(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
-    """`train --gpus N`: the same command once per GPU through `accelerate launch`, under one run id; this
+    """`train --gpus N`: the same command once per GPU (see `distributed.launch_command`), under one run id; this
     process holds the run's lease meanwhile."""
     import torch
 
@@ -95,8 +95,8 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
     argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
                                    ("--force", args.force)) if on]
     argv += [arg for override in args.overrides for arg in ("--set", override)]
-    with storage.hold(storage.open_storage(args.storage), run_id, load_model_config(args.models[0], args.overrides).name,
-                      get_settings().lease_seconds):
+    name = load_model_config(args.models[0], args.overrides).name
+    with storage.hold(storage.open_storage(args.storage), run_id, name, get_settings().lease_seconds):
         return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
 
 

@@ -157,8 +157,9 @@ def write_submission(path: Path, fnames: list[str], summaries: list[str]) -> Non
         raise
 
 
-def read_submission(path: Path) -> dict[str, str]:
-    """fname -> summary from a submission-shaped CSV."""
+def read_submission(path: Path, normalized: bool = True) -> dict[str, str]:
+    """fname -> summary from a submission-shaped CSV; `normalized=False` keeps each summary exactly as written
+    (predictions passed on, e.g. by an ensemble or the champion, stay the model's bytes)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -166,4 +167,4 @@ def read_submission(path: Path) -> dict[str, str]:
         raise DataError(f"{path}: cannot read predictions: {exc}") from None
     if rows and not {"fname", "summary"} <= rows[0].keys():
         raise DataError(f"{path}: predictions need fname and summary columns")
-    return {r["fname"]: normalize(r["summary"] or "") for r in rows}
+    return {r["fname"]: normalize(r["summary"] or "") if normalized else r["summary"] or "" for r in rows}

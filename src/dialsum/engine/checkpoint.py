@@ -6,8 +6,9 @@ so far, and a fingerprint of config and data). It is written under a temp name a
 `<run-id>/<model>/checkpoints/<name>/` with its manifest last, so a half-written checkpoint never counts,
 locally or in storage. The newest `keep` checkpoints are kept in both places.
 
-On SIGTERM (`stop_on_sigterm`) the loop finishes its step, checkpoints, publishes and raises `Preempted`; a
-timer exits the process hard if that has not happened within the grace period.
+On SIGTERM (`stop_on_sigterm`) the loop finishes its step, checkpoints, publishes and raises `Preempted`, with
+no evaluation in between (one that was due runs first when the run resumes); a timer exits the process hard if
+that has not happened within the grace period.
 """
 
 from __future__ import annotations
@@ -143,21 +144,25 @@ class Checkpointer:
         self.saved = 0
         self.seconds = 0.0
         self.resumed_at: int | None = None
+        self._agreed = False
 
     def _remote(self) -> list[str]:
         return store.list_checkpoints(self.run_id, self.model, self.storage) if self.storage else []
 
     def latest(self) -> Path | None:
-        """The newest checkpoint, local or published (fetched into the local folder if only published)."""
+        """The newest checkpoint, local or published (fetched into the local folder if only published). Under data
+        parallelism rank 0 looks and fetches while the other ranks wait; then all read the same folder."""
+        name = distributed.on_main(self._newest_here)
+        return None if name is None else self.folder / name
+
+    def _newest_here(self) -> str | None:
         local = {p.name: p for p in local_checkpoints(self.folder)}
         newest = max(set(local) | set(self._remote()), default=None)
-        if newest is None:
-            return None
-        if newest not in local:
+        if newest is not None and newest not in local:
             log.info("fetching checkpoint %s of %s/%s from %s", newest, self.run_id, self.model, self.storage.url)
             shutil.rmtree(self.folder / newest, ignore_errors=True)
             store.fetch_checkpoint(self.run_id, self.model, newest, self.folder / newest, self.storage)
-        return self.folder / newest
+        return newest
 
     def restore(self, model, optimizer, scheduler, scaler, extras: dict | None = None) -> Position | None:
         """Load the newest checkpoint into the model, optimizer, scheduler, scaler, RNGs and `extras` (objects with
@@ -183,10 +188,23 @@ class Checkpointer:
                  meta["epoch"], meta["window"], path.name)
         return Position(meta["step"], meta["epoch"], meta["window"], list(meta["losses"]))
 
+    def _asked_here(self) -> bool:
+        return self.stop.is_set() or stop.requested()
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked (SIGTERM or Ctrl-C) here or on any other data-parallel rank. The trainer asks
+        once per step, and under data parallelism that answer holds for the whole step, so every rank skips
+        evaluation, checkpoints and stops at the same step."""
+        self._agreed = distributed.any_true(self._asked_here())
+        return self._agreed
+
+    def _stop_asked(self) -> bool:
+        return self._agreed if distributed.active() else self._asked_here()
+
     def due(self, steps: int, window: int, n_windows: int, total: int) -> bool:
         """Every `every` steps, at an epoch end, at the last step, or after SIGTERM or Ctrl-C."""
         epoch_end = window + 1 == n_windows
-        return self.stop.is_set() or stop.requested() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
+        return self._stop_asked() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
 
     def after_step(self, steps: int, losses: list[float], epoch: int, window: int, n_windows: int, total: int,
                    model, optimizer, scheduler, scaler, extras: dict | None = None) -> None:
@@ -195,15 +213,15 @@ class Checkpointer:
         if not self.due(steps, window, n_windows, total):
             return
         epoch_end = window + 1 == n_windows
-        stopping, interrupted = self.stop.is_set(), stop.requested()
+        stopping = self._stop_asked()
         position = Position(steps, epoch + 1, 0, list(losses)) if epoch_end else Position(steps, epoch, window + 1, list(losses))
         if distributed.is_main():  # one writer; every rank resumes from the same files
             self.save(position, model, optimizer, scheduler, scaler, extras)
-        if stopping:
+        if stopping and not stop.requested():  # SIGTERM, here or on another rank
             raise Preempted(f"stopped by SIGTERM after step {steps}; checkpoint {checkpoint_name(steps)} is saved"
                             + (f" and published to {self.storage.url}" if self.storage else "")
                             + "; rerun the same run id to resume")
-        if interrupted and steps < total:
+        if stopping and steps < total:  # Ctrl-C
             raise stop.Interrupted(f"{self.model or 'training'}: stopped at step {steps} of {total}; checkpoint "
                                    f"{checkpoint_name(steps)} saved" + (f" and published to {self.storage.url}"
                                                                         if self.storage else ""))
@@ -264,18 +282,24 @@ class Phases:
 
     Each finished phase leaves `<phase>.json` (written atomically) holding what later phases need. A folder
     started with a different config or data is refused: its checkpoints and saved model belong to that run.
+    Under data parallelism only rank 0 writes: it opens the folder while the other ranks wait, then they read it.
     """
 
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = Path(folder), fingerprint
+        self.started = distributed.on_main(self._open)
+
+    def _open(self) -> bool:
+        """Check the folder's fingerprint, or start the folder; True when an earlier attempt had started it."""
         run = self.folder / "run.json"
-        if run.is_file() and json.loads(run.read_text()).get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{self.folder} belongs to a run started with a different config or data; "
-                                  "use a new run id")
-        self.started = run.is_file()
-        if not self.started:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._write("run", {"fingerprint": fingerprint})
+        if run.is_file():
+            if json.loads(run.read_text()).get("fingerprint") != self.fingerprint:
+                raise CheckpointError(f"{self.folder} belongs to a run started with a different config or data; "
+                                      "use a new run id")
+            return True
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write("run", {"fingerprint": self.fingerprint})
+        return False
 
     def get(self, phase: str) -> dict | None:
         path = self.folder / f"{phase}.json"
@@ -285,13 +309,16 @@ class Phases:
         return (self.folder / f"{phase}.json").is_file()
 
     def mark(self, phase: str, data: dict) -> None:
-        self._write(phase, data)
+        """Record a finished phase (rank 0; the other ranks' call does nothing)."""
+        if distributed.is_main():
+            self._write(phase, data)
 
     def _write(self, phase: str, data: dict) -> None:
-        temp = self.folder / f".{phase}.json.tmp"
+        temp = self.folder / f".{phase}.json.{os.getpid()}.tmp"  # never another process's temp file
         temp.write_text(json.dumps(data, ensure_ascii=False))
         os.replace(temp, self.folder / f"{phase}.json")
 
     def clear(self) -> None:
         """Forget the run's local state (its checkpoints included) once its result is safely stored."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(self.folder, ignore_errors=True)

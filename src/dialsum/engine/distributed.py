@@ -1,13 +1,15 @@
 """Data-parallel training of one model on several devices, around accelerate.
 
-`dialsum train --gpus N` relaunches itself through `accelerate launch`, one process per device; each process
-calls `init()`, which joins the process group the launcher described (NCCL on GPUs, gloo on CPUs). Every rank
+`dialsum train --gpus N` relaunches itself once per device: through `accelerate launch` on GPUs (NCCL), through
+`torch.distributed.run` on CPUs (gloo; accelerate's CPU launcher would start one process only). Each process
+calls `init()`, which joins the process group the launcher described. Every rank
 builds the same batch plan, with a global micro-batch of `batch_size × world` rows, and trains on its own
 slice of each micro-batch; DistributedDataParallel averages the gradients. The trainer counts a window's label
 tokens over all ranks, so the loss stays a mean over every label token of the global window. Evaluation
 splits the dev rows the same way (`shard`, then `gather_shards`), so each rank evaluates its share and every
-rank gets the same result. Only rank 0 writes and publishes. Outside a launch every function here is a no-op
-for one process.
+rank gets the same result. Only rank 0 writes and publishes; what one process must do for all (run state, a
+checkpoint fetched from storage) runs on rank 0 while the others wait (`on_main`). Outside a launch every
+function here is a no-op for one process.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from dialsum.errors import ConfigError
+from dialsum.errors import ConfigError, DialsumError
+
+T = TypeVar("T")
 
 
 def init() -> None:
@@ -56,6 +60,50 @@ def local_rank() -> int:
 def shard(rows: Sequence[int]) -> list[int]:
     """This rank's rows of a global micro-batch: every world-th row, so length-sorted batches split evenly."""
     return list(rows[rank() :: world_size()])
+
+
+def map_shards(fn: Callable[[list], list], rows: Sequence) -> list:
+    """`fn` on this rank's `shard` of `rows` (a list in, one item per row out), gathered back into row order on
+    every rank. One process: `fn(rows)`."""
+    mine = shard(rows)
+    return gather_shards(fn(mine) if mine else [])
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 only while the other ranks wait; every rank returns its result or raises its error.
+
+    For what one process must do for all on the shared disk (write run state, fetch a checkpoint): the others
+    never see it half done, and a failure on rank 0 fails every rank instead of leaving them waiting.
+    One process: `fn()`.
+    """
+    if not active():
+        return fn()
+    outcome: list = [None]
+    failure: BaseException | None = None
+    if is_main():
+        try:
+            outcome[0] = ("ok", fn())
+        except BaseException as exc:  # the other ranks must hear of it, then it propagates here
+            failure = exc
+            shared = exc if isinstance(exc, DialsumError) else DialsumError(f"rank 0 failed: {type(exc).__name__}: {exc}")
+            outcome[0] = ("error", shared)
+    dist.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def any_true(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any of them (a stop request), so all ranks act at the same step."""
+    if not active():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    value = torch.tensor(int(flag), dtype=torch.int32, device=device)  # NCCL reduces on the GPU only
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def global_count(n: int, device: torch.device) -> int:
@@ -133,12 +181,15 @@ def no_sync(model: torch.nn.Module):
 
 
 def launch_command(argv: Sequence[str], processes: int) -> list[str]:
-    """The `accelerate launch` command that runs `dialsum <argv>` once per device."""
+    """The command that runs `dialsum <argv>` once per device: `accelerate launch` on GPUs, `torch.distributed.run`
+    on CPUs (a standalone rendezvous on a free local port)."""
     if processes < 2:
         raise ConfigError(f"--gpus must be at least 2 to launch data-parallel training, got {processes}")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+    if torch.cuda.is_available():
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return launcher + ["-m", "dialsum.cli", *argv]
 
 

@@ -38,6 +38,7 @@ class BestTracker:
     best_step: int | None = None
     since_best: int = 0
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    deferred: dict | None = None  # an evaluation that was due when SIGTERM stopped training; run on resume
 
     def better(self, record: dict) -> bool:
         """Higher score or lower loss; an equal score goes to the lower dev loss."""
@@ -77,11 +78,12 @@ class BestTracker:
 
     def state_dict(self) -> dict:
         return {"curve": list(self.curve), "best_value": self.best_value, "best_step": self.best_step,
-                "since_best": self.since_best, "weights": dict(self.weights)}
+                "since_best": self.since_best, "weights": dict(self.weights), "deferred": self.deferred}
 
     def load_state_dict(self, state: dict) -> None:
         self.curve, self.best_value, self.best_step = list(state["curve"]), state["best_value"], state["best_step"]
         self.since_best, self.weights = int(state["since_best"]), dict(state["weights"])
+        self.deferred = state.get("deferred")
 
 
 class Evaluator:
@@ -120,22 +122,37 @@ class Evaluator:
 
     def dev_score(self, model) -> float:
         """The competition score of greedy/beam summaries of the dev-score rows. Data-parallel ranks each
-        summarize every world-th row; every rank scores the gathered summaries."""
+        summarize every world-th row; rank 0 scores the gathered summaries and every rank gets its score."""
         mine = distributed.shard(self.score_features)
         predictions = self.family.generate(self.cfg, model, self.tok, mine) if mine else []
         predictions = distributed.gather_shards(predictions)
-        return metric.score(predictions, [ex.summary for ex in self.score_rows])["score"]
+        references = [ex.summary for ex in self.score_rows]
+        return distributed.on_main(lambda: metric.score(predictions, references)["score"])
 
-    def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool) -> bool:
-        """Record the step's training loss; evaluate when due. True: stop training early."""
+    def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool,
+                   stopping: bool = False) -> bool:
+        """Record the step's training loss; evaluate when due. True: stop training early. `stopping` (SIGTERM):
+        a due evaluation is deferred to the resumed run (kept in the tracker, which the checkpoint saves)."""
         if loss is not None:
             self._train_sum = loss.detach() if self._train_sum is None else self._train_sum + loss.detach()
             self._train_n += 1
         due = self.t.eval_every is not None and step % self.t.eval_every == 0
         if not (due or epoch_end):
             return False
-        record = {"step": step, "epoch": round(epoch, 4), "train_loss": self._take_train_loss(),
-                  "dev_loss": self.dev_loss(model)}
+        record = {"step": step, "epoch": round(epoch, 4), "train_loss": self._take_train_loss()}
+        if stopping:
+            self.tracker.deferred = {"record": record, "epoch_end": epoch_end}
+            log.info("%s: evaluation at step %d deferred to the resumed run (stopping)", self.cfg.name, step)
+            return False
+        return self._evaluate(model, record, epoch_end)
+
+    def run_deferred(self, model) -> bool:
+        """The evaluation a stopped run deferred (see `after_step`), on the restored weights; True: stop early."""
+        deferred, self.tracker.deferred = self.tracker.deferred, None
+        return self._evaluate(model, dict(deferred["record"]), deferred["epoch_end"]) if deferred else False
+
+    def _evaluate(self, model, record: dict, epoch_end: bool) -> bool:
+        record["dev_loss"] = self.dev_loss(model)
         if epoch_end:
             record["dev_score"] = self.dev_score(model)
         model.train()

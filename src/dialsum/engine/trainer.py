@@ -56,11 +56,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int, multiple_of: int = 1) -> list[list[int]]:
-    """An epoch's micro-batches: a token budget (`max_tokens_per_batch`, always length-grouped) or `batch_size` rows."""
+    """An epoch's (global) micro-batches: a token budget (`max_tokens_per_batch`, always length-grouped) or
+    `batch_size` rows. The budget is per rank: each data-parallel rank's share of a batch stays within it."""
     if t.max_tokens_per_batch:
         lengths = [len(f["input_ids"]) for f in features]
         return token_budget_batches(lengths, t.max_tokens_per_batch, seed=t.seed + epoch, mega=t.length_group_batches,
-                                    multiple_of=multiple_of)
+                                    multiple_of=multiple_of, ranks=distributed.world_size())
     if t.group_by_length:
         lengths = [len(f["input_ids"]) for f in features]
         return length_grouped_batches(lengths, t.batch_size, seed=t.seed + epoch, mega=t.length_group_batches)
@@ -137,12 +138,12 @@ def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer
 
 
 def global_batch(t: TrainingConfig) -> TrainingConfig:
-    """The config with the global micro-batch (per-rank rows or token budget × ranks) that the batch plan uses."""
+    """The config with the global micro-batch (per-rank rows × ranks) that the batch plan uses; a token budget
+    stays per rank (`_batches` cuts global batches so that no rank's share exceeds it)."""
     world = distributed.world_size()
     if world == 1:
         return t
-    budget = t.max_tokens_per_batch * world if t.max_tokens_per_batch else None
-    return t.model_copy(update={"batch_size": t.batch_size * world, "max_tokens_per_batch": budget})
+    return t.model_copy(update={"batch_size": t.batch_size * world})
 
 
 def shard_rows(features: Sequence[dict], idx: Sequence[int]) -> list[dict]:
@@ -199,8 +200,9 @@ def fit(
 
     With `checkpoints`, training first resumes from the newest checkpoint (if any) and checkpoints as it goes.
     `evaluation` (an `evaluation.Evaluator`) is called after every step and may stop training early; at the
-    end it restores the best weights. Data-parallel ranks share one batch plan of global micro-batches.
-    `label` names the progress bar.
+    end it restores the best weights. After SIGTERM or Ctrl-C nothing is evaluated: the step's checkpoint comes
+    first, and the evaluation it would have run is run when training resumes. Data-parallel ranks share one batch
+    plan of global micro-batches. `label` names the progress bar.
     """
     device = next(model.parameters()).device
     torch.manual_seed(t.seed)
@@ -218,6 +220,8 @@ def fit(
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
+    if evaluation is not None and evaluation.run_deferred(model):  # due when the run it resumes was stopped
+        result.stopped_early = True
     bar = tqdm(total=steps, initial=result.steps, desc=label, unit="step", disable=None if show_progress else True, leave=False)
     model.train()
     start, epoch = time.perf_counter(), first_epoch
@@ -250,7 +254,9 @@ def fit(
             if result.steps % t.log_every == 0 or result.steps >= steps:
                 _log_losses(result, pending, bar, on_log, {"train/lr": scheduler.get_last_lr()[0], "train/epoch": position})
             end = w == len(epoch_windows) - 1 or result.steps >= steps
-            if evaluation is not None and evaluation.after_step(model, result.steps, position, loss if ok else None, end):
+            stopping = checkpoints is not None and checkpoints.stopping()  # SIGTERM or Ctrl-C: checkpoint now, evaluate later
+            if evaluation is not None and evaluation.after_step(model, result.steps, position, loss if ok else None, end,
+                                                                stopping=stopping):
                 result.stopped_early = True
             if checkpoints and checkpoints.due(result.steps, w, len(epoch_windows), steps):
                 if pending:

@@ -1,6 +1,6 @@
 """The model-type dispatcher: one module per family, picked by the config's `type`, plus what every family
-shares (decoding rules, new-token rows, merging, memory estimates, tiny models) and `preflight`, which drives a
-family's tokenizer surface. May import data and the foundations; never storage or any layer above.
+shares (decoding rules, new-token rows, merging, memory estimates, tiny models, stand-ins of the real profiles,
+pinned hub bases) and `preflight`, which drives a family's tokenizer surface. May import data and the foundations; never storage or any layer above.
 
 Each family module exposes the same surface: `load`, `build_features`, `collate`, `target_count`, `loss`,
 `inference_model`, `generate`, `generate_candidates` (MBR candidates with log-probabilities) and `save`; for

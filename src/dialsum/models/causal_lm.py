@@ -69,14 +69,17 @@ def base_dtype(cfg: CausalLMConfig) -> torch.dtype:
 
 
 _STRFTIME_RE = re.compile(r"strftime_now\(\s*(?:\"([^\"]*)\"|'([^']*)')\s*\)")
+_PIN_RE = re.compile(r"\{%- macro strftime_now\(format\) -%\}.*?\[format\] \}\}\{%- endmacro -%\}", re.S)
 
 
 def pin_template_clock(template: str, day) -> str:
     """The template with `strftime_now` answering for the fixed date `day`, so prompts never follow the clock.
 
     A macro defined in the template shadows transformers' global of the same name; each format the template
-    uses is resolved here. A template that computes its format at render time is refused.
+    uses is resolved here. A template that computes its format at render time is refused. Pinning a pinned
+    template replaces its date (the result is the same as pinning the original once).
     """
+    template = unpin_template_clock(template)
     if "strftime_now" not in template:
         return template
     formats = {a or b for a, b in _STRFTIME_RE.findall(template)}
@@ -84,6 +87,12 @@ def pin_template_clock(template: str, day) -> str:
         raise ConfigError("the chat template calls strftime_now with a computed format; set chat_template to a fixed one")
     table = ", ".join(f"{f!r}: {day.strftime(f)!r}" for f in sorted(formats))
     return "{%- macro strftime_now(format) -%}{{ {" + table + "}[format] }}{%- endmacro -%}" + template
+
+
+def unpin_template_clock(template: str) -> str:
+    """The template as it was before `pin_template_clock` (what a run folder saves)."""
+    pinned = _PIN_RE.match(template)
+    return template[pinned.end():] if pinned else template
 
 
 def load_tokenizer(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
@@ -285,16 +294,16 @@ def _autocast(model, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
-def _generation_setup(cfg: CausalLMConfig, model, tok) -> tuple[torch.device, list[int], int, dict]:
-    """Device, no-repeat exempt ids, embedding rows and generate() extras shared by predictions and candidates."""
+def _generation_setup(cfg: CausalLMConfig, model, tok) -> tuple[torch.device, list[int], int, dict, list]:
+    """Device, no-repeat exempt ids, embedding rows, generate() extras and the processor that bars the vocabulary
+    padding rows, shared by predictions and candidates."""
     model.eval()
     g = cfg.generation
     exempt = no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
     rows = model.get_input_embeddings().num_embeddings
-    extra = {"suppress_tokens": list(range(len(tok), rows))} if rows > len(tok) else {}
-    if g.static_cache:
-        extra["cache_implementation"] = "static"
-    return next(model.parameters()).device, exempt, rows, extra
+    padding = [decoding.SuppressFrom(len(tok))] if rows > len(tok) else []
+    extra = {"cache_implementation": "static"} if g.static_cache else {}
+    return next(model.parameters()).device, exempt, rows, extra, padding
 
 
 def _inputs(cfg: CausalLMConfig, tok, batch: list[dict], device: torch.device) -> dict:
@@ -311,13 +320,13 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
     static KV cache (compiled on GPU); prompts are then padded to a multiple of 64 to bound recompilation.
     """
     g = cfg.generation
-    device, exempt, rows, extra = _generation_setup(cfg, model, tok)
+    device, exempt, rows, extra, padding = _generation_setup(cfg, model, tok)
     gen = generation_config(cfg, model, tok)
 
     def run(batch: list[dict]) -> list[str]:
         inputs = _inputs(cfg, tok, batch, device)
         start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
         with _autocast(model, device):
             out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
         return decoding.decode(tok, out[:, start:])
@@ -332,14 +341,14 @@ def generate_candidates(cfg: CausalLMConfig, model, tok, features: Sequence[dict
     """The summaries `generate` returns, and `generation.num_candidates` seeded samples per dialogue
     (ε-sampling by default), each {"text", "logprob", "tokens"}; token budgets count every sample."""
     g = cfg.generation
-    device, exempt, rows, extra = _generation_setup(cfg, model, tok)
+    device, exempt, rows, extra, padding = _generation_setup(cfg, model, tok)
     gen, cand = generation_config(cfg, model, tok), candidate_generation_config(cfg, model, tok)
     stops = stop_ids(cfg, tok, model)
 
     def run(batch: list[dict]) -> list[tuple[str, list[dict]]]:
         inputs = _inputs(cfg, tok, batch, device)
         start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start)
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
         with _autocast(model, device):
             return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops, start, **extra)
 
@@ -375,10 +384,16 @@ def no_repeat_exempt_ids(cfg: CausalLMConfig, tok) -> list[int]:
 
 
 def save(model, tok, out_dir: Path) -> None:
-    """Adapters only for (Q)LoRA (plus the new tokens' rows), the full model otherwise; the tokenizer beside it."""
+    """Adapters only for (Q)LoRA (plus the new tokens' rows), the full model otherwise; the tokenizer beside it,
+    with the chat template as the checkpoint had it (unpinned)."""
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir, save_embedding_layers=False)
         new_tokens.save_rows(model.get_base_model(), out_dir)
     else:
         model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    pinned = tok.chat_template
+    tok.chat_template = unpin_template_clock(pinned) if pinned else pinned  # loading pins it again
+    try:
+        tok.save_pretrained(out_dir)
+    finally:
+        tok.chat_template = pinned

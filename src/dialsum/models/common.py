@@ -162,15 +162,17 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int | 
 
 def token_budget_batches(
     lengths: Sequence[int], max_tokens: int, seed: int | None, mega: int = 50, multiple_of: int = 1,
-    max_rows: int | None = None,
+    max_rows: int | None = None, ranks: int = 1,
 ) -> list[list[int]]:
     """Length-grouped batches whose padded size (rows x longest row, rounded up to `multiple_of`) stays within
     `max_tokens`: many short rows or a few long ones per batch, so every micro-batch costs about the same.
 
     Same grouping as `length_grouped_batches`: shuffled chunks of about `mega` batches, each sorted by length and
     cut greedily longest-first, then the batches shuffled with the longest first. `seed=None` sorts everything by
-    length (generation). `max_rows` caps rows per batch as well. Every row lands in exactly one batch; a row
-    longer than the budget is an error.
+    length (generation). `max_rows` caps rows per batch as well. `ranks` > 1 plans global batches for data
+    parallelism, which deals every `ranks`-th row to each rank: a batch of k rows may then hold up to
+    `ranks` x `max_tokens`, but no rank's share (at most ceil(k / ranks) rows, none longer than the batch's
+    first) exceeds `max_tokens`. Every row lands in exactly one batch; a row longer than the budget is an error.
     """
     if not lengths:
         return []
@@ -180,26 +182,28 @@ def token_budget_batches(
         raise ValueError(f"max_tokens_per_batch {max_tokens} is smaller than the longest row ({worst} tokens)")
     order = list(range(len(lengths)))
     if seed is None:
-        return _cut_budget(sorted(order, key=lambda i: -padded[i]), padded, max_tokens, max_rows)
+        return _cut_budget(sorted(order, key=lambda i: -padded[i]), padded, max_tokens, max_rows, ranks)
     rng = random.Random(seed)
     rng.shuffle(order)
-    span = max(1, mega * max_tokens * len(padded) // max(sum(padded), 1))
+    span = max(1, mega * max_tokens * ranks * len(padded) // max(sum(padded), 1))
     batches = []
     for start in range(0, len(order), span):
         chunk = sorted(order[start : start + span], key=lambda i: -padded[i])
-        batches += _cut_budget(chunk, padded, max_tokens, max_rows)
+        batches += _cut_budget(chunk, padded, max_tokens, max_rows, ranks)
     longest = max(range(len(batches)), key=lambda b: padded[batches[b][0]])
     first = batches.pop(longest)
     rng.shuffle(batches)
     return [first] + batches
 
 
-def _cut_budget(ordered: list[int], padded: Sequence[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
-    """Cut a longest-first order greedily: a batch grows while rows x its first (longest) row fit the budget."""
+def _cut_budget(ordered: list[int], padded: Sequence[int], max_tokens: int, max_rows: int | None = None,
+                ranks: int = 1) -> list[list[int]]:
+    """Cut a longest-first order greedily: a batch grows while each rank's share (ceil(rows / ranks) rows of
+    at most its first row's length) fits the budget."""
     batches: list[list[int]] = []
     cap = max_rows or len(ordered)
     for i in ordered:
-        if batches and len(batches[-1]) < cap and (len(batches[-1]) + 1) * padded[batches[-1][0]] <= max_tokens:
+        if batches and len(batches[-1]) < cap and -(-(len(batches[-1]) + 1) // ranks) * padded[batches[-1][0]] <= max_tokens:
             batches[-1].append(i)
         else:
             batches.append([i])

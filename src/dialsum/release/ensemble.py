@@ -46,7 +46,7 @@ class PublishedEnsemble:
 
 def read_predictions(folder: Path) -> dict[str, Predictions]:
     """split -> predictions from `folder/<split>.csv`, for the splits present."""
-    return {s: read_submission(folder / f"{s}.csv") for s in SPLITS if (folder / f"{s}.csv").is_file()}
+    return {s: read_submission(folder / f"{s}.csv", normalized=False) for s in SPLITS if (folder / f"{s}.csv").is_file()}
 
 
 def read_nbest(folder: Path) -> dict[str, dict[str, list[str]]]:

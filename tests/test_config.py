@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from dialsum.config import CausalLMConfig, EncoderDecoderConfig, available_models, load_model_config
+from dialsum.config import (
+    CausalLMConfig,
+    EncoderDecoderConfig,
+    available_models,
+    load_model_config,
+)
 from dialsum.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ import pytest
 from dialsum import console
 
 
-
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
     """Run the CLI; returns the result and the CPU seconds (user + system) the child used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -17,7 +17,14 @@ import yaml
 
 from dialsum.errors import ConfigError
 from dialsum.orchestration import placement
-from dialsum.orchestration.placement import POOLS, TARGETS, assign, load_template, queue_names, render_job_configuration
+from dialsum.orchestration.placement import (
+    POOLS,
+    TARGETS,
+    assign,
+    load_template,
+    queue_names,
+    render_job_configuration,
+)
 from dialsum.orchestration.worker import with_passthrough_env, worker_command
 from dialsum.settings import Settings
 

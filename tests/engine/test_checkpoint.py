@@ -18,7 +18,6 @@ from profiles import ROOT, STEPS, long_profile
 from s3_server import CREDENTIALS
 from safetensors.torch import load_file
 
-from dialsum import pipeline
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
 from dialsum.engine import checkpoint
@@ -26,12 +25,9 @@ from dialsum.engine.checkpoint import Checkpointer, Phases
 from dialsum.engine.trainer import fit
 from dialsum.errors import DialsumError
 from dialsum.models import checkpoint_source, family
-from dialsum.pipeline import run_model
+from dialsum.pipeline import phases, run_model
 from dialsum.settings import get_settings
 from dialsum.storage import LocalStorage, list_checkpoints, list_runs
-
-
-
 
 
 def train_process(config: Path, run_id: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen:
@@ -157,12 +153,12 @@ def test_resume_mid_epoch_trains_the_remaining_windows_to_the_same_weights(tmp_p
 def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkeypatch, tmp_path):
     config = long_profile(tmp_path, "after-fit", steps=2, every=1)
     store = tmp_path / "store"
-    real_predict = pipeline.predict
+    real_predict = phases.predict
 
     def out_of_memory(ctx, out_dir):
         raise RuntimeError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(pipeline, "predict", out_of_memory)
+    monkeypatch.setattr(phases, "predict", out_of_memory)
     with pytest.raises(RuntimeError, match="injected"):
         run_model(str(config), run_id="oom", debug=True, storage_url=str(store))
     work = get_settings().output_dir / "oom"
@@ -173,8 +169,8 @@ def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkey
     def no_training(*args, **kwargs):
         raise AssertionError("the retry trained again")
 
-    monkeypatch.setattr(pipeline, "predict", real_predict)
-    monkeypatch.setattr(pipeline, "fit", no_training)
+    monkeypatch.setattr(phases, "predict", real_predict)
+    monkeypatch.setattr(phases, "fit", no_training)
     result = run_model(str(config), run_id="oom", debug=True, storage_url=str(store))
     assert result.metrics["train_steps"] == 2
     for name, tensor in saved.items():
@@ -207,7 +203,7 @@ def test_a_crash_around_the_save_rename_leaves_a_state_the_retry_finishes(monkey
     def no_training(*args, **kwargs):
         raise AssertionError("the retry trained again")
 
-    monkeypatch.setattr(pipeline, "fit", no_training)
+    monkeypatch.setattr(phases, "fit", no_training)
     result = run_model(str(config), run_id="saving", debug=True, storage_url=str(store))
     assert result.run_dir == get_settings().output_dir / "saving" / "saving" and result.metrics["train_steps"] == 2
     assert {p.name for p in result.run_dir.iterdir()} >= {"model", "metrics.json", "config.yaml", "predictions"}
@@ -240,8 +236,8 @@ class StopDuring:
 def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_first(tmp_path):
     """SIGTERM during an epoch-end step: the checkpoint comes at once, with no dev generation in the grace period;
     the resumed run runs that evaluation first, so its curve and weights equal an uninterrupted run's."""
-    from dialsum.engine.checkpoint import Preempted
     from dialsum.engine.evaluation import Evaluator
+    from dialsum.engine.stop import Preempted
 
     cfg = load_model_config(str(long_profile(tmp_path, steps=3)))  # 16 rows: 2 steps an epoch, so step 2 ends one
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "eval_loss_rows": 8,

@@ -5,8 +5,8 @@ import torch
 
 from dialsum.config import load_model_config
 from dialsum.data import Example, load_splits, placeholders_in
-from dialsum.models import causal_lm, checkpoint_source, family
 from dialsum.engine.trainer import fit
+from dialsum.models import causal_lm, checkpoint_source, family
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from dialsum.config import load_model_config
 from dialsum.data import sample_dir
 from dialsum.errors import ConfigError
 from dialsum.models import checkpoint_source, hub
+from dialsum.pipeline import phases
 
 REPO = "dialsum-test/tiny-base"
 COMMITS = ("a" * 40, "b" * 40)  # what main points at when the run trains, and after an upstream change
@@ -77,16 +78,16 @@ def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_ca
                        "generation: {batch_size: 8, max_new_tokens: 16}\n",
                        encoding="utf-8")
     data, store = _small_data(tmp_path), tmp_path / "store"
-    real_predict = pipeline.predict
+    real_predict = phases.predict
 
     def out_of_memory(ctx, out_dir):
         raise RuntimeError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(pipeline, "predict", out_of_memory)
+    monkeypatch.setattr(phases, "predict", out_of_memory)
     with pytest.raises(RuntimeError, match="injected"):
         pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store), force=True)
     _move_main(hub_cache, COMMITS[1])  # upstream changed between the crash and the retry
-    monkeypatch.setattr(pipeline, "predict", real_predict)
+    monkeypatch.setattr(phases, "predict", real_predict)
     result = pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store), force=True)
 
     assert result.metrics["base"] == {"model": REPO, "revision": "main", "commit": COMMITS[0]}  # the retry kept it

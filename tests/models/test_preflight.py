@@ -6,7 +6,13 @@ from dialsum.cli.main import main
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in, read_split
 from dialsum.errors import ConfigError, PreflightError
-from dialsum.models.preflight import PreflightFailed, check, gate, load_checked_tokenizer, run
+from dialsum.models.preflight import (
+    PreflightFailed,
+    check,
+    gate,
+    load_checked_tokenizer,
+    run,
+)
 
 REAL = {"kobart": "kobart-tokenizer", "qwen3-4b": "qwen3-4b-instruct-2507"}
 _CACHE = {}

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 from s3_server import CREDENTIALS, s3_client, use_endpoint
 from test_train_all import (  # noqa: F401  (fixtures)
-    REPO, artifacts, create_pools, moto_endpoint, prefect, prefect_server, start_group, stop_group,
+    REPO,
+    artifacts,
+    create_pools,
+    moto_endpoint,
+    prefect,
+    prefect_server,
+    start_group,
+    stop_group,
 )
 
 from dialsum.data import sample_dir

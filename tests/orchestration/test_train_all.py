@@ -19,16 +19,26 @@ import pytest
 from prefect import get_client
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    temporary_settings,
+)
 from prefect.states import Cancelled, Completed, Crashed, Failed
 from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
-from dialsum.engine.checkpoint import Preempted
+from dialsum.engine.stop import Preempted
 from dialsum.errors import ConfigError, DataError
 from dialsum.orchestration import train_all as train_all_module
 from dialsum.orchestration import train_model as train_model_module
 from dialsum.orchestration.placement import POOLS
-from dialsum.orchestration.train_all import ModelsFailed, check_models, run_embedded, train_all
+from dialsum.orchestration.train_all import (
+    ModelsFailed,
+    check_models,
+    run_embedded,
+    train_all,
+)
 from dialsum.orchestration.train_model import model_name, slug, train_model
 from dialsum.orchestration.worker import setup_pool
 from dialsum.release.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble

@@ -10,11 +10,10 @@ from pathlib import Path
 import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
+from dialsum.data import load_splits, sample_dir
 from dialsum.orchestration.decoding import format_summary, tune_decoding
 from dialsum.pipeline import run_model
 from dialsum.release.stats import split_halves
-from dialsum.data import load_splits, sample_dir
-
 
 SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},
                     "generation.length_penalty": {"low": 0.8, "high": 1.2}}}

@@ -8,12 +8,25 @@ from pathlib import Path
 import pytest
 
 from dialsum import metric
-from dialsum.data import load_splits, read_submission, write_candidates, write_submission
+from dialsum.data import (
+    load_splits,
+    read_submission,
+    write_candidates,
+    write_submission,
+)
 from dialsum.errors import StorageError
 from dialsum.release import stats
 from dialsum.release.ensemble import (
-    BEST_SINGLE, CONSENSUS, MBR, best_model, build_ensemble, combine, consensus_pick, normalised_weights,
-    publish_ensemble, read_outputs,
+    BEST_SINGLE,
+    CONSENSUS,
+    MBR,
+    best_model,
+    build_ensemble,
+    combine,
+    consensus_pick,
+    normalised_weights,
+    publish_ensemble,
+    read_outputs,
 )
 from dialsum.storage import LocalStorage, publish, read_manifest
 

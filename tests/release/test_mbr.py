@@ -11,7 +11,12 @@ import pytest
 from dialsum import metric
 from dialsum.data import load_splits, read_split
 from dialsum.release import mbr
-from dialsum.release.strategies import build_pool, consensus, mbr_picks, normalised_weights
+from dialsum.release.strategies import (
+    build_pool,
+    consensus,
+    mbr_picks,
+    normalised_weights,
+)
 
 
 def _drop(text: str, rate: float, rng: random.Random) -> str:

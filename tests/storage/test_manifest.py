@@ -15,7 +15,16 @@ from s3_server import s3_client
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings
 from dialsum.storage import (
-    MANIFEST, FileDigest, LocalStorage, Storage, check_relpath, digest_file, fetch, list_runs, open_storage, publish,
+    MANIFEST,
+    FileDigest,
+    LocalStorage,
+    Storage,
+    check_relpath,
+    digest_file,
+    fetch,
+    list_runs,
+    open_storage,
+    publish,
     read_manifest,
 )
 from dialsum.storage.s3 import S3Storage

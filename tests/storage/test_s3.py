@@ -13,7 +13,14 @@ from s3_server import s3_client, start_moto, use_endpoint
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings
-from dialsum.storage import MANIFEST, fetch, list_runs, open_storage, publish, read_manifest
+from dialsum.storage import (
+    MANIFEST,
+    fetch,
+    list_runs,
+    open_storage,
+    publish,
+    read_manifest,
+)
 from dialsum.storage.s3 import S3Storage
 
 

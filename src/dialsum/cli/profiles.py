@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dialsum.errors import ConfigError
 
+
 def add_override_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of every model, e.g. --set training.learning_rate=1e-4 "

@@ -5,8 +5,18 @@ folder may be a storage URL) and the foundations; never torch.
 
 from dialsum.data.candidates import candidates_path, read_candidates, write_candidates
 from dialsum.data.splits import (
-    KNOWN_PLACEHOLDERS, PLACEHOLDER_RE, SPLITS, Example, load_splits, normalize, placeholders_in, read_references,
-    read_split, read_submission, sample_dir, write_submission,
+    KNOWN_PLACEHOLDERS,
+    PLACEHOLDER_RE,
+    SPLITS,
+    Example,
+    load_splits,
+    normalize,
+    placeholders_in,
+    read_references,
+    read_split,
+    read_submission,
+    sample_dir,
+    write_submission,
 )
 
 __all__ = [

@@ -31,6 +31,7 @@ import torch
 
 from dialsum import storage as store
 from dialsum.engine import distributed, stop
+from dialsum.engine.stop import Preempted
 from dialsum.errors import DialsumError
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ HARD_EXIT_CODE = 143
 
 class CheckpointError(DialsumError):
     """A checkpoint that cannot be used for this run."""
-
-
-class Preempted(DialsumError):
-    """Training stopped on SIGTERM after publishing a checkpoint."""
 
 
 @dataclass

@@ -30,6 +30,10 @@ _COOPERATIVE = [0]  # depth of cooperative() regions entered by the main thread
 _HARD_EXIT: list[Callable[[], None]] = []
 
 
+class Preempted(DialsumError):
+    """Training stopped on SIGTERM after publishing a checkpoint (`engine.checkpoint.stop_on_sigterm`)."""
+
+
 class Interrupted(DialsumError):
     """A model run that stopped at a safe point after Ctrl-C; what it finished is kept, and the same run id
     continues from there. `str()` is the one line that says where it stopped."""

@@ -26,7 +26,11 @@ from dialsum.engine import distributed
 from dialsum.engine.checkpoint import Checkpointer
 from dialsum.engine.guards import StepGuard
 from dialsum.engine.optim import build_optimizer, build_scheduler
-from dialsum.models.common import length_grouped_batches, random_batches, token_budget_batches
+from dialsum.models.common import (
+    length_grouped_batches,
+    random_batches,
+    token_budget_batches,
+)
 from dialsum.models.memory import checkpointing_needed
 
 

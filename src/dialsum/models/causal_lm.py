@@ -27,7 +27,12 @@ from dialsum.data import Example
 from dialsum.errors import ConfigError
 from dialsum.models import decoding, new_tokens
 from dialsum.models.common import (
-    add_placeholder_tokens, batched_generate, init_new_rows, pad_batch, report_cut, seed_everything,
+    add_placeholder_tokens,
+    batched_generate,
+    init_new_rows,
+    pad_batch,
+    report_cut,
+    seed_everything,
 )
 from dialsum.settings import get_settings
 

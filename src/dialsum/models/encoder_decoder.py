@@ -13,7 +13,12 @@ from dialsum.data import Example
 from dialsum.errors import ConfigError
 from dialsum.models import decoding
 from dialsum.models.common import (
-    add_placeholder_tokens, batched_generate, fit_embeddings, pad_batch, report_cut, seed_everything,
+    add_placeholder_tokens,
+    batched_generate,
+    fit_embeddings,
+    pad_batch,
+    report_cut,
+    seed_everything,
     token_loss_sum,
 )
 from dialsum.settings import get_settings

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 # Reduced shapes: one layer, 64 wide. The vocabulary and everything about tokens stay real.
 # A shallow random model with tied embeddings echoes its last input token forever; layer weights drawn SPREAD
@@ -53,7 +61,12 @@ def save_random_lm(arch: str, shape: dict, tok, folder: Path, dtype=torch.float3
                    config: dict | None = None) -> int:
     """Save a random-weight Llama or Qwen3 of `shape` plus `tok` to `folder` like a hub checkpoint; returns N params.
     `config` overrides config fields (token ids, rope, positions); by default they follow `tok`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     cls_config, cls_model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
     fields = {"tie_word_embeddings": True, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,

@@ -24,8 +24,14 @@ from dialsum.data import load_splits, sample_dir
 from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration.children import make_launcher, run_all
-from dialsum.orchestration.train_model import CRASH_RELAUNCHES, OrchestrationError, model_name, slug
-from dialsum.release import ensemble, kfold as results
+from dialsum.orchestration.train_model import (
+    CRASH_RELAUNCHES,
+    OrchestrationError,
+    model_name,
+    slug,
+)
+from dialsum.release import ensemble
+from dialsum.release import kfold as results
 from dialsum.tuning import folds as folding
 
 SPLIT_FILES = ("train.csv", "dev.csv", "test.csv")

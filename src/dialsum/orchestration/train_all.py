@@ -27,7 +27,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings, temporary_settings
+from prefect.settings import (
+    PREFECT_SERVER_EPHEMERAL_ENABLED,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 
@@ -38,10 +42,19 @@ from dialsum.errors import ConfigError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
 from dialsum.orchestration.nightly import (
-    check_policy, decide_promotion, publish_summary, unchanged_models, unchanged_summary,
+    check_policy,
+    decide_promotion,
+    publish_summary,
+    unchanged_models,
+    unchanged_summary,
 )
 from dialsum.orchestration.train_model import (
-    CRASH_RELAUNCHES, OrchestrationError, launch_model, outcome_row, plan_in_process, slug,
+    CRASH_RELAUNCHES,
+    OrchestrationError,
+    launch_model,
+    outcome_row,
+    plan_in_process,
+    slug,
 )
 from dialsum.release import ensemble, registry, report
 

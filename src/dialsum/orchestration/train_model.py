@@ -28,7 +28,6 @@ from dialsum import console, storage
 from dialsum.config import load_model_config
 from dialsum.data import source as datasource
 from dialsum.engine import stop
-from dialsum.engine.checkpoint import Preempted
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
@@ -118,7 +117,7 @@ def train_model(
     except PERMANENT_ERRORS:
         _skip_retries()
         raise
-    except Preempted as exc:
+    except stop.Preempted as exc:
         return _preempted(exc)
     except stop.Interrupted as exc:
         _skip_retries()
@@ -127,7 +126,7 @@ def train_model(
             "status": result.status}
 
 
-def _preempted(exc: Preempted) -> State:
+def _preempted(exc: stop.Preempted) -> State:
     """A child stopped by SIGTERM (its checkpoint published) ends Crashed, as if killed: train-all relaunches it."""
     _skip_retries()
     return Crashed(message=f"{type(exc).__name__}: {exc}")

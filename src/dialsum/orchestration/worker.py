@@ -29,7 +29,13 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from dialsum.errors import DialsumError
 from dialsum.orchestration.placement import (
-    PASSTHROUGH_ENV, POOLS, TARGETS, Pool, load_template, queue_names, secret_block_name,
+    PASSTHROUGH_ENV,
+    POOLS,
+    TARGETS,
+    Pool,
+    load_template,
+    queue_names,
+    secret_block_name,
 )
 
 

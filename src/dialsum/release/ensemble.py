@@ -15,11 +15,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dialsum import storage
-from dialsum.data import candidates_path, load_splits, read_candidates, read_submission, write_submission
+from dialsum.data import (
+    candidates_path,
+    load_splits,
+    read_candidates,
+    read_submission,
+    write_submission,
+)
 from dialsum.errors import StorageError
 from dialsum.release.strategies import (  # noqa: F401  (the public names of ensembling live here too)
-    BEST_SINGLE, CONSENSUS, MBR, SPLITS, Candidates, EnsembleResult, NBest, Predictions, agreement, best_model,
-    build_ensemble, combine, common_fnames, consensus, consensus_pick, normalised_weights,
+    BEST_SINGLE,
+    CONSENSUS,
+    MBR,
+    SPLITS,
+    Candidates,
+    EnsembleResult,
+    NBest,
+    Predictions,
+    agreement,
+    best_model,
+    build_ensemble,
+    combine,
+    common_fnames,
+    consensus,
+    consensus_pick,
+    normalised_weights,
 )
 
 ENSEMBLE = "ensemble"

@@ -13,16 +13,41 @@ from urllib.parse import unquote, urlparse
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings
-from dialsum.storage.base import MANIFEST, FileDigest, Storage, check_name, check_relpath, digest_file, sha256_file
+from dialsum.storage.base import (
+    MANIFEST,
+    FileDigest,
+    Storage,
+    check_name,
+    check_relpath,
+    digest_file,
+    sha256_file,
+)
 from dialsum.storage.checkpoints import (
-    CHECKPOINTS_DIR, delete_checkpoint, fetch_checkpoint, list_checkpoints, publish_checkpoint,
+    CHECKPOINTS_DIR,
+    delete_checkpoint,
+    fetch_checkpoint,
+    list_checkpoints,
+    publish_checkpoint,
 )
-from dialsum.storage.local import LocalStorage
 from dialsum.storage.lease import Lease, LeaseHeld, hold
+from dialsum.storage.local import LocalStorage
 from dialsum.storage.manifest import (
-    PublishResult, RunEntry, fetch, list_runs, new_run_id, publish, read_manifest, read_published, run_key,
+    PublishResult,
+    RunEntry,
+    fetch,
+    list_runs,
+    new_run_id,
+    publish,
+    read_manifest,
+    read_published,
+    run_key,
 )
-from dialsum.storage.progress import read_progress, request_stop, stop_request, write_progress
+from dialsum.storage.progress import (
+    read_progress,
+    request_stop,
+    stop_request,
+    write_progress,
+)
 
 __all__ = [
     "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",

@@ -12,7 +12,14 @@ from typing import Any
 
 from dialsum.errors import StorageError
 from dialsum.storage.base import MANIFEST, NAME_RE, Storage, check_name, digest_file
-from dialsum.storage.manifest import build_manifest, entries_of, fetch_files, local_files, parse_manifest, run_prefix
+from dialsum.storage.manifest import (
+    build_manifest,
+    entries_of,
+    fetch_files,
+    local_files,
+    parse_manifest,
+    run_prefix,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 

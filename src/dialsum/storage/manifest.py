@@ -24,7 +24,14 @@ from typing import Any
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings
 from dialsum.storage.base import (
-    MANIFEST, NAME_RE, FileDigest, Storage, check_name, check_relpath, digest_file, sha256_file,
+    MANIFEST,
+    NAME_RE,
+    FileDigest,
+    Storage,
+    check_name,
+    check_relpath,
+    digest_file,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)

@@ -122,10 +122,10 @@ def plot_importance(study: Any, path: Path) -> dict[str, float]:
     import matplotlib
 
     matplotlib.use("Agg")
+    import warnings
+
     import matplotlib.pyplot as plt
     import optuna
-
-    import warnings
 
     try:
         with warnings.catch_warnings():

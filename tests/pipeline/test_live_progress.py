@@ -10,7 +10,7 @@ from dialsum import storage
 from dialsum.pipeline import run_model
 from dialsum.storage import LocalStorage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def profile(folder: Path) -> Path:

@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import torch
 import torch.multiprocessing as mp
 
-from dialsum import metric, pipeline
+from dialsum import metric
 from dialsum.data import Example
 from dialsum.engine import checkpoint, distributed
 from dialsum.engine.checkpoint import Checkpointer, Phases
+from dialsum.pipeline import phases as run_phases
 from dialsum.storage import LocalStorage, publish_checkpoint
 
 STARTS = 40
@@ -62,10 +63,10 @@ def _rank(rank: int, port: int, root: str) -> None:
         run_id, before = f"race-{start:02d}", summarizer.rows
         torch.distributed.barrier()  # both processes start each run at the same moment
         ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint"))
-        ctx = pipeline.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id,
-                                  root_dir / "out" / run_id, "", phases=phases)
+        ctx = run_phases.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id,
+                                      root_dir / "out" / run_id, "", phases=phases)
         if ok:
-            ok, score, error = _together(lambda: pipeline.before_phase(ctx, eval_before=True))
+            ok, score, error = _together(lambda: run_phases.before_phase(ctx, eval_before=True))
         if ok:
             ok, path, error = _together(lambda: Checkpointer(phases.folder / "checkpoints", 1, 2, "fingerprint",
                                                              run_id, "m", store).latest())

@@ -1,0 +1,42 @@
+"""Typed experiment configs. YAML is only data: every field is declared and validated here.
+
+`schema` holds the pydantic models (the family is the `type` discriminator), `profiles` finds and loads a profile
+(base defaults, the model YAML, command-line overrides) and `overrides` reads `--set KEY=VALUE`. A foundation:
+imports only settings and errors.
+"""
+
+from dialsum.config.overrides import apply_overrides, parse_override
+from dialsum.config.profiles import (
+    available_models,
+    config_dirs,
+    deep_merge,
+    did_you_mean,
+    dump_config,
+    find_config,
+    load_model_config,
+    overlay_overrides,
+    packaged_configs,
+    resolve_model_path,
+)
+from dialsum.config.schema import (
+    FAMILIES,
+    NAME_PATTERN,
+    NAME_RE,
+    CausalLMConfig,
+    EncoderDecoderConfig,
+    GenerationConfig,
+    LoraConfig,
+    ModelConfig,
+    ModelConfigBase,
+    QuantizationConfig,
+    Strict,
+    TinySpec,
+    TrainingConfig,
+)
+
+__all__ = [
+    "FAMILIES", "NAME_PATTERN", "NAME_RE", "CausalLMConfig", "EncoderDecoderConfig", "GenerationConfig", "LoraConfig",
+    "ModelConfig", "ModelConfigBase", "QuantizationConfig", "Strict", "TinySpec", "TrainingConfig", "apply_overrides",
+    "available_models", "config_dirs", "deep_merge", "did_you_mean", "dump_config", "find_config",
+    "load_model_config", "overlay_overrides", "packaged_configs", "parse_override", "resolve_model_path",
+]

@@ -221,7 +221,7 @@ class StopDuring:
     def __getattr__(self, name):
         return getattr(self.fam, name)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, label_smoothing=0.0):
         if model.training:
             self.calls += 1
             if self.checkpoints is not None and self.calls == self.at:

@@ -32,7 +32,7 @@ class Counting:
         self.generated += len(features)
         return self.fam.generate(cfg, model, tok, features, progress)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, label_smoothing=0.0):
         self.loss_rows += 0 if model.training else batch["input_ids"].shape[0]
         return self.fam.loss(model, batch)
 

@@ -67,6 +67,32 @@ def test_family_loss_equals_the_models_own_mean_loss(sample):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_label_smoothed_family_loss_equals_torchs_over_the_full_logits(sample, monkeypatch):
+    for name in ("tiny-bart", "tiny-llama"):
+        cfg = load_model_config(name)
+        fam = family(cfg)
+        model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(sample["train"]))
+        model.eval()
+        batch = fam.collate(tok, fam.build_features(cfg, tok, sample["train"][:4], with_labels=True))
+        with torch.no_grad():
+            logits, labels = model(**batch).logits, batch["labels"]
+            if cfg.type == "causal_lm":  # position t predicts label t+1
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                       ignore_index=-100, reduction="sum", label_smoothing=0.1)
+            ours = fam.loss(model, batch, label_smoothing=0.1)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+        assert not torch.allclose(ours, fam.loss(model, batch))  # smoothing changes the target
+
+    seen = []  # training.label_smoothing reaches the loop's loss
+    real = fam.loss
+    monkeypatch.setattr(fam, "loss", lambda model, batch, label_smoothing=0.0: seen.append(label_smoothing)
+                        or real(model, batch, label_smoothing))
+    t = cfg.training.model_copy(update={"batch_size": 4, "epochs": 1, "label_smoothing": 0.2})
+    fit(t, fam, model, tok, fam.build_features(cfg, tok, sample["train"][:4], with_labels=True), show_progress=False)
+    assert seen == [0.2]
+
+
 def test_decay_skips_biases_and_norms(sample):
     cfg = load_model_config("tiny-bart")
     model, _ = family(cfg).load(cfg, checkpoint_source(cfg), placeholders_in(sample["train"]))

@@ -28,6 +28,10 @@ class TrainingConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Share of each training target's probability spread over the vocabulary (0: off); "
+        "the dev loss is always plain cross-entropy."
+    )
     warmup_steps: float = Field(0.05, ge=0, description="Warmup: a fraction of all steps if < 1, else a step count.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(

@@ -148,15 +148,15 @@ class FamilyLoss(torch.nn.Module):
     """A family's summed loss as a module's forward. The loss may run the body and the output layer apart
     (label positions only), so the gradient-averaging wrapper must see the whole pass as its forward."""
 
-    def __init__(self, family, model: torch.nn.Module):
+    def __init__(self, family, model: torch.nn.Module, label_smoothing: float = 0.0):
         super().__init__()
-        self.family, self.model = family, model
+        self.family, self.model, self.label_smoothing = family, model, label_smoothing
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.family.loss(self.model, batch)
+        return self.family.loss(self.model, batch, label_smoothing=self.label_smoothing)
 
 
-def wrap(model: torch.nn.Module, family) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, family, label_smoothing: float = 0.0) -> torch.nn.Module:
     """The model with its family loss wrapped for gradient averaging across ranks; the model itself for one
     process. Call a wrapped model with a batch to get the summed loss (see `is_wrapped`)."""
     if not active():
@@ -164,7 +164,7 @@ def wrap(model: torch.nn.Module, family) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
-    return DistributedDataParallel(FamilyLoss(family, model), device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(FamilyLoss(family, model, label_smoothing), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def is_wrapped(model: torch.nn.Module) -> bool:

@@ -108,7 +108,8 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}) if g["params"]]
 
 
-def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch.dtype | None, scaler=None) -> torch.Tensor:
+def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch.dtype | None, scaler=None,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
     """Forward and backward every micro-batch of one optimizer step; returns the window's mean token loss.
 
     Each micro-batch's summed loss is divided by the label tokens of the whole window (counted on the host
@@ -125,7 +126,8 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with nullcontext() if i == len(micro) - 1 else distributed.no_sync(model):
             with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-                loss = (model(batch) if distributed.is_wrapped(model) else family.loss(model, batch)) / n_tokens
+                wrapped = distributed.is_wrapped(model)
+                loss = (model(batch) if wrapped else family.loss(model, batch, label_smoothing=label_smoothing)) / n_tokens
             (scaler.scale(loss * world) if scaler else loss * world).backward()
         total += loss.detach()
     return total
@@ -220,7 +222,7 @@ def fit(
     steps = total_steps(len(features), t, max_steps, features, multiple)
     scheduler = build_scheduler(t, optimizer, steps)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model, family), []
+    guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model, family, t.label_smoothing), []
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
@@ -237,7 +239,7 @@ def fit(
             micro = [family.collate(tok, shard_rows(features, idx), multiple_of=multiple) for idx in window]
             result.real_tokens += sum(int(b["attention_mask"].sum()) for b in micro)
             result.padded_tokens += sum(b["attention_mask"].numel() for b in micro)
-            loss = backward_window(family, trained, micro, amp, scaler)
+            loss = backward_window(family, trained, micro, amp, scaler, t.label_smoothing)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)

@@ -264,8 +264,9 @@ def _decoder_and_head(model):
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
-def loss(model, batch: dict) -> torch.Tensor:
-    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch.
+def loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy summed over the summary (and end-of-turn) tokens of the batch (optionally
+    label-smoothed).
 
     The body runs to its final hidden states; the output layer and the (fp32) cross-entropy run only at the
     positions that carry a label, about 13% of a batch, so no (batch x length x vocabulary) logits exist.
@@ -275,7 +276,8 @@ def loss(model, batch: dict) -> torch.Tensor:
     rows, cols = (labels != -100).nonzero(as_tuple=True)  # before the forward: the only wait on the device is here
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     logits = head(hidden.last_hidden_state[rows, cols])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols], reduction="sum")
+    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols], reduction="sum",
+                                             label_smoothing=label_smoothing)
 
 
 def inference_model(cfg: CausalLMConfig, model):

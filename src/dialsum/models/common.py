@@ -217,15 +217,16 @@ def _cut(ordered: list[int], batch_size: int) -> list[list[int]]:
     return batches + [ordered[i : i + batch_size] for i in range(head, len(ordered), batch_size)]
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed (not averaged) over the positions whose label is not -100, computed in fp32.
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy summed (not averaged) over the positions whose label is not -100, computed in fp32
+    (`label_smoothing` as in torch's cross-entropy).
 
     Summing lets the trainer divide by the label tokens of the whole accumulation window, so every token weighs
     the same whatever micro-batch it lands in.
     """
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
-        ignore_index=-100, reduction="sum",
+        ignore_index=-100, reduction="sum", label_smoothing=label_smoothing,
     )
 
 

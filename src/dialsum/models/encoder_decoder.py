@@ -120,13 +120,13 @@ def target_count(batch: dict) -> int:
     return int((batch["labels"] != -100).sum())
 
 
-def loss(model, batch: dict) -> torch.Tensor:
-    """Teacher-forced cross-entropy summed over the summary tokens of the batch."""
+def loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Teacher-forced cross-entropy summed over the summary tokens of the batch (optionally label-smoothed)."""
     labels = batch["labels"]
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    decoder_input_ids=decoder_input_ids, use_cache=False).logits
-    return token_loss_sum(logits, labels)
+    return token_loss_sum(logits, labels, label_smoothing)
 
 
 def inference_model(cfg: EncoderDecoderConfig, model):

@@ -130,12 +130,12 @@ def fixed_padding(family, widths: dict[str, int], loss=None) -> SimpleNamespace:
     return SimpleNamespace(collate=collate, target_count=family.target_count, loss=loss or family.loss)
 
 
-def full_logits_loss(model, batch: dict):
+def full_logits_loss(model, batch: dict, label_smoothing: float = 0.0):
     """The causal-LM loss as it was: logits at every position over the whole vocabulary, upcast to fp32."""
     from dialsum.models.common import token_loss_sum
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:])
+    return token_loss_sum(logits[:, :-1], batch["labels"][:, 1:], label_smoothing)
 
 
 def cpu_threads(default: int = 1) -> int:

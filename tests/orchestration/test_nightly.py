@@ -58,7 +58,10 @@ def rows(path: Path) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
-    prefect_server: tuple[str, dict[str, str]], moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_server: tuple[str, dict[str, str]],  # noqa: F811  (a fixture)
+    moto_endpoint: str,  # noqa: F811  (a fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     api_url, env = prefect_server
     bucket = f"nightly-{uuid.uuid4().hex[:8]}"

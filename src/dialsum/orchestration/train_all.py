@@ -164,12 +164,7 @@ def train_all(
     base = registry.current(store)
     overrides = list(overrides or [])
     reused = {} if force or resume else unchanged_models(models, local_data, debug, store, base, overrides)
-    common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
-              "group": run_id, "eval_before": eval_before}
-    if gpus_per_model > 1:
-        common["gpus"] = gpus_per_model
-    if overrides:  # only when given, so deployments registered before the parameter existed keep working
-        common["overrides"] = overrides
+    common = child_parameters(run_id, data_dir, storage_url, debug, eval_before, gpus_per_model, overrides)
     if embedded:
         plan_in_process(run_id, len(models) - len(reused))
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
@@ -184,21 +179,42 @@ def train_all(
         get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
         return {"run_id": run_id, "status": "already complete", "rows": rows, "ensemble": done, "promotion": None,
                 "plot": done["plot"]}
+    failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
+    summary = ensemble_and_promote(run_id, rows, [f for _, f in futures], storage_url, local_data, base,
+                                   promote, margin)
+    publish_summary(run_id, summary, base)
+    if failed:
+        raise ModelsFailed(failed, summary)
+    return summary
+
+
+def child_parameters(run_id: str, data_dir: str | None, storage_url: str | None, debug: bool, eval_before: bool,
+                     gpus_per_model: int, overrides: list[str]) -> dict[str, Any]:
+    """The parameters every child of a run shares (besides its model)."""
+    common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
+              "group": run_id, "eval_before": eval_before}
+    if gpus_per_model > 1:
+        common["gpus"] = gpus_per_model
+    if overrides:  # only when given, so deployments registered before the parameter existed keep working
+        common["overrides"] = overrides
+    return common
+
+
+def ensemble_and_promote(run_id: str, rows: list[dict], futures: list, storage_url: str | None, local_data,
+                         base, promote: str, margin: float) -> dict[str, Any]:
+    """The ensemble of the models that succeeded (once every child has ended) and the promotion decision; the
+    run's summary."""
     done = [row["model"] for row in rows if row["status"] in ("completed", "already complete", "unchanged")]
     failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
     result = decision = None
     if done:
         sources = {r["model"]: r["source_run"] for r in rows if r["status"] == "unchanged"}
         result = build_ensemble(run_id, done, storage_url, str(local_data) if local_data else None, sources,
-                                base.champion if base else None, wait_for=[allow_failure(f) for _, f in futures])
+                                base.champion if base else None, wait_for=[allow_failure(f) for f in futures])
         get_run_logger().info("ensemble (%s): %s", result["choice"], result["headline"])
         decision = decide_promotion(run_id, storage_url, promote, margin, local_data, failed, result["dev_score"])
-    summary = {"run_id": run_id, "status": "trained", "rows": rows, "ensemble": result, "promotion": decision,
-               "plot": result["plot"] if result else None}
-    publish_summary(run_id, summary, base)
-    if failed:
-        raise ModelsFailed(failed, summary)
-    return summary
+    return {"run_id": run_id, "status": "trained", "rows": rows, "ensemble": result, "promotion": decision,
+            "plot": result["plot"] if result else None}
 
 
 def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | None:

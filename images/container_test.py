@@ -189,8 +189,9 @@ def deploy(env: dict[str, str]) -> None:
     from dialsum.orchestration.placement import POOLS
     from dialsum.orchestration.worker import setup_pool
 
-    for name in ("dialsum-process", "dialsum-k8s"):
+    for name in ("dialsum-process", "dialsum-k8s"):  # the compose workers made the docker and control pools
         asyncio.run(setup_pool(POOLS[name], None, ROOT / "infra"))
+    asyncio.run(setup_pool(POOLS["dialsum-process-gpu"], 1, ROOT / "infra"))  # train-model/process-gpu names gpu-0
     result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
                              "infra/prefect.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

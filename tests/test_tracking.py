@@ -42,6 +42,9 @@ def test_the_train_all_report_goes_to_wandb_in_the_run_group(tmp_path, monkeypat
                "ensemble": {"dev_score": 12.5}, "promotion": {"promoted": False, "reason": "does not beat 13.00"},
                "plot": "file:///x/report.png"}
     publish_report("r-7", "# train-all `r-7`\n**Decision: not promoted.**", summary)
+    import wandb
+
+    wandb.teardown()  # the W&B service writes the offline file on its own schedule; shutting it down flushes it
     runs = list((tmp_path / "r-7" / "wandb").rglob("offline-run-*"))
     assert len(runs) == 1
     stored = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())

@@ -9,7 +9,8 @@
 #      own; train-all over the CPU Docker pool with three tiny models, one trainer container killed
 #      mid-run; manifests checked in S3; no container left behind; everything stopped by id.
 #   6. docker-compose up of docker-compose.yml with infra/compose.test.yml (stand-ins for the images
-#      that cannot be pulled), one train-all/cpu run through it, then down -v.
+#      that cannot be pulled), one train-all/cpu run through it, then down -v. As root on Debian it
+#      installs docker-compose (v1) when missing; elsewhere without it, this phase is skipped.
 # Without an engine (and no way to get one) it says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,6 +147,12 @@ python=".venv/bin/python"
 [[ -x "$python" ]] || python=python3
 "$python" images/container_test.py --docker "$DOCKER" --commit "$commit"
 phase "compose"
+if ! command -v docker-compose >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  say "installing docker-compose (compose v1, Debian's package)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } \
+    || say "docker-compose could not be installed"
+fi
 "$python" images/container_test.py --docker "$DOCKER" --commit "$commit" --compose
 phase ""
 say "passed in $((SECONDS - started))s"

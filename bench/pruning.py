@@ -84,7 +84,8 @@ class Curves:
 
     def result(self, run: TrialRun) -> dict[str, Any]:
         steps = self.evals[run.run_id]
-        return {"dev": {"score": self.value(run.run_id, steps)}, "train_steps": steps,
+        value = self.value(run.run_id, steps)
+        return {"dev": {"score": value}, "dev_selection": {"score": value}, "train_steps": steps,
                 "training": {"stop_requested": run.run_id in self.stop_at}}
 
     def stop(self, run: TrialRun, reason: str) -> None:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dialsum.config import load_model_config
-from dialsum.data import load_splits, placeholders_in
+from dialsum.data import holdout, load_splits, placeholders_in
 from dialsum.models import checkpoint_source, family
 from dialsum.pipeline import run_model
 from dialsum.settings import get_settings
@@ -40,11 +40,14 @@ def test_run_folder_layout(trained):
     scored = [r for r in training["curve"] if "dev_score" in r]
     assert len(scored) == trained.metrics["train_steps"] // scored[0]["step"] and training["restored_best"]
     assert training["best"]["value"] == max(r["dev_score"] for r in scored) and training["skipped_steps"] == 0
-    held = metrics["dev_held_out"]  # the best step was chosen on dev rows 1-24 (eval_score_rows): 24 rows remain
-    assert (held["selection_rows"], held["rows"]) == (cfg.training.eval_score_rows, 48 - cfg.training.eval_score_rows)
+    held = metrics["dev_held_out"]  # the best step was chosen on selection rows: the held-out part reports
+    split = holdout.DevSplit.from_record(held["split"])
+    selection, held_rows = split.parts([ex.fname for ex in load_splits(None)["dev"]])
+    assert (held["selection_rows"], held["rows"]) == (len(selection), len(held_rows))
     rows = metrics["dev_row_scores"]
     assert len(rows) == 48 == metrics["dev_rows"] and sum(rows.values()) / 48 == pytest.approx(metrics["dev"]["score"])
-    assert held["score"] == pytest.approx(sum(list(rows.values())[held["selection_rows"]:]) / held["rows"])
+    assert held["score"] == pytest.approx(sum(rows[f] for f in held_rows) / held["rows"])
+    assert metrics["dev_selection"]["score"] == pytest.approx(sum(rows[f] for f in selection) / len(selection))
     for split, n in (("dev", 48), ("test", 48)):
         rows = list(csv.reader((run / "predictions" / f"{split}.csv").open(encoding="utf-8")))
         assert rows[0] == ["", "fname", "summary"] and len(rows) == n + 1

@@ -44,6 +44,17 @@ class Settings(BaseSettings):
         60, gt=0, description="How long a run's lease (one writer per run and model) lasts without renewal; the "
         "holder renews it every quarter of that, and a lease left by a killed process expires after it.",
     )
+    split_seed: int = Field(
+        0, description="Seed of the dev split by fname into a selection part (every choice) and a held-out part "
+        "(every held-out figure); recorded with each figure.",
+    )
+    held_out_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of dev rows held out from every choice (the rest choose best steps, "
+        "strategies, sweep trials and decoding).",
+    )
+    choice_audit_file: Path | None = Field(
+        None, description="Tests: append each dev row read by a choice (JSON lines) to this file.",
+    )
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
     git_commit: str | None = Field(None, description="Commit recorded in manifests where `git` is unavailable (images bake it in).")
 

@@ -76,21 +76,46 @@ def test_an_equal_score_goes_to_the_lower_dev_loss():
     assert (tracker.best_step, tracker.since_best) == (2, 1)
 
 
-def test_the_held_out_score_leaves_out_the_rows_that_chose_the_best_step():
+def test_the_held_out_score_is_measured_on_the_held_out_part_only():
     from dialsum import metric
-    from dialsum.engine.evaluation import held_out
+    from dialsum.data import holdout
+    from dialsum.engine.evaluation import held_out, selection_score
 
-    cfg = load_model_config("tiny-bart")  # eval_score_rows 24 of the sample's 48 dev rows
+    cfg = load_model_config("tiny-bart")
     dev = load_splits(None)["dev"]
-    preds = [ex.summary if i < 24 else "엉뚱한 이야기: 오늘은 비가 온다." for i, ex in enumerate(dev)]
-    refs = [ex.summary for ex in dev]
+    split = holdout.dev_split()
+    selection, held = split.parts([ex.fname for ex in dev])
+    assert selection and held
+    preds = [ex.summary if ex.fname in selection else "엉뚱한 이야기: 오늘은 비가 온다." for ex in dev]
+    refs = {ex.fname: ex.summary for ex in dev}
     chosen = held_out(cfg, dev, preds, {"restored_best": True, "stopped_early": False})
-    assert (chosen["selection_rows"], chosen["rows"]) == (24, 24)
-    assert chosen["score"] == metric.score(preds[24:], refs[24:])["score"] < 20 < metric.score(preds, refs)["score"]
-    assert chosen["selected_by"] == "dev_score on dev rows 1-24"
+    assert (chosen["selection_rows"], chosen["rows"]) == (len(selection), len(held))
+    wrong = [p for p, ex in zip(preds, dev) if ex.fname in held]
+    assert chosen["score"] == metric.score(wrong, [refs[f] for f in held])["score"] < 20
+    assert chosen["split"] == split.record([ex.fname for ex in dev])
+    assert chosen["split"]["held_out_sha256"] == holdout.fnames_hash(held)
+    assert selection_score(dev, preds) == {"score": pytest.approx(100), "rows": len(selection)}
     untouched = held_out(cfg, dev, preds, {"restored_best": False, "stopped_early": False})
-    assert (untouched["selection_rows"], untouched["rows"]) == (0, 48)
-    assert untouched["score"] == metric.score(preds, refs)["score"]
-    by_loss = cfg.model_copy(update={"training": cfg.training.model_copy(update={"best_metric": "dev_loss"})})
-    everything = held_out(by_loss, dev, preds, {"restored_best": True})  # eval_loss_rows None: every dev row
-    assert everything == {"score": None, "rows": 0, "selection_rows": 48, "selected_by": "dev_loss on dev rows 1-48"}
+    assert untouched["score"] == chosen["score"] and untouched["selected_by"] == "nothing chosen on dev by training"
+
+
+class Features:
+    """A family stand-in whose features are the rows themselves (no model needed to see which rows it reads)."""
+
+    @staticmethod
+    def build_features(cfg, tok, rows, with_labels):
+        return list(rows)
+
+
+@pytest.mark.parametrize("metric_name", ["dev_score", "dev_loss"])
+def test_the_best_step_is_chosen_on_the_first_selection_rows_only(metric_name):
+    from dialsum.data import holdout
+
+    cfg = load_model_config("tiny-bart")
+    update = {"eval_score_rows": 10, "eval_loss_rows": 12, "best_metric": metric_name}
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
+    dev = load_splits(None)["dev"]
+    evaluator = Evaluator(cfg, Features, None, dev)
+    selection, _ = holdout.dev_split().parts([ex.fname for ex in dev])
+    assert [ex.fname for ex in evaluator.score_rows] == selection[:10]
+    assert [ex.fname for ex in evaluator.loss_features] == selection[:12]

@@ -66,7 +66,8 @@ class FakeExecutor:
 
     def result(self, run: TrialRun) -> dict[str, Any]:
         steps = min(self.polls[run.run_id], self.duration)
-        return {"dev": {"score": self.value(run.run_id, steps)}, "train_steps": steps,
+        value = self.value(run.run_id, steps)  # the full-dev score is another figure: trials rank on the selection part
+        return {"dev": {"score": -value}, "dev_selection": {"score": value}, "train_steps": steps,
                 "training": {"stop_requested": run.run_id in self.stopped}}
 
     def stop(self, run: TrialRun, reason: str) -> None:

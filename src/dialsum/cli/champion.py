@@ -47,7 +47,10 @@ def describe_line(champion: dict[str, Any]) -> str:
     what = (f"ensemble ({champion['strategy']}) of {', '.join(champion['members'])}"
             if champion["kind"] == "ensemble" else f"model {champion['model']}")
     held = champion.get("held_out_score")
-    held = f" (held-out {held:.2f})" if held is not None else ""
+    split = champion.get("split") or {}
+    on = (f" on {split['held_out_rows']} rows, split seed {split['seed']}, held-out fraction "
+          f"{split['held_out_fraction']}" if split.get("held_out_rows") is not None else "")
+    held = f" (held-out {held:.2f}{on})" if held is not None else ""
     return f"{champion['run_id']}/{champion['model']}: {what}; dev score {champion['dev_score']:.2f}{held}"
 
 

@@ -88,7 +88,7 @@ def register(sub) -> None:
     p.add_argument("--space", type=Path, help="YAML of generation.* keys to search (default: the built-in space)")
     p.add_argument("--trials", type=int, default=16, help="decoding settings to try (default 16)")
     p.add_argument("--rows", type=int, default=None, help="dev rows of the search split (default: all of it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the dev split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0); the dev split is the run's own")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/decoding)")
     p.set_defaults(func=_tune_decoding)
 

@@ -5,7 +5,9 @@ weights by a configured metric, and early stopping.
 evaluation is due and returns True to stop early. An optional `on_evaluation` hook sees the curve after each
 evaluation and may ask training to stop there (a sweep pruning the run); the stop is recorded as requested. `Evaluator.finish` puts the best weights back and returns the
 curve for `metrics.json`. `BestTracker` holds everything a checkpoint must keep to resume the same decisions.
-`held_out` splits a finished run's dev score by whether a row took part in choosing the shipped step.
+Every choice reads the selection part of the one dev split (`data.holdout`): `eval_score_rows` and
+`eval_loss_rows` are its first rows. `held_out` scores a finished run on the held-out part, `selection_score` on
+the selection part (a sweep's objective). Each evaluation records `progress`, its share of the planned steps.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from dialsum import metric
-from dialsum.data import Example
+from dialsum.data import Example, holdout
 from dialsum.engine import distributed
 from dialsum.engine.trainer import autocast_dtype
 from dialsum.models.common import length_grouped_batches
@@ -95,8 +97,12 @@ class Evaluator:
         self.cfg, self.family, self.tok, self.t, self.on_log = cfg, family, tok, t, on_log
         self.on_evaluation = on_evaluation
         self.stop_requested = False
-        self.loss_features = family.build_features(cfg, tok, dev[: t.eval_loss_rows], with_labels=True)
-        self.score_rows, self.dev_rows = list(dev[: t.eval_score_rows]), len(dev)
+        self.split = holdout.dev_split()
+        selection = self.split.selection_examples(dev)  # only selection rows choose the step and stop early
+        self.loss_rows = list(selection[: t.eval_loss_rows])
+        self.loss_features = family.build_features(cfg, tok, self.loss_rows, with_labels=True)
+        self.score_rows, self.dev_rows = list(selection[: t.eval_score_rows]), len(dev)
+        self.planned_steps: int | None = None  # set by `fit`: evaluations record their share of the planned training
         self.score_features = family.build_features(cfg, tok, self.score_rows, with_labels=False)
         self.tracker = BestTracker(t.best_metric, t.early_stopping_patience)
         self.stopped_early = False
@@ -110,6 +116,7 @@ class Evaluator:
         device = next(model.parameters()).device
         amp = autocast_dtype(self.t.precision, device)
         total, tokens = torch.zeros((), device=device), 0
+        holdout.read([ex.fname for ex in self.loss_rows], f"{self.t.best_metric}: best step")
         lengths = [len(f["input_ids"]) for f in self.loss_features]
         for idx in distributed.shard(length_grouped_batches(lengths, self.t.batch_size, seed=None)):
             batch = self.family.collate(self.tok, [self.loss_features[i] for i in idx])
@@ -127,6 +134,7 @@ class Evaluator:
         predictions = self.family.generate(self.cfg, model, self.tok, mine) if mine else []
         predictions = distributed.gather_shards(predictions)
         references = [ex.summary for ex in self.score_rows]
+        holdout.read([ex.fname for ex in self.score_rows], f"{self.t.best_metric}: best step")
         return distributed.on_main(lambda: metric.score(predictions, references)["score"])
 
     def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool,
@@ -140,6 +148,8 @@ class Evaluator:
         if not (due or epoch_end):
             return False
         record = {"step": step, "epoch": round(epoch, 4), "train_loss": self._take_train_loss()}
+        if self.planned_steps:
+            record["progress"] = round(min(step / self.planned_steps, 1.0), 4)
         if stopping:
             self.tracker.deferred = {"record": record, "epoch_end": epoch_end}
             log.info("%s: evaluation at step %d deferred to the resumed run (stopping)", self.cfg.name, step)
@@ -152,9 +162,10 @@ class Evaluator:
         return self._evaluate(model, dict(deferred["record"]), deferred["epoch_end"]) if deferred else False
 
     def _evaluate(self, model, record: dict, epoch_end: bool) -> bool:
-        record["dev_loss"] = self.dev_loss(model)
-        if epoch_end:
-            record["dev_score"] = self.dev_score(model)
+        with holdout.choosing(f"{self.t.best_metric}: best step"):
+            record["dev_loss"] = self.dev_loss(model)
+            if epoch_end:
+                record["dev_score"] = self.dev_score(model)
         model.train()
         stop = self.tracker.update(record, model)
         requested = self._stop_requested(next(model.parameters()).device)
@@ -178,7 +189,7 @@ class Evaluator:
         return mean
 
     def _log(self, record: dict, stop: bool, requested: bool = False) -> None:
-        rows = f" on {len(self.score_rows)} of {self.dev_rows} dev rows"
+        rows = f" on {len(self.score_rows)} selection rows of {self.dev_rows} dev rows"
         shown = ", ".join(f"{k} {v:.4f}" + (rows if k == "dev_score" else "")
                           for k, v in record.items() if isinstance(v, float))
         best = " (best)" if self.tracker.best_step == record["step"] else ""
@@ -191,7 +202,8 @@ class Evaluator:
         """Restore the best weights (when configured) and return the curve and the winner for metrics.json."""
         restored = self.t.load_best_model and self.tracker.restore(model)
         if restored:
-            on = f" on {len(self.score_rows)} of {self.dev_rows} dev rows" if self.tracker.metric == "dev_score" else ""
+            on = (f" on {len(self.score_rows)} selection rows of {self.dev_rows} dev rows"
+                  if self.tracker.metric == "dev_score" else "")
             log.info("%s: restored the best weights (step %s, %s %.4f%s)", self.cfg.name, self.tracker.best_step,
                      self.tracker.metric, self.tracker.best_value, on)
         return {"curve": self.tracker.curve, "best": {"metric": self.tracker.metric, "value": self.tracker.best_value,
@@ -199,22 +211,23 @@ class Evaluator:
                 "stop_requested": self.stop_requested}
 
 
-def selection_rows(t, dev_rows: int, training: dict | None) -> int:
-    """How many leading dev rows chose the shipped weights: the rows `best_metric` is measured on (dev_score:
-    `eval_score_rows`, dev_loss: `eval_loss_rows`) when the run kept its best evaluation or stopped early on it;
-    0 when nothing was chosen on dev."""
-    training = training or {}
-    if not (training.get("restored_best") or training.get("stopped_early")):
-        return 0
-    limit = t.eval_score_rows if t.best_metric == "dev_score" else t.eval_loss_rows
-    return dev_rows if limit is None else min(limit, dev_rows)
-
-
 def held_out(cfg, dev: Sequence[Example], predictions: Sequence[str], training: dict | None) -> dict:
-    """The dev score on the rows that did not choose the best training step (`score` None when every row did),
-    next to how many rows chose it; the full-dev score stays in `metrics["dev"]`."""
-    used = selection_rows(cfg.training, len(dev), training)
-    rest = range(used, len(dev))
+    """The dev score on the held-out part of the one dev split (rows no choice ever read: not the best step, not
+    early stopping, not a sweep), with the split it was measured on; the full-dev score stays in `metrics["dev"]`."""
+    split = holdout.dev_split()
+    rest = [i for i, ex in enumerate(dev) if split.is_held_out(ex.fname)]
     value = metric.score([predictions[i] for i in rest], [dev[i].summary for i in rest])["score"] if rest else None
-    chosen_by = f"{cfg.training.best_metric} on dev rows 1-{used}" if used else "nothing chosen on dev"
-    return {"score": value, "rows": len(rest), "selection_rows": used, "selected_by": chosen_by}
+    training = training or {}
+    chose = training.get("restored_best") or training.get("stopped_early")
+    chosen_by = (f"{cfg.training.best_metric} on selection rows" if chose else "nothing chosen on dev by training")
+    return {"score": value, "rows": len(rest), "selection_rows": len(dev) - len(rest), "selected_by": chosen_by,
+            "split": split.record([ex.fname for ex in dev])}
+
+
+def selection_score(dev: Sequence[Example], predictions: Sequence[str]) -> dict:
+    """The dev score on the selection part (what sweeps rank trials on), with its row count."""
+    split = holdout.dev_split()
+    keep = [i for i, ex in enumerate(dev) if not split.is_held_out(ex.fname)]
+    holdout.read([dev[i].fname for i in keep], "sweep objective")
+    value = metric.score([predictions[i] for i in keep], [dev[i].summary for i in keep])["score"] if keep else None
+    return {"score": value, "rows": len(keep)}

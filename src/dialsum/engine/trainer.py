@@ -225,6 +225,8 @@ def fit(
     guard, trained, pending = StepGuard(t.max_bad_steps), distributed.wrap(model, family, t.label_smoothing), []
     result = FitResult(0, 0.0, 0, 0)
     extras = {"guard": guard} | ({"evaluation": evaluation.tracker} if evaluation is not None else {})
+    if evaluation is not None:
+        evaluation.planned_steps = steps  # evaluations record their share of the planned training (sweeps compare it)
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
     if evaluation is not None and evaluation.run_deferred(model):  # due when the run it resumes was stopped
         result.stopped_early = True

@@ -1,7 +1,7 @@
 """`dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model, no retraining.
 
-The model is loaded once (`pipeline.open_run`). The dev set is split by fname (`release.stats.split_halves`,
-seeded): every trial is scored on the search part; the best setting and the run's own setting are then scored
+The model is loaded once (`pipeline.open_run`). The dev set is split by the run's own dev split (`data.holdout`,
+recorded in its metrics.json; never the sampler's seed): every trial is scored on the selection part; the best setting and the run's own setting are then scored
 once on the held-out part, with the paired interval of their difference (`release.stats.paired_bootstrap`),
 so the reported gain is not the search's own optimism. The run's own setting is scored beside the trials
 and kept when no trial beats it on the search part. Outputs in
@@ -20,7 +20,8 @@ import yaml
 
 from dialsum import metric
 from dialsum.config import load_model_config
-from dialsum.release.stats import bootstrap_interval, paired_bootstrap, split_halves
+from dialsum.data import holdout
+from dialsum.release.stats import bootstrap_interval, paired_bootstrap
 from dialsum.tuning import outputs
 from dialsum.tuning.space import SearchSpace, load_space, to_overlay, to_overrides
 
@@ -68,6 +69,17 @@ class Scorer:
         return [self.examples[f].summary for f in fnames]
 
 
+def run_split(run_dir: Path) -> holdout.DevSplit:
+    """The dev split the run recorded in its metrics.json (its best step was chosen on that selection part), else
+    the configured one; never the sampler's seed."""
+    path = run_dir / "metrics.json"
+    recorded = None
+    if path.is_file():
+        recorded = holdout.DevSplit.from_record((json.loads(path.read_text(encoding="utf-8"))
+                                                 .get("dev_held_out") or {}).get("split"))
+    return recorded or holdout.dev_split()
+
+
 def _study(space: SearchSpace, seed: int) -> Any:
     import optuna
     from optuna.samplers import TPESampler
@@ -86,19 +98,22 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
     searched = load_space(space if space is not None else default_space(cfg), config_path, prefix="generation.")
     ctx = pipeline_module().open_run(Path(run_dir), data_dir, splits=("dev",))
     scorer = Scorer(ctx, config_path)
-    search, held = split_halves(list(scorer.examples), seed)
+    split = run_split(Path(run_dir))
+    search, held = split.parts(list(scorer.examples))
     search = search[:rows] if rows else search
     if not search or not held:
         raise ValueError(f"dev has too few rows ({len(scorer.examples)}) for a search part and a held-out part")
     study = _study(searched, seed)
     own = current_params(cfg, searched)
-    own_search = metric.score(scorer.predict(own, search), scorer.references(search))["score"]
-    for _ in range(trials):
-        trial = study.ask()
-        params = searched.suggest(trial)
-        value = metric.score(scorer.predict(params, search), scorer.references(search))["score"]
-        study.tell(trial, value)
-        log.info("decoding trial %d: %.2f (%s)", trial.number, value, ", ".join(to_overrides(params)))
+    with holdout.choosing("decoding search"):
+        holdout.read(search)
+        own_search = metric.score(scorer.predict(own, search), scorer.references(search))["score"]
+        for _ in range(trials):
+            trial = study.ask()
+            params = searched.suggest(trial)
+            value = metric.score(scorer.predict(params, search), scorer.references(search))["score"]
+            study.tell(trial, value)
+            log.info("decoding trial %d: %.2f (%s)", trial.number, value, ", ".join(to_overrides(params)))
     best = study.best_trial
     best_params = dict(best.params) if best.value > own_search else dict(own)  # the run's own setting may win
     held_refs = scorer.references(held)
@@ -109,6 +124,7 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
     interval = bootstrap_interval(best_rows, seed=seed)
     summary = {
         "run": str(run_dir), "trials": len(study.trials), "search_rows": len(search), "heldout_rows": len(held),
+        "split": split.record(list(scorer.examples)), "sampler_seed": seed,
         "best": {"trial": best.number if best_params != own else None, "params": best_params,
                  "search_score": round(max(best.value, own_search), 4),
                  "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),

@@ -161,7 +161,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"pooled OOF score {pooled}" + (f" (95% interval {interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
                  + f" on {summary['oof_rows']} of {summary['train_rows']} train rows")
     if summary.get("ensemble"):
-        lines.append(f"fold ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")
+        ens = summary["ensemble"]
+        held = "-" if ens["held_out_score"] is None else f"{ens['held_out_score']:.2f}"
+        lines.append(f"fold ensemble ({ens['choice']}): held-out dev score {held} on {ens['split']['held_out']} rows "
+                     f"(chosen on {ens['split']['selection']} others); full dev {ens['full_dev_score']:.2f}")
     for fold, reason in summary.get("failed", {}).items():
         lines.append(f"fold {fold} failed: {reason}")
     lines.append(f"kfold {summary['run_id']}: {summary['location']}")

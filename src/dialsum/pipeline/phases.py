@@ -40,7 +40,7 @@ from dialsum.data.source import (
 )
 from dialsum.engine import distributed, host_memory, runs, stop
 from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
-from dialsum.engine.evaluation import Evaluator, held_out
+from dialsum.engine.evaluation import Evaluator, held_out, selection_score
 from dialsum.engine.trainer import fit
 from dialsum.errors import DialsumError
 from dialsum.models import checkpoint_source, family, hub, preflight
@@ -250,11 +250,12 @@ def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
 
 
 def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> dict:
-    """metrics.json: the full-dev score, the score on dev rows that did not choose the best training step, and
-    how many dev rows were scored, each dev row's score (for paired comparisons), plus `extra`."""
+    """metrics.json: the full-dev score, the scores on the held-out part (with the split) and the selection part
+    of the one dev split (`data.holdout`), how many dev rows were scored, each dev row's score (for paired comparisons), plus `extra`."""
     dev = ctx.splits["dev"]
     metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
                "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),
+               "dev_selection": selection_score(dev, preds["dev"]),
                "dev_rows": len(preds["dev"]),
                "dev_row_scores": dict(zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev])))}
     metrics.update(extra)

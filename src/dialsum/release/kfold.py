@@ -3,8 +3,9 @@
 Fold i's run predicted its `test.csv`: the held-out fold's dialogues (the out-of-fold predictions) followed by the
 real test rows; it also predicted the real dev set. The pooled OOF score (with a bootstrap interval) and each
 fold's OOF score measure the config on every train row; the fold ensemble (`ensemble.build_ensemble` over the
-fold models: best single or consensus, whichever scores better on dev) gives the dev score and the test
-predictions of the K models together.
+fold models: best single or consensus, whichever scores better on the selection part) gives the score and the test
+predictions of the K models together: its strategy is chosen on the selection part of the one dev split
+(`data.holdout`) and its score is reported on the held-out part, with the split it was measured on.
 """
 
 from __future__ import annotations
@@ -60,9 +61,16 @@ def assemble(assignment: dict[str, int], outputs: dict[int, ModelOutputs], refer
                "oof_interval": [round(interval.low, 4), round(interval.high, 4)] if interval else None, "interval": "95% percentile bootstrap over rows",
                "folds": per_fold, "completed_folds": sorted(outputs),
                "ensemble": None if ensemble is None else {
-                   "choice": ensemble.choice, "dev_score": ensemble.dev_score, "best_fold": ensemble.best_model,
-                   "strategy_scores": ensemble.strategy_scores, "test_rows": len(ensemble.predictions.get("test", {}))}}
+                   "choice": ensemble.choice, "held_out_score": ensemble.held_out_score,
+                   "held_out_interval": _held_interval(ensemble), "split": ensemble.split,
+                   "full_dev_score": ensemble.dev_score, "best_fold": ensemble.best_model,
+                   "strategies": ensemble.strategies, "test_rows": len(ensemble.predictions.get("test", {}))}}
     return KFoldResult(oof, summary, ensemble)
+
+
+def _held_interval(ensemble: EnsembleResult) -> list[float] | None:
+    row = ensemble.strategies.get(ensemble.choice) or {}
+    return None if row.get("held_out_low") is None else [round(row["held_out_low"], 4), round(row["held_out_high"], 4)]
 
 
 def _score(oof: dict[str, tuple[int, str]], fnames: list[str], references: dict[str, str]) -> float | None:

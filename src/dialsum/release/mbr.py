@@ -8,7 +8,9 @@ the others is highest:
 `u` is the competition score of c_i against c_j (`metric.similarity`: ROUGE-1/2/L F1 on Kiwi morphemes, 0..100),
 optionally with other weights per metric. A candidate is never its own pseudo-reference, and the weights of the
 others are renormalised per candidate, so with one candidate per model and v = the models' dev-score weights,
-MBR is exactly `ensemble.consensus`. Ties go to the higher weight, then the earlier candidate.
+MBR is exactly `ensemble.consensus`. Ties go to the higher weight, then the earlier candidate. Over candidates
+pooled from several models, only other models' candidates support a candidate (`groups`): a model that draws
+many near-duplicates would otherwise vote for itself.
 
 The utility is computed for all pairs at once, without calling rouge-score per pair:
 * every distinct text is analysed once, through the same morpheme analysis as `metric.py`;
@@ -200,24 +202,33 @@ def utilities(groups: Sequence[Sequence[str]], metric_weights: Sequence[float] |
     return [utility(f1, metric_weights) for f1 in pairwise_f1(groups)]
 
 
-def expected_utilities(matrix: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+def expected_utilities(matrix: np.ndarray, weights: Sequence[float], groups: Sequence[str] | None = None) -> np.ndarray:
     """EU(i): the weighted mean utility of candidate i against every other candidate (uniform over the others
-    when their weights sum to 0; a lone candidate gets 100)."""
+    when their weights sum to 0; a lone candidate gets 100). With `groups` (e.g. the model that drew each
+    candidate), only candidates of other groups support candidate i, so a group cannot vote for itself by drawing
+    near-duplicates; a candidate with no other group to ask falls back to every other candidate."""
     n = len(matrix)
     w = np.asarray(weights, dtype=float)
     if n == 1:
         return np.array([100.0])
     others = np.broadcast_to(w, (n, n)).copy()
     np.fill_diagonal(others, 0.0)
-    totals = others.sum(axis=1)
     uniform = 1.0 - np.eye(n)
-    share = np.where(totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None], uniform / (n - 1))
+    if groups is not None:
+        labels = np.asarray(groups)
+        foreign = labels[:, None] != labels[None, :]
+        alone = ~foreign.any(axis=1)
+        others = np.where(foreign | alone[:, None], others, 0.0)
+        uniform = np.where(foreign | alone[:, None], uniform, 0.0)
+    totals = others.sum(axis=1)
+    counts = np.maximum(uniform.sum(axis=1), 1.0)
+    share = np.where(totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None], uniform / counts[:, None])
     return (share * matrix).sum(axis=1)
 
 
-def pick(matrix: np.ndarray, weights: Sequence[float]) -> int:
+def pick(matrix: np.ndarray, weights: Sequence[float], groups: Sequence[str] | None = None) -> int:
     """The MBR choice: highest expected utility; ties to the higher weight, then the earlier candidate."""
-    eu = np.round(expected_utilities(matrix, weights), 9)
+    eu = np.round(expected_utilities(matrix, weights, groups), 9)
     return max(range(len(eu)), key=lambda i: (eu[i], weights[i], -i))
 
 

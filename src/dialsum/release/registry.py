@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dialsum import storage
+from dialsum.data.holdout import DevSplit
 from dialsum.errors import DialsumError
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
                  "best_model": summary.get("best_model"), "held_out_score": summary.get("held_out_score"),
                  "metric_weights": summary.get("metric_weights"),
                  "weights": summary["weights"], "member_scores": summary["dev_scores"],
-                 "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored")}
+                 "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored"),
+                 "split": summary.get("split")}
     else:
         metrics = _read_json(store, run_id, model, "metrics.json", manifest)
         members, member_manifests = [model], {model: manifest}
@@ -178,7 +180,8 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
                  "best_model": model, "held_out_score": (metrics.get("dev_held_out") or {}).get("score"),
                  "weights": {model: 1.0},
                  "member_scores": {model: metrics["dev"]["score"]},
-                 "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None}
+                 "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None,
+                 "split": (metrics.get("dev_held_out") or {}).get("split")}
     extras = {m: man.get("extra", {}) for m, man in member_manifests.items()}
     return {
         "run_id": run_id, "model": model, "members": members, **entry,
@@ -236,8 +239,12 @@ def published_rows(store: storage.Storage, entry: dict[str, Any]) -> tuple[dict[
     if entry["model"] == ENSEMBLE:
         return data.get("row_scores") or None, data.get("held_out") or None
     rows = data.get("dev_row_scores") or None
-    used = (data.get("dev_held_out") or {}).get("selection_rows", 0)
-    return rows, (list(rows)[used:] or None) if rows else None
+    if not rows:
+        return None, None
+    split = DevSplit.from_record((data.get("dev_held_out") or {}).get("split"))
+    if split is None:  # published before the one dev split: the rows after those that chose the best step
+        return rows, list(rows)[(data.get("dev_held_out") or {}).get("selection_rows", 0):] or None
+    return rows, split.parts(list(rows))[1] or None
 
 
 def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, Any],

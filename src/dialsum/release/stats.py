@@ -3,9 +3,9 @@
 A 499-row dev mean moves by about ±0.7 points (95%) from the rows alone, so a decision is made on one set of
 rows and its score is reported on others, and a comparison between two systems carries its interval:
 
-* `split_halves(fnames, seed)`: each fname falls in the selection half or the held-out half by a seeded hash of
-  the fname alone, so a row keeps its half whatever other rows the dev set holds (a grown dev set never moves a
-  row that chose something into the held-out half), and both runs of a comparison agree on the halves.
+* `split_halves(fnames, seed)`: the one dev split (`data.holdout`): each fname falls in the selection part or the
+  held-out part by a seeded hash of the fname alone, so a row keeps its part whatever other rows the dev set holds
+  (a grown dev set never moves a row that chose something into the held-out part), and every choice agrees on it.
 * `bootstrap_interval(values)`: the mean of per-row scores and its 95% percentile interval.
 * `paired_bootstrap(ours, theirs)`: the mean difference of two systems' scores on the same rows and its 95%
   interval, resampling rows (both systems together), seeded, 1,000 resamples by default.
@@ -13,15 +13,16 @@ rows and its score is reported on others, and a comparison between two systems c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from dialsum.data.holdout import dev_split
+
 RESAMPLES = 1000
 CONFIDENCE = 0.95
-SPLIT_SEED = 0
+SPLIT_SEED = None  # the configured split seed (`DIALSUM_SPLIT_SEED`)
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,15 @@ class Interval:
                 f"{fmt.format(self.high)})")
 
 
-def in_selection_half(fname: str, seed: int = SPLIT_SEED) -> bool:
-    """True when `fname` belongs to the half that chooses (strategies); False for the held-out half."""
-    digest = hashlib.sha256(f"{seed}\0{fname}".encode()).digest()
-    return digest[0] < 128
+def in_selection_half(fname: str, seed: int | None = None) -> bool:
+    """True when `fname` belongs to the part that chooses; False for the held-out part (`data.holdout`)."""
+    return not dev_split(seed).is_held_out(fname)
 
 
-def split_halves(fnames: Sequence[str], seed: int = SPLIT_SEED) -> tuple[list[str], list[str]]:
-    """(selection, held_out): the fnames of each half, in the given order."""
-    selection = [f for f in fnames if in_selection_half(f, seed)]
-    chosen = set(selection)
-    return selection, [f for f in fnames if f not in chosen]
+def split_halves(fnames: Sequence[str], seed: int | None = None) -> tuple[list[str], list[str]]:
+    """(selection, held_out): the fnames of each part of the one dev split (`data.holdout`), in the given order;
+    `seed` replaces the configured split seed."""
+    return dev_split(seed).parts(fnames)
 
 
 def _resample_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:

@@ -8,15 +8,17 @@ Strategies, each giving one summary per dialogue:
       agreement(m) = sum_{k != m} w_k * similarity(c_m, c_k) / sum_{k != m} w_k
 
   with `similarity` the competition score of one summary against another (`metric.similarity`, 0..100) and
-  w_k = dev_k / sum_j dev_j, model k's reported dev score normalised over all models (uniform when every dev
-  score is 0). Ties go to the higher weight, then the first name.
+  w_k = dev_k / sum_j dev_j, model k's score on the selection part of dev normalised over all models (uniform
+  when every score is 0). Ties go to the higher weight, then the first name.
 * `mbr:<model>`: MBR (`release.mbr`) over that model's own candidates (`generation.num_candidates` > 1).
 * `mbr`: MBR over every model's candidates pooled; a model's candidates share its weight w_k equally, so each
-  model counts by its dev score however many candidates it drew. A model without candidates takes part with its
-  prediction; with one candidate per model this is exactly `consensus`.
+  model counts by its score however many candidates it drew, and a candidate is supported by other models'
+  candidates only (a model that draws near-duplicates cannot vote for itself). A model without candidates takes
+  part with its prediction; with one candidate per model this is exactly `consensus`.
 
-The choice is made on one half of the dev rows and reported on the other (`stats.split_halves`, a seeded split
-by fname): each strategy's score on the selection half picks it (ties: the earlier strategy in the order above),
+The models' weights w_k are their scores on the selection part of dev (never on held-out rows).
+
+The choice is made on the selection part of the one dev split (`data.holdout`) and reported on the held-out part: each strategy's score on the selection half picks it (ties: the earlier strategy in the order above),
 and the held-out half gives its score with a 95% bootstrap interval, and its paired difference from best single.
 The full-dev score of each strategy is reported too, marked as such. With fewer than two dev rows, or a half
 left empty, there is no held-out score. An N-scaling table (MBR over the first N candidates, N = 1, 2, 4, 8, 16,
@@ -31,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dialsum import metric
+from dialsum.data import holdout
 from dialsum.release import mbr, stats
 
 BEST_SINGLE = "best_single"
@@ -174,7 +177,7 @@ def mbr_picks(pool: Pool, weights: dict[str, float], metric_weights: Sequence[fl
         per_model = {m: sum(1 for i in keep if owners[i][0] == m) for m in {owners[i][0] for i in keep}}
         w = [weights[owners[i][0]] / per_model[owners[i][0]] for i in keep]
         utility = mbr.utility(f1[:, keep][:, :, keep], metric_weights)
-        picks.append(keep[mbr.pick(utility, w)])
+        picks.append(keep[mbr.pick(utility, w, [owners[i][0] for i in keep])])
     return picks
 
 
@@ -304,13 +307,24 @@ def _report(rows: dict[str, float], selection: list[str], held: list[str], base:
     return out
 
 
+def _selection_weights(dev: dict[str, Predictions], fnames: list[str], references: dict[str, str],
+                       selection: list[str]) -> dict[str, float]:
+    """The models' weights for consensus and pooled MBR: their scores on the selection rows only."""
+    with holdout.choosing("pooled MBR model weights"):
+        holdout.read(selection)
+        refs = [references[f] for f in selection]
+        return normalised_weights({m: metric.score([dev[m][f] for f in selection], refs)["score"]
+                                   for m in sorted(dev)})
+
+
 def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], references: dict[str, str],
-                   nbest: NBest | None = None, seed: int = stats.SPLIT_SEED,
+                   nbest: NBest | None = None, seed: int | None = stats.SPLIT_SEED,
                    metric_weights: Sequence[float] | None = None,
                    model_weights: dict[str, float] | None = None) -> EnsembleResult:
-    """Score every strategy on both halves of the dev rows every model predicted, choose on the selection half,
-    and apply the choice to every split (see the module docstring). `metric_weights` (ROUGE-1, -2, -L) change MBR's
-    utility; `model_weights` replace the dev scores as the models' weights in consensus and pooled MBR."""
+    """Score every strategy on both parts of the dev rows every model predicted, choose on the selection part,
+    and apply the choice to every split (see the module docstring). `seed` replaces the configured split seed;
+    `metric_weights` (ROUGE-1, -2, -L) change MBR's utility; `model_weights` replace the selection-part scores as
+    the models' weights in consensus and pooled MBR."""
     if not candidates:
         raise ValueError("an ensemble needs at least one model")
     nbest = nbest or {}
@@ -320,19 +334,23 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
     fnames = common_fnames(dev, list(references))
     if not fnames:
         raise ValueError("the models share no dev dialogue that has a reference")
-    selection, held = stats.split_halves(fnames, seed)
+    dev_split = holdout.dev_split(seed)
+    selection, held = dev_split.parts(fnames)
     if not selection or not held:
         selection, held = list(fnames), []
     scores = {m: dev_scores[m] for m in sorted(candidates)}
-    weights = normalised_weights({m: model_weights[m] for m in scores} if model_weights else scores)
+    weights = (normalised_weights({m: model_weights[m] for m in scores}) if model_weights
+               else _selection_weights(dev, fnames, references, selection))
     counts = _counts(scores, nbest, "dev")
     names = strategy_names(list(scores), counts)
     rows, pool, picks = _dev_rows(dev, _split_nbest(nbest, "dev"), fnames, references, weights, names, metric_weights)
     model_rows = rows.pop("models")
-    best = max(sorted(scores), key=lambda m: _mean(model_rows[m], selection))
-    rows = {BEST_SINGLE: model_rows[best], **rows}
-    report = {name: _report(rows[name], selection, held, rows[BEST_SINGLE]) for name in names}
-    choice = max(names, key=lambda n: (report[n]["selection"], -names.index(n)))
+    with holdout.choosing("ensemble strategy"):
+        holdout.read(selection)
+        best = max(sorted(scores), key=lambda m: _mean(model_rows[m], selection))
+        rows = {BEST_SINGLE: model_rows[best], **rows}
+        report = {name: _report(rows[name], selection, held, rows[BEST_SINGLE]) for name in names}
+        choice = max(names, key=lambda n: (report[n]["selection"], -names.index(n)))
     predictions = {}
     for name in SPLITS:
         split = _split(candidates, name)
@@ -346,7 +364,7 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
         strategy_scores={n: report[n]["full"] for n in names},
         consensus_picks={m: sum(p == m for p in picks.values()) for m in scores},
         rows={name: len(preds) for name, preds in predictions.items()} | {"dev_scored": len(fnames)},
-        strategies=report, split={"seed": seed, "selection": len(selection), "held_out": len(held)},
+        strategies=report, split={**dev_split.record(fnames), "selection": len(selection), "held_out": len(held)},
         candidates=counts, scaling=n_scaling(pool, weights, counts, metric_weights) if pool else None,
         metric_weights=list(metric_weights) if metric_weights else None,
         row_scores=dict(rows[choice]), held_out=held,

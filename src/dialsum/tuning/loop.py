@@ -1,6 +1,8 @@
 """The parent's study loop: ask → launch → watch (report the curve, prune) → tell, over a few slots.
 
-The parent owns the study; children never sample. Each trial is a child run (launched by an `Executor`: Prefect
+The parent owns the study; children never sample. A trial's value is its score on the selection part of the one
+dev split (`data.holdout`), so the held-out part stays unseen by the sweep; the pruner sees each curve at equal
+progress (every 5% of the trial's planned training), not at raw step numbers, which differ with batch size. Each trial is a child run (launched by an `Executor`: Prefect
 deployments on GPU queues, local processes, or a stand-in) whose config overrides are the trial's parameters,
 with its own run id `<study>-t<NNNN>`. The loop reads a running trial's evaluation curve from storage, reports it
 to the trial and, when the pruner says so, asks the child to stop (it saves, publishes and completes: the trial
@@ -82,14 +84,40 @@ class Active:
     stopping: bool = False
 
 
+PROGRESS_GRID = 20  # a curve is reported to the pruner at every 5% of the planned training
+
+
 def objective_value(objective: str, metrics: dict[str, Any]) -> float:
-    """The study's value of a finished trial: its full dev score, or the lowest dev loss of its curve."""
+    """The study's value of a finished trial: its dev score on the selection part of the one dev split (never a
+    held-out row), or the lowest dev loss of its curve (measured on selection rows too)."""
     if objective == "dev_score":
-        return float(metrics["dev"]["score"])
+        value = (metrics.get("dev_selection") or {}).get("score")
+        if value is None:
+            raise DialsumError("its metrics hold no dev score on the selection rows (dev_selection)")
+        return float(value)
     losses = [r["dev_loss"] for r in (metrics.get("training") or {}).get("curve", []) if r.get("dev_loss") is not None]
     if not losses:
         raise DialsumError("its metrics hold no dev loss")
     return float(min(losses))
+
+
+def progress_points(curve: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """The curve's `key` at equal progress: at each 5% of the planned training that the curve has passed, the last
+    value measured at or before it, as (percent, value). A curve without `progress` (an older run) keeps its raw
+    steps. Trials that differ in batch size or epochs then report at the same points of their training."""
+    points = [r for r in curve if r.get(key) is not None]
+    if not any("progress" in r for r in curve):
+        return [(int(r["step"]), float(r[key])) for r in points]
+    reached = max((float(r.get("progress") or 0.0) for r in curve), default=0.0)
+    out = []
+    for k in range(1, PROGRESS_GRID + 1):
+        at = k / PROGRESS_GRID
+        if at > reached + 1e-9:
+            break
+        before = [r for r in points if float(r.get("progress") or 0.0) <= at + 1e-9]
+        if before:
+            out.append((round(100 * at), float(before[-1][key])))
+    return out
 
 
 class StudyLoop:
@@ -185,7 +213,7 @@ class StudyLoop:
         """A new trial with its parameters drawn, or None when it failed before launch (duplicate, bad config)."""
         from optuna.trial import TrialState
 
-        self.study.sampler = sampler(self.seed, len(self.trials()))
+        self.study.sampler = sampler(self.seed, len(self.trials()), self.budget)
         trial = self.study.ask()
         params = self.space.suggest(trial)
         source = self.study._storage.get_trial(trial._trial_id).user_attrs.get("requeued_from")
@@ -234,17 +262,19 @@ class StudyLoop:
         except DialsumError as exc:
             self.log.warning("trial %d: cannot read its curve: %s", active.run.number, exc)
             return False
-        points = [(int(r["step"]), float(r[self.space.objective])) for r in curve
-                  if r.get(self.space.objective) is not None and int(r["step"]) not in active.reported]
+        points = [(step, value) for step, value in progress_points(curve, self.space.objective)
+                  if step not in active.reported]
         for step, value in points:
             active.trial.report(value, step)
             active.reported.add(step)
+        if points and any("progress" in r for r in curve):
+            self._set(active.trial, progress=max(float(r.get("progress") or 0.0) for r in curve))
         if points and not active.stopping and active.trial.should_prune():
             step = points[-1][0]
             self.executor.stop(active.run, f"pruned by the sweep at step {step}")
             self._set(active.trial, prune_requested_at=step)
             active.stopping = True
-            self.log.info("trial %d: pruned at step %d (%s %.4f); the child stops at its next evaluation",
+            self.log.info("trial %d: pruned at %d (%s %.4f); the child stops at its next evaluation",
                           active.run.number, step, self.space.objective, points[-1][1])
         return bool(points)
 
@@ -258,7 +288,10 @@ class StudyLoop:
             self._fail(active, f"completed, but its published result is unusable: {exc}", status.seconds)
             return
         training = metrics.get("training") or {}
+        held = metrics.get("dev_held_out") or {}
         self._set(active.trial, seconds=status.seconds, dev_score=(metrics.get("dev") or {}).get("score"),
+                  selection_score=(metrics.get("dev_selection") or {}).get("score"),
+                  held_out_score=held.get("score"), split=held.get("split"),
                   train_steps=metrics.get("train_steps"), location=metrics.get("location"))
         if training.get("stop_requested"):
             self.study.tell(active.trial, state=TrialState.PRUNED)

@@ -17,7 +17,8 @@ from dialsum.tuning.space import SearchSpace, to_overlay, to_overrides
 log = logging.getLogger(__name__)
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
-COLUMNS = ["trial", "state", "value", "dev_score", "steps", "seconds", "run_id", "slot", "requeued_from", "error"]
+COLUMNS = ["trial", "state", "value", "dev_score", "held_out_score", "split_seed", "held_out_fraction",
+           "held_out_sha256", "progress", "partial", "partial_value", "steps", "seconds", "run_id", "slot", "requeued_from", "error"]
 
 
 def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
@@ -27,13 +28,32 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
         attrs = t.user_attrs
         row = {"trial": t.number, "state": STATES.get(t.state.name, t.state.name.lower()),
                "value": round(t.value, 4) if t.value is not None and t.state.name == "COMPLETE" else None,
-               "dev_score": _round(attrs.get("dev_score")), "steps": attrs.get("train_steps"),
+               "dev_score": _round(attrs.get("dev_score")), "held_out_score": _round(attrs.get("held_out_score")),
+               **_split_columns(attrs.get("split")), "steps": attrs.get("train_steps"),
                "seconds": _round(attrs.get("seconds"), 1), "run_id": attrs.get("run_id"), "slot": attrs.get("slot"),
                "requeued_from": attrs.get("requeued_from"), "error": attrs.get("error")}
+        row.update(_partial(t))
         row.update({key: t.params.get(key) for key in space.params})
         row["flow_run_id"] = (attrs.get("handle") or "").split("@")[0] or None
         rows.append(row)
     return rows
+
+
+def _partial(t: Any) -> dict[str, Any]:
+    """For plots: the share of its planned training a trial reached (1.0 once completed) and, for a trial that did
+    not complete, its last value on the pruner's curve, flagged partial (never comparable with a final value)."""
+    done = t.state.name == "COMPLETE"
+    last = max(t.intermediate_values) if t.intermediate_values else None
+    return {"progress": 1.0 if done else _round(t.user_attrs.get("progress")), "partial": not done,
+            "partial_value": None if done or last is None else _round(t.intermediate_values[last])}
+
+
+def _split_columns(split: dict[str, Any] | None) -> dict[str, Any]:
+    """The dev split a trial's held-out score was measured on (value: the selection part; held_out_score: the
+    held-out part, never read by the sweep)."""
+    split = split or {}
+    return {"split_seed": split.get("seed"), "held_out_fraction": split.get("held_out_fraction"),
+            "held_out_sha256": split.get("held_out_sha256")}
 
 
 def _round(value: Any, digits: int = 4) -> Any:

@@ -89,10 +89,14 @@ class PrunerSpec(Strict):
 
     type: Literal["median", "hyperband", "none"] = Field(
         "median", description="median: stop a trial whose best value so far is worse than the median of earlier "
-        "trials at the same step; hyperband: successive halving brackets; none: never stop early."
+        "trials at the same progress (share of the planned training, every 5%); hyperband: successive halving "
+        "brackets; none: never stop early."
     )
     startup_trials: int = Field(2, ge=0, description="Trials that finish before any is pruned (median).")
-    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of a trial before it can be pruned.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Progress of a trial, in percent of its planned training, before it can be pruned "
+        "(raw optimizer steps for curves without progress)."
+    )
 
 
 class SearchSpace(Strict):

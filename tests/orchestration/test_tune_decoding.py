@@ -10,10 +10,9 @@ from pathlib import Path
 import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
-from dialsum.data import load_splits, sample_dir
+from dialsum.data import holdout, load_splits, sample_dir
 from dialsum.orchestration.decoding import format_summary, tune_decoding
 from dialsum.pipeline import run_model
-from dialsum.release.stats import split_halves
 
 SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},
                     "generation.length_penalty": {"low": 0.8, "high": 1.2}}}
@@ -36,8 +35,11 @@ def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_
     summary = tune_decoding(run.run_dir, data_dir=data, space=SPACE, trials=3, rows=4, seed=1, out_dir=tmp_path / "dec")
 
     dev = [ex.fname for ex in load_splits(data, splits=("dev",))["dev"]]
-    search, held = split_halves(dev, 1)
+    recorded = json.loads((run.run_dir / "metrics.json").read_text())["dev_held_out"]["split"]
+    split = holdout.DevSplit.from_record(recorded)  # the run's own split: the sampler's seed 1 never moves it
+    search, held = split.parts(dev)
     assert summary["search_rows"] == min(4, len(search)) and summary["heldout_rows"] == len(held)
+    assert summary["split"] == split.record(dev) and summary["sampler_seed"] == 1
     assert summary["trials"] == 3
     cfg = load_model_config(str(run.run_dir / "config.yaml"))
     assert summary["own"]["params"]["generation.num_beams"] == cfg.generation.num_beams

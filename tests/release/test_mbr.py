@@ -127,3 +127,31 @@ def test_expected_utility_leaves_the_candidate_itself_out() -> None:
     assert mbr.expected_utilities(matrix, [1, 1, 1]).tolist() == pytest.approx([15.0, 40.0, 45.0])
     assert mbr.expected_utilities(matrix, [0, 0, 1]).tolist() == pytest.approx([20.0, 70.0, 45.0])  # 2: uniform
     assert mbr.pick(matrix, [1, 1, 1]) == 2
+
+
+def test_pooled_mbr_never_picks_a_wrong_model_that_repeats_itself() -> None:
+    """Two good models draw one varied summary each; a wrong model draws 8 near-duplicates of a wrong summary.
+    Counting a model's own candidates as support makes the duplicates vote for each other; with support from
+    other models only, the wrong model is never chosen."""
+    rng = random.Random(3)
+    summaries = [ex.summary for ex in load_splits(None, splits=("dev",))["dev"]]
+    refs = {f"dev_{i}": s for i, s in enumerate(summaries)}
+    preds, nbest = {"good-a": {}, "good-b": {}, "wrong": {}}, {"good-a": {}, "good-b": {}, "wrong": {}}
+    for i, (f, ref) in enumerate(refs.items()):
+        other = summaries[(i + 7) % len(summaries)]  # fluent, but about another dialogue
+        for m in ("good-a", "good-b"):
+            nbest[m][f] = [_drop(ref, 0.15, rng)]
+        nbest["wrong"][f] = [_drop(other, 0.05, rng) for _ in range(8)]
+        for m in preds:
+            preds[m][f] = nbest[m][f][0]
+    fnames = list(refs)
+    pool = build_pool(preds, nbest, fnames, refs)
+    weights = normalised_weights({"good-a": 1.0, "good-b": 1.0, "wrong": 1.0})
+    picks = mbr_picks(pool, weights)
+    assert all(owners[i][0] != "wrong" for owners, i in zip(pool.owners, picks))
+    self_support = []  # the same pool with a model's own candidates counted as support
+    for owners, f1 in zip(pool.owners, pool.f1):
+        n = len(owners)
+        w = [weights[m] / sum(o == m for o, _ in owners) for m, _ in owners]
+        self_support.append(owners[mbr.pick(mbr.utility(f1[:, :n][:, :, :n]), w)][0])
+    assert self_support.count("wrong") >= 5  # the case reproduces without the fix (11 of 48 rows)

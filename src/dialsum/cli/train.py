@@ -39,7 +39,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
                    help="make the run's ensemble the champion: never (default), if-better, always")
     p.add_argument("--margin", type=float, default=0.0,
-                   help="if-better: the 95%% lower bound of the ensemble's paired dev-score gain over the champion "
+                   help="if-better: the 99%% lower bound of the ensemble's paired dev-score gain over the champion "
                         "must be above this (default 0)")
     add_override_args(p)
 

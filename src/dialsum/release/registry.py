@@ -285,8 +285,8 @@ def decide(
 
     `if-better` compares both on the same dev rows (the challenger's held-out rows when it has them): each row's
     score of their saved dev predictions against `references` (else the per-row scores they published, on the
-    same dev data); it promotes only when the 95% paired-bootstrap lower bound of challenger - champion is above
-    `margin`.
+    same dev data); it promotes only when the lower bound of the paired-bootstrap interval of challenger - champion
+    (confidence `PROMOTION_CONFIDENCE`) is above `margin`.
     """
     if policy not in POLICIES:
         raise RegistryError(f"unknown promotion policy {policy!r}; use one of {', '.join(POLICIES)}")

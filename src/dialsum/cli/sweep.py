@@ -36,8 +36,8 @@ examples:
   dialsum tune-decoding --run outputs/<run-id>/qwen3-4b --space configs/sweeps/decoding.yaml --rows 200
 
 Loads the saved model once and searches generation settings (num_beams, length_penalty,
-no_repeat_ngram_size, max_new_tokens by default) on a search split of dev; the best setting is scored once on
-the held-out rest with an interval. Writes decoding.yaml (an overlay for --overlay), trials.csv and
+no_repeat_ngram_size, max_new_tokens by default) on the selection part of the run's dev split; the best setting
+is scored once on the held-out part with an interval. Writes decoding.yaml (an overlay for --overlay), trials.csv and
 decoding.json into --out (default: <run>/decoding/)."""
 
 
@@ -88,7 +88,7 @@ def register(sub) -> None:
     p.add_argument("--space", type=Path, help="YAML of generation.* keys to search (default: the built-in space)")
     p.add_argument("--trials", type=int, default=16, help="decoding settings to try (default 16)")
     p.add_argument("--rows", type=int, default=None, help="dev rows of the search split (default: all of it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0); the dev split is the run's own")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0); the dev split is the run's own")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/decoding)")
     p.set_defaults(func=_tune_decoding)
 

@@ -1,6 +1,7 @@
 """Competition data: CSV reading and validation (`splits`), data sources and fingerprints (`source`), the bundled
-synthetic sample (`synthetic`, `sample/`) and the MBR candidate files (`candidates`). May import storage (a data
-folder may be a storage URL) and the foundations; never torch.
+synthetic sample (`synthetic`, `sample/`), the MBR candidate files (`candidates`) and the one dev split behind
+every choice and every held-out figure (`holdout`). May import storage (a data folder may be a storage URL) and the
+foundations; never torch.
 """
 
 from dialsum.data.candidates import candidates_path, read_candidates, write_candidates

@@ -1,8 +1,8 @@
 """`dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model, no retraining.
 
 The model is loaded once (`pipeline.open_run`). The dev set is split by the run's own dev split (`data.holdout`,
-recorded in its metrics.json; never the sampler's seed): every trial is scored on the selection part; the best setting and the run's own setting are then scored
-once on the held-out part, with the paired interval of their difference (`release.stats.paired_bootstrap`),
+recorded in its metrics.json; never the sampler's seed): every trial is scored on the selection part; the best
+setting and the run's own setting are then scored once on the held-out part, with the paired interval of their difference (`release.stats.paired_bootstrap`),
 so the reported gain is not the search's own optimism. The run's own setting is scored beside the trials
 and kept when no trial beats it on the search part. Outputs in
 `out_dir` (default `<run>/decoding/`): `decoding.yaml` (the best setting as an overlay for `--overlay`),

@@ -251,7 +251,8 @@ def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
 
 def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> dict:
     """metrics.json: the full-dev score, the scores on the held-out part (with the split) and the selection part
-    of the one dev split (`data.holdout`), how many dev rows were scored, each dev row's score (for paired comparisons), plus `extra`."""
+    of the one dev split (`data.holdout`), how many dev rows were scored, each dev row's score (for paired
+    comparisons), plus `extra`."""
     dev = ctx.splits["dev"]
     metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
                "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),

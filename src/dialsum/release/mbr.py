@@ -222,7 +222,8 @@ def expected_utilities(matrix: np.ndarray, weights: Sequence[float], groups: Seq
         uniform = np.where(foreign | alone[:, None], uniform, 0.0)
     totals = others.sum(axis=1)
     counts = np.maximum(uniform.sum(axis=1), 1.0)
-    share = np.where(totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None], uniform / counts[:, None])
+    share = np.where(totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None],
+                     uniform / counts[:, None])
     return (share * matrix).sum(axis=1)
 
 

@@ -18,8 +18,9 @@ Strategies, each giving one summary per dialogue:
 
 The models' weights w_k are their scores on the selection part of dev (never on held-out rows).
 
-The choice is made on the selection part of the one dev split (`data.holdout`) and reported on the held-out part: each strategy's score on the selection half picks it (ties: the earlier strategy in the order above),
-and the held-out half gives its score with a 95% bootstrap interval, and its paired difference from best single.
+The choice is made on the selection part of the one dev split (`data.holdout`) and reported on the held-out part:
+each strategy's score on the selection part picks it (ties: the earlier strategy in the order above), and the
+held-out part gives its score with a 95% bootstrap interval, and its paired difference from best single.
 The full-dev score of each strategy is reported too, marked as such. With fewer than two dev rows, or a half
 left empty, there is no held-out score. An N-scaling table (MBR over the first N candidates, N = 1, 2, 4, 8, 16,
 per model and pooled, on all scored dev rows with intervals) comes with runs that have candidates.

@@ -2,7 +2,8 @@
 
 The parent owns the study; children never sample. A trial's value is its score on the selection part of the one
 dev split (`data.holdout`), so the held-out part stays unseen by the sweep; the pruner sees each curve at equal
-progress (every 5% of the trial's planned training), not at raw step numbers, which differ with batch size. Each trial is a child run (launched by an `Executor`: Prefect
+progress (every 5% of the trial's planned training), not at raw step numbers, which differ with batch size.
+Each trial is a child run (launched by an `Executor`: Prefect
 deployments on GPU queues, local processes, or a stand-in) whose config overrides are the trial's parameters,
 with its own run id `<study>-t<NNNN>`. The loop reads a running trial's evaluation curve from storage, reports it
 to the trial and, when the pruner says so, asks the child to stop (it saves, publishes and completes: the trial

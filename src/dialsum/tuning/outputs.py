@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 COLUMNS = ["trial", "state", "value", "dev_score", "held_out_score", "split_seed", "held_out_fraction",
-           "held_out_sha256", "progress", "partial", "partial_value", "steps", "seconds", "run_id", "slot", "requeued_from", "error"]
+           "held_out_sha256", "progress", "partial", "partial_value", "steps", "seconds", "run_id", "slot",
+           "requeued_from", "error"]
 
 
 def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:

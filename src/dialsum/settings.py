@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         "(every held-out figure); recorded with each figure.",
     )
     held_out_fraction: float = Field(
-        0.5, gt=0, lt=1, description="Share of dev rows held out from every choice (the rest choose best steps, "
+        0.6, gt=0, lt=1, description="Share of dev rows held out from every choice (the rest choose best steps, "
         "strategies, sweep trials and decoding).",
     )
     choice_audit_file: Path | None = Field(

@@ -21,7 +21,7 @@ from dialsum.settings import get_settings
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-CHEAP = ["generation.max_new_tokens=8", "training.debug_steps=2"]
+CHEAP = ["training.debug_steps=2"]
 
 
 @pytest.fixture

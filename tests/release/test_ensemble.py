@@ -127,7 +127,7 @@ def test_the_choice_is_reported_on_rows_that_did_not_make_it() -> None:
              "lucky": {"dev": {f: [lucky[f], lucky[f], NOISE[f]] for f in SAMPLE}}}
     result = build_ensemble(dev_only({"steady": steady, "lucky": dict(NOISE)}), {"steady": 50, "lucky": 50}, SAMPLE,
                             nbest=nbest)
-    assert result.split == {"seed": 0, "held_out_fraction": 0.5, "selection_rows": len(selection),
+    assert result.split == {"seed": 0, "held_out_fraction": holdout.dev_split().fraction, "selection_rows": len(selection),
                             "held_out_rows": len(held), "held_out_sha256": holdout.fnames_hash(held),
                             "selection": len(selection), "held_out": len(held)}
     assert result.held_out == held and set(result.held_out).isdisjoint(selection)

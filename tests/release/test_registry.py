@@ -132,8 +132,8 @@ def test_champion_show_prints_the_difference_with_its_interval(tmp_path: Path, c
     assert main(["champion", "show", "--storage", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     diff = registry.current(store).comparison
-    assert diff["confidence"] == registry.PROMOTION_CONFIDENCE == 0.99
-    assert f"vs the champion it replaced: {diff['mean']:+.2f} (99% CI {diff['low']:+.2f} to {diff['high']:+.2f}) " \
+    assert diff["confidence"] == registry.PROMOTION_CONFIDENCE == 0.95
+    assert f"vs the champion it replaced: {diff['mean']:+.2f} (95% CI {diff['low']:+.2f} to {diff['high']:+.2f}) " \
            "on 48 dev rows, paired bootstrap" in out
     assert "b/ensemble: ensemble (best_single) of m1; dev score 100.00" in out
 

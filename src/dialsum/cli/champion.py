@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("run", metavar="RUN_ID", help="a run id (its ensemble) or RUN_ID/MODEL for one model")
     promote.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
     promote.add_argument("--margin", type=float, default=0.0,
-                         help="promote only when the 99%% lower bound of its paired dev-score gain is above this "
+                         help="promote only when the 95%% lower bound of its paired dev-score gain is above this "
                               "(default 0)")
     promote.add_argument("--data", help="dev data folder or storage URL: both runs' saved dev predictions are "
                                         "re-scored on it (needed when the champion was scored on other dev data)")

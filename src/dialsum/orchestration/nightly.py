@@ -88,7 +88,7 @@ def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: 
         from dialsum.data import load_splits
 
         references = {ex.fname: ex.summary for ex in load_splits(data, splits=("dev",))["dev"]}
-        decision = registry.promote(store, challenger, policy, margin, references)
+        decision = registry.promote(store, challenger, policy, margin, references, registry.NIGHTLY_CONFIDENCE)
     verdict = "promoted" if decision.promoted else "not promoted"
     get_run_logger().info("champion: %s: %s", verdict, decision.reason)
     return decision.as_dict()

@@ -145,8 +145,8 @@ def train_all(
     champion's run (or its latest published run) is not retrained unless `force`; when no model changed the
     run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
     `crash_relaunches` times, and resumes where it stopped. `gpus_per_model` > 1 trains each model
-    data-parallel on that many GPUs of its placement. `promote`: never, if-better (the 99% lower bound of the
-    paired dev-score gain over the champion above `margin`, see `registry`) or always. `overrides` (`KEY=VALUE`, as
+    data-parallel on that many GPUs of its placement. `promote`: never, if-better (the 99% lower bound, the
+    nightly level, of the paired dev-score gain over the champion above `margin`, see `registry`) or always. `overrides` (`KEY=VALUE`, as
     `dialsum train --set`) apply to every model.
 
     `resume` continues the run `run_id`: no model is reused from other runs; each child finds its model

@@ -36,10 +36,12 @@ POINTER = "champion.json"
 HISTORY = "champion-history"
 ENSEMBLE = "ensemble"
 POLICIES = ("never", "if-better", "always")
-PROMOTION_CONFIDENCE = 0.99
-"""The two-sided confidence of the interval whose lower bound must clear the margin (one-sided level 0.5%): with the
-held-out part of `data.holdout`, at most 5% false promotions after a sweep and 10% over 30 nightly decisions
-(`bench/promotion.py`)."""
+PROMOTION_CONFIDENCE = 0.95
+"""One decision (`dialsum champion promote`): the two-sided confidence of the interval whose lower bound must clear
+the margin (one-sided level 2.5%); with the held-out part of `data.holdout`, also right after a sweep."""
+NIGHTLY_CONFIDENCE = 0.99
+"""Decisions repeated night after night on the same held-out rows (`train-all --promote if-better`): one-sided 0.5%,
+so that 30 nights without a real gain promote at most 10% of the time (`bench/promotion.py`)."""
 
 
 class RegistryError(DialsumError):
@@ -279,14 +281,15 @@ def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, A
 
 def decide(
     store: storage.Storage, challenger: dict[str, Any], record: Record | None, policy: str, margin: float,
-    references: dict[str, str] | None = None,
+    references: dict[str, str] | None = None, confidence: float = PROMOTION_CONFIDENCE,
 ) -> Decision:
     """Apply `policy` to the challenger against the champion of `record` (no promotion happens here).
 
     `if-better` compares both on the same dev rows (the challenger's held-out rows when it has them): each row's
     score of their saved dev predictions against `references` (else the per-row scores they published, on the
     same dev data); it promotes only when the lower bound of the paired-bootstrap interval of challenger - champion
-    (confidence `PROMOTION_CONFIDENCE`) is above `margin`.
+    (at `confidence`: `PROMOTION_CONFIDENCE` for one decision, `NIGHTLY_CONFIDENCE` for nightly ones) is above
+    `margin`.
     """
     if policy not in POLICIES:
         raise RegistryError(f"unknown promotion policy {policy!r}; use one of {', '.join(POLICIES)}")
@@ -306,15 +309,16 @@ def decide(
     rows = [f for f in common if f in chosen]
     where = f"{len(rows)} held-out dev rows" if rows else f"{len(common)} dev rows"
     return _by_interval([mine[f] for f in rows or common], [theirs[f] for f in rows or common], margin,
-                        f"{where}, {how}")
+                        f"{where}, {how}", confidence)
 
 
-def _by_interval(ours: list[float], theirs: list[float], margin: float, where: str) -> Decision:
+def _by_interval(ours: list[float], theirs: list[float], margin: float, where: str,
+                 confidence: float = PROMOTION_CONFIDENCE) -> Decision:
     from dialsum.release.stats import paired_bootstrap
 
     if not ours:
         return Decision(False, f"cannot compare: the challenger and the champion share no scored dev row ({where})")
-    diff = paired_bootstrap(ours, theirs, confidence=PROMOTION_CONFIDENCE)
+    diff = paired_bootstrap(ours, theirs, confidence=confidence)
     a, b = sum(ours) / len(ours), sum(theirs) / len(theirs)
     said = (f"challenger {a:.2f} vs champion {b:.2f}: {diff.text(signed=True)} by paired bootstrap on {where}")
     if diff.low > margin:
@@ -341,11 +345,11 @@ def _commit(store: storage.Storage, record: Record, base: Record | None) -> bool
 
 def promote(
     store: storage.Storage, challenger: dict[str, Any], policy: str = "if-better", margin: float = 0.0,
-    references: dict[str, str] | None = None,
+    references: dict[str, str] | None = None, confidence: float = PROMOTION_CONFIDENCE,
 ) -> Decision:
     """Decide, then make the challenger the champion if the decision says so and no one else changed it first."""
     base = current(store)
-    decision = decide(store, challenger, base, policy, margin, references)
+    decision = decide(store, challenger, base, policy, margin, references, confidence)
     if not decision.promoted:
         return Decision(**{**decision.__dict__, "champion": base.champion if base else None})
     generation = (base.generation if base else 0) + 1

@@ -171,3 +171,24 @@ def test_a_parent_killed_anywhere_and_restarted_elsewhere_runs_each_trial_once(t
     assert {n: trials[n].value for n in done} == done
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 8
     assert executor.peak <= 2
+
+
+def test_trials_of_different_batch_sizes_report_at_equal_progress() -> None:
+    from dialsum.tuning.loop import progress_points
+
+    small = [{"step": 4 * k, "progress": k / 10, "dev_score": float(k)} for k in range(1, 6)]  # batch 8: 40 steps
+    large = [{"step": k, "progress": k / 10, "dev_score": float(k)} for k in range(1, 6)]  # batch 32: 10 steps
+    assert progress_points(small, "dev_score") == progress_points(large, "dev_score")
+    assert [p for p, _ in progress_points(small, "dev_score")] == list(range(10, 55, 5))  # none before the first
+    assert dict(progress_points(small, "dev_score"))[25] == 2.0  # the last value measured by then
+    scored_at_epoch_ends = [{"step": 10, "progress": 0.5, "dev_loss": 1.0},
+                            {"step": 20, "progress": 1.0, "dev_loss": 0.9, "dev_score": 7.0}]
+    assert progress_points(scored_at_epoch_ends, "dev_score") == [(100, 7.0)]
+    assert progress_points([{"step": 3, "dev_score": 1.0}], "dev_score") == [(3, 1.0)]  # an older curve: raw steps
+
+
+def test_the_random_start_of_tpe_scales_with_the_budget() -> None:
+    from dialsum.tuning.study import sampler, startup_trials
+
+    assert [startup_trials(n) for n in (4, 8, 12, 16, 40)] == [3, 3, 4, 5, 13]
+    assert sampler(0, 0, 16)._n_startup_trials == 5

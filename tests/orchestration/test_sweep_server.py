@@ -5,6 +5,7 @@ reuse them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -293,3 +294,65 @@ def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: S
     test = list(csv.DictReader(open(folder / "predictions" / "test.csv", encoding="utf-8")))
     assert [r["fname"] for r in test] == [r["fname"] for r in csv.DictReader(open(data / "test.csv", encoding="utf-8"))]
     assert "pooled OOF score" in done.stdout
+
+
+def test_a_study_name_or_kfold_run_id_reused_in_another_storage_is_another_run(setup: Setup) -> None:
+    """The same study name and the same K-fold run id in storage A, then in storage B (same machine, same output
+    folder) and, at the same time, the same study in storage C from another output folder; one Prefect server. The
+    sweeps run embedded (local child processes), the K-fold runs on the process-gpu deployment. No run adopts
+    another storage's children: each completes its whole budget with children of its own, each storage holds only
+    its own results, and A's runs and files are left as they were."""
+    data = small_data(setup.folder / "scoped-data")
+    profile = setup.folder / "kfold-bart.yaml"
+    profile.write_text(setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1",
+                                                         "eval_every: null"))
+    stores = {name: setup.folder / f"scoped-{name}" for name in "abc"}
+
+    def start(name: str, what: str, parent: str = "scoped-parent") -> subprocess.Popen:
+        store = ["--storage", str(stores[name]), "--poll-seconds", "1"]
+        command = {"sweep": ["sweep", "--models", str(setup.profile), "--space", str(setup.space), "--trials", "1",
+                             "--study", "same", "--debug", *store],
+                   "kfold": ["kfold", "--models", str(profile), "--k", "2", "--gpus", "2", "--target", "process-gpu",
+                             "--data", str(data), "--run-id", "kfsame", *store]}[what]
+        log = open(setup.folder / f"scoped-{name}-{what}.log", "ab")
+        env = setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / parent)}
+        return subprocess.Popen([sys.executable, "-m", "dialsum.cli", *command], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+
+    def children(name: str) -> list[Any]:
+        with temporary_settings(updates={PREFECT_API_URL: setup.api_url}), get_client(sync_client=True) as client:
+            tags = FlowRunFilterTags(any_=["sweep:same", "kfold:kfsame"])
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=tags))
+        return sorted((r.name, r.state.type.value) for r in runs
+                      if r.parameters.get("storage_url") == str(stores[name]))
+
+    def files(store: Path) -> dict[str, int]:
+        return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+
+    for parents in ([("a", "sweep"), ("a", "kfold")], [("b", "sweep"), ("b", "kfold"), ("c", "sweep")]):
+        started = {(name, what): start(name, what, "scoped-parent-c" if name == "c" else "scoped-parent")
+                   for name, what in parents}
+        try:
+            for (name, what), parent in started.items():
+                finish(setup, parent, f"scoped-{name}-{what}.log", timeout=500)
+        finally:
+            for parent in started.values():
+                if parent.poll() is None:
+                    parent.kill()
+                    parent.wait()
+        if parents[0][0] == "a":
+            kept, kept_children = files(stores["a"]), children("a")
+
+    assert files(stores["a"]) == kept and children("a") == kept_children
+    for name, store in stores.items():
+        folds = [] if name == "c" else [("kfsame-f0-a0", "COMPLETED"), ("kfsame-f1-a0", "COMPLETED")]
+        assert children(name) == [*folds, ("same-t0000", "COMPLETED")]
+        journal = StudyJournal("same", LocalStorage(store), setup.folder / "reader" / f"same-{time.monotonic_ns()}")
+        assert journal.restore()
+        (trial,) = journal.open(journal.check_space(None), seed=0).trials
+        assert trial.state.name == "COMPLETE" and trial.user_attrs["location"].startswith(str(store))
+        assert read_manifest("same-t0000", "sweep-bart", LocalStorage(store)) is not None
+        if folds:
+            summary = json.loads((store / "kfold" / "kfsame" / "kfold.json").read_text())
+            assert summary["oof_rows"] == summary["train_rows"] == 12
+            assert all(read_manifest(f"kfsame-f{i}", "kfold-bart", LocalStorage(store)) for i in (0, 1))

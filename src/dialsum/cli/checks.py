@@ -25,14 +25,32 @@ def models(names: list[str], overrides: Sequence[str] = ()) -> list:
     return [load_model_config(name, overrides) for name in names]
 
 
-def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
-    """The data folder's CSVs read and validated, by split (a storage URL is fetched later, by the run: {})."""
-    from dialsum.data import load_splits, sample_dir
-    from dialsum.data.source import is_url, resolve
+def location(text: str) -> str | Path:
+    """The type of `--data`: a storage URL (`s3://bucket/prefix`, `file:///path`) stays the URL as given (`Path`
+    would make `s3:/bucket/prefix` of it); anything else is a folder path."""
+    return text if "://" in text else Path(text)
 
-    if is_url(folder):
-        return {}
-    loaded = load_splits(resolve(folder), optional=optional, **({"splits": splits} if splits else {}))
+
+def fetched(data: str | Path | None) -> Path | None:
+    """The local folder of `--data`: the folder itself, or a storage URL's CSVs fetched into the cache."""
+    from dialsum.data.source import resolve
+
+    return resolve(data)
+
+
+def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
+    """The data folder's CSVs read and validated, by split; a storage URL's are fetched first (a run that runs
+    elsewhere fetches them again: one line now for a URL that cannot be read, not a traceback later)."""
+    from dialsum.data import load_splits, sample_dir
+    from dialsum.data.source import is_url
+
+    root = fetched(folder)
+    try:
+        loaded = load_splits(root, optional=optional, **({"splits": splits} if splits else {}))
+    except DataError as exc:
+        if not is_url(folder):
+            raise
+        raise DataError(f"{folder}: {exc}") from None
     if not loaded:
         raise DataError(f"{folder or sample_dir()}: no {' or '.join(f'{s}.csv' for s in splits or ())} found")
     return loaded

@@ -48,6 +48,7 @@ def _preflight(args: argparse.Namespace) -> int:
 
     overrides = overrides_of(args)
     checks.models(args.models, overrides)
+    args.data = checks.fetched(args.data)
     checks.data(args.data, optional=SPLITS)
     from dialsum.models.preflight import PreflightFailed, format_report, run
 
@@ -69,7 +70,8 @@ def _preflight(args: argparse.Namespace) -> int:
 def _add_preflight_parser(sub) -> None:
     p = sub.add_parser("preflight", help="check lengths, cuts, reachable references and round trips (tokenizer only)")
     p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
-    p.add_argument("--data", type=Path, help="folder with train/dev/test CSVs, any present (default: bundled sample)")
+    p.add_argument("--data", type=checks.location,
+                   help="folder or storage URL with train/dev/test CSVs, any present (default: bundled sample)")
     p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
     p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
     add_override_args(p)

@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="write predictions with a trained run folder")
     p.add_argument("--run", type=Path, required=True,
                    help="run folder (holds config.yaml and model/), or `champion` to fetch the model in service")
-    p.add_argument("--data", type=Path, help="folder with dev.csv and/or test.csv (default: bundled sample)")
+    p.add_argument("--data", type=checks.location,
+                   help="folder or storage URL with dev.csv and/or test.csv (default: bundled sample)")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder; for champion: .)")
     p.add_argument("--storage", help="storage URL of the champion (default: DIALSUM_STORAGE_URL)")
     p.set_defaults(func=_predict)
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    args.data = checks.fetched(args.data)
     if str(args.run) == "champion":
         from dialsum.cli.champion import predict_command
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dialsum.cli import checks
 from dialsum.cli.profiles import add_override_args, overrides_of
 from dialsum.errors import DialsumError
 
@@ -47,7 +48,8 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, metavar="MODEL", help="config stem in configs/models/ or a YAML path")
-    p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument("--data", type=checks.location,
+                   help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)")
     p.add_argument("--storage", help="storage URL or folder (default DIALSUM_STORAGE_URL)")
     p.add_argument("--debug", action="store_true", help="each child runs a few steps on a small slice")
     p.add_argument("--parallel", type=int, default=None, help="children running at once (default: --gpus, else 1)")
@@ -84,7 +86,7 @@ def register(sub) -> None:
                        description="A cheap study over decoding settings of a saved run: no retraining.",
                        epilog=TUNE_EXAMPLE, formatter_class=_formatter)
     p.add_argument("--run", type=Path, required=True, help="a saved run folder (outputs/<run-id>/<model>)")
-    p.add_argument("--data", type=Path, help="folder with dev.csv (default: bundled sample)")
+    p.add_argument("--data", type=checks.location, help="folder or storage URL with dev.csv (default: bundled sample)")
     p.add_argument("--space", type=Path, help="YAML of generation.* keys to search (default: the built-in space)")
     p.add_argument("--trials", type=int, default=16, help="decoding settings to try (default 16)")
     p.add_argument("--rows", type=int, default=None, help="dev rows of the search split (default: all of it)")
@@ -93,12 +95,8 @@ def register(sub) -> None:
     p.set_defaults(func=_tune_decoding)
 
 
-def _check_data(data: Path | None) -> None:
-    from dialsum.data import load_splits
-    from dialsum.data.source import is_url, resolve
-
-    if not is_url(data):
-        load_splits(resolve(data))
+def _check_data(data: str | Path | None) -> None:
+    checks.data(data)
 
 
 def _placement_options(args: argparse.Namespace) -> dict:
@@ -175,9 +173,8 @@ def _tune_decoding(args: argparse.Namespace) -> int:
     load_model_config(model)
     if args.space is not None:
         load_space(args.space, model, prefix="generation.")
-    from dialsum.data import load_splits
-
-    load_splits(args.data, splits=("dev",))
+    args.data = checks.fetched(args.data)
+    checks.data(args.data, splits=("dev",), optional=())
     from dialsum.orchestration.decoding import format_summary, tune_decoding
 
     summary = tune_decoding(args.run, data_dir=args.data, space=args.space, trials=args.trials, rows=args.rows,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from dialsum.cli import checks
 from dialsum.cli.profiles import add_override_args
@@ -26,7 +25,8 @@ def register(sub) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
-    p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument("--data", type=checks.location,
+                   help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)")
     p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
     p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
     p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
             return _train_data_parallel(args)
         from dialsum.pipeline import run_model
 
-        result = run_model(args.models[0], run_id=args.run_id, data_dir=args.data, debug=args.debug,
+        result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data), debug=args.debug,
                            eval_before=args.eval_before, storage_url=args.storage, force=args.force,
                            resume=bool(args.resume), overrides=args.overrides)
     if result.metrics:  # data-parallel ranks other than 0 report nothing

@@ -83,6 +83,8 @@ def code_fingerprint() -> str:
 
 def resolve(data: str | Path | None) -> Path | None:
     """A local folder holding the data: `data` itself when it is a folder, else a verified cached copy."""
+    if data is not None and "://" in str(data) and not is_url(data):
+        raise DataError(f"unsupported data URL {str(data)!r}: use s3://bucket/prefix, file:///path or a folder")
     if data is None or not is_url(data):
         return Path(data) if data is not None else None
     from dialsum import storage

@@ -1,8 +1,11 @@
 """Launching `train-model` children without waiting for them, for parents that keep several running (sweep, K-fold).
 
 A launcher starts a child on a slot and returns a handle; `status(handle)` says whether it is still running.
-Launches are idempotent per key (a trial's or fold's run id and attempt): launching the same key again finds the
-child already started, so a parent restarted between starting a child and recording it never starts a second one.
+Launches are idempotent per key (a trial's or fold's run id and attempt) within one storage: launching the same key
+again finds the child already started, so a parent restarted between starting a child and recording it never starts
+a second one. The key the Prefect server sees carries the storage's scope (`storage.storage_scope`): a server is
+shared by every storage it trains into, and a child launched for another storage under the same run id is never
+found, adopted or touched. The flow run keeps the plain key as its name.
 
 * `DeploymentLauncher`: the child runs on a `train-model` deployment, on the queue and job variables of its slot
   (`placement.slots`: one GPU queue each on GPU targets); the handle is the flow-run id.
@@ -52,6 +55,11 @@ def _status_of(flow_run: Any) -> Status:
     return Status(FAILED, message, seconds, permanent=state.is_failed() and _permanent(message))
 
 
+def scoped(key: str, scope: str) -> str:
+    """The key a launch is found by: the child's key within one storage, and that storage's scope."""
+    return f"{key}@{scope}"
+
+
 def read_flow_run(flow_run_id: str) -> Any:
     with get_client(sync_client=True) as client:
         return client.read_flow_run(UUID(flow_run_id))
@@ -60,15 +68,15 @@ def read_flow_run(flow_run_id: str) -> Any:
 class DeploymentLauncher:
     """Children on `train-model` deployments, one slot per GPU queue (or `parallel` slots without queues)."""
 
-    def __init__(self, places: dict[str, placement.Placement]) -> None:
-        self.places = places
+    def __init__(self, places: dict[str, placement.Placement], scope: str) -> None:
+        self.places, self.scope = places, scope
         self.slots = list(places)
 
     def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
         where = self.places[slot]
         child = run_deployment(where.deployment, parameters=parameters, job_variables=where.job_variables or None,
                                work_queue_name=where.work_queue_name, timeout=0, as_subflow=True, tags=tags,
-                               idempotency_key=key, flow_run_name=key)
+                               idempotency_key=scoped(key, self.scope), flow_run_name=key)
         return str(child.id)
 
     def status(self, handle: str) -> Status:
@@ -92,8 +100,8 @@ def _alive(pid: int) -> bool:
 class ProcessLauncher:
     """Children as `train_model` flow runs in local processes, reporting to this process's Prefect API."""
 
-    def __init__(self, slots: list[str], gpus: bool) -> None:
-        self.slots, self.gpus = list(slots), gpus
+    def __init__(self, slots: list[str], gpus: bool, scope: str) -> None:
+        self.slots, self.gpus, self.scope = list(slots), gpus, scope
         self.processes: dict[str, Any] = {}
 
     def _api_env(self) -> dict[str, str]:
@@ -120,14 +128,15 @@ class ProcessLauncher:
 
         from dialsum.orchestration.train_model import train_model
 
-        existing = self._find(key)
+        existing = self._find(scoped(key, self.scope))
         if existing is not None:
             return f"{existing.id}@"  # started by an earlier parent: its process is not known here
         env = self._api_env()
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = slot.rsplit("-", 1)[-1]
         with get_client(sync_client=True) as client:
-            flow_run = client.create_flow_run(train_model, name=key, parameters=parameters, tags=[*tags, f"run:{key}"])
+            flow_run = client.create_flow_run(train_model, name=key, parameters=parameters,
+                                              tags=[*tags, f"run:{scoped(key, self.scope)}"])
         process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
         self.processes[str(flow_run.id)] = process
         return f"{flow_run.id}@{process.pid}"
@@ -165,13 +174,15 @@ class ProcessLauncher:
             process.join(timeout=5)
 
 
-def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool) -> Launcher:
-    """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment."""
+def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool,
+                  scope: str) -> Launcher:
+    """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment.
+    `scope`: the scope of the storage the children publish to (`storage.storage_scope`)."""
     if embedded:
         count = min(parallel, num_gpus) if num_gpus else parallel
         prefix = "gpu" if num_gpus else "slot"
-        return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus))
-    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus))
+        return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus), scope=scope)
+    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus), scope)
 
 
 def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, relaunches: int, tags: list[str],

@@ -6,7 +6,8 @@ children `<run>-f<i>` at most `parallel` at once, one per free GPU queue (or loc
 crashed child is relaunched and resumes. It then reads the folds' published predictions back and writes, under
 `kfold/<run>/`: `oof.csv` (the out-of-fold prediction of every train row), `kfold.json` (pooled OOF score with
 its interval, per-fold scores, the fold ensemble's dev score) and `predictions/dev.csv`, `predictions/test.csv`
-of the fold ensemble. Running the same run id again continues: finished folds are not trained again.
+of the fold ensemble. Running the same run id again (in the same storage) continues: finished folds are not trained
+again, and running children are adopted; a K-fold run of the same id in another storage is another run.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def kfold(
     jobs = {f"{run_id}-f{i}": {**common, "run_id": f"{run_id}-f{i}",
                                "data_dir": store.location(kfold_key(run_id, f"data/fold-{i}"))}
             for i in range(k) if storage.read_manifest(f"{run_id}-f{i}", name, store) is None}
-    statuses = run_all(make_launcher(model, target, parallel, num_gpus, embedded), jobs, parallel, crash_relaunches,
-                       [f"kfold:{run_id}"], poll_seconds, logger)
+    launcher = make_launcher(model, target, parallel, num_gpus, embedded, storage.storage_scope(store))
+    statuses = run_all(launcher, jobs, parallel, crash_relaunches, [f"kfold:{run_id}"], poll_seconds, logger)
     outputs, failed = {}, {}
     for i in range(k):
         status = statuses.get(f"{run_id}-f{i}")

@@ -5,8 +5,10 @@ and runs the loop of `tuning.loop`: ask (TPE with the constant liar, seeded per 
 slot (one GPU queue per trial on GPU targets; local processes when embedded), watch its published evaluation
 curve and prune it through a STOP marker, tell the result read back from storage. A restarted parent (any
 machine that sees the storage and the Prefect API) continues the same study: nothing runs twice and the budget
-counts every trial. The sweep ends Completed, with `trials.csv`, `best.yaml`, the history and importance plots
-and a table artifact `sweep-<study>` that says which trials failed and why. Trials share the study as W&B group.
+counts every trial. A study name is unique only inside its storage: a sweep of the same name in another storage is
+another study, and neither adopts the other's children. The sweep ends Completed, with `trials.csv`, `best.yaml`,
+the history and importance plots and a table artifact `sweep-<study>` that says which trials failed and why. Trials
+share the study as W&B group.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def sweep(
     searched = load_space(space, model, base) if space is not None else None
     name = check_study_name(study or new_study_name(model))
     store = storage.open_storage(storage_url)
-    journal = StudyJournal(name, store, get_settings().output_dir / "sweeps" / name)
+    scope = storage.storage_scope(store)  # the study name is unique only inside its storage
+    journal = StudyJournal(name, store, get_settings().output_dir / "sweeps" / scope / name)
     resumed = journal.restore()
     searched = journal.check_space(searched)
     base = journal.check_settings(model_name(model, base), base)
@@ -112,7 +115,7 @@ def sweep(
     logger.info("sweep %s: %s %s trials of %s, %d at once", name, "continuing" if resumed else "starting", trials,
                 model_name(model, base), parallel)
     common = {"data_dir": data_dir, "storage_url": storage_url, "debug": debug, "group": name}
-    executor = TrialExecutor(make_launcher(model, target, parallel, num_gpus, embedded), store, model,
+    executor = TrialExecutor(make_launcher(model, target, parallel, num_gpus, embedded, scope), store, model,
                              model_name(model, base), name, common, base)
     loop = StudyLoop(optuna_study, searched, executor, budget=trials, parallel=parallel, seed=seed, run_prefix=name,
                      check=lambda params: check_trial(model, base, params), on_change=journal.snapshot,

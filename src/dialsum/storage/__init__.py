@@ -3,7 +3,8 @@
 `open_storage(url)` picks the backend by URL (`s3://bucket/prefix`, `file:///path` or a plain folder; default the
 `DIALSUM_STORAGE_URL` setting): `local.py` or `s3.py` (the only module that talks to boto3, imported only for
 S3 URLs). `manifest.py` publishes and fetches run folders, manifest last; `checkpoints.py` does the same for
-training checkpoints; `progress.py` holds a run's live curve and stop marker. May import only the foundations (config, settings, errors).
+training checkpoints; `progress.py` holds a run's live curve and stop marker; `scope.py` says which storage this
+is (names are unique only inside one). May import only the foundations (config, settings, errors).
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ from dialsum.storage.progress import (
     stop_request,
     write_progress,
 )
+from dialsum.storage.scope import storage_scope
 
 __all__ = [
     "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",
     "Storage", "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint", "hold",
     "list_checkpoints", "list_runs", "new_run_id", "open_storage", "probe", "publish", "publish_checkpoint",
     "read_manifest", "read_progress", "read_published", "request_stop", "run_key", "sha256_file", "stop_request",
-    "write_progress",
+    "storage_scope", "write_progress",
 ]
 
 

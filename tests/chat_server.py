@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat server for tests and benchmarks, on loopback: it answers `/v1/chat/completions` itself
 (a fixed Korean summary naming the dialogue's speakers) or forwards to an upstream server (e.g. `transformers
-serve`) as a proxy, and injects faults: 429 with Retry-After, 500, added delays, dropped connections and malformed
-JSON. Every request it receives is logged (a hash of its messages, its seed and the fault it got), in memory and,
+serve`) as a proxy, and injects faults: 429 with Retry-After, 500, added delays, dropped connections, malformed
+JSON, empty answers and a 401 that echoes the key it was sent. Every request it receives is logged (a hash of its messages, its seed and the fault it got), in memory and,
 with `log_path`, one JSON line each, so a test in another process can count what reached the server.
 
     server = ChatServer(faults={1: "429", 2: "500"}, latency=0.2).start()
@@ -23,7 +23,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "drop", "malformed", "delay", "empty")
+FAULTS = ("429", "500", "drop", "malformed", "delay", "empty", "auth")
 SUMMARY = "#Person1#과 #Person2#가 대화를 나눕니다."
 
 
@@ -43,6 +43,7 @@ class ChatServer:
         self.fail_matching, self.upstream, self.log_path = fail_matching, upstream, log_path
         self.delay_seconds = delay_seconds
         self.requests: list[dict] = []
+        self.authorizations: set[str] = set()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -97,6 +98,7 @@ class ChatServer:
                     n = len(server.requests) + 1
                 fault = server.fault_for(n, body)
                 server.record(body, fault)
+                server.authorizations.add(self.headers.get("Authorization", ""))
                 if server.latency:
                     time.sleep(server.latency)
                 if fault == "429":
@@ -107,6 +109,9 @@ class ChatServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return None
+                if fault == "auth":  # a careless server that echoes the credentials it refused
+                    echo = json.dumps({"error": {"message": f"invalid key {self.headers.get('Authorization')}"}})
+                    return self._send(401, echo.encode())
                 if fault == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [ {"message": ')
                 if fault == "delay":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dialsum.config.schema import NAME_PATTERN, Strict
 
@@ -81,6 +81,11 @@ class ChatAPIConfig(Strict):
     revision: ClassVar[None] = None
     tokenizer: ClassVar[None] = None
     candidate_method: ClassVar[str] = "seeds"
+
+    @field_validator("prompt_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value):
+        return str(value) if isinstance(value, (int, float)) else value
 
     @model_validator(mode="after")
     def _base_url_is_http(self):

@@ -61,7 +61,8 @@ class ChatServer:
     def record(self, body: dict, fault: str | None) -> int:
         digest = hashlib.sha256(json.dumps(body.get("messages"), ensure_ascii=False).encode()).hexdigest()[:16]
         with self._lock:
-            entry = {"n": len(self.requests) + 1, "messages": digest, "seed": body.get("seed"), "fault": fault}
+            entry = {"n": len(self.requests) + 1, "messages": digest, "seed": body.get("seed"), "fault": fault,
+                     "t": time.time()}
             self.requests.append(entry)
             if self.log_path:
                 with open(self.log_path, "a", encoding="utf-8") as fh:

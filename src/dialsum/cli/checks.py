@@ -25,6 +25,13 @@ def models(names: list[str], overrides: Sequence[str] = ()) -> list:
     return [load_model_config(name, overrides) for name in names]
 
 
+def trainable(cfg) -> bool:
+    """Whether a profile's family trains (`models.families`); an API profile only generates."""
+    from dialsum.models import families
+
+    return families.trainable(cfg)
+
+
 def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
     """The data folder's CSVs read and validated, by split (a storage URL is fetched later, by the run: {})."""
     from dialsum.data import load_splits, sample_dir

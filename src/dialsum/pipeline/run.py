@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from dialsum.config import load_model_config
-from dialsum.engine import distributed, runs, stop
+from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.pipeline.result import RunResult, new_run_id
@@ -48,6 +48,7 @@ def run_model(
     cfg = load_model_config(model_name, overrides)
     if not families.trainable(cfg):
         return run_generate_only(cfg, run_id, data_dir, debug, storage_url, publish, force, lease_wait)
+    from dialsum.engine import distributed
     from dialsum.pipeline.phases import checkpointer, publish_phase, setup, train_and_save
 
     name = cfg.name
@@ -156,6 +157,8 @@ def run_model_on_gpus(
     argv += ["--storage", storage_url] if storage_url else []
     argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
     argv += [arg for override in overrides for arg in ("--set", override)]
+    from dialsum.engine import distributed
+
     with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):  # the ranks take none
         code = distributed.launch(argv, gpus)
     if code:

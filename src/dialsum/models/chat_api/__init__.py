@@ -184,3 +184,17 @@ def estimate(cfg, splits: dict[str, list], train: Sequence) -> dict:
     out["cost_usd"] = round((total_in * p.input_per_million + total_out * p.output_per_million) / 1e6, 4)
     out["cost_usd_max"] = round((total_in * p.input_per_million + worst_out * p.output_per_million) / 1e6, 4)
     return out
+
+
+def format_estimate(cfg, est: dict) -> str:
+    """The preflight lines of an API profile: requests, tokens and cost per split, and the total."""
+    lines = [f"{cfg.name} ({cfg.model} at {cfg.base_url}): no request sent; tokens estimated at 1 per character"]
+    for split in ("dev", "test"):
+        if est[split]["rows"]:
+            s = est[split]
+            lines.append(f"  {split}: {s['rows']} rows, {s['requests']} requests, ~{s['tokens_in']:,} tokens in, "
+                         f"~{s['tokens_out']:,} out (at most {s['tokens_out_max']:,})")
+    budget = f"; budget ${cfg.max_cost_usd:g}" if cfg.max_cost_usd else ""
+    lines.append(f"  cost: ~${est['cost_usd']:.4f} (at most ${est['cost_usd_max']:.4f} if every answer runs to "
+                 f"max_tokens){budget}")
+    return "\n".join(lines)

@@ -35,6 +35,17 @@ def summary_for(messages: list[dict]) -> str:
     return SUMMARY
 
 
+class _Quiet(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (killed, timed out) is part of the tests, not an error to print."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class ChatServer:
     def __init__(self, faults: dict[int, str] | None = None, latency: float = 0.0, retry_after: str = "1",
                  fail_matching: str | None = None, upstream: str | None = None, log_path=None,
@@ -45,8 +56,7 @@ class ChatServer:
         self.requests: list[dict] = []
         self.authorizations: set[str] = set()
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Quiet(("127.0.0.1", port), self._handler())
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
 

@@ -119,12 +119,13 @@ def test_planted_key_appears_in_no_output(tmp_path: Path) -> None:
     server = ChatServer(faults={3: "auth"}).start()
     try:
         profile = api_profile(tmp_path, server, api_key_env="UPSTAGE_API_KEY", max_failed_rows="1")
-        run = dialsum(tmp_path, "train", "--mode", "multi_model", "--models", str(profile), "--run-id", "key",
-                      "--debug", "-v", UPSTAGE_API_KEY=PLANTED)
+        run = dialsum(tmp_path, "-v", "train", "--mode", "multi_model", "--models", str(profile), "--run-id", "key",
+                      "--debug", UPSTAGE_API_KEY=PLANTED)
         assert run.returncode == 0, run.stderr[-3000:]
         assert f"Bearer {PLANTED}" in server.authorizations  # the key was sent, so it could have leaked
         rows = (tmp_path / "store" / "key" / "fake-api" / "predictions" / "dev_rows.jsonl").read_text(encoding="utf-8")
         assert "invalid key Bearer ***" in rows  # the server's echo of it is in an error, scrubbed
+        assert (tmp_path / "prefect" / "prefect.db").is_file()  # the flow runs' parameters and logs are searched too
         leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()]
         assert leaks == [] and PLANTED not in run.stdout + run.stderr
     finally:

@@ -1,4 +1,4 @@
-"""The response cache of an API run: one JSON line per response, appended (and flushed to disk) as each response
+"""The response cache of an API run: one JSON line per response, appended (and flushed) as each response
 arrives, so a killed run loses only the requests in flight. A key is the hash of everything that decides the
 answer: base URL, model, prompt fingerprint (text and version), messages, decoding settings and candidate index.
 The API key is never part of a key or a line.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 
@@ -43,8 +42,7 @@ class ResponseCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._fh.flush()  # in the OS's hands: a killed process loses none of it
         self.entries[key] = row
 
     def close(self) -> None:

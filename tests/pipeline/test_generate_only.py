@@ -67,6 +67,12 @@ def test_api_only_run_loads_no_torch_and_records_its_bill(tmp_path: Path, server
             .read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 32 and all(len(r["shots"]) == 2 and r["error"] is None for r in rows)
     assert metrics["dev"]["score"] > 0
+    sent = len(server.requests)
+    predicted = dialsum(tmp_path, "predict", "--run", str(tmp_path / "outputs" / "api" / "fake-api"), "--out",
+                        str(tmp_path / "again"))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(server.requests) - sent == 2 * (48 - 32)  # the debug run's 32 rows a split come from its cache
+    assert json.loads(predicted.stdout)["dev"]["score"] > 0
 
 
 def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path, server: ChatServer) -> None:
@@ -83,6 +89,21 @@ def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path,
     assert api["cache_hits"] == ok_before and api["requests"] == len(server.requests) - sent == 64 - ok_before
     summaries = (tmp_path / "store" / "r" / "fake-api" / "predictions" / "dev.csv").read_text(encoding="utf-8")
     assert ",\n" not in summaries.replace("\r", "")  # no empty summary
+
+
+def test_budget_stops_the_run_and_a_resume_with_a_larger_one_pays_nothing_twice(tmp_path: Path,
+                                                                                 server: ChatServer) -> None:
+    profile = api_profile(tmp_path, server, price="{input_per_million: 1000, output_per_million: 1000}",
+                          max_cost_usd="10")
+    stopped = dialsum(tmp_path, "train", "--models", str(profile), "--run-id", "b", "--debug")
+    assert stopped.returncode != 0 and "stopped before passing the cost budget of $10" in stopped.stderr
+    paid = len(server.requests)
+    assert 0 < paid < 64
+    resumed = dialsum(tmp_path, "train", "--models", str(profile), "--resume", "b", "--debug",
+                      "--set", "max_cost_usd=1000")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    keys = [(r["messages"], r["seed"]) for r in server.requests]
+    assert len(keys) == len(set(keys)) == 64
 
 
 @pytest.mark.slow

@@ -65,12 +65,17 @@ class StateRecord:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+# Keys that say how to call, not what to ask: a resume may change them (a larger budget, more failures allowed).
+RUN_CONTROL = {"max_cost_usd", "max_failed_rows", "limits"}
+
+
 def fingerprint(cfg, data_hash: str, debug: bool) -> str:
-    """What a resumed run must share with the run it continues: config (prompt text and version included), data and
-    debug mode."""
+    """What a resumed run must share with the run it continues: config (prompt text and version included, the keys
+    of RUN_CONTROL left out), data and debug mode."""
     import hashlib
 
-    return hashlib.sha256(f"{dump_config(cfg)}\0{data_hash}\0{debug}".encode()).hexdigest()
+    asked = json.dumps(cfg.model_dump(mode="json", exclude=RUN_CONTROL), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(f"{asked}\0{data_hash}\0{debug}".encode()).hexdigest()
 
 
 def predict_split(cfg, fam, session, split: str, examples: list, folder: Path) -> list[str | None]:
@@ -192,3 +197,22 @@ def publish_run(cfg, run_id: str, folder: Path, storage_url: str | None, data_ha
              "debug": debug}
     return storage.publish(folder, run_id, cfg.name, storage=storage.open_storage(storage_url), extra=extra,
                            force=force).url
+
+
+def predict_saved(run_dir: Path, data_dir: Path | None, out_dir: Path | None) -> dict:
+    """`predict --run` with an API run folder: the same prompts (examples from the data's train.csv), answered from
+    the folder's response cache where it can (new responses are added to it); returns the dev score, if any."""
+    from dialsum.config import load_model_config
+
+    cfg = load_model_config(str(run_dir / "config.yaml"))
+    splits = load_splits(data_dir, splits=("train", "dev", "test"), optional=("dev", "test"))
+    fam = families.of(cfg).load()
+    session = fam.open_session(cfg, splits["train"], run_dir / CACHE_FILE)
+    folder = (out_dir or run_dir) / "predictions"
+    preds = {s: predict_split(cfg, fam, session, s, splits[s], folder) for s in ("dev", "test") if s in splits}
+    stats = session.stats.summary()
+    log.info("%s: %d requests, %d answered from the cache, $%.4f", cfg.name, stats["requests"], stats["cache_hits"],
+             stats["cost_usd"])
+    if "dev" not in preds:
+        return {}
+    return metric.score([t or "" for t in preds["dev"]], [ex.summary for ex in splits["dev"]])

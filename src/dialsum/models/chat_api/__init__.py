@@ -12,6 +12,7 @@ from the cache where they can. A row whose request still fails is returned as No
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from dialsum.models.chat_api.prompt import ShotSelector, clean, messages
 from dialsum.settings import get_settings
 
 TRAINABLE = False
+PROGRESS_EVERY = 50
+log = logging.getLogger(__name__)
 
 
 def api_key(cfg) -> SecretStr | None:
@@ -56,6 +59,8 @@ class Session:
     stats: Stats = field(default_factory=Stats)
     rows: dict[str, dict] = field(default_factory=dict)
     budget_reached: bool = False
+    done: int = 0
+    total: int = 0
 
     def redact(self, text: str) -> str:
         secret = self.key.get_secret_value() if self.key else ""
@@ -113,6 +118,7 @@ async def _summarize(cfg, session: Session, examples: list, n: int, progress) ->
     client = AsyncOpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=cfg.limits.timeout_seconds)
     caller = Caller(client, cfg.limits, cfg.price, session.stats, cfg.max_cost_usd, redact=session.redact)
     shots = session.selector.choose(examples)
+    session.done, session.total = 0, len(examples)
     try:
         rows = await asyncio.gather(*(_row(cfg, session, caller, ex, s, n, progress) for ex, s in zip(examples, shots)))
     finally:
@@ -138,6 +144,11 @@ async def _row(cfg, session: Session, caller: Caller, ex, shots: list, n: int, p
                            else str(next(r for r in errors if isinstance(r, CallFailed))))
         session.stats.failures += 0 if budget else 1
     session.rows[ex.fname] = record
+    session.done += 1
+    if session.done % PROGRESS_EVERY == 0 or session.done == session.total:
+        s = session.stats
+        log.info("%s: %d/%d rows, %d requests, %d cache hits, %d retries, %d failed, $%.4f so far", cfg.name,
+                 session.done, session.total, s.requests, s.cache_hits, s.retries, s.failures, s.cost_usd)
     if progress is not None:
         progress.update(1)
     if errors:

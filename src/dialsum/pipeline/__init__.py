@@ -1,5 +1,6 @@
-"""One model run: setup → fit → predict → score → save → publish (`phases`), sequenced across attempts under a
-lease (`run`), and prediction with a saved run (`serve`). The only place that sequences a run: flows and the CLI
+"""One model run: setup → fit → predict → score → save → publish (`phases`; `generate_only` for a family that only
+generates, such as an API model), sequenced across attempts under a lease (`run`), and prediction with a saved run
+(`serve`). The only place that sequences a run: flows and the CLI
 call it. May import release, engine and everything below.
 """
 

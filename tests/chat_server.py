@@ -20,7 +20,8 @@ import json
 import re
 import threading
 import time
-import urllib.request
+import http.client
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "drop", "malformed", "delay", "empty", "auth")
@@ -55,6 +56,7 @@ class ChatServer:
         self.delay_seconds = delay_seconds
         self.requests: list[dict] = []
         self.authorizations: set[str] = set()
+        self.upstream_conns = threading.local()
         self._lock = threading.Lock()
         self.httpd = _Quiet(("127.0.0.1", port), self._handler())
         self.port = self.httpd.server_address[1]
@@ -140,13 +142,21 @@ class ChatServer:
                 return self._send(200, json.dumps(reply, ensure_ascii=False).encode())
 
             def _forward(self, raw: bytes) -> None:
-                request = urllib.request.Request(server.upstream.rstrip("/") + "/chat/completions", data=raw,
-                                                 headers={"Content-Type": "application/json"}, method="POST")
-                try:
-                    with urllib.request.urlopen(request, timeout=120) as response:
+                """Relay to the upstream over this thread's kept-alive connection (one more on a dropped one)."""
+                target = urllib.parse.urlsplit(server.upstream.rstrip("/") + "/chat/completions")
+                for attempt in (0, 1):
+                    conn = getattr(server.upstream_conns, "conn", None)
+                    if conn is None:
+                        conn = server.upstream_conns.conn = http.client.HTTPConnection(target.netloc, timeout=120)
+                    try:
+                        conn.request("POST", target.path, body=raw, headers={"Content-Type": "application/json"})
+                        response = conn.getresponse()
                         return self._send(response.status, response.read())
-                except urllib.error.HTTPError as exc:
-                    return self._send(exc.code, exc.read())
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        server.upstream_conns.conn = None
+                        if attempt:
+                            raise
 
         return Handler
 

@@ -106,9 +106,22 @@ def summarize_candidates(cfg, session: Session, examples: Sequence,
 
 
 def _in_thread(coro):
-    """Run the coroutine on its own event loop in a worker thread (the caller may already run a loop)."""
+    """Run the coroutine on its own event loop in a worker thread (the caller may already run a loop). Ctrl-C
+    cancels it at once: requests in flight are dropped (the cache holds every answer that arrived), none starts."""
+    running: dict = {}
+
+    async def main():
+        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        return await coro
+
     with ThreadPoolExecutor(1, thread_name_prefix="chat-api") as pool:
-        return pool.submit(asyncio.run, coro).result()
+        future = pool.submit(asyncio.run, main())
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if "loop" in running:
+                running["loop"].call_soon_threadsafe(running["task"].cancel)
+            raise
 
 
 async def _summarize(cfg, session: Session, examples: list, n: int, progress) -> tuple[list, list[list[dict]]]:

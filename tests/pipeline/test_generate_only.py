@@ -47,6 +47,7 @@ def server():
     srv.stop()
 
 
+@pytest.mark.slow
 def test_api_only_run_loads_no_torch_and_records_its_bill(tmp_path: Path, server: ChatServer) -> None:
     profile = api_profile(tmp_path, server)
     code = ("import json, sys, time; start = time.time(); from dialsum.cli.main import main; "
@@ -75,6 +76,7 @@ def test_api_only_run_loads_no_torch_and_records_its_bill(tmp_path: Path, server
     assert json.loads(predicted.stdout)["dev"]["score"] > 0
 
 
+@pytest.mark.slow
 def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path, server: ChatServer) -> None:
     server.faults = {n: "500" for n in range(1, 40)}  # the first requests fail through all their retries
     profile = api_profile(tmp_path, server, **{"limits": "{concurrency: 1, max_retries: 1, backoff_seconds: 0.01, "
@@ -91,6 +93,7 @@ def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path,
     assert ",\n" not in summaries.replace("\r", "")  # no empty summary
 
 
+@pytest.mark.slow
 def test_budget_stops_the_run_and_a_resume_with_a_larger_one_pays_nothing_twice(tmp_path: Path,
                                                                                  server: ChatServer) -> None:
     profile = api_profile(tmp_path, server, price="{input_per_million: 1000, output_per_million: 1000}",

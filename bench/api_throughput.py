@@ -1,10 +1,11 @@
 """API throughput (dialogues/s): the chat-API family summarizing the 499 dev dialogues (../shared) through our
 fault-injecting proxy (tests/chat_server.py, in its own process) that adds 200 ms to every request, in front of a
-fast fake OpenAI-compatible upstream (another process) (the same server without faults, answering at once: `transformers serve` on a 2-core
-box would measure the model, not the calling). Ours: `limits.concurrency` 8; baseline, in the same run: the same
-calls one at a time (`limits.concurrency` 1), as the guide's sequential loop made them. Each variant starts with
-an empty response cache, so every dialogue is a request; the prompts (2 examples each from the bundled sample's
-train.csv, method `first`: ../shared has no train split) and the answers are the same for both.
+fast fake OpenAI-compatible upstream (another process: the same server without faults, answering at once;
+`transformers serve` on a 2-core box would measure the model, not the calling). Ours: `limits.concurrency` 8;
+baseline, in the same run: the same calls one at a time (`limits.concurrency` 1), as the guide's sequential loop
+made them. Each variant starts with an empty response cache, so every dialogue is a request; the prompts (2
+examples each from the bundled sample's train.csv, method `first`: ../shared has no train split) and the answers
+are the same for both.
 
 Usage: .venv/bin/python bench/api_throughput.py            # writes bench/results/api_throughput.json (needs ../shared)
        .venv/bin/python bench/api_throughput.py --smoke    # tiny sizes in seconds; JSON to a temporary folder

@@ -1,8 +1,9 @@
 """An OpenAI-compatible chat server for tests and benchmarks, on loopback: it answers `/v1/chat/completions` itself
 (a fixed Korean summary naming the dialogue's speakers) or forwards to an upstream server (e.g. `transformers
 serve`) as a proxy, and injects faults: 429 with Retry-After, 500, added delays, dropped connections, malformed
-JSON, empty answers and a 401 that echoes the key it was sent. Every request it receives is logged (a hash of its messages, its seed and the fault it got), in memory and,
-with `log_path`, one JSON line each, so a test in another process can count what reached the server.
+JSON, empty answers and a 401 that echoes the key it was sent. Every request it receives is logged (a hash of
+its messages, its seed and the fault it got), in memory and, with `log_path`, one JSON line each, so a test in
+another process can count what reached the server.
 
     server = ChatServer(faults={1: "429", 2: "500"}, latency=0.2).start()
     ... base_url = server.url ...
@@ -115,7 +116,8 @@ class ChatServer:
                 if server.latency:
                     time.sleep(server.latency)
                 if fault == "429":
-                    return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": server.retry_after})
+                    return self._send(429, b'{"error": {"message": "rate limited"}}',
+                                      {"Retry-After": server.retry_after})
                 if fault == "500":
                     return self._send(500, b'{"error": {"message": "internal error"}}')
                 if fault == "drop":

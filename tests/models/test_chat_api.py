@@ -81,7 +81,8 @@ def test_a_row_that_keeps_failing_is_counted_never_empty(server, dev, train, tmp
     texts = chat_api.summarize(cfg, session, dev)
     assert texts[2] is None and all(t for i, t in enumerate(texts) if i != 2)
     assert session.stats.failures == 1
-    assert "http 500" in session.rows[dev[2].fname]["error"] and "after 3 retries" in session.rows[dev[2].fname]["error"]
+    error = session.rows[dev[2].fname]["error"]
+    assert "http 500" in error and "after 3 retries" in error
 
 
 def test_cache_answers_a_rerun_and_the_prompt_version_is_part_of_the_key(server, dev, train, tmp_path):

@@ -79,6 +79,7 @@ def _add_preflight_parser(sub) -> None:
     p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
     p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
     p.add_argument("--max-cost-usd", type=float, metavar="USD",
-                   help="API profiles: exit 1 when the estimated cost passes this (default: the profile's max_cost_usd)")
+                   help="API profiles: exit 1 when the estimated cost passes this (default: the profile's "
+                        "max_cost_usd)")
     add_override_args(p)
     p.set_defaults(func=_preflight)

@@ -22,7 +22,7 @@ class PriceConfig(Strict):
 
 
 class FewShotConfig(Strict):
-    k: int = Field(3, ge=0, le=16, description="Example (dialogue, summary) pairs from train.csv put before each dialogue.")
+    k: int = Field(3, ge=0, le=16, description="Example (dialogue, summary) pairs from train.csv before each dialogue.")
     method: Literal["similar", "first"] = Field(
         "similar", description="similar: the k train dialogues closest to this one (cosine over Kiwi morpheme counts); "
         "first: the first k train rows, the same for every dialogue."
@@ -33,9 +33,9 @@ class FewShotConfig(Strict):
 class LimitsConfig(Strict):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     requests_per_minute: int | None = Field(100, ge=1, description="Requests started per minute; null: no limit.")
-    tokens_per_minute: int | None = Field(None, ge=1, description="Estimated tokens (in + max out) per minute; null: no limit.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Estimated tokens (in + max out) a minute; null: none.")
     timeout_seconds: float = Field(60.0, gt=0, description="Longest wait for one response.")
-    max_retries: int = Field(6, ge=0, description="Retries of a request after a 429, a 5xx, a timeout or a dropped connection.")
+    max_retries: int = Field(6, ge=0, description="Retries after a 429, a 5xx, a timeout or a dropped connection.")
     backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubled each retry (with jitter), "
                                    "unless the server's Retry-After says otherwise.")
     max_backoff_seconds: float = Field(60.0, ge=0, description="Longest delay between retries.")
@@ -63,15 +63,15 @@ class ChatAPIConfig(Strict):
         "UPSTAGE_API_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="Environment variable holding the API key; null: the endpoint needs none."
     )
-    api_key_block: str | None = Field(None, description="Prefect Secret block holding the key, when the variable is unset.")
+    api_key_block: str | None = Field(None, description="Prefect Secret block holding the key if the variable is unset.")
     price: PriceConfig = Field(default_factory=PriceConfig, description="Price per million tokens.")
     max_cost_usd: float | None = Field(None, gt=0, description="Stop before the run's cost would pass this (USD).")
     max_failed_rows: int = Field(0, ge=0, description="Rows allowed to fail after retries; more fails the run.")
     system_prompt: str = Field(description="System message.")
     instruction: str = Field(description="User instruction placed before each dialogue.")
-    prompt_version: str = Field("1", description="Bump when the prompt's wording changes meaning (part of the cache key).")
+    prompt_version: str = Field("1", description="Bump when the prompt changes meaning (part of the cache key).")
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig, description="Example pairs from train.csv.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Concurrency, rate limits, retries, timeout.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Concurrency, rate limits, retries.")
     generation: ChatGenerationConfig = Field(default_factory=ChatGenerationConfig, description="Decoding settings.")
     debug_rows: int = Field(32, ge=1, description="Rows per split kept by --debug.")
     CANDIDATE_METHODS: ClassVar[tuple[str, ...]] = ("seeds",)

@@ -43,7 +43,8 @@ def api_key(cfg) -> SecretStr | None:
         try:
             return SecretStr(str(Secret.load(cfg.api_key_block).get()))
         except ValueError as exc:
-            raise ConfigError(f"{cfg.name}: cannot read the Prefect Secret block {cfg.api_key_block!r}: {exc}") from None
+            raise ConfigError(f"{cfg.name}: cannot read the Prefect Secret block {cfg.api_key_block!r}: "
+                              f"{exc}") from None
     raise ConfigError(f"{cfg.name}: no API key: set the environment variable {cfg.api_key_env}"
                       + (f" or the Prefect Secret block {cfg.api_key_block}" if cfg.api_key_block else ""))
 

@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 
 from dialsum.config import (
-    CausalLMConfig,
-    EncoderDecoderConfig,
+    FAMILIES,
     available_models,
     load_model_config,
 )
@@ -18,7 +17,7 @@ SHIPPED = sorted(p.stem for p in (ROOT / "configs" / "models").glob("*.yaml"))
 def test_every_shipped_yaml_loads(name):
     cfg = load_model_config(name)
     assert cfg.name == name
-    assert isinstance(cfg, {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}[cfg.type])
+    assert isinstance(cfg, FAMILIES[cfg.type])
 
 
 def test_real_llm_configs_use_qlora():

@@ -23,6 +23,11 @@ def _kiwi():
     return Kiwi()
 
 
+def kiwi():
+    """The process's one Kiwi analyser (loading it takes seconds), shared with whoever else needs morphemes."""
+    return _kiwi()
+
+
 def _pieces(text: str) -> list[str]:
     """The text cut around placeholders, blank pieces dropped: each piece is a placeholder or a span for Kiwi."""
     return [piece for piece in _PLACEHOLDER_SPLIT.split(text) if piece.strip()]

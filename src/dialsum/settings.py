@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         """The plain hub token for from_pretrained calls (None when unset)."""
         return self.hf_token.get_secret_value() if self.hf_token else None
 
+    @staticmethod
+    def env_secret(name: str) -> SecretStr | None:
+        """A secret from the environment variable a profile names (an API key), or None when unset or blank."""
+        value = os.environ.get(name, "").strip()
+        return SecretStr(value) if value else None
+
     def check_folders_writable(self) -> None:
         """`check_folders` without creating anything: for checks that must leave nothing behind when they fail."""
         check_writable(self.output_dir, "output")

@@ -25,6 +25,13 @@ def models(names: list[str], overrides: Sequence[str] = ()) -> list:
     return [load_model_config(name, overrides) for name in names]
 
 
+def trainable(cfg) -> bool:
+    """Whether a profile's family trains (`models.families`); an API profile only generates."""
+    from dialsum.models import families
+
+    return families.trainable(cfg)
+
+
 def location(text: str) -> str | Path:
     """The type of `--data`: a storage URL (`s3://bucket/prefix`, `file:///path`) stays the URL as given (`Path`
     would make `s3:/bucket/prefix` of it); anything else is a folder path."""
@@ -112,11 +119,11 @@ def hub(cfgs: list) -> None:
 
     from huggingface_hub import constants, try_to_load_from_cache
 
+    from dialsum.models import families
+
     for cfg in cfgs:
-        if cfg.tiny is not None:
-            continue
-        for repo, probe in ((cfg.model, "config.json"), (cfg.tokenizer, "tokenizer_config.json")):
-            if repo is None or Path(repo).exists() or isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
+        for repo, probe in families.of(cfg).hub_checkpoints(cfg):
+            if Path(repo).exists() or isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
                 continue
             where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
             fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"

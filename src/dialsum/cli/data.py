@@ -47,9 +47,15 @@ def _preflight(args: argparse.Namespace) -> int:
     from dialsum.data import SPLITS
 
     overrides = overrides_of(args)
-    checks.models(args.models, overrides)
+    cfgs = checks.models(args.models, overrides)
     args.data = checks.fetched(args.data)
     checks.data(args.data, optional=SPLITS)
+    from dialsum.cli.api import preflight_api
+
+    api = preflight_api([c for c in cfgs if not checks.trainable(c)], args.data, args.max_cost_usd)
+    args.models = [m for m, c in zip(args.models, cfgs) if checks.trainable(c)]
+    if not args.models:
+        return api
     from dialsum.models.preflight import PreflightFailed, format_report, run
 
     try:
@@ -64,7 +70,7 @@ def _preflight(args: argparse.Namespace) -> int:
         return 1
     for line in problems:
         print(f"dialsum: preflight: {line} (going on: --force)", file=sys.stderr)
-    return 0
+    return api
 
 
 def _add_preflight_parser(sub) -> None:
@@ -74,5 +80,8 @@ def _add_preflight_parser(sub) -> None:
                    help="folder or storage URL with train/dev/test CSVs, any present (default: bundled sample)")
     p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
     p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
+    p.add_argument("--max-cost-usd", type=float, metavar="USD",
+                   help="API profiles: exit 1 when the estimated cost passes this (default: the profile's "
+                        "max_cost_usd)")
     add_override_args(p)
     p.set_defaults(func=_preflight)

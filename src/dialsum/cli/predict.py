@@ -52,6 +52,8 @@ def check_run_folder(run: Path) -> None:
     if not run.is_dir():
         raise DialsumError(f"--run {run}: no such folder")
     missing = [name for name in ("config.yaml", "model") if not (run / name).exists()]
+    if missing == ["model"] and (run / "responses.jsonl").is_file():  # an API model's run: no weights, a cache
+        missing = []
     if missing:
         raise DialsumError(f"--run {run} is not a run folder: no {' and no '.join(missing)} in it (a run folder is "
                            "outputs/<run-id>/<model>/, or one fetched with `dialsum artifacts get`)")

@@ -51,18 +51,10 @@ def _register_models(sub) -> None:
 
 
 def describe(cfg) -> str:
-    """One line on what a profile trains: its checkpoint (or tiny architecture) and how it is fine-tuned."""
-    if cfg.tiny is not None:
-        source = f"tiny {cfg.tiny.arch} built locally, random weights ({cfg.tiny.hidden_size} wide)"
-    else:
-        source = cfg.model + (f"@{cfg.revision}" if cfg.revision else "")
-    if cfg.lora is None:
-        how = "full fine-tuning"
-    else:
-        adapters = f"LoRA r{cfg.lora.r}/alpha {cfg.lora.alpha} on {len(cfg.lora.target_modules)} modules"
-        quant = cfg.quantization
-        how = f"QLoRA: {quant.quant_type} 4-bit base, {adapters}" if quant and quant.load_in_4bit else adapters
-    return f"{source}; {how}"
+    """One line on what a profile is, from its family (`models.families`)."""
+    from dialsum.models import families
+
+    return families.of(cfg).describe(cfg)
 
 
 def origin(path: Path) -> str:

@@ -33,9 +33,11 @@ from dialsum.config.schema import (
     TinySpec,
     TrainingConfig,
 )
+from dialsum.config.chat_api import ChatAPIConfig  # noqa: I001  (after schema, which it builds on)
 
 __all__ = [
-    "FAMILIES", "NAME_PATTERN", "NAME_RE", "CausalLMConfig", "EncoderDecoderConfig", "GenerationConfig", "LoraConfig",
+    "FAMILIES", "NAME_PATTERN", "NAME_RE", "CausalLMConfig", "ChatAPIConfig", "EncoderDecoderConfig", "GenerationConfig",
+    "LoraConfig",
     "ModelConfig", "ModelConfigBase", "QuantizationConfig", "Strict", "TinySpec", "TrainingConfig", "apply_overrides",
     "available_models", "config_dirs", "deep_merge", "did_you_mean", "dump_config", "find_config",
     "load_model_config", "overlay_overrides", "packaged_configs", "parse_override", "resolve_model_path",

@@ -19,6 +19,7 @@ from dialsum.config.schema import (
     FAMILIES,
     NAME_RE,
     CausalLMConfig,
+    ChatAPIConfig,
     EncoderDecoderConfig,
 )
 from dialsum.errors import ConfigError
@@ -113,7 +114,7 @@ def _format_error(path: Path, exc: ValidationError, overrides: dict[str, str] | 
     """One line for all validation errors; an error at a key set on the command line names that `--set`."""
     parts = []
     for err in exc.errors():
-        loc = [str(x) for x in err["loc"] if x not in ("encoder_decoder", "causal_lm")]
+        loc = [str(x) for x in err["loc"] if x not in FAMILIES]
         hint = did_you_mean(loc[-1], _fields_at(err["loc"])) if err["type"] == "extra_forbidden" and loc else ""
         key = ".".join(loc)
         given = next((text for k, text in (overrides or {}).items() if key == k or key.startswith(k + ".")), None)
@@ -121,14 +122,14 @@ def _format_error(path: Path, exc: ValidationError, overrides: dict[str, str] | 
     return f"{path}: " + "; ".join(parts)
 
 
-def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> EncoderDecoderConfig | CausalLMConfig:
+def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> EncoderDecoderConfig | CausalLMConfig | ChatAPIConfig:
     """A model profile: its family's base defaults, then the model YAML, then `overrides` (`KEY=VALUE` strings, see
     `apply_overrides`), validated as one config."""
     path = resolve_model_path(name_or_path)
     raw = _read_yaml(path)
     family = raw.get("type")
     if family not in FAMILIES:
-        raise ConfigError(f"{path}: type: must be 'encoder_decoder' or 'causal_lm', got {family!r}")
+        raise ConfigError(f"{path}: type: must be one of {', '.join(repr(f) for f in FAMILIES)}, got {family!r}")
     base_path = find_config(f"base/{family}.yaml")
     merged = deep_merge(_read_yaml(base_path) if base_path is not None else {}, raw)
     merged.setdefault("name", path.stem)

@@ -240,6 +240,10 @@ class CausalLMConfig(ModelConfigBase):
         return self
 
 
-ModelConfig = Annotated[Union[EncoderDecoderConfig, CausalLMConfig], Field(discriminator="type")]
+from dialsum.config.chat_api import ChatAPIConfig  # noqa: E402  (it builds on Strict, above)
+
+ModelConfig = Annotated[Union[EncoderDecoderConfig, CausalLMConfig, ChatAPIConfig], Field(discriminator="type")]
 ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
-FAMILIES: dict[str, type[ModelConfigBase]] = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig}
+# The config schema of each family, keyed by `type`: a generate-only family has its own (no training sections).
+FAMILIES: dict[str, type[Strict]] = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig,
+                                     "chat_api": ChatAPIConfig}

@@ -1,11 +1,13 @@
-"""The model-type dispatcher: one module per family, picked by the config's `type`, plus what every family
-shares (decoding rules, new-token rows, merging, memory estimates, tiny models, stand-ins of the real profiles,
-pinned hub bases) and `preflight`, which drives a family's tokenizer surface. May import data and the foundations; never storage or any layer above.
+"""The model families and what they share. Which families exist, and what each can do, is `families.REGISTRY`
+(keyed by the config's `type`); a family is a module satisfying the Protocols of `protocols`: every one is a
+`Summarizer`, the fine-tuned ones (`encoder_decoder`, `causal_lm`) are also `Trainable`, and `chat_api` (a chat
+model behind an OpenAI-compatible API) only generates. Families are imported when a run needs them, so an API-only
+run never loads torch, peft or bitsandbytes.
 
-Each family module exposes the same surface: `load`, `build_features`, `collate`, `target_count`, `loss`,
-`inference_model`, `generate`, `generate_candidates` (MBR candidates with log-probabilities) and `save`; for
-preflight and the run record also `load_tokenizer`, `input_overhead`, `input_limit`, `target_ids`, `stop_ids`,
-`generation_config`, `candidate_generation_config` and `no_repeat_exempt_ids`.
+Shared pieces: decoding rules, new-token rows, merging, memory estimates, tiny models, stand-ins of the real
+profiles, pinned hub bases, and `preflight`, which drives a family's tokenizer surface. May import data and the
+foundations; never storage or any layer above.
+
 Adding a model of a known family is one YAML file in configs/models/.
 """
 
@@ -13,20 +15,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from dialsum.config import CausalLMConfig, EncoderDecoderConfig
-from dialsum.models import causal_lm, encoder_decoder
-
-REGISTRY: dict[str, ModuleType] = {
-    "encoder_decoder": encoder_decoder,
-    "causal_lm": causal_lm,
-}
+from dialsum.models import families
 
 
-def family(cfg: EncoderDecoderConfig | CausalLMConfig) -> ModuleType:
-    return REGISTRY[cfg.type]
+def family(cfg) -> ModuleType:
+    """The module implementing `cfg`'s family (imported now)."""
+    return families.of(cfg).load()
 
 
-def checkpoint_source(cfg: EncoderDecoderConfig | CausalLMConfig) -> str:
+def checkpoint_source(cfg) -> str:
     """Where base weights come from: a locally built tiny model, or the configured hub id / path."""
     if cfg.tiny is not None:
         from dialsum.models.tiny import build_tiny

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from dialsum.config import CausalLMConfig
 from dialsum.data import Example
 from dialsum.errors import ConfigError
-from dialsum.models import decoding, new_tokens
+from dialsum.models import decoding, new_tokens, trained
 from dialsum.models.chat_template import pin_template_clock, unpin_template_clock
 from dialsum.models.common import (
     add_placeholder_tokens,
@@ -377,3 +378,19 @@ def save(model, tok, out_dir: Path) -> None:
         tok.save_pretrained(out_dir)
     finally:
         tok.chat_template = pinned
+
+
+# The Summarizer surface (models.protocols), with session = (model, tokenizer).
+TRAINABLE = True
+
+
+def summarize(cfg, session, examples, progress=None) -> list[str]:
+    return trained.summarize(sys.modules[__name__], cfg, session, examples, progress)
+
+
+def summarize_candidates(cfg, session, examples, progress=None) -> tuple[list[str], list[list[dict]]]:
+    return trained.summarize_candidates(sys.modules[__name__], cfg, session, examples, progress)
+
+
+def generation_settings(cfg, session) -> dict:
+    return trained.generation_settings(sys.modules[__name__], cfg, session)

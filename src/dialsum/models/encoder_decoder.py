@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +12,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from dialsum.config import EncoderDecoderConfig
 from dialsum.data import Example
 from dialsum.errors import ConfigError
-from dialsum.models import decoding
+from dialsum.models import decoding, trained
 from dialsum.models.common import (
     add_placeholder_tokens,
     batched_generate,
@@ -180,3 +181,19 @@ def generate_candidates(cfg: EncoderDecoderConfig, model, tok, features: Sequenc
 def save(model, tok, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+
+
+# The Summarizer surface (models.protocols), with session = (model, tokenizer).
+TRAINABLE = True
+
+
+def summarize(cfg, session, examples, progress=None) -> list[str]:
+    return trained.summarize(sys.modules[__name__], cfg, session, examples, progress)
+
+
+def summarize_candidates(cfg, session, examples, progress=None) -> tuple[list[str], list[list[dict]]]:
+    return trained.summarize_candidates(sys.modules[__name__], cfg, session, examples, progress)
+
+
+def generation_settings(cfg, session) -> dict:
+    return trained.generation_settings(sys.modules[__name__], cfg, session)

@@ -177,6 +177,20 @@ def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per
     return placed
 
 
+def assign_by_family(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1,
+                     overrides: list[str] | tuple[str, ...] = ()) -> list[Placement]:
+    """`assign`, except that a model whose family needs no GPU (a chat model behind an API) runs without one: on
+    `target` when it is a CPU target, else on the worker's own process (`process`), beside the GPU children."""
+    from dialsum.config import load_model_config
+    from dialsum.models import families
+
+    gpu = [m for m in models if families.of(load_model_config(m, overrides)).needs_gpu]
+    cpu = [m for m in models if m not in gpu]
+    placed = {p.model: p for p in assign(gpu, target, num_gpus, gpus_per_model)} if gpu else {}
+    placed.update({p.model: p for p in assign(cpu, "process" if get_target(target).gpu else target)})
+    return [placed[m] for m in models]
+
+
 def secret_block_name(env_name: str) -> str:
     """The Secret block holding a passthrough variable, e.g. AWS_DEFAULT_REGION -> env-aws-default-region."""
     return "env-" + env_name.lower().replace("_", "-")

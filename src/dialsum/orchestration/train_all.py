@@ -168,7 +168,8 @@ def train_all(
     if embedded:
         plan_in_process(run_id, len(models) - len(reused))
     futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
-               for p in placement.assign([m for m in models if m not in reused], target, num_gpus, gpus_per_model)]
+               for p in placement.assign_by_family([m for m in models if m not in reused], target, num_gpus,
+                                                    gpus_per_model, overrides)]
     rows = [reused[m] if m in reused else outcome_row(m, dict(futures)[m], overrides) for m in models]
     _report(run_id, rows)
     if not futures:

@@ -1,11 +1,22 @@
-"""One model run: setup → fit → predict → score → save → publish (`phases`), sequenced across attempts under a
-lease (`run`), and prediction with a saved run (`serve`). The only place that sequences a run: flows and the CLI
+"""One model run: setup → fit → predict → score → save → publish (`phases`; `generate_only` for a family that only
+generates, such as an API model), sequenced across attempts under a lease (`run`), and prediction with a saved run
+(`serve`). The only place that sequences a run: flows and the CLI
 call it. May import release, engine and everything below.
 """
 
-from dialsum.pipeline.phases import RunContext, RunResult, device, new_run_id, setup
-from dialsum.pipeline.run import run_model, run_model_on_gpus
-from dialsum.pipeline.serve import open_run, predict_run, recorded_base
+from importlib import import_module
+
+# Imported on first use, so a generate-only run (an API model) never loads the torch of the training phases.
+_WHERE = {"RunContext": "phases", "device": "phases", "setup": "phases", "RunResult": "result",
+          "new_run_id": "result", "run_model": "run", "run_model_on_gpus": "run", "open_run": "serve",
+          "predict_run": "serve", "recorded_base": "serve"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"dialsum.pipeline.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'dialsum.pipeline' has no attribute {name!r}")
+
 
 __all__ = ["RunContext", "RunResult", "device", "new_run_id", "open_run", "predict_run", "recorded_base", "run_model",
            "run_model_on_gpus", "setup"]

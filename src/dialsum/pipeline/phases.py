@@ -44,16 +44,11 @@ from dialsum.engine.evaluation import Evaluator, held_out, selection_score
 from dialsum.engine.trainer import fit
 from dialsum.errors import DialsumError
 from dialsum.models import checkpoint_source, family, hub, preflight
+from dialsum.pipeline.result import RunResult, new_run_id  # noqa: F401  (re-exported)
 from dialsum.settings import get_settings
 from dialsum.tracking import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
-
-
-def new_run_id() -> str:
-    from dialsum import storage
-
-    return storage.new_run_id()
 
 
 @dataclass
@@ -72,17 +67,6 @@ class RunContext:
     dev_hash: str | None = None
     overrides: tuple[str, ...] = ()
     base_commit: str | None = None
-
-
-@dataclass
-class RunResult:
-    model: str
-    type: str
-    run_id: str
-    run_dir: Path
-    metrics: dict
-    location: str | None = None
-    status: str = "completed"
 
 
 def device() -> torch.device:

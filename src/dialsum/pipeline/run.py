@@ -11,21 +11,17 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from dialsum.config import load_model_config
-from dialsum.engine import distributed, runs, stop
+from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
-from dialsum.pipeline.phases import (
-    RunContext,
-    RunResult,
-    checkpointer,
-    new_run_id,
-    publish_phase,
-    setup,
-    train_and_save,
-)
+from dialsum.models import families
+from dialsum.pipeline.result import RunResult, new_run_id
 from dialsum.settings import get_settings
+
+if TYPE_CHECKING:
+    from dialsum.pipeline.phases import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,13 @@ def run_model(
         require_resumable(model_name, run_id, storage_url, overrides)
     if publish and (done := already_complete(model_name, run_id, data_dir, debug, storage_url, force, overrides)) is not None:
         return done
-    name = load_model_config(model_name, overrides).name
+    cfg = load_model_config(model_name, overrides)
+    if not families.trainable(cfg):
+        return run_generate_only(cfg, run_id, data_dir, debug, storage_url, publish, force, lease_wait)
+    from dialsum.engine import distributed
+    from dialsum.pipeline.phases import checkpointer, publish_phase, setup, train_and_save
+
+    name = cfg.name
     with run_lease(name, run_id, storage_url, publish, lease_wait) as lease:
         stop.check(f"{name}: not started")
         started = time.perf_counter()
@@ -75,6 +77,27 @@ def run_model(
     ctx.phases.clear()
     ctx.tracker.finish({"dev_score": metrics["dev"]["score"]})
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
+
+
+def run_generate_only(cfg, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None, publish: bool,
+                      force: bool, lease_wait: float) -> RunResult:
+    """`run_model` for a family that only generates (`pipeline.generate_only`): no weights, hub, checkpoints or fit."""
+    from dialsum.pipeline import generate_only
+
+    with run_lease(cfg.name, run_id, storage_url, publish, lease_wait):
+        stop.check(f"{cfg.name}: not started")
+        try:
+            metrics, run_dir, location, state = generate_only.run(cfg, run_id, data_dir, debug, publish, storage_url,
+                                                                  force)
+        except KeyboardInterrupt:
+            raise stop.Interrupted(f"{cfg.name}: stopped while predicting; its cached responses are kept") from None
+        except BaseException:
+            if not runs.discard_if_unstarted(run_id, cfg.name):
+                log.warning("%s: run %s stopped; its cached responses are kept in %s, and running the same run id "
+                            "continues from there", cfg.name, run_id, runs.state_dir(run_id, cfg.name))
+            raise
+    state.clear()
+    return RunResult(cfg.name, cfg.type, run_id, run_dir, metrics, location)
 
 
 def failed(ctx: RunContext, exc: BaseException) -> BaseException:
@@ -134,6 +157,8 @@ def run_model_on_gpus(
     argv += ["--storage", storage_url] if storage_url else []
     argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
     argv += [arg for override in overrides for arg in ("--set", override)]
+    from dialsum.engine import distributed
+
     with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):  # the ranks take none
         code = distributed.launch(argv, gpus)
     if code:

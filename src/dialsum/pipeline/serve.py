@@ -12,7 +12,7 @@ from typing import Sequence
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in, sample_dir
 from dialsum.errors import DataError
-from dialsum.models import checkpoint_source, family, hub
+from dialsum.models import checkpoint_source, families, family, hub
 from dialsum.pipeline.phases import RunContext, dev_score, device, predict
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | Non
     """Predict dev/test with a saved run folder, on the base commit the run trained on; writes predictions and
     returns the dev scores (if any)."""
     cfg = load_model_config(str(run_dir / "config.yaml"))
+    if not families.trainable(cfg):
+        from dialsum.pipeline import generate_only
+
+        return generate_only.predict_saved(run_dir, data_dir, out_dir)
     splits = load_splits(data_dir, splits=("dev", "test"), optional=("dev", "test"))
     if not splits:
         raise DataError(f"{data_dir or sample_dir()}: neither dev.csv nor test.csv found")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -25,8 +25,8 @@ CHEAP = ["training.debug_steps=2"]
 
 
 @pytest.fixture
-def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, set[str]]]:
-    """choice -> every dev fname it read, in this process and in every child."""
+def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], dict[str, set[str]]]]:
+    """A function returning choice -> every dev fname it read so far, in this process and in every child."""
     log = tmp_path / "choices.jsonl"
     for name, value in {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
@@ -36,7 +36,7 @@ def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
     by_summary = defaultdict(set)
     for ex in load_splits(None, splits=("dev",))["dev"]:
         by_summary[ex.summary].add(ex.fname)
-    reads: dict[str, set[str]] = defaultdict(set)
+    calls: dict[str, set[str]] = defaultdict(set)
 
     def watch(name: str):
         original = getattr(metric, name)
@@ -44,21 +44,34 @@ def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
         def recorded(predictions, references, *args, **kwargs):
             if holdout.current_choice() is not None:
                 for ref in references:
-                    reads[f"{holdout.current_choice()} ({name})"] |= by_summary.get(ref, set())
+                    calls[f"{holdout.current_choice()} ({name})"] |= by_summary.get(ref, set())
             return original(predictions, references, *args, **kwargs)
 
         monkeypatch.setattr(metric, name, recorded)
 
+    def reads() -> dict[str, set[str]]:
+        out = defaultdict(set, {choice: set(rows) for choice, rows in calls.items()})
+        for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
+            entry = json.loads(line)
+            out[entry["choice"]] |= set(entry["fnames"])
+        return out
+
     watch("score")
     watch("row_scores")
     yield reads
-    for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
-        entry = json.loads(line)
-        reads[entry["choice"]] |= set(entry["fnames"])
     get_settings.cache_clear()
 
 
-def test_no_choice_reads_a_held_out_row(audited: dict[str, set[str]], tmp_path: Path) -> None:
+def assert_no_leak(reads: dict[str, set[str]], stage: str) -> None:
+    dev = [ex.fname for ex in load_splits(None, splits=("dev",))["dev"]]
+    held = set(holdout.dev_split().parts(dev)[1])
+    print(f"after {stage}:", {choice: len(rows) for choice, rows in sorted(reads.items())},
+          f"held out: {len(held)} of {len(dev)}")
+    leaks = {choice: sorted(rows & held) for choice, rows in reads.items() if rows & held}
+    assert not leaks, f"held-out dev rows read by a choice after {stage}: {leaks}"
+
+
+def test_no_choice_reads_a_held_out_row(audited: Callable[[], dict[str, set[str]]], tmp_path: Path) -> None:
     from dialsum.orchestration import kfold, sweep, train_all
     from dialsum.orchestration.decoding import tune_decoding
 
@@ -67,7 +80,8 @@ def test_no_choice_reads_a_held_out_row(audited: dict[str, set[str]], tmp_path: 
         ["tiny-bart", "tiny-qwen3"], debug=True, storage_url=store, run_id="audit-1",
         overrides=[*CHEAP, "generation.num_candidates=2", "generation.candidate_method=temperature"])
     assert summary["ensemble"] is not None, summary
-    sweep.run_embedded("tiny-bart", space=str(REPO / "configs" / "sweeps" / "tiny-bart.yaml"), trials=2,
+    assert_no_leak(audited(), "train-all")
+    sweep.run_embedded("tiny-bart", space=str(REPO / "configs" / "sweeps" / "tiny-bart.yaml"), trials=1,
                        study="audit-sweep", storage_url=store, debug=True, embedded=True, overrides=CHEAP,
                        poll_seconds=0.5)
     tune_decoding(Path(get_settings().output_dir) / "audit-1" / "tiny-bart", trials=1, rows=4,
@@ -75,13 +89,8 @@ def test_no_choice_reads_a_held_out_row(audited: dict[str, set[str]], tmp_path: 
                   out_dir=tmp_path / "decoding")
     kfold.run_embedded("tiny-bart", k=2, run_id="audit-kf", storage_url=store, debug=True, embedded=True,
                        overrides=CHEAP, poll_seconds=0.5)
-
-    split = holdout.dev_split()
-    dev = [ex.fname for ex in load_splits(None, splits=("dev",))["dev"]]
-    held = set(split.parts(dev)[1])
-    choices = {choice.split(" (")[0] for choice in audited}
+    reads = audited()
+    assert_no_leak(reads, "the sweep, tune-decoding and the K-fold")
+    choices = {choice.split(" (")[0] for choice in reads}
     assert {"dev_score: best step", "ensemble strategy", "pooled MBR model weights", "sweep objective",
-            "decoding search"} <= choices, sorted(audited)
-    leaks = {choice: sorted(rows & held) for choice, rows in audited.items() if rows & held}
-    print({choice: len(rows) for choice, rows in sorted(audited.items())}, f"held out: {len(held)} of {len(dev)}")
-    assert not leaks, f"held-out dev rows read by a choice: {leaks}"
+            "decoding search"} <= choices, sorted(reads)

@@ -47,8 +47,10 @@ def _preflight(args: argparse.Namespace) -> int:
     from dialsum.data import SPLITS
 
     overrides = overrides_of(args)
-    checks.models(args.models, overrides)
+    cfgs = checks.models(args.models, overrides)
     checks.data(args.data, optional=SPLITS)
+    local = {value.partition("=")[0] if "=" in value else args.models[0] for value in args.tokenizer or ()}
+    checks.hub([cfg for name, cfg in zip(args.models, cfgs) if name not in local], tokenizer_only=True)
     from dialsum.models.preflight import PreflightFailed, format_report, run
 
     try:

@@ -59,11 +59,16 @@ def training(args: argparse.Namespace) -> list[str]:
     hub(cfgs)
     get_settings().check_folders_writable()
     store = storage.open_storage(args.storage)
-    if args.resume:
-        from dialsum.engine import runs
+    from dialsum.engine import runs
 
+    if args.resume:
         runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)
     storage.probe(store)
+    if not args.resume and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a new run records what it was given
+        from dialsum.cli.resume import record_of
+
+        args.run_id = storage.check_name(args.run_id, "run id") if args.run_id else storage.new_run_id()
+        runs.write_command(args.run_id, record_of(args, getattr(args, "mode", None) or "multi_model"), store)
     return [cfg.name for cfg in cfgs]
 
 

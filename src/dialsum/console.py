@@ -59,6 +59,10 @@ def configure(verbose: bool) -> None:
     ensure_handler()
     log = logging.getLogger("dialsum")
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # a data-parallel rank other than 0: rank 0 prints the lines
+        for handler in log.handlers:
+            if getattr(handler, "_dialsum", False):
+                handler.setLevel(logging.WARNING)
 
 
 def ensure_handler() -> None:

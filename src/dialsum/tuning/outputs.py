@@ -104,7 +104,7 @@ def history_figure(study: Any, objective: str = "value"):
 
     trials = study.get_trials(deepcopy=False)
     maximize = study.direction.name == "MAXIMIZE"
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     done = [(t.number, t.value) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     pruned = [t for t in trials if t.state.name == "PRUNED" and t.value is not None]
     failed = [t.number for t in trials if t.state.name == "FAIL"]
@@ -133,7 +133,7 @@ def history_figure(study: Any, objective: str = "value"):
     ax.set_ylabel(f"{objective} ({better} is better)")
     ax.set_title(f"{study.study_name}: {objective} per trial")
     if done or pruned or failed:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if pruned:
         fig.text(0.01, 0.01, "Pruned trials stopped early: their values are partial (at their last evaluation), "
                  "not comparable with completed ones.", fontsize=7, color="dimgray")

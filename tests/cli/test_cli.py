@@ -124,7 +124,8 @@ def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path
     assert scores["rows"] == 2 and scores["score"] == pytest.approx(100.0)
     assert main(args) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["rows", "rouge1", "rouge2", "rougeL", "score"] and row.split() == ["2", "1.0000", "1.0000", "1.0000", "100.00"]
+    assert header.split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
+    assert row.split() == ["2", "1.0000", "1.0000", "1.0000", "100.00"]
 
 
 def _evaluate(tmp_path, capsys, rows: str, *flags: str) -> tuple[int, str, str]:

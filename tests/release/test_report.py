@@ -54,7 +54,8 @@ def test_a_model_keeps_its_colour_in_every_figure_of_a_run() -> None:
     from matplotlib.colors import to_hex
 
     lines = {line.get_label(): to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
-    series = {label: to_hex(handle[0].get_color()) for handle, label in zip(*scaling.axes[0].get_legend_handles_labels())}
+    handles, labels = scaling.axes[0].get_legend_handles_labels()
+    series = {label: to_hex(handle[0].get_color()) for handle, label in zip(handles, labels)}
     assert lines == {"kobart": colors["kobart"], "qwen3-4b": colors["qwen3-4b"]}
     assert series["qwen3-4b MBR"] == colors["qwen3-4b"] and len(set(colors.values())) == 4
 

@@ -61,5 +61,6 @@ def test_importance_warns_when_it_rests_on_fewer_than_5_completed_trials(complet
 
 def test_best_yaml_reproduces_a_debug_sweep_with_debug() -> None:
     study = _study([1.0])
-    assert "# Reproduce it: dialsum train --models m --overlay best.yaml --debug\n" in best_overlay(study, "m", [], True)
+    debug = best_overlay(study, "m", [], True)
+    assert "# Reproduce it: dialsum train --models m --overlay best.yaml --debug\n" in debug
     assert "# Reproduce it: dialsum train --models m --overlay best.yaml\n" in best_overlay(study, "m", [])

@@ -128,7 +128,8 @@ def _hub_checkpoint(cfg, repo: str, probe: str) -> None:
         if isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
             return
     except HFValidationError:
-        raise ConfigError(f"{cfg.name}: {key} {repo!r} is neither a local folder nor a valid hub id (ORG/NAME)") from None
+        raise ConfigError(f"{cfg.name}: {key} {repo!r} is neither a local folder nor a valid hub id "
+                          "(ORG/NAME)") from None
     where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
     fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"
     if constants.HF_HUB_OFFLINE:

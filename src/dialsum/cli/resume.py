@@ -61,7 +61,7 @@ def fill(args: argparse.Namespace, command: str) -> None:
     wanted = getattr(args, "mode", None) or ("multi_model" if command == "train-all" else mode)
     if wanted != mode:
         raise ConfigError(f"--resume {run_id}: the run was started with --mode {mode}, not {wanted}; continue it "
-                          f"with `dialsum train --resume {run_id}`" + (" --mode multi_model" if mode != "single" else ""))
+                          f"with `dialsum train --resume {run_id}`")
     if hasattr(args, "mode"):
         args.mode = mode
     if args.models and list(args.models) != record["models"]:

@@ -25,7 +25,8 @@ def register(sub) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", help="config stems in configs/models/ or YAML paths (with --resume: the run's)")
+    p.add_argument("--models", nargs="+",
+                   help="config stems in configs/models/ or YAML paths (with --resume: the run's)")
     p.add_argument("--data", type=Path, help="folder with train.csv, dev.csv, test.csv (default: bundled sample)")
     p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
     p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")

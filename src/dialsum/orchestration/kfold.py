@@ -160,7 +160,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     interval = summary.get("oof_interval")
     pooled = f"{summary['oof_score']:.2f}" if summary.get("oof_score") is not None else "-"
-    lines.append(f"pooled OOF score {pooled}" + (f" (95% CI [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else "")
+    ci = f" (95% CI [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else ""
+    lines.append(f"pooled OOF score {pooled}{ci}"
                  + f" on {summary['oof_rows']} of {summary['train_rows']} train rows")
     if summary.get("ensemble"):
         lines.append(f"fold ensemble ({summary['ensemble']['choice']}): dev score {summary['ensemble']['dev_score']:.2f}")

@@ -80,7 +80,8 @@ def build_ensemble(
     """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it."""
     store = storage.open_storage(storage_url)
     data = Path(data_dir) if data_dir else None
-    published = ensemble.publish_ensemble(run_id, store, models, data, sources, attachments=_plot_attachment(run_id, champion, store))
+    published = ensemble.publish_ensemble(run_id, store, models, data, sources,
+                                          attachments=_plot_attachment(run_id, champion, store))
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     result = published.result
     summary = {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
@@ -247,7 +248,8 @@ def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | 
     summary = {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
                "dev_rows": (data.get("rows") or {}).get("dev_scored"), "held_out_score": data.get("held_out_score"),
                "strategies": data.get("strategies") or {}, "split": data.get("split") or {},
-               "scores": data.get("strategy_scores"), "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
+               "scores": data.get("strategy_scores"),
+               "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
                "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
                "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
     return {**summary, "headline": ensemble.headline(summary)}

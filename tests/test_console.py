@@ -64,6 +64,15 @@ def test_default_verbosity_quiets_third_parties_and_verbose_does_not(monkeypatch
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").filter(record)
 
 
+def test_a_child_flow_run_process_never_prints_the_bitsandbytes_kernels_hint() -> None:
+    code = ("import logging; from dialsum.orchestration.logs import send_to_prefect; send_to_prefect(); "
+            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
+            "'Failed to load CPU gemm_4bit_forward from kernels-community: %s', 'x'); "
+            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another warning')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "gemm_4bit_forward" not in proc.stderr and "another warning" in proc.stderr
+
+
 def test_quiet_affects_console_handlers_only_and_telemetry_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [*console.QUIET_ENV, *console.ALWAYS_ENV, "PREFECT_LOGGING_LEVEL"]:
         monkeypatch.delenv(name, raising=False)

@@ -56,15 +56,22 @@ def configure(verbose: bool) -> None:
             os.environ.setdefault(name, value)
     for name, value in ALWAYS_ENV.items():
         os.environ.setdefault(name, value)
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHint())
     ensure_handler()
     log = logging.getLogger("dialsum")
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # a data-parallel rank other than 0: rank 0 prints the lines
+        for handler in log.handlers:
+            if getattr(handler, "_dialsum", False):
+                handler.setLevel(logging.WARNING)
 
 
 def ensure_handler() -> None:
     """Our console handler on the `dialsum` logger, and INFO unless a level is set (a flow run that a worker
-    started never ran `configure`); the logger does not propagate."""
+    started never ran `configure`); the logger does not propagate. Also drops bitsandbytes' hint about the
+    optional `kernels` package, in the CLI and in every flow-run process (sweep and K-fold children)."""
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropKernelsHint) for f in bnb.filters):
+        bnb.addFilter(_DropKernelsHint())
     log = logging.getLogger("dialsum")
     if not any(getattr(h, "_dialsum", False) for h in log.handlers):
         handler = AboveProgressBars()

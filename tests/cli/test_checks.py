@@ -79,7 +79,10 @@ CASES = {
     "read-only output folder": (["train", "--models", "tiny-bart", "--debug"], {"DIALSUM_OUTPUT_DIR": "{ro}/outputs"},
                                 "cannot write to the output folder {ro}/outputs"),
     "read-only predict --out": (["predict", "--run", "{run}", "--out", "{ro}/p"], {},
-                                "cannot write to the output folder {ro}/p/predictions"),
+                                "cannot write to the output folder {ro}/p"),
+    "predict a run id that is not published": (
+        ["predict", "--run", "r9/tiny-bart"], {},
+        "--run r9/tiny-bart: no such folder, and no published run r9/tiny-bart in"),
     "read-only artifacts get destination": (["artifacts", "get", "r1", "tiny-bart", "{ro}/fetched"], {},
                                             "cannot write to the destination folder {ro}/fetched: {ro} is on a read-only file system"),
     "read-only sample-data --out": (["sample-data", "--out", "{ro}/data"], {}, "cannot write to the output folder {ro}/data"),
@@ -89,6 +92,15 @@ CASES = {
     "hub checkpoint not cached, hub unreachable": (["train", "--models", "kobart", "--debug"],
                                                    {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
                                                    "127.0.0.1 cannot be reached"),
+    "a --set model folder that does not exist": (
+        ["train", "--models", "kobart", "--set", "model=/nonexistent/ckpt"], {},
+        "kobart: model /nonexistent/ckpt: no such folder"),
+    "preflight, hub checkpoint not cached, hub unreachable": (
+        ["preflight", "--models", "kobart"], {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "127.0.0.1 cannot be reached"),
+    "preflight, a --set tokenizer folder that does not exist": (["preflight", "--models", "kobart", "--set",
+                                                                 "tokenizer=./nowhere"], {},
+                                                                "kobart: tokenizer ./nowhere: no such folder"),
 }
 
 

@@ -70,7 +70,7 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
 
 def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     out = tmp_path / "out"
-    env = {"DIALSUM_OUTPUT_DIR": str(out)}
+    env = {"DIALSUM_OUTPUT_DIR": str(out), "DIALSUM_STORAGE_URL": str(tmp_path / "store")}
     assert _run(["train", "--models", "tiny-bart", "--debug", "--run-id", "r1", "--set", "training.learning_rate=0.01",
                  "--set", "generation.max_new_tokens=40"], env=env).returncode == 0
     run_dir = out / "r1" / "tiny-bart"
@@ -78,12 +78,26 @@ def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     assert (recorded["training"]["learning_rate"], recorded["generation"]["max_new_tokens"]) == (0.01, 40)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["overrides"] == ["training.learning_rate=0.01", "generation.max_new_tokens=40"]
-    proc = _run(["predict", "--run", str(out / "r1" / "tiny-bart"), "--out", str(tmp_path / "p")], env=env)
+    own = {p: p.read_bytes() for p in (run_dir / "predictions").iterdir()}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for expected in ("predict-r1-tiny-bart", "predict-r1-tiny-bart-2"):  # a new folder each time, never the run's
+        proc = subprocess.run([sys.executable, "-m", "dialsum.cli", "predict", "--run", str(run_dir)], cwd=cwd,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stderr
+        assert (cwd / expected / "predictions" / "test.csv").is_file()
+        assert proc.stdout.splitlines()[0].split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
+        assert proc.stdout.splitlines()[-1].endswith(f"{expected}/predictions")
+    assert {p: p.read_bytes() for p in (run_dir / "predictions").iterdir()} == own
+    refused = _run(["predict", "--run", str(run_dir), "--out", str(run_dir / "again")], env=env)
+    assert refused.returncode == 2 and "never writes over a run's own files" in refused.stderr
+    proc = _run(["predict", "--run", "r1/tiny-bart", "--out", str(tmp_path / "p"), "--json"], env=env)  # published
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run"] == "r1/tiny-bart"
     from dialsum.data import sample_dir
 
     proc = _run(["evaluate", "--predictions", str(tmp_path / "p" / "predictions" / "dev.csv"),
-                 "--references", str(sample_dir() / "dev.csv")])
+                 "--references", str(sample_dir() / "dev.csv"), "--json"])
     assert proc.returncode == 0, proc.stderr
     assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score", "rows"}
 
@@ -104,9 +118,49 @@ def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path
     (tmp_path / "refs.csv").write_text("fname,summary\nd1,#Person1#이 점심을 먹는다.\nd2,비가 온다.\n", encoding="utf-8")
     (tmp_path / "preds.csv").write_text(",fname,summary\n0,d2,비가 온다.\n1,d1,#Person1#이 점심을 먹는다.\n",
                                         encoding="utf-8")
-    assert main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv")]) == 0
+    args = ["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv")]
+    assert main([*args, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["rows"] == 2 and scores["score"] == pytest.approx(100.0)
+    assert main(args) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
+    assert row.split() == ["2", "1.0000", "1.0000", "1.0000", "100.00"]
+
+
+def _evaluate(tmp_path, capsys, rows: str, *flags: str) -> tuple[int, str, str]:
+    from dialsum.cli.main import main
+
+    (tmp_path / "refs.csv").write_text("fname,summary\nd1,점심을 먹는다.\nd2,비가 온다.\nd3,눈이 온다.\n",
+                                       encoding="utf-8")
+    (tmp_path / "preds.csv").write_text("fname,summary\n" + rows, encoding="utf-8")
+    code = main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv"),
+                 *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_evaluate_refuses_unknown_and_duplicated_fnames_naming_the_first_few(tmp_path, capsys):
+    known = "d1,점심을 먹는다.\nd2,비가 온다.\nd3,눈이 온다.\n"
+    unknown = "".join(f"x{i},요약\n" for i in range(100))
+    code, out, err = _evaluate(tmp_path, capsys, known + unknown)
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        f"dialsum: error: {tmp_path / 'preds.csv'}: 100 fname(s) not in the references: x0, x1, x2 and 97 more"]
+    code, out, err = _evaluate(tmp_path, capsys, known + "d2,다른 요약\nd1,또\n")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "2 fname(s) appear more than once: d1, d2" in err
+    code, out, err = _evaluate(tmp_path, capsys, known + unknown, "--partial")
+    assert code == 2 and "100 fname(s) not in the references" in err  # --partial allows a subset, not strangers
+
+
+def test_evaluate_partial_scores_a_subset_and_says_so(tmp_path, capsys):
+    code, out, err = _evaluate(tmp_path, capsys, "d2,비가 온다.\n")
+    assert code == 2 and "no prediction for 2 of 3 reference fnames: d1, d3 (--partial" in err
+    code, out, err = _evaluate(tmp_path, capsys, "d2,비가 온다.\n", "--partial")
+    assert code == 0 and out.splitlines()[1].split()[0] == "1"
+    assert out.splitlines()[-1] == "partial: scored 1 of 3 reference rows (--partial)"
+    code, out, err = _evaluate(tmp_path, capsys, "d2,비가 온다.\n", "--partial", "--json")
+    assert json.loads(out)["partial"] == "1 of 3 reference rows" and json.loads(out)["score"] == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("command", ["train", "preflight"])

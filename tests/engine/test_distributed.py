@@ -3,6 +3,7 @@ and split the evaluation between them."""
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -119,6 +120,41 @@ def test_shard_and_launch_command():
     assert cmd[-5:] == ["-m", "dialsum.cli", "train", "--models", "kobart"]
     with pytest.raises(Exception, match="at least 2"):
         distributed.launch_command(["train"], 1)
+
+
+def test_the_ranks_get_omp_num_threads_so_the_launcher_prints_no_banner(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 8)
+    assert distributed.launch_env(2)["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert distributed.launch_env(2)["OMP_NUM_THREADS"] == "3"  # a user's choice stays
+
+
+def test_only_rank_0_prints_our_log_lines(monkeypatch, capsys):
+    import logging
+
+    from dialsum import console
+
+    log = logging.getLogger("dialsum")
+    streams = {handler: getattr(handler, "stream", None) for handler in log.handlers}
+    try:
+        for rank, printed in (("1", False), ("0", True)):
+            for handler in log.handlers:
+                handler.setLevel(logging.NOTSET)
+            monkeypatch.setenv("RANK", rank)
+            console.configure(verbose=False)
+            for handler in log.handlers:  # pytest's capture swaps sys.stderr under the handler
+                if getattr(handler, "_dialsum", False):
+                    handler.stream = sys.stderr
+            log.info("loss 1.23 at step 4")
+            log.warning("a warning every rank says")
+            err = capsys.readouterr().err
+            assert ("loss 1.23 at step 4" in err) is printed and "a warning every rank says" in err
+    finally:
+        for handler in log.handlers:
+            handler.setLevel(logging.NOTSET)
+            if streams.get(handler) is not None:
+                handler.stream = streams[handler]
 
 
 def test_a_child_given_several_gpus_trains_data_parallel(monkeypatch, tmp_path):

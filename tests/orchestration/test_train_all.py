@@ -42,6 +42,7 @@ from dialsum.orchestration.train_all import (
 from dialsum.orchestration.train_model import model_name, slug, train_model
 from dialsum.orchestration.worker import setup_pool
 from dialsum.release.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
+from dialsum.release.ensemble import headline as ensemble_headline
 from dialsum.settings import get_settings
 from dialsum.storage import LocalStorage, list_runs, read_manifest
 
@@ -106,6 +107,28 @@ def test_models_are_listed_once() -> None:
         check_models([])
     with pytest.raises(ConfigError, match="more than once: a"):
         check_models(["a", "b", "a"])
+
+
+def test_a_completed_run_read_back_from_storage_reports_its_held_out_score(tmp_path: Path) -> None:
+    from dialsum.orchestration.train_all import published_ensemble
+    from dialsum.storage import publish
+
+    strategies = {BEST_SINGLE: {"selection": 40.0, "held_out": 41.0, "held_out_low": 38.0, "held_out_high": 44.0,
+                                "full": 40.5},
+                  "consensus": {"selection": 42.0, "held_out": 43.25, "held_out_low": 40.0, "held_out_high": 46.5,
+                                "vs_best_single": 2.25, "vs_best_single_low": 0.5, "vs_best_single_high": 4.0,
+                                "full": 42.6}}
+    result = EnsembleResult("consensus", "m1", {}, {"m1": 40.5}, {}, {}, {BEST_SINGLE: 40.5, "consensus": 42.6}, {},
+                            {"dev_scored": 24}, strategies, {"selection": 12, "held_out": 12})
+    folder = tmp_path / "ensemble"
+    folder.mkdir()
+    (folder / "ensemble.json").write_text(json.dumps(result.summary()), encoding="utf-8")
+    store = LocalStorage(tmp_path / "store")
+    publish(folder, "r1", "ensemble", storage=store)
+    summary = published_ensemble("r1", store)
+    assert summary["headline"] == ensemble_headline(summary)
+    assert "?" not in summary["headline"] and "no held-out rows" not in summary["headline"]
+    assert summary["headline"].startswith("held-out score 43.25 (95% CI 40.00 to 46.50) on 12 dev rows")
 
 
 class FailingPipeline:

@@ -11,7 +11,7 @@ import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
 from dialsum.data import holdout, load_splits, sample_dir
-from dialsum.orchestration.decoding import format_summary, tune_decoding
+from dialsum.orchestration.decoding import format_summary, recommendation, rounded, tune_decoding
 from dialsum.pipeline import run_model
 
 SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},
@@ -48,7 +48,26 @@ def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_
     assert files == {"decoding.yaml", "trials.csv", "decoding.json"}
     overlay = overlay_overrides(tmp_path / "dec" / "decoding.yaml")
     tuned = load_model_config(str(run.run_dir / "config.yaml"), overlay)
-    assert tuned.generation.num_beams == summary["best"]["params"]["generation.num_beams"]
     assert set(yaml.safe_load((tmp_path / "dec" / "decoding.yaml").read_text())) == {"generation"}
     assert json.loads((tmp_path / "dec" / "decoding.json").read_text())["best"] == summary["best"]
     assert "held-out dev" in format_summary(summary)
+    penalty = summary["best"]["params"]["generation.length_penalty"]
+    assert penalty == float(f"{penalty:.3g}")  # 1.14, never 1.1448831829968968
+    recommended = summary["best"] if summary["recommended"]["use"] == "best" else summary["own"]
+    assert tuned.generation.num_beams == recommended["params"]["generation.num_beams"]
+
+
+def test_a_setting_is_recommended_only_with_a_held_out_gain_beyond_the_noise() -> None:
+    assert recommendation(False, 0.0)["use"] == "own"
+    assert recommendation(True, 0.0)["use"] == "own"  # +0.00 (+0.00 to +0.00) is no gain
+    assert recommendation(True, -0.4)["use"] == "own"
+    assert recommendation(True, 0.3)["use"] == "best"
+    assert rounded({"generation.length_penalty": 1.1448831829968968, "generation.num_beams": 4}) == {
+        "generation.length_penalty": 1.14, "generation.num_beams": 4}
+    summary = {"trials": 3, "search_rows": 4, "heldout_rows": 6, "location": "dec",
+               "best": {"trial": 2, "params": {"generation.length_penalty": 1.14}, "heldout_score": 10.0},
+               "own": {"params": {"generation.length_penalty": 1.0}, "search_score": 9.0, "heldout_score": 10.0},
+               "gain": {"mean": 0.0, "interval": [0.0, 0.0]}, "recommended": recommendation(True, 0.0)}
+    text = format_summary(summary)
+    assert "gain +0.00 (95% CI [+0.00, +0.00])" in text
+    assert "recommended: keep the run's own setting: the best setting found gains nothing beyond the noise" in text

@@ -28,7 +28,36 @@ def test_the_plot_is_a_png_with_curves_and_bars(tmp_path: Path) -> None:
         colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert len(colours) > 50, "the image is (nearly) blank"
     counts = {rgb: n for n, rgb in colours}
-    assert counts.get((0x3B, 0x7D, 0xD8), 0) > 500 and counts.get((0xB0, 0xB0, 0xB0), 0) > 500  # both bar series
+    assert counts.get((0x1F, 0x77, 0xB4), 0) > 500 and counts.get((0xFF, 0x7F, 0x0E), 0) > 500  # one colour a model
+
+
+def test_every_score_bar_has_its_interval_on_an_axis_zoomed_to_the_scores() -> None:
+    scores = {"kobart": 85.8, "qwen3-4b": 86.1, "ensemble": 86.4}
+    rows = {"kobart": [80.0, 91.6, 85.8], "qwen3-4b": [84.0, 88.2, 86.1], "ensemble": [85.0, 87.8, 86.4]}
+    intervals = report.intervals_of(rows)
+    assert all(low <= sum(rows[n]) / 3 <= high for n, (low, high) in intervals.items())
+    fig = report.figure({}, scores, {"kobart": 85.0, "ensemble": 86.0}, "r1", intervals,
+                        {"kobart": (84.0, 86.0), "ensemble": (85.5, 86.5)})
+    bars = fig.axes[1]
+    errorbars = [c for c in bars.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(errorbars) == 5  # three of this run, two of the champion's
+    low, high = bars.get_ylim()
+    assert 75 < low < 84 and 86.5 < high < 100, (low, high)  # not 0-105: 85.8 and 86.1 look different
+
+
+def test_a_model_keeps_its_colour_in_every_figure_of_a_run() -> None:
+    colors = report.model_colors(["qwen3-4b", "kobart", "llama"])
+    fig = report.figure({"kobart": [1.0, 0.9], "qwen3-4b": [2.0, 1.5]}, {"kobart": 40.0, "qwen3-4b": 44.0}, None,
+                        "r1", colors=colors)
+    scaling = report.scaling_figure({**SCALING, "series": {k: v for k, v in SCALING["series"].items()
+                                                           if k != "kobart"}}, "r1", colors=colors)
+    from matplotlib.colors import to_hex
+
+    lines = {line.get_label(): to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
+    handles, labels = scaling.axes[0].get_legend_handles_labels()
+    series = {label: to_hex(handle[0].get_color()) for handle, label in zip(handles, labels)}
+    assert lines == {"kobart": colors["kobart"], "qwen3-4b": colors["qwen3-4b"]}
+    assert series["qwen3-4b MBR"] == colors["qwen3-4b"] and len(set(colors.values())) == 4
 
 
 def test_the_markdown_compares_with_the_champion_and_links_the_plot() -> None:
@@ -56,13 +85,17 @@ SCALING = {"sizes": [1, 2, 4, 8, 16], "rows": 499, "series": {
     for name, base in (("mbr", 46.0), ("kobart", 43.0), ("qwen3-4b", 45.0))}}
 
 
-def test_the_n_scaling_plot_draws_every_series_with_its_band(tmp_path: Path) -> None:
+def test_the_n_scaling_plot_draws_every_series_with_its_intervals(tmp_path: Path) -> None:
     path = report.plot_scaling(tmp_path / report.SCALING_PLOT, SCALING, "train-all r1")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (700, 450)
         colours = {rgb for _, rgb in image.convert("RGB").getcolors(maxcolors=1_000_000)}
-    for line in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)):  # one colour per series
+    for line in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x22, 0x22, 0x22)):  # one colour per series
         assert line in colours
+    fig = report.scaling_figure(SCALING, "train-all r1")
+    errorbars = [c for c in fig.axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(errorbars) == 3  # error bars, no overlapping bands:
+    assert not [c for c in fig.axes[0].collections if "Poly" in type(c).__name__]
 
 
 def test_the_markdown_prints_the_promotion_difference_with_its_interval() -> None:

@@ -44,19 +44,31 @@ def _summary(manifest: dict[str, Any]) -> tuple[int, int]:
     return len(files), sum(entry["size"] for entry in files)
 
 
+def checkpoint_sizes(run_id: str, model: str, storage) -> tuple[int, int]:
+    """How many training checkpoints a published model run keeps in storage, and their bytes."""
+    from dialsum.storage.checkpoints import checkpoint_manifest, list_checkpoints
+
+    names = list_checkpoints(run_id, model, storage)
+    manifests = [checkpoint_manifest(run_id, model, name, storage) or {"files": []} for name in names]
+    return len(names), sum(_summary(m)[1] for m in manifests)
+
+
 def _ls(args: argparse.Namespace) -> int:
     storage = open_storage(args.url)
     runs = list_runs(storage)
     if not runs:
         print(f"no published runs in {storage.url}")
         return 0
-    rows = []
+    rows = [("run", "model", "files", "size", "checkpoints", "total", "created")]
     for run in runs:
         count, size = _summary(run.manifest)
-        rows.append((run.run_id, run.model, f"{count} files", human_size(size), run.manifest.get("created_at", "?")))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        kept, kept_size = checkpoint_sizes(run.run_id, run.model, storage)
+        rows.append((run.run_id, run.model, str(count), human_size(size),
+                     f"{kept} ({human_size(kept_size)})" if kept else "-", human_size(size + kept_size),
+                     run.manifest.get("created_at", "?")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 

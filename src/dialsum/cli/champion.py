@@ -136,5 +136,11 @@ def predict_champion(data_dir: Path | None, out_dir: Path, storage_url: str | No
 
 def predict_command(args: argparse.Namespace) -> int:
     out = args.out or Path(".")
-    print(json.dumps(predict_champion(args.data, out, getattr(args, "storage", None)), indent=2))
+    result = predict_champion(args.data, out, getattr(args, "storage", None))
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+        return 0
+    for split, path in result["predictions"].items():
+        print(f"{split}: {path}")
+    print(f"predictions of the champion {result['champion']}")
     return 0

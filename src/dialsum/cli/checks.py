@@ -84,11 +84,16 @@ def training(args: argparse.Namespace) -> list[str]:
     hub(cfgs)
     get_settings().check_folders_writable()
     store = storage.open_storage(args.storage)
-    if args.resume:
-        from dialsum.engine import runs
+    from dialsum.engine import runs
 
+    if args.resume:
         runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)
     storage.probe(store)
+    if not args.resume and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a new run records what it was given
+        from dialsum.cli.resume import record_of
+
+        args.run_id = storage.check_name(args.run_id, "run id") if args.run_id else storage.new_run_id()
+        runs.write_command(args.run_id, record_of(args, getattr(args, "mode", None) or "multi_model"), store)
     return [cfg.name for cfg in cfgs]
 
 
@@ -111,26 +116,50 @@ def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
         yield
 
 
-def hub(cfgs: list) -> None:
+def hub(cfgs: list, tokenizer_only: bool = False) -> None:
     """Each hub checkpoint a profile names (not a tiny model, not a local folder) is in the local Hugging Face
-    cache, or the hub answers: else one line now, not a minute of connection retries later."""
+    cache, or the hub answers: else one line now, not a minute of connection retries later. A name that is a
+    path (`--set model=/path`) must be a folder. `tokenizer_only` (preflight) checks only where the tokenizer comes
+    from."""
+    from dialsum.models import families
+
+    for cfg in cfgs:
+        wanted = families.of(cfg).hub_checkpoints(cfg)
+        if tokenizer_only and wanted:
+            wanted = [(cfg.tokenizer or cfg.model, "tokenizer_config.json")]
+        for repo, probe in wanted:
+            if not Path(repo).exists():
+                _hub_checkpoint(cfg, repo, probe)
+
+
+def _looks_like_path(repo: str) -> bool:
+    return repo.startswith(("/", ".", "~")) or "\\" in repo or repo.count("/") > 1
+
+
+def _hub_checkpoint(cfg, repo: str, probe: str) -> None:
+    """A hub id in the cache or on a reachable hub; a path that does not exist is one line naming it."""
     import socket
     from urllib.parse import urlparse
 
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    from dialsum.models import families
-
-    for cfg in cfgs:
-        for repo, probe in families.of(cfg).hub_checkpoints(cfg):
-            if Path(repo).exists() or isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
-                continue
-            where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
-            fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"
-            if constants.HF_HUB_OFFLINE:
-                raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set; download it where the hub is reachable, or {fix}")
-            host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-            try:
-                socket.create_connection((host, 443), timeout=3).close()
-            except OSError as exc:
-                raise ConfigError(f"{where}, and {host} cannot be reached ({exc.strerror or exc}); {fix}") from None
+    key = "model" if repo == cfg.model else "tokenizer"
+    if _looks_like_path(repo):
+        raise ConfigError(f"{cfg.name}: {key} {repo}: no such folder (a local checkpoint is a folder with "
+                          f"{probe}; a hub id is ORG/NAME)")
+    try:
+        if isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
+            return
+    except HFValidationError:
+        raise ConfigError(f"{cfg.name}: {key} {repo!r} is neither a local folder nor a valid hub id "
+                          "(ORG/NAME)") from None
+    where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
+    fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set; download it where the hub is reachable, or {fix}")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        raise ConfigError(f"{where}, and {host} cannot be reached ({exc.strerror or exc}); {fix}") from None

@@ -53,9 +53,12 @@ def _preflight(args: argparse.Namespace) -> int:
     from dialsum.cli.api import preflight_api
 
     api = preflight_api([c for c in cfgs if not checks.trainable(c)], args.data, args.max_cost_usd)
-    args.models = [m for m, c in zip(args.models, cfgs) if checks.trainable(c)]
+    trained = [(m, c) for m, c in zip(args.models, cfgs) if checks.trainable(c)]
+    args.models = [m for m, _ in trained]
     if not args.models:
         return api
+    local = {value.partition("=")[0] if "=" in value else args.models[0] for value in args.tokenizer or ()}
+    checks.hub([cfg for name, cfg in trained if name not in local], tokenizer_only=True)
     from dialsum.models.preflight import PreflightFailed, format_report, run
 
     try:

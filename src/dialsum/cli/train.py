@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dialsum.cli import checks
+from dialsum.cli import checks, resume
 from dialsum.cli.profiles import add_override_args
 from dialsum.engine import stop
 from dialsum.errors import DialsumError
@@ -14,7 +14,7 @@ from dialsum.errors import DialsumError
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train, predict, score and publish one or more models")
-    p.add_argument("--mode", choices=["single", "multi_model"], default="single")
+    p.add_argument("--mode", choices=["single", "multi_model"], help="single (default) or multi_model")
     p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (on a CPU-only machine: this many gloo processes)")
     _add_train_args(p)
     p.set_defaults(func=_train)
@@ -24,7 +24,8 @@ def register(sub) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
+    p.add_argument("--models", nargs="+",
+                   help="config stems in configs/models/ or YAML paths (with --resume: the run's)")
     p.add_argument("--data", type=checks.location,
                    help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)")
     p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
@@ -35,7 +36,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="single: go on when preflight finds unreachable references, overwrite a published run with "
                         "different content; multi_model/train-all: also retrain when data, config and code are unchanged")
     p.add_argument("--resume", metavar="RUN_ID",
-                   help="continue that run from its finished phases and newest checkpoint (local or in storage)")
+                   help="continue that run from its finished phases and newest checkpoint (local or in storage), with "
+                        "the models, overrides and data it was started with")
     p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
                    help="make the run's ensemble the champion: never (default), if-better, always")
     p.add_argument("--margin", type=float, default=0.0,
@@ -53,6 +55,7 @@ def _resume_run_id(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    resume.fill(args, "train")
     if args.gpus > 1 and (args.mode != "single" or len(args.models) != 1):
         raise DialsumError("--gpus trains one model on several GPUs: use --mode single with one model")
     if args.mode != "single":
@@ -101,6 +104,8 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
 
 
 def _train_all(args: argparse.Namespace) -> int:
+    if args.func is _train_all:  # `train --mode multi_model` comes here filled already
+        resume.fill(args, "train-all")
     _resume_run_id(args)
     with checks.leases(args, checks.training(args)):
         from dialsum.orchestration.train_all import run_embedded

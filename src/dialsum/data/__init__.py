@@ -10,6 +10,7 @@ from dialsum.data.splits import (
     PLACEHOLDER_RE,
     SPLITS,
     Example,
+    first_few,
     load_splits,
     normalize,
     placeholders_in,
@@ -23,5 +24,5 @@ from dialsum.data.splits import (
 __all__ = [
     "candidates_path", "read_candidates", "write_candidates",
     "KNOWN_PLACEHOLDERS", "PLACEHOLDER_RE", "SPLITS", "Example", "load_splits", "normalize", "placeholders_in",
-    "read_references", "read_split", "read_submission", "sample_dir", "write_submission",
+    "first_few", "read_references", "read_split", "read_submission", "sample_dir", "write_submission",
 ]

@@ -6,6 +6,7 @@ import csv
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -167,4 +168,14 @@ def read_submission(path: Path, normalized: bool = True) -> dict[str, str]:
         raise DataError(f"{path}: cannot read predictions: {exc}") from None
     if rows and not {"fname", "summary"} <= rows[0].keys():
         raise DataError(f"{path}: predictions need fname and summary columns")
+    fnames = [r["fname"] for r in rows]
+    repeated = [f for f, n in Counter(fnames).items() if n > 1]
+    if repeated:
+        raise DataError(f"{path}: {len(repeated)} fname(s) appear more than once: {first_few(repeated)}")
     return {r["fname"]: normalize(r["summary"] or "") if normalized else r["summary"] or "" for r in rows}
+
+
+def first_few(names: list[str], limit: int = 3) -> str:
+    """The first `limit` names, comma-separated, with how many more there are."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

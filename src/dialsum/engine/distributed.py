@@ -197,4 +197,12 @@ def launch(argv: Sequence[str], processes: int) -> int:
     """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code."""
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
-    return subprocess.call(launch_command(argv, processes))
+    return subprocess.call(launch_command(argv, processes), env=launch_env(processes))
+
+
+def launch_env(processes: int) -> dict[str, str]:
+    """The ranks' environment: ours, with OMP_NUM_THREADS set (to the cores each rank gets) unless it is, so the
+    launcher does not print its banner about choosing it."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    return env

@@ -11,10 +11,11 @@ import re
 import shutil
 from pathlib import Path
 
-from dialsum.errors import DialsumError
+from dialsum.errors import ConfigError, DialsumError
 from dialsum.settings import get_settings
 
 _CHECKPOINT_RE = re.compile(r"step-\d{8}")
+WHAT = {"config_sha256": "config (profile and overrides)", "data_sha256": "data", "debug": "debug mode"}
 
 
 def state_dir(run_id: str, name: str) -> Path:
@@ -33,16 +34,19 @@ def published(run_id: str, cfg, data_dir: Path | None, debug: bool, store, force
     """The published metrics when `run_id` already holds this model with the same config, data and debug mode;
     None when it holds nothing (or, with `force`, something else). Something else is refused otherwise."""
     from dialsum import storage
-    from dialsum.data.source import same_run
+    from dialsum.data.source import run_identity
 
     manifest = storage.read_manifest(run_id, cfg.name, store)
     if manifest is None:
         return None
-    if not same_run(manifest, cfg, data_dir, debug):
+    extra = manifest.get("extra", {})
+    differ = [WHAT[key] for key, value in run_identity(cfg, data_dir, debug).items() if extra.get(key) != value]
+    if differ:
         if force:
             return None
-        raise DialsumError(f"run {run_id}/{cfg.name} is already published in {store.url} with another config, data "
-                           "or debug mode; use a new run id, or force to replace it")
+        raise ConfigError(f"run {run_id}/{cfg.name} is already published in {store.url} with another "
+                          f"{' and '.join(differ)}; continue it with --resume {run_id} alone (its own models, "
+                          "overrides and data), use a new run id, or force to replace it")
     return json.loads(store.read_bytes(storage.run_key(run_id, cfg.name, "metrics.json")) or b"{}")
 
 
@@ -91,3 +95,26 @@ def stopped_where(run_id: str, name: str) -> str:
     newest = checkpoints_in(folder / "checkpoints")
     return (f"{name}: stopped during training; newest checkpoint {newest[-1]}" if newest
             else f"{name}: stopped before its first checkpoint")
+
+
+COMMAND_RECORD = "command.json"
+
+
+def write_command(run_id: str, record: dict, store) -> None:
+    """What the command that started `run_id` was given (models, mode, overrides, data, debug, eval-before), at
+    `<run-id>/command.json` of the storage, so `--resume RUN_ID` alone can continue it."""
+    from dialsum import storage
+
+    store.write_bytes(f"{storage.check_name(run_id, 'run id')}/{COMMAND_RECORD}",
+                      json.dumps(record, indent=2, ensure_ascii=False).encode())
+
+
+def read_command(run_id: str, store) -> dict | None:
+    """The record `write_command` left for `run_id`, or None (a run started before records existed, or by a flow)."""
+    from dialsum import storage
+
+    data = store.read_bytes(f"{storage.check_name(run_id, 'run id')}/{COMMAND_RECORD}")
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None

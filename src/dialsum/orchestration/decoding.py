@@ -110,12 +110,12 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
         own_search = metric.score(scorer.predict(own, search), scorer.references(search))["score"]
         for _ in range(trials):
             trial = study.ask()
-            params = searched.suggest(trial)
+            params = rounded(searched.suggest(trial))
             value = metric.score(scorer.predict(params, search), scorer.references(search))["score"]
             study.tell(trial, value)
             log.info("decoding trial %d: %.2f (%s)", trial.number, value, ", ".join(to_overrides(params)))
     best = study.best_trial
-    best_params = dict(best.params) if best.value > own_search else dict(own)  # the run's own setting may win
+    best_params = rounded(best.params) if best.value > own_search else dict(own)  # the run's own setting may win
     held_refs = scorer.references(held)
     own_preds = scorer.predict(own, held)
     best_preds = own_preds if best_params == own else scorer.predict(best_params, held)
@@ -134,16 +134,35 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
         "gain": {"mean": round(gain.mean, 4), "interval": [round(gain.low, 4), round(gain.high, 4)],
                  "interval_kind": "95% paired bootstrap over rows"},
     }
+    summary["recommended"] = recommendation(best_params != own, gain.low)
     _write(Path(out_dir) if out_dir else Path(run_dir) / "decoding", study, searched, summary)
     return summary
 
 
+def rounded(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Searched floats to 3 significant digits (`length_penalty: 1.14`, not 1.1448831829968968), before they are
+    scored, so the setting written is the setting measured."""
+    return {key: float(f"{value:.3g}") if isinstance(value, float) else value for key, value in params.items()}
+
+
+def recommendation(differs: bool, gain_low: float) -> dict[str, str]:
+    """Which setting `decoding.yaml` recommends: the best one found only when it differs from the run's own and
+    its held-out gain is above 0 beyond the noise (the 95% interval's lower bound); else the run's own."""
+    if not differs:
+        return {"use": "own", "why": "no setting beat the run's own on the search rows"}
+    if gain_low <= 0:
+        return {"use": "own", "why": "the best setting found gains nothing beyond the noise on held-out rows"}
+    return {"use": "best", "why": "the best setting found gains on held-out rows beyond the noise"}
+
+
 def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    overlay = to_overlay(to_overrides(summary["best"]["params"]))
-    which = f"trial {summary['best']['trial']}" if summary["best"]["trial"] is not None else "the run's own setting"
-    header = (f"# Best decoding of {summary['run']} ({which}): held-out dev score "
-              f"{summary['best']['heldout_score']:.2f} vs {summary['own']['heldout_score']:.2f} for the run's own.\n")
+    chosen = summary["best"] if summary["recommended"]["use"] == "best" else summary["own"]
+    overlay = to_overlay(to_overrides(chosen["params"]))
+    which = f"trial {summary['best']['trial']}" if chosen is summary["best"] else "the run's own setting"
+    header = (f"# Recommended decoding of {summary['run']} ({which}): {summary['recommended']['why']}. Held-out dev "
+              f"score {summary['best']['heldout_score']:.2f} for the best setting found vs "
+              f"{summary['own']['heldout_score']:.2f} for the run's own.\n")
     (folder / "decoding.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=True), encoding="utf-8")
     (folder / "trials.csv").write_text(outputs.trials_csv(outputs.trial_rows(study, space)), encoding="utf-8")
     (folder / "decoding.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -152,12 +171,16 @@ def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]
 
 def format_summary(summary: dict[str, Any]) -> str:
     best, own, gain = summary["best"], summary["own"], summary["gain"]
+    recommended = summary["recommended"]
+    keep = recommended["use"] == "own"
     return "\n".join([
         f"{summary['trials']} settings tried on {summary['search_rows']} dev rows (the run's own scored "
         f"{own['search_score']:.2f}); best: " + (f"trial {best['trial']}" if best["trial"] is not None else "the run's own")
         + f" ({', '.join(to_overrides(best['params']))})",
         f"held-out dev ({summary['heldout_rows']} rows): best {best['heldout_score']:.2f}, the run's own "
-        f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% interval {gain['interval'][0]:+.2f} to "
-        f"{gain['interval'][1]:+.2f})",
-        f"overlay: {summary['location']}/decoding.yaml",
+        f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% CI [{gain['interval'][0]:+.2f}, "
+        f"{gain['interval'][1]:+.2f}])",
+        ("recommended: keep the run's own setting: " if keep else "recommended: the best setting found: ")
+        + recommended["why"],
+        f"overlay: {summary['location']}/decoding.yaml" + (" (the run's own setting)" if keep else ""),
     ])

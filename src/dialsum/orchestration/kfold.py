@@ -153,13 +153,16 @@ def run_embedded(model: str, **options: Any) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The folds table and the pooled lines the CLI prints."""
-    lines = ["fold  rows  oof_rows  oof_score  dev_score"]
+    table = [["fold", "rows", "oof_rows", "oof_score", "dev_score"]]
     for row in summary["folds"]:
         cells = [row["fold"], row["rows"], row["oof_rows"], row["oof_score"], row["dev_score"]]
-        lines.append("  ".join(f"{c:.2f}" if isinstance(c, float) else ("-" if c is None else str(c)) for c in cells))
+        table.append([f"{c:.2f}" if isinstance(c, float) else ("-" if c is None else str(c)) for c in cells])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     interval = summary.get("oof_interval")
     pooled = f"{summary['oof_score']:.2f}" if summary.get("oof_score") is not None else "-"
-    lines.append(f"pooled OOF score {pooled}" + (f" (95% interval {interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+    ci = f" (95% CI [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else ""
+    lines.append(f"pooled OOF score {pooled}{ci}"
                  + f" on {summary['oof_rows']} of {summary['train_rows']} train rows")
     if summary.get("ensemble"):
         ens = summary["ensemble"]

@@ -70,10 +70,11 @@ class TrialExecutor:
         storage.request_stop(run.run_id, self.name, self.store, reason)
 
 
-def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str]) -> dict[str, Any]:
+def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str],
+                    debug: bool = False) -> dict[str, Any]:
     """Write the sweep's outputs and upload them to `sweeps/<study>/`."""
     with tempfile.TemporaryDirectory(prefix="dialsum-sweep-") as tmp:
-        facts = outputs.write_outputs(Path(tmp), study, space, model_name(model, base), base)
+        facts = outputs.write_outputs(Path(tmp), study, space, model_name(model, base), base, debug)
         for name in OUTPUT_FILES:
             if (Path(tmp) / name).is_file():
                 journal.store.write_bytes(study_key(journal.name, name), (Path(tmp) / name).read_bytes())
@@ -122,7 +123,7 @@ def sweep(
                      poll_seconds=poll_seconds, logger=logger)
     loop.run()
     journal.snapshot()
-    facts = publish_outputs(journal, optuna_study, searched, model, base)
+    facts = publish_outputs(journal, optuna_study, searched, model, base, debug)
     _report(name, facts["rows"], list(searched.params))
     return {"study": name, "model": model_name(model, base), "trials": len(facts["rows"]), "rows": facts["rows"],
             "best": facts["best"], "importance": facts["importance"], "peak_parallel": loop.peak,

@@ -38,7 +38,7 @@ from prefect.utilities.annotations import allow_failure
 from dialsum import storage, tracking
 from dialsum.data import source as datasource
 from dialsum.engine import stop
-from dialsum.errors import ConfigError
+from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
 from dialsum.orchestration.nightly import (
@@ -80,7 +80,8 @@ def build_ensemble(
     """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it."""
     store = storage.open_storage(storage_url)
     data = Path(data_dir) if data_dir else None
-    published = ensemble.publish_ensemble(run_id, store, models, data, sources, attachments=_plot_attachment(run_id, champion))
+    published = ensemble.publish_ensemble(run_id, store, models, data, sources,
+                                          attachments=_plot_attachment(run_id, champion, store))
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     result = published.result
     summary = {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
@@ -94,20 +95,42 @@ def build_ensemble(
     return {**summary, "headline": ensemble.headline(summary)}
 
 
-def _plot_attachment(run_id: str, champion: dict[str, Any] | None):
-    """Writes report.png (loss curves, dev scores next to the champion's) into the ensemble folder."""
+def _plot_attachment(run_id: str, champion: dict[str, Any] | None, store: storage.Storage | None = None):
+    """Writes report.png (loss curves, dev scores with intervals next to the champion's) into the ensemble folder,
+    and with candidates n_scaling.png, each model in the same colour in both."""
     def attach(folder: Path, result: ensemble.EnsembleResult, outputs: list[ensemble.ModelOutputs]) -> None:
         losses = {o.model: o.metrics.get("train_losses") or [] for o in outputs}
         scores = {**result.dev_scores, "ensemble": result.dev_score}
-        theirs = None
+        rows = {o.model: list((o.metrics.get("dev_row_scores") or {}).values()) for o in outputs}
+        intervals = report.intervals_of({**rows, "ensemble": list(result.row_scores.values())})
+        theirs = theirs_intervals = None
         if champion:
             theirs = {**champion.get("member_scores", {}), "ensemble": champion["dev_score"]}
+            theirs_intervals = _champion_intervals(champion, store) if store is not None else {}
         who = f"champion {champion['run_id']}/{champion['model']}" if champion else "no champion yet"
-        report.plot(folder / report.PLOT, losses, scores, theirs, f"train-all {run_id} ({who})")
+        colors = report.model_colors([o.model for o in outputs])
+        report.plot(folder / report.PLOT, losses, scores, theirs, f"train-all {run_id} ({who})", intervals,
+                    theirs_intervals, colors=colors)
         if result.scaling:
-            report.plot_scaling(folder / report.SCALING_PLOT, result.scaling, f"train-all {run_id}")
+            report.plot_scaling(folder / report.SCALING_PLOT, result.scaling, f"train-all {run_id}", colors=colors)
 
     return attach
+
+
+def _champion_intervals(champion: dict[str, Any], store: storage.Storage) -> dict[str, tuple[float, float]]:
+    """The champion's per-row dev scores as it published them, as 95% intervals (none for what it did not publish)."""
+    sources = champion.get("sources") or {}
+    entries = {"ensemble": {"run_id": champion["run_id"], "model": champion["model"]},
+               **{m: {"run_id": sources.get(m, champion["run_id"]), "model": m} for m in champion.get("members", [])}}
+    rows = {}
+    for name, entry in entries.items():
+        try:
+            published, _ = registry.published_rows(store, entry)
+        except DialsumError:
+            continue
+        if published:
+            rows[name] = list(published.values())
+    return report.intervals_of(rows)
 
 
 def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
@@ -223,11 +246,14 @@ def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | 
     if storage.read_manifest(run_id, ensemble.ENSEMBLE, store) is None:
         return None
     data = json.loads(store.read_bytes(storage.run_key(run_id, ensemble.ENSEMBLE, "ensemble.json")) or b"{}")
-    return {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
-            "dev_rows": (data.get("rows") or {}).get("dev_scored"), "scores": data.get("strategy_scores"),
-            "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
-            "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
-            "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
+    summary = {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
+               "dev_rows": (data.get("rows") or {}).get("dev_scored"), "held_out_score": data.get("held_out_score"),
+               "strategies": data.get("strategies") or {}, "split": data.get("split") or {},
+               "scores": data.get("strategy_scores"),
+               "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
+               "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
+               "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
+    return {**summary, "headline": ensemble.headline(summary)}
 
 
 def stopped_summary(run_id: str, rows: list[dict[str, Any]]) -> State:

@@ -1,0 +1,83 @@
+"""`--resume RUN_ID` alone continues a run: the models, mode, `--set`/`--overlay` overrides, data, `--debug` and
+`--eval-before` it was started with are read back from its record in storage (`engine.runs.write_command`).
+An argument given again must agree with the record; one that does not is one line naming the key and both values.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dialsum.errors import ConfigError
+
+
+def data_value(data) -> str | None:
+    """`--data` as recorded: a storage URL as given, a folder as an absolute path, None for the bundled sample."""
+    from dialsum.data.source import is_url
+
+    if data is None:
+        return None
+    return str(data) if is_url(str(data)) else str(Path(data).resolve())
+
+
+def record_of(args: argparse.Namespace, mode: str) -> dict:
+    """What a new run records about the command that starts it (after `checks.training` resolved the overrides)."""
+    return {"mode": mode, "models": list(args.models), "overrides": list(args.overrides),
+            "data": data_value(args.data), "debug": bool(args.debug), "eval_before": bool(args.eval_before)}
+
+
+def _keyed(overrides: list[str]) -> dict[str, str]:
+    return dict(o.partition("=")[::2] for o in overrides)
+
+
+def _override_conflict(run_id: str, recorded: list[str], given: list[str]) -> str | None:
+    old, new = _keyed(recorded), _keyed(given)
+    for key in [*old, *(k for k in new if k not in old)]:
+        if old.get(key) != new.get(key):
+            return (f"--resume {run_id}: --set {key} was {old.get(key, '(not set)')} when the run started, "
+                    f"{new.get(key, '(not set)')} now; drop the --set/--overlay options to continue with the "
+                    "run's own, or start a new run")
+    return None
+
+
+def fill(args: argparse.Namespace, command: str) -> None:
+    """With `--resume RUN_ID`, complete `args` from the run's record and refuse a contradiction; without one (or
+    without a record), only check that `--models` was given."""
+    from dialsum import storage
+    from dialsum.cli.profiles import overrides_of
+    from dialsum.engine import runs
+
+    record = None
+    if args.resume:
+        record = runs.read_command(storage.check_name(args.resume, "run id"), storage.open_storage(args.storage))
+    if record is None:
+        if not args.models:
+            hint = f" (run {args.resume} has no record of its models)" if args.resume else ""
+            raise ConfigError(f"{command}: --models is required{hint}")
+        if getattr(args, "mode", "single") is None:
+            args.mode = "single"
+        return
+    run_id, mode = args.resume, record.get("mode", "single")
+    wanted = getattr(args, "mode", None) or ("multi_model" if command == "train-all" else mode)
+    if wanted != mode:
+        raise ConfigError(f"--resume {run_id}: the run was started with --mode {mode}, not {wanted}; continue it "
+                          f"with `dialsum train --resume {run_id}`")
+    if hasattr(args, "mode"):
+        args.mode = mode
+    if args.models and list(args.models) != record["models"]:
+        raise ConfigError(f"--resume {run_id}: --models was {' '.join(record['models'])} when the run started, "
+                          f"{' '.join(args.models)} now; drop --models to continue the run's own")
+    args.models = list(record["models"])
+    given = overrides_of(args)
+    if given and (line := _override_conflict(run_id, record.get("overrides", []), given)):
+        raise ConfigError(line)
+    args.overrides, args.overlays = list(record.get("overrides", [])), []
+    if args.data is not None and data_value(args.data) != record.get("data"):
+        raise ConfigError(f"--resume {run_id}: --data was {record.get('data') or '(the bundled sample)'} when the "
+                          f"run started, {args.data} now; drop --data to continue with the run's own")
+    if record.get("data") is not None:
+        args.data = record["data"] if "://" in record["data"] else Path(record["data"])
+    for flag, key in (("--debug", "debug"), ("--eval-before", "eval_before")):
+        if getattr(args, key) and not record.get(key):
+            raise ConfigError(f"--resume {run_id}: the run was started without {flag}; drop it to continue the run")
+        setattr(args, key, bool(record.get(key)))

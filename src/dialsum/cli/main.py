@@ -3,7 +3,8 @@
 The parser is assembled from one module per command group; every command imports what it needs (torch,
 Prefect) only when it runs, so `--help` and input errors stay fast. A `DialsumError`, and an OS error on a
 path the user chose (a read-only folder, a missing file), is one line and exit 2. Ctrl-C stops a run at its
-next safe point with one line per model and exit 130 (`engine.stop`).
+next safe point with one line per model and exit 130 (`engine.stop`); SIGTERM does the same, with exit 143.
+Every process a command starts watches it and ends when it is gone (`engine.lifeline`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from importlib import metadata
 
 from dialsum.cli import artifacts, champion, data, predict, profiles, sweep, train
-from dialsum.engine import stop
+from dialsum.engine import lifeline, stop
 from dialsum.errors import DialsumError
 
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -88,6 +89,7 @@ def os_error_line(exc: OSError) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    lifeline.watch_parent()  # a data-parallel rank (or any dialsum a dialsum process started) ends with its parent
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.func is _worker:
@@ -97,17 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     stop.clear()
     try:
-        with stop.on_sigint():
+        with stop.on_signals():
             return args.func(args)
     except stop.Interrupted as exc:
         print(f"dialsum: {exc}", file=sys.stderr)
-        return stop.EXIT_CODE
+        return stop.exit_code()
     except DialsumError as exc:
         print(f"dialsum: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dialsum: stopped (Ctrl-C)", file=sys.stderr)
-        return stop.EXIT_CODE
+        print(f"dialsum: stopped ({stop.cause()})", file=sys.stderr)
+        return stop.exit_code()
     except OSError as exc:
         if (line := os_error_line(exc)) is None:
             raise

@@ -22,6 +22,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from dialsum.engine import lifeline
 from dialsum.errors import ConfigError, DialsumError
 
 T = TypeVar("T")
@@ -194,7 +195,8 @@ def launch_command(argv: Sequence[str], processes: int) -> list[str]:
 
 
 def launch(argv: Sequence[str], processes: int) -> int:
-    """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code."""
+    """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code. The launcher and
+    its ranks end when this process does (`lifeline`)."""
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
-    return subprocess.call(launch_command(argv, processes))
+    return subprocess.call(lifeline.wrap(launch_command(argv, processes)), env={**os.environ, **lifeline.child_env()})

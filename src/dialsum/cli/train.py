@@ -90,7 +90,11 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
     from dialsum.config import load_model_config
     from dialsum.engine import runs
 
+    if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
+        return stop.exit_code()
     print(f"dialsum: {exc}", file=sys.stderr)
+    if "WORLD_SIZE" in os.environ:
+        return stop.exit_code()
     name = load_model_config(args.models[0], args.overrides).name
     if runs.has_progress(args.run_id, name, storage.open_storage(args.storage)):
         print(f"dialsum: stopped; continue with --resume {args.run_id}", file=sys.stderr)
@@ -120,7 +124,11 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
     argv += [arg for override in args.overrides for arg in ("--set", override)]
     name = load_model_config(args.models[0], args.overrides).name
     with storage.hold(storage.open_storage(args.storage), run_id, name, get_settings().lease_seconds):
-        return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+        code = distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+    if stop.requested():
+        print(f"dialsum: stopped; continue with --resume {run_id}", file=sys.stderr)
+        return stop.exit_code()
+    return code
 
 
 def _train_all(args: argparse.Namespace) -> int:

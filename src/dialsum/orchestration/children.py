@@ -42,7 +42,8 @@ class Launcher(Protocol):
 
     def status(self, handle: str) -> Status: ...
 
-    def interrupt(self, handle: str) -> None: ...
+    def interrupt(self, handle: str) -> bool:
+        """Pass a stop request on; True when the child stops by itself soon (else it is left running)."""
 
 
 def _permanent(message: str) -> bool:
@@ -86,8 +87,9 @@ class DeploymentLauncher:
     def status(self, handle: str) -> Status:
         return _status_of(read_flow_run(handle))
 
-    def interrupt(self, handle: str) -> None:
-        """A child on a deployment is left to its worker: it is not waited for (see `run_all`)."""
+    def interrupt(self, handle: str) -> bool:
+        """A child on a deployment is left running on its worker: the next parent adopts it (same key)."""
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -174,14 +176,18 @@ class ProcessLauncher:
         self._reap(flow_run_id)
         return Status(STOPPED, message) if stop.requested() else Status(FAILED, f"Crashed: {message}")
 
-    def interrupt(self, handle: str) -> None:
-        """Pass a stop request on to the child: it finishes its step, publishes a checkpoint and ends Cancelled."""
+    def interrupt(self, handle: str) -> bool:
+        """Pass a stop request on to the child: it finishes its step, publishes a checkpoint and ends Cancelled.
+        A child an earlier parent started (no process known here) is left running."""
         process = self.processes.get(handle.partition("@")[0])
-        if process is not None and process.exitcode is None:
+        if process is None:
+            return False
+        if process.exitcode is None:
             try:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        return True
 
     def _reap(self, flow_run_id: str) -> None:
         process = self.processes.pop(flow_run_id, None)
@@ -211,8 +217,10 @@ def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, 
     while running or (pending and not stop.requested()):
         if stop.requested() and not interrupted:
             interrupted = True
-            for handle, _ in running.values():
-                launcher.interrupt(handle)
+            for run_id, (handle, _) in list(running.items()):
+                if not launcher.interrupt(handle):
+                    del running[run_id]
+                    logger.info("%s: left running on its worker; running the parent again adopts it", run_id)
         free = [s for s in launcher.slots if s not in {slot for _, slot in running.values()}]
         while pending and free and len(running) < parallel and not stop.requested():
             run_id, slot = pending.pop(0), free.pop(0)

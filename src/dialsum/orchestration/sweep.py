@@ -71,8 +71,8 @@ class TrialExecutor:
     def stop(self, run: TrialRun, reason: str) -> None:
         storage.request_stop(run.run_id, self.name, self.store, reason)
 
-    def interrupt(self, handle: str) -> None:
-        self.launcher.interrupt(handle)
+    def interrupt(self, handle: str) -> bool:
+        return self.launcher.interrupt(handle)
 
 
 def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str]) -> dict[str, Any]:

@@ -73,8 +73,9 @@ class Executor(Protocol):
     def stop(self, run: TrialRun, reason: str) -> None:
         """Ask the child to stop at its next evaluation."""
 
-    def interrupt(self, handle: str) -> None:
-        """Pass the parent's stop request on: the child publishes a checkpoint at its next step and ends."""
+    def interrupt(self, handle: str) -> bool:
+        """Pass the parent's stop request on: the child publishes a checkpoint at its next step and ends; False
+        when the child is left running (a deployment's: the next parent watches it again)."""
 
 
 @dataclass
@@ -161,8 +162,10 @@ class StudyLoop:
         """Ask every running trial to stop and wait for them. An interrupted trial stays running in the study,
         without a handle: the next parent launches it again under its run id, and it resumes from its checkpoint;
         it is neither failed nor a second trial of the budget."""
-        for active in self.active.values():
-            self.executor.interrupt(active.handle)
+        for number, active in list(self.active.items()):
+            if not self.executor.interrupt(active.handle):
+                del self.active[number]
+                self.log.info("trial %d: left running on its worker; continuing the study watches it again", number)
         while self.active:
             for number, active in list(self.active.items()):
                 status = self.executor.status(active.handle)

@@ -190,9 +190,14 @@ class ProcessLauncher:
         return True
 
     def _reap(self, flow_run_id: str) -> None:
+        """Wait for a child that reported its end to exit; after a stop request, ending it if it lingers."""
         process = self.processes.pop(flow_run_id, None)
-        if process is not None:
-            process.join(timeout=5)
+        if process is None:
+            return
+        process.join(timeout=3 if stop.requested() else 5)
+        if process.exitcode is None and stop.requested():
+            process.terminate()
+            process.join(timeout=2)
 
 
 def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool) -> Launcher:

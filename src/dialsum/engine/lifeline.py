@@ -19,6 +19,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PARENT_ENV = "DIALSUM_PARENT_PID"
 POLL_SECONDS = 0.5
@@ -29,6 +31,21 @@ _WATCHING = threading.Event()
 def child_env() -> dict[str, str]:
     """The environment entry a child needs to watch this process."""
     return {PARENT_ENV: str(os.getpid())}
+
+
+@contextmanager
+def as_parent() -> Iterator[None]:
+    """While a child starts that inherits this process's environment as it is (a multiprocessing spawn), put this
+    process's pid in it, so the child can watch from its first import on."""
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
 
 
 def wrap(command: list[str]) -> list[str]:

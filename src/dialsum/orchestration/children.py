@@ -144,7 +144,7 @@ class ProcessLauncher:
             env["CUDA_VISIBLE_DEVICES"] = slot.rsplit("-", 1)[-1]
         with get_client(sync_client=True) as client:
             flow_run = client.create_flow_run(train_model, name=key, parameters=parameters, tags=[*tags, f"run:{key}"])
-        with stop.blocked():  # the child handles them once it runs (`stop.as_child`)
+        with stop.blocked(), lifeline.as_parent():  # the child handles signals once it runs (`stop.as_child`)
             process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
         self.processes[str(flow_run.id)] = process
         return f"{flow_run.id}@{process.pid}"

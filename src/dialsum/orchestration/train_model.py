@@ -39,6 +39,7 @@ POLL_SECONDS = 2
 CRASH_RELAUNCHES = 2
 _IN_PROCESS = threading.Lock()
 _IN_PROCESS_PLAN: dict[str, dict[str, Any]] = {}  # run id -> {"total": n, "started": [model, ...]}
+lifeline.watch_parent()  # a local child imports this module first: from then on it ends with its parent
 
 
 class OrchestrationError(DialsumError):

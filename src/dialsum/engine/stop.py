@@ -115,10 +115,11 @@ def at_hard_exit(callback: Callable[[], None]) -> Callable[[], None]:
     return lambda: _HARD_EXIT.remove(callback) if callback in _HARD_EXIT else None
 
 
-def _hard_exit() -> None:
-    how = f"continue with {_HINT[0]}" if _HINT else "running the same run id continues from the newest"
-    print(f"dialsum: stopped at once (second Ctrl-C); published checkpoints are kept; {how}", file=sys.stderr,
-          flush=True)
+def _hard_exit(announce: bool = True) -> None:
+    if announce:  # a local child leaves the line to its parent
+        how = f"continue with {_HINT[0]}" if _HINT else "running the same run id continues from the newest"
+        print(f"dialsum: stopped at once (second Ctrl-C); published checkpoints are kept; {how}", file=sys.stderr,
+              flush=True)
     for callback in reversed(_HARD_EXIT):
         try:
             callback()
@@ -146,7 +147,7 @@ def _child_handler(signum, frame) -> None:
     """A local child's handler: SIGTERM (the parent passing on a stop) never exits at once, and neither does the
     first SIGINT, however many processes received it."""
     if _REQUEST.is_set() and signum == signal.SIGINT and _RECEIVED and _RECEIVED[0] == signal.SIGINT:
-        _hard_exit()
+        _hard_exit(announce=False)
     if not _REQUEST.is_set():
         _RECEIVED[:] = [signum]
         _REQUEST.set()
@@ -182,8 +183,9 @@ def as_child() -> None:
 
 @contextmanager
 def blocked(*signums: int) -> Iterator[None]:
-    """Block `signums` in this thread while starting a child process: the child starts with them blocked (so a
-    Ctrl-C at the terminal reaches only this process) until it handles them itself (`as_child`)."""
+    """Block `signums` (default: SIGINT and SIGTERM) in this thread while starting a child process: the child
+    starts with them blocked, so one that comes early waits until the child handles it (`as_child`) rather than
+    killing it half started."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums or SIGNALS))
     try:
         yield

@@ -214,3 +214,19 @@ def test_a_stopped_parent_interrupts_its_trials_and_the_next_one_finishes_the_bu
     again.run()
     assert states(again) == ["COMPLETE"] * 4
     assert sorted(executor.params) == [f"st-t{n:04d}" for n in range(4)]
+
+
+def test_a_trial_that_ended_with_an_earlier_parent_resumes_as_the_same_trial(tmp_path: Path) -> None:
+    class EndsWithParent(StoppableExecutor):
+        def launch(self, run: TrialRun) -> str:
+            first = run.run_id not in self.polls
+            handle = super().launch(run)
+            if first and run.run_id == "st-t0000":
+                self.interrupted.add(handle)  # its process ended with the parent that started it
+            return handle
+
+    executor = EndsWithParent()
+    loop, _ = make_loop(LocalStorage(tmp_path / "store"), tmp_path / "a", executor, budget=3)
+    loop.run()
+    assert states(loop) == ["COMPLETE"] * 3
+    assert executor.launches.count("st-t0000") == 2 and len(executor.params) == 3

@@ -174,7 +174,9 @@ class ProcessLauncher:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(UUID(flow_run_id), Crashed(message=message), force=True)
         self._reap(flow_run_id)
-        return Status(STOPPED, message) if stop.requested() else Status(FAILED, f"Crashed: {message}")
+        if stop.requested() or process is None:  # stopped here, or ended with the parent that started it
+            return Status(STOPPED, message)
+        return Status(FAILED, f"Crashed: {message}")
 
     def interrupt(self, handle: str) -> bool:
         """Pass a stop request on to the child: it finishes its step, publishes a checkpoint and ends Cancelled.

@@ -261,6 +261,10 @@ class StudyLoop:
             changed = True
             if status.state == COMPLETED:
                 self._finish(active, status)
+            elif status.state == STOPPED:  # it ended with an earlier parent: the same trial resumes
+                self._set(active.trial, handle=None, interrupted=status.message)
+                self.unlaunched.append(active.trial)
+                self.log.info("trial %d: stopped (%s); launching it again to resume", number, status.message)
             else:
                 self._fail(active, status.message or "no message", status.seconds, requeue=not status.permanent)
         return changed

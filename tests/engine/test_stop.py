@@ -109,3 +109,13 @@ def test_under_the_cli_handler_sigterm_stops_training_as_ctrl_c_does(tmp_path: P
         with pytest.raises(stop.Interrupted, match="m: stopped at step 3 of 20"):
             ckpt.after_step(3, [1.0], 0, 2, 10, 20, model, optimizer, scheduler, None)
     assert stop.exit_code() == 143
+
+
+def test_a_process_still_running_after_the_grace_period_exits_143() -> None:
+    code = ("import os, signal, time\n"
+            "from dialsum.engine import stop\n"
+            "with stop.on_signals(), stop.cooperative():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n")
+    env = {**os.environ, "DIALSUM_STOP_GRACE_SECONDS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr

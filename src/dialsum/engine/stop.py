@@ -6,7 +6,8 @@ finishes its step, writes (and publishes) a checkpoint and raises `Interrupted`;
 before the next one; launchers start no further model. Where the main thread itself does the work outside a
 `cooperative()` region (loading a model, predicting in single mode), the first signal stops it at once, as
 Python's default SIGINT would. A second SIGINT exits at once, after the callbacks of `at_hard_exit`; a repeated
-SIGTERM changes nothing (a whole process group or cgroup may receive it more than once). The command exits
+SIGTERM changes nothing (a whole process group or cgroup may receive it more than once), and a process still
+running `DIALSUM_STOP_GRACE_SECONDS` after SIGTERM exits at once (before a container's kill). The command exits
 130 after SIGINT, 143 after SIGTERM (`exit_code`).
 
 Prefect's flow engine replaces the SIGTERM handler while a flow runs in the main thread; a flow that the CLI
@@ -39,6 +40,7 @@ _RECEIVED: list[int] = []  # the signal that asked to stop first
 _HINT: list[str] = []  # how to continue after a stop, e.g. "--resume <id>" (`continue_with`)
 _COOPERATIVE = [0]  # depth of cooperative() regions entered by the main thread
 _HARD_EXIT: list[Callable[[], None]] = []
+_TIMERS: list[threading.Timer] = []  # the grace period after SIGTERM (`_exit_after_grace`)
 _INSTALLED: list[Callable] = []  # the handlers `on_signals` / `as_child` installed, innermost last
 
 
@@ -75,6 +77,7 @@ def clear() -> None:
     _REQUEST.clear()
     _RECEIVED.clear()
     _HINT.clear()
+    _cancel_timers()
 
 
 def exit_code() -> int:
@@ -136,11 +139,34 @@ def _handler(signum, frame) -> None:
         return
     _RECEIVED[:] = [signum]
     _REQUEST.set()
+    if signum == signal.SIGTERM:
+        _exit_after_grace()
     if _COOPERATIVE[0] <= 0:
         raise KeyboardInterrupt
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     print(f"dialsum: stopping ({name}): each model finishes its current step and saves a checkpoint "
           "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+
+def _exit_after_grace() -> None:
+    """After SIGTERM a container is killed after its grace period: exit at once before that, if still running
+    after `DIALSUM_STOP_GRACE_SECONDS`."""
+    from dialsum.settings import get_settings
+
+    def late() -> None:
+        log.error("not stopped within the %.0f s grace period after SIGTERM; exiting", grace)
+        _hard_exit(announce=False)
+
+    grace = get_settings().stop_grace_seconds
+    timer = threading.Timer(grace, late)
+    timer.daemon = True
+    timer.start()
+    _TIMERS.append(timer)
+
+
+def _cancel_timers() -> None:
+    while _TIMERS:
+        _TIMERS.pop().cancel()
 
 
 def _child_handler(signum, frame) -> None:
@@ -151,6 +177,8 @@ def _child_handler(signum, frame) -> None:
     if not _REQUEST.is_set():
         _RECEIVED[:] = [signum]
         _REQUEST.set()
+        if signum == signal.SIGTERM:
+            _exit_after_grace()
         if _COOPERATIVE[0] <= 0:
             raise KeyboardInterrupt
 
@@ -204,6 +232,7 @@ def on_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        _cancel_timers()  # the command is done: it exits now
         _INSTALLED.remove(_handler)
         for signum, handler in previous.items():
             signal.signal(signum, handler)

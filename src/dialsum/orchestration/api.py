@@ -23,6 +23,9 @@ from prefect.settings import get_current_settings
 from dialsum.engine import lifeline, stop
 
 
+STOP_SECONDS = 2.0
+
+
 class TemporaryServer(SubprocessASGIServer):
     """Prefect's subprocess API server, run under `engine.lifeline` with SIGINT blocked."""
 
@@ -35,6 +38,18 @@ class TemporaryServer(SubprocessASGIServer):
                **lifeline.child_env()}
         with stop.blocked(signal.SIGINT):
             return subprocess.Popen(lifeline.wrap(command), env=env)
+
+    def stop(self) -> None:
+        """Stop the server, waiting at most `STOP_SECONDS` for it to shut down (then it is killed)."""
+        process = self.server_process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        super().stop()
 
 
 def start() -> None:

@@ -3,8 +3,8 @@
 
 The server is Prefect's own (`SubprocessASGIServer`: uvicorn on a free local port), with three differences: it
 starts with SIGINT blocked, since Ctrl-C at a terminal reaches every process of the group and the children must
-still report while they stop; and it runs under `engine.lifeline`, so it exits when the command is gone,
-however the command ended (`kill -9` included). Prefect's own lookups (`SubprocessASGIServer()`, used by its
+still report while they stop; it runs under `engine.lifeline`, so it exits when the command is gone, however
+the command ended (`kill -9` included); and it gets `STOP_SECONDS` to shut down. Prefect's own lookups (`SubprocessASGIServer()`, used by its
 ephemeral client) find this server: instances are shared per port.
 """
 
@@ -21,7 +21,6 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings
 
 from dialsum.engine import lifeline, stop
-
 
 STOP_SECONDS = 2.0
 

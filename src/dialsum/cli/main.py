@@ -87,6 +87,26 @@ def os_error_line(exc: OSError) -> str | None:
     return f"{target}: {exc.strerror or os.strerror(exc.errno)}"
 
 
+def exit_stopped(code: int) -> int:
+    """A command that a signal stopped has said where it stopped: finish what must be finished (Prefect's last
+    log lines, the `atexit` callbacks: the temporary API server among them) and exit now, without the seconds a
+    large interpreter (torch, Prefect) takes to tear itself down. Returns `code` when no signal came (a test)."""
+    if not stop.signalled():
+        return code
+    import atexit
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     lifeline.watch_parent()  # a data-parallel rank (or any dialsum a dialsum process started) ends with its parent
@@ -100,16 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     stop.clear()
     try:
         with stop.on_signals():
-            return args.func(args)
+            code = args.func(args)
+        return exit_stopped(code) if stop.requested() else code
     except stop.Interrupted as exc:
         print(f"dialsum: {exc}", file=sys.stderr)
-        return stop.exit_code()
+        return exit_stopped(stop.exit_code())
     except DialsumError as exc:
         print(f"dialsum: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dialsum: stopped ({stop.cause()})", file=sys.stderr)
-        return stop.exit_code()
+        return exit_stopped(stop.exit_code())
     except OSError as exc:
         if (line := os_error_line(exc)) is None:
             raise

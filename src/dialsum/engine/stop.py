@@ -85,6 +85,11 @@ def exit_code() -> int:
     return 128 + _RECEIVED[0] if _RECEIVED else EXIT_CODE
 
 
+def signalled() -> bool:
+    """Whether a signal (not a call of `request`) asked this process to stop."""
+    return bool(_RECEIVED)
+
+
 def cause() -> str:
     """What asked to stop, in words: "Ctrl-C" or "SIGTERM"."""
     return "SIGTERM" if _RECEIVED and _RECEIVED[0] == signal.SIGTERM else "Ctrl-C"

@@ -47,11 +47,12 @@ def small_data(folder: Path) -> Path:
 
 
 def trial_profile(folder: Path) -> Path:
-    """tiny-bart cut to three optimizer steps on eight rows, a short greedy decode and a checkpoint every step."""
+    """tiny-bart cut to eight optimizer steps on eight rows (a stop lands while it trains) and a short greedy
+    decode."""
     base = (REPO / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
     path = folder / "sweep-bart.yaml"
-    path.write_text(base + "\ntraining: {epochs: 1, batch_size: 2, length_group_batches: 2, debug_rows: 8, "
-                    "debug_steps: 3, eval_every: 1, eval_score_rows: 4, checkpoint_every: 1}\n"
+    path.write_text(base + "\ntraining: {epochs: 2, batch_size: 2, length_group_batches: 2, debug_rows: 8, "
+                    "debug_steps: 8, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
                     "generation: {batch_size: 8, max_new_tokens: 16, num_beams: 1}\n", encoding="utf-8")
     return path
 

@@ -267,7 +267,7 @@ def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.M
         raise ModelsFailed({"a": "broke"}, summary)
 
     monkeypatch.setattr(train_all_module, "train_all", failing_train_all)
-    monkeypatch.setattr(train_all_module, "start_temporary_api", lambda: (lambda: None))
+    monkeypatch.setattr(train_all_module.api, "start", lambda: None)
     assert run_embedded(["a"], data_dir=Path("/data"), debug=True) is summary
     assert calls == [{"embedded": True, "return_state": True, "data_dir": "/data", "debug": True}]
 
@@ -275,6 +275,25 @@ def test_run_embedded_returns_the_summary_when_models_fail(monkeypatch: pytest.M
 def test_a_run_stopped_by_ctrl_c_returns_its_summary_from_the_cancelled_state() -> None:
     summary = {"run_id": "r", "status": "stopped", "rows": [{"model": "a", "status": "stopped"}]}
     assert train_all_module.summary_of(Cancelled(message="stopped by Ctrl-C", data=summary)) is summary
+
+
+def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(run_env: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    from dialsum.cli.train import print_stopped
+    from dialsum.engine.runs import state_dir
+
+    rows = [{"model": "tiny-bart", "status": "stopped", "error": "not started"}]
+    store = LocalStorage(run_env / "store")
+    summary = train_all_module.summary_of(train_all_module.stopped_summary("r9", rows, store))
+    assert summary["resumable"] is False
+    assert print_stopped(summary) == 130
+    err = capsys.readouterr().err
+    assert "--resume" not in err and "nothing to resume" in err
+    (state_dir("r9", "tiny-bart") / "run.json").parent.mkdir(parents=True)
+    (state_dir("r9", "tiny-bart") / "run.json").write_text("{}")
+    summary = train_all_module.summary_of(train_all_module.stopped_summary("r9", rows, store))
+    assert summary["resumable"] is True and print_stopped(summary) == 130
+    assert "dialsum: stopped; continue with --resume r9" in capsys.readouterr().err
 
 
 def test_a_resumed_run_reuses_nothing_from_other_runs(

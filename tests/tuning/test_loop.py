@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dialsum.storage import LocalStorage
-from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, Status, StudyLoop, TrialRun
+from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, STOPPED, Status, StudyLoop, TrialRun
 from dialsum.tuning.space import SearchSpace
 from dialsum.tuning.study import StudyJournal
 
@@ -192,3 +192,63 @@ def test_the_random_start_of_tpe_scales_with_the_budget() -> None:
 
     assert [startup_trials(n) for n in (4, 8, 12, 16, 40)] == [3, 3, 4, 5, 13]
     assert sampler(0, 0, 16)._n_startup_trials == 5
+
+
+class StoppableExecutor(FakeExecutor):
+    """Children that end STOPPED once interrupted; launching an interrupted trial again starts a child that
+    resumes it (here: from scratch)."""
+
+    def __init__(self) -> None:
+        super().__init__(duration=3)
+        self.interrupted: set[str] = set()
+
+    def interrupt(self, handle: str) -> bool:
+        self.interrupted.add(handle)
+        return True
+
+    def status(self, handle: str) -> Status:
+        if handle in self.interrupted:
+            return Status(STOPPED, f"{handle}: stopped at step 1 of 3")
+        return super().status(handle)
+
+    def launch(self, run: TrialRun) -> str:
+        if run.run_id in self.interrupted:
+            self.interrupted.discard(run.run_id)
+            self.polls[run.run_id] = 0
+        return super().launch(run)
+
+
+def test_a_stopped_parent_interrupts_its_trials_and_the_next_one_finishes_the_budget(tmp_path: Path) -> None:
+    executor, store = StoppableExecutor(), LocalStorage(tmp_path / "store")
+    loop, _ = make_loop(store, tmp_path / "a", executor, budget=4)
+    asked = {"polls": 0}
+
+    def stopping() -> bool:  # Ctrl-C once two trials run
+        asked["polls"] += 1
+        return len(loop.active) == 2
+
+    loop.stopping = stopping
+    loop.run()
+    assert sorted(t["run_id"] for t in loop.stopped) == ["st-t0000", "st-t0001"]
+    assert all("stopped at step 1" in t["where"] for t in loop.stopped)
+    assert states(loop) == ["RUNNING", "RUNNING"]  # neither failed nor spent twice
+    again, _ = make_loop(store, tmp_path / "b", executor, budget=4)
+    again.run()
+    assert states(again) == ["COMPLETE"] * 4
+    assert sorted(executor.params) == [f"st-t{n:04d}" for n in range(4)]
+
+
+def test_a_trial_that_ended_with_an_earlier_parent_resumes_as_the_same_trial(tmp_path: Path) -> None:
+    class EndsWithParent(StoppableExecutor):
+        def launch(self, run: TrialRun) -> str:
+            first = run.run_id not in self.polls
+            handle = super().launch(run)
+            if first and run.run_id == "st-t0000":
+                self.interrupted.add(handle)  # its process ended with the parent that started it
+            return handle
+
+    executor = EndsWithParent()
+    loop, _ = make_loop(LocalStorage(tmp_path / "store"), tmp_path / "a", executor, budget=3)
+    loop.run()
+    assert states(loop) == ["COMPLETE"] * 3
+    assert executor.launches.count("st-t0000") == 2 and len(executor.params) == 3

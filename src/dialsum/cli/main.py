@@ -3,7 +3,8 @@
 The parser is assembled from one module per command group; every command imports what it needs (torch,
 Prefect) only when it runs, so `--help` and input errors stay fast. A `DialsumError`, and an OS error on a
 path the user chose (a read-only folder, a missing file), is one line and exit 2. Ctrl-C stops a run at its
-next safe point with one line per model and exit 130 (`engine.stop`).
+next safe point with one line per model and exit 130 (`engine.stop`); SIGTERM does the same, with exit 143.
+Every process a command starts watches it and ends when it is gone (`engine.lifeline`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from importlib import metadata
 
 from dialsum.cli import artifacts, champion, data, predict, profiles, sweep, train
-from dialsum.engine import stop
+from dialsum.engine import lifeline, stop
 from dialsum.errors import DialsumError
 
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -86,8 +87,29 @@ def os_error_line(exc: OSError) -> str | None:
     return f"{target}: {exc.strerror or os.strerror(exc.errno)}"
 
 
+def exit_stopped(code: int) -> int:
+    """A command that a signal stopped has said where it stopped: finish what must be finished (Prefect's last
+    log lines, the `atexit` callbacks: the temporary API server among them) and exit now, without the seconds a
+    large interpreter (torch, Prefect) takes to tear itself down. Returns `code` when no signal came (a test)."""
+    if not stop.signalled():
+        return code
+    import atexit
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    lifeline.watch_parent()  # a data-parallel rank (or any dialsum a dialsum process started) ends with its parent
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.func is _worker:
@@ -97,17 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     stop.clear()
     try:
-        with stop.on_sigint():
-            return args.func(args)
+        with stop.on_signals():
+            code = args.func(args)
+        return exit_stopped(code) if stop.requested() else code
     except stop.Interrupted as exc:
         print(f"dialsum: {exc}", file=sys.stderr)
-        return stop.EXIT_CODE
+        return exit_stopped(stop.exit_code())
     except DialsumError as exc:
         print(f"dialsum: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dialsum: stopped (Ctrl-C)", file=sys.stderr)
-        return stop.EXIT_CODE
+        print(f"dialsum: stopped ({stop.cause()})", file=sys.stderr)
+        return exit_stopped(stop.exit_code())
     except OSError as exc:
         if (line := os_error_line(exc)) is None:
             raise

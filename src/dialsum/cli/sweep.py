@@ -133,6 +133,9 @@ def _sweep(args: argparse.Namespace) -> int:
     summary = run_embedded(args.models, space=space, trials=args.trials, parallel=args.parallel, study=args.study,
                            data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
                            seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
+    if summary.get("status") == "stopped":
+        lines = [f"trial {t['trial']} ({t['run_id']}): {t['where']}" for t in summary["stopped"]]
+        return _print_stopped(lines, ["sweep", "--study", summary["study"], "--trials", str(args.trials)], args)
     print(format_table(summary["rows"], summary["params"]))
     best = summary["best"]
     if best:
@@ -157,8 +160,30 @@ def _kfold(args: argparse.Namespace) -> int:
     summary = run_embedded(args.models, k=args.k, parallel=args.parallel, run_id=args.run_id,
                            data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
                            seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
+    if summary.get("status") == "stopped":
+        lines = [f"{run_id}: {where}" for run_id, where in summary["stopped"].items()]
+        return _print_stopped(lines, ["kfold", "--k", str(args.k), "--run-id", summary["run_id"]], args)
     print(format_summary(summary))
     return 0 if not summary["failed"] else 1
+
+
+def _print_stopped(lines: list[str], command: list[str], args: argparse.Namespace) -> int:
+    """After Ctrl-C or SIGTERM: one line per interrupted child, and the command that continues; 130 (143)."""
+    import shlex
+    import sys
+
+    from dialsum.engine import stop
+
+    for line in lines:
+        print(f"dialsum: {line}", file=sys.stderr)
+    command = ["dialsum", command[0], "--models", args.models, *command[1:]]
+    for flag, value in (("--parallel", args.parallel), ("--gpus", args.gpus), ("--target", args.target),
+                        ("--data", args.data), ("--storage", args.storage), ("--seed", args.seed or None)):
+        command += [flag, str(value)] if value is not None else []
+    command += ["--debug"] if args.debug else []
+    command += [arg for override in args.overrides for arg in ("--set", override)]
+    print(f"dialsum: stopped; continue with: {shlex.join(command)}", file=sys.stderr)
+    return stop.exit_code()
 
 
 def _tune_decoding(args: argparse.Namespace) -> int:

@@ -67,16 +67,43 @@ def _train(args: argparse.Namespace) -> int:
                            "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
     _resume_run_id(args)
     with checks.leases(args, checks.training(args)):
+        if args.run_id is None and "WORLD_SIZE" not in os.environ:
+            from dialsum import storage
+
+            args.run_id = storage.new_run_id()  # known here, for the line that says how to continue after a stop
+        stop.continue_with(f"--resume {args.run_id}" if args.run_id else None)
         if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
             return _train_data_parallel(args)
         from dialsum.pipeline import run_model
 
-        result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data), debug=args.debug,
-                           eval_before=args.eval_before, storage_url=args.storage, force=args.force,
-                           resume=bool(args.resume), overrides=args.overrides)
+        try:
+            result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data),
+                               debug=args.debug, eval_before=args.eval_before, storage_url=args.storage,
+                               force=args.force, resume=bool(args.resume), overrides=args.overrides)
+        except stop.Interrupted as exc:
+            return _print_interrupted(args, exc)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
         print(format_table([_row(result.metrics, result.status, result.location)]))
     return 0
+
+
+def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
+    """A single run stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was kept."""
+    from dialsum import storage
+    from dialsum.config import load_model_config
+    from dialsum.engine import runs
+
+    if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
+        return stop.exit_code()
+    print(f"dialsum: {exc}", file=sys.stderr)
+    if "WORLD_SIZE" in os.environ:
+        return stop.exit_code()
+    name = load_model_config(args.models[0], args.overrides).name
+    if runs.has_progress(args.run_id, name, storage.open_storage(args.storage)):
+        print(f"dialsum: stopped; continue with --resume {args.run_id}", file=sys.stderr)
+    else:
+        print("dialsum: stopped before anything was saved: nothing to resume; run the command again", file=sys.stderr)
+    return stop.exit_code()
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
@@ -100,7 +127,11 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
     argv += [arg for override in args.overrides for arg in ("--set", override)]
     name = load_model_config(args.models[0], args.overrides).name
     with storage.hold(storage.open_storage(args.storage), run_id, name, get_settings().lease_seconds):
-        return distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+        code = distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+    if stop.requested():
+        print(f"dialsum: stopped; continue with --resume {run_id}", file=sys.stderr)
+        return stop.exit_code()
+    return code
 
 
 def _train_all(args: argparse.Namespace) -> int:
@@ -126,7 +157,8 @@ def _train_all(args: argparse.Namespace) -> int:
 
 
 def print_stopped(summary: dict) -> int:
-    """After Ctrl-C: one line per model saying where it stopped, and how to continue; exit code 130."""
+    """After Ctrl-C or SIGTERM: one line per model saying where it stopped, and how to continue (when anything was
+    kept to continue from); exit code 130 (143 after SIGTERM)."""
     for row in summary["rows"]:
         if row["status"] == "stopped":
             where = row["error"]
@@ -135,8 +167,12 @@ def print_stopped(summary: dict) -> int:
         else:
             where = f"{row['status']} (dev score {row['dev_score']:.2f}{rows_label(row)})"
         print(f"dialsum: {row['model']}: {where}", file=sys.stderr)
-    print(f"dialsum: stopped; continue with --resume {summary['run_id']}", file=sys.stderr)
-    return stop.EXIT_CODE
+    if summary.get("resumable", True):
+        print(f"dialsum: stopped; continue with --resume {summary['run_id']}", file=sys.stderr)
+    else:
+        print("dialsum: stopped before any model saved anything: nothing to resume; run the command again",
+              file=sys.stderr)
+    return stop.exit_code()
 
 
 def print_outcome(summary: dict) -> None:

@@ -253,9 +253,10 @@ def _hard_exit(grace: float) -> None:
 def stop_on_sigterm(checkpointer: Checkpointer, grace: float) -> Iterator[None]:
     """While active, SIGTERM asks the loop to checkpoint and stop; a timer exits hard after `grace` seconds.
 
-    Signal handlers can only be installed from the main thread; elsewhere (a subflow thread) this does nothing.
+    Signal handlers can only be installed from the main thread; elsewhere (a subflow thread) this does nothing,
+    and so where the CLI (or a local child) handles SIGTERM itself: there it stops as Ctrl-C does (`stop`).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or stop.handling():
         yield
         return
     def handler(signum, frame) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from dialsum.engine import lifeline, stop
 from dialsum.errors import ConfigError, DialsumError
 
 T = TypeVar("T")
@@ -194,10 +195,25 @@ def launch_command(argv: Sequence[str], processes: int) -> list[str]:
 
 
 def launch(argv: Sequence[str], processes: int) -> int:
-    """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code."""
+    """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code. After Ctrl-C or
+    SIGTERM here the launcher gets SIGTERM, which it passes to the ranks: they stop together at their next step
+    with a checkpoint. The launcher and its ranks end when this process does (`lifeline`)."""
+    import signal
+
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
-    return subprocess.call(launch_command(argv, processes), env=launch_env(processes))
+    process = subprocess.Popen(lifeline.wrap(launch_command(argv, processes)),
+                               env={**launch_env(processes), **lifeline.child_env()})
+    passed_on = False
+    with stop.cooperative():
+        while True:
+            try:
+                return process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if stop.requested() and not passed_on:
+                process.send_signal(signal.SIGTERM)
+                passed_on = True
 
 
 def launch_env(processes: int) -> dict[str, str]:

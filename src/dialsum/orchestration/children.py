@@ -11,12 +11,19 @@ found, adopted or touched. The flow run keeps the plain key as its name.
   (`placement.slots`: one GPU queue each on GPU targets); the handle is the flow-run id.
 * `ProcessLauncher` (embedded): the child is a flow run of `train_model` in a local process of its own, on a slot
   that sets `CUDA_VISIBLE_DEVICES` when GPUs are given; the handle is `<flow-run id>@<pid>`. A process that died
-  without reporting (SIGKILL, OOM) is marked Crashed.
+  without reporting (SIGKILL, OOM) is marked Crashed. The child starts with SIGINT and SIGTERM blocked until it
+  handles them itself (`stop.as_child`), and ends when this process is gone (`engine.lifeline`).
+
+After Ctrl-C or SIGTERM (`stop.requested()`), a parent starts no child; `interrupt` passes the stop on to a
+running local child (SIGTERM: it finishes its step, publishes a checkpoint and ends Cancelled), and a child that
+ends other than Completed is `STOPPED`, not failed: running the parent again continues it. A child that ended
+Cancelled, Crashed or Failed is never adopted by a later launch of the same key: that launch starts it again.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -25,9 +32,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from dialsum.orchestration import placement
+from dialsum.engine import lifeline, stop
+from dialsum.orchestration import api, placement
 from dialsum.orchestration.train_model import PERMANENT_ERRORS
-from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, Status
+from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, STOPPED, Status
 
 
 class Launcher(Protocol):
@@ -36,6 +44,9 @@ class Launcher(Protocol):
     def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str: ...
 
     def status(self, handle: str) -> Status: ...
+
+    def interrupt(self, handle: str) -> bool:
+        """Pass a stop request on; True when the child stops by itself soon (else it is left running)."""
 
 
 def _permanent(message: str) -> bool:
@@ -51,6 +62,8 @@ def _status_of(flow_run: Any) -> Status:
     seconds = flow_run.total_run_time.total_seconds() if flow_run.total_run_time else None
     if state.is_completed():
         return Status(COMPLETED, seconds=seconds)
+    if stop.requested():  # stopped by the parent's stop request, or on its way there: continued on the next run
+        return Status(STOPPED, state.message or state.name, seconds)
     message = f"{state.name}: {state.message or 'no message'}"
     return Status(FAILED, message, seconds, permanent=state.is_failed() and _permanent(message))
 
@@ -82,6 +95,10 @@ class DeploymentLauncher:
     def status(self, handle: str) -> Status:
         return _status_of(read_flow_run(handle))
 
+    def interrupt(self, handle: str) -> bool:
+        """A child on a deployment is left running on its worker: the next parent adopts it (same key)."""
+        return False
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -105,23 +122,22 @@ class ProcessLauncher:
         self.processes: dict[str, Any] = {}
 
     def _api_env(self) -> dict[str, str]:
-        """The API every child reports to: the configured one, else this process's temporary local server."""
+        """The API every child reports to: the configured one, else this process's temporary local server; and
+        this process's pid, which the child watches."""
         from prefect.settings import PREFECT_API_URL
 
         url = PREFECT_API_URL.value()
         if not url:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            server = SubprocessASGIServer()
-            server.start()
-            url = server.api_url
-        return {"PREFECT_API_URL": url}
+            api.start()
+            url = api.TemporaryServer().api_url
+        return {"PREFECT_API_URL": url, **lifeline.child_env()}
 
     def _find(self, key: str) -> Any | None:
+        """The child already started for `key`, unless it ended without completing (it is started again)."""
         with get_client(sync_client=True) as client:
-            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{key}"])),
-                                          limit=1)
-        return found[0] if found else None
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{key}"])))
+        return next((run for run in found if run.state is None or not run.state.is_final() or run.state.is_completed()),
+                    None)
 
     def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
         from prefect.flow_engine import run_flow_in_subprocess
@@ -137,7 +153,8 @@ class ProcessLauncher:
         with get_client(sync_client=True) as client:
             flow_run = client.create_flow_run(train_model, name=key, parameters=parameters,
                                               tags=[*tags, f"run:{scoped(key, self.scope)}"])
-        process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
+        with stop.blocked(), lifeline.as_parent():  # the child handles signals once it runs (`stop.as_child`)
+            process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
         self.processes[str(flow_run.id)] = process
         return f"{flow_run.id}@{process.pid}"
 
@@ -166,12 +183,32 @@ class ProcessLauncher:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(UUID(flow_run_id), Crashed(message=message), force=True)
         self._reap(flow_run_id)
+        if stop.requested() or process is None:  # stopped here, or ended with the parent that started it
+            return Status(STOPPED, message)
         return Status(FAILED, f"Crashed: {message}")
 
+    def interrupt(self, handle: str) -> bool:
+        """Pass a stop request on to the child: it finishes its step, publishes a checkpoint and ends Cancelled.
+        A child an earlier parent started (no process known here) is left running."""
+        process = self.processes.get(handle.partition("@")[0])
+        if process is None:
+            return False
+        if process.exitcode is None:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return True
+
     def _reap(self, flow_run_id: str) -> None:
+        """Wait for a child that reported its end to exit; after a stop request, ending it if it lingers."""
         process = self.processes.pop(flow_run_id, None)
-        if process is not None:
-            process.join(timeout=5)
+        if process is None:
+            return
+        process.join(timeout=3 if stop.requested() else 5)
+        if process.exitcode is None and stop.requested():
+            process.terminate()
+            process.join(timeout=2)
 
 
 def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool,
@@ -188,14 +225,22 @@ def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int |
 def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, relaunches: int, tags: list[str],
             poll_seconds: float, logger: Any) -> dict[str, Status]:
     """Run every job (run id -> child parameters), at most `parallel` at once on free slots; a child that ends
-    Crashed is launched again (same run id: it resumes) up to `relaunches` times. Returns each job's last status."""
+    Crashed is launched again (same run id: it resumes) up to `relaunches` times. Returns each job's last status.
+    After a stop request no job starts, the running ones are asked to stop and waited for; they are `STOPPED`."""
     import time
 
     pending, running, done = list(jobs), {}, {}
     attempts = dict.fromkeys(jobs, 0)
-    while pending or running:
+    interrupted = False
+    while running or (pending and not stop.requested()):
+        if stop.requested() and not interrupted:
+            interrupted = True
+            for run_id, (handle, _) in list(running.items()):
+                if not launcher.interrupt(handle):
+                    del running[run_id]
+                    logger.info("%s: left running on its worker; running the parent again adopts it", run_id)
         free = [s for s in launcher.slots if s not in {slot for _, slot in running.values()}]
-        while pending and free and len(running) < parallel:
+        while pending and free and len(running) < parallel and not stop.requested():
             run_id, slot = pending.pop(0), free.pop(0)
             key = f"{run_id}-a{attempts[run_id]}"
             running[run_id] = (launcher.launch(key, jobs[run_id], slot, [*tags, f"run-id:{run_id}"]), slot)
@@ -213,6 +258,6 @@ def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, 
                 continue
             done[run_id] = status
             logger.info("%s: %s", run_id, status.state if status.state == COMPLETED else status.message)
-        if pending or running:
-            time.sleep(poll_seconds)
+        if running or (pending and not stop.requested()):
+            time.sleep(min(poll_seconds, 0.5) if stop.requested() else poll_seconds)
     return done

@@ -7,7 +7,8 @@ crashed child is relaunched and resumes. It then reads the folds' published pred
 `kfold/<run>/`: `oof.csv` (the out-of-fold prediction of every train row), `kfold.json` (pooled OOF score with
 its interval, per-fold scores, the fold ensemble's dev score) and `predictions/dev.csv`, `predictions/test.csv`
 of the fold ensemble. Running the same run id again (in the same storage) continues: finished folds are not trained
-again, and running children are adopted; a K-fold run of the same id in another storage is another run.
+again, and running children are adopted; a K-fold run of the same id in another storage is another run. After
+Ctrl-C or SIGTERM no fold starts and running folds stop at their next step with a checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dialsum import storage
 from dialsum.data import load_splits, sample_dir
 from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
+from dialsum.engine import stop
+from dialsum.orchestration import api
 from dialsum.orchestration.children import make_launcher, run_all
 from dialsum.orchestration.train_model import (
     CRASH_RELAUNCHES,
@@ -96,6 +99,7 @@ def kfold(
     crash_relaunches: int = CRASH_RELAUNCHES, poll_seconds: float = 2.0,
 ) -> dict[str, Any]:
     """Cross-validate `model` (with `overrides`) over `k` folds of train.csv, `parallel` children at once."""
+    stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does
     if k < 2 or parallel < 1:
         raise ConfigError(f"kfold needs k >= 2 and parallel >= 1, got {k} and {parallel}")
     base = list(overrides or [])
@@ -112,6 +116,9 @@ def kfold(
             for i in range(k) if storage.read_manifest(f"{run_id}-f{i}", name, store) is None}
     launcher = make_launcher(model, target, parallel, num_gpus, embedded, storage.storage_scope(store))
     statuses = run_all(launcher, jobs, parallel, crash_relaunches, [f"kfold:{run_id}"], poll_seconds, logger)
+    if stop.requested():
+        return {"run_id": run_id, "model": name, "status": "stopped", "location": store.location(kfold_key(run_id)),
+                "stopped": {r: s.message for r, s in statuses.items() if s.state == "stopped"}}
     outputs, failed = {}, {}
     for i in range(k):
         status = statuses.get(f"{run_id}-f{i}")
@@ -141,10 +148,12 @@ def _new_run_id() -> str:
 
 
 def run_embedded(model: str, **options: Any) -> dict[str, Any]:
-    """Run `kfold` in this process (reporting to `PREFECT_API_URL` or a temporary local API); returns the summary
-    also when folds failed (its `failed` says which)."""
+    """Run `kfold` in this process (reporting to `PREFECT_API_URL` or a temporary local API, `api`); returns the
+    summary also when folds failed (its `failed` says which), or was stopped by Ctrl-C or SIGTERM (its `status` is
+    "stopped", its `stopped` naming each interrupted fold: the same run id continues them)."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
+        api.start()
         try:
             return kfold(model, **options)
         except FoldsFailed as exc:

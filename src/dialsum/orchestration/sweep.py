@@ -8,7 +8,8 @@ machine that sees the storage and the Prefect API) continues the same study: not
 counts every trial. A study name is unique only inside its storage: a sweep of the same name in another storage is
 another study, and neither adopts the other's children. The sweep ends Completed, with `trials.csv`, `best.yaml`,
 the history and importance plots and a table artifact `sweep-<study>` that says which trials failed and why. Trials
-share the study as W&B group.
+share the study as W&B group. After Ctrl-C or SIGTERM no trial starts, running ones stop at their next step with a
+checkpoint, and the study keeps them running without a handle: continuing it resumes them, within the same budget.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_setting
 
 from dialsum import storage
 from dialsum.errors import ConfigError
+from dialsum.engine import stop
+from dialsum.orchestration import api
 from dialsum.orchestration.children import Launcher, make_launcher
 from dialsum.orchestration.train_model import model_name, slug
 from dialsum.settings import get_settings
@@ -69,6 +72,9 @@ class TrialExecutor:
     def stop(self, run: TrialRun, reason: str) -> None:
         storage.request_stop(run.run_id, self.name, self.store, reason)
 
+    def interrupt(self, handle: str) -> bool:
+        return self.launcher.interrupt(handle)
+
 
 def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str],
                     debug: bool = False) -> dict[str, Any]:
@@ -100,6 +106,7 @@ def sweep(
     """Run (or continue) the study `study` of `trials` trials over `space` (a YAML path or its mapping; omitted
     when continuing), at most `parallel` at once. `overrides` (`KEY=VALUE`) apply to every trial; `target` and
     `num_gpus` place children as `train-all` does, one trial per GPU queue; `embedded` runs them as local processes."""
+    stop.reclaim()  # embedded: SIGTERM stops the study as Ctrl-C does
     if trials < 1 or parallel < 1:
         raise ConfigError(f"trials and parallel must be at least 1, got {trials} and {parallel}")
     base = list(overrides or [])
@@ -120,9 +127,12 @@ def sweep(
                              model_name(model, base), name, common, base)
     loop = StudyLoop(optuna_study, searched, executor, budget=trials, parallel=parallel, seed=seed, run_prefix=name,
                      check=lambda params: check_trial(model, base, params), on_change=journal.snapshot,
-                     poll_seconds=poll_seconds, logger=logger)
+                     poll_seconds=poll_seconds, logger=logger, stopping=stop.requested)
     loop.run()
     journal.snapshot()
+    if stop.requested():
+        return {"study": name, "model": model_name(model, base), "status": "stopped", "stopped": loop.stopped,
+                "location": store.location(study_key(name))}
     facts = publish_outputs(journal, optuna_study, searched, model, base, debug)
     _report(name, facts["rows"], list(searched.params))
     return {"study": name, "model": model_name(model, base), "trials": len(facts["rows"]), "rows": facts["rows"],
@@ -132,7 +142,10 @@ def sweep(
 
 
 def run_embedded(model: str, **options: Any) -> dict[str, Any]:
-    """Run `sweep` in this process, reporting to `PREFECT_API_URL` when set, else to a temporary local Prefect API."""
+    """Run `sweep` in this process, reporting to `PREFECT_API_URL` when set, else to a temporary local Prefect API
+    (`api`). After Ctrl-C or SIGTERM the running trials stop at their next step and the summary's `status` is
+    "stopped", its `stopped` naming each interrupted trial; the same study continues them."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
+        api.start()
         return sweep(model, **options)

@@ -19,19 +19,13 @@ decision, the plot). W&B runs of one train-all run share its run id as group; th
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import (
-    PREFECT_SERVER_EPHEMERAL_ENABLED,
-    get_current_settings,
-    temporary_settings,
-)
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 
@@ -39,7 +33,7 @@ from dialsum import storage, tracking
 from dialsum.data import source as datasource
 from dialsum.engine import stop
 from dialsum.errors import ConfigError, DialsumError
-from dialsum.orchestration import placement
+from dialsum.orchestration import api, placement
 from dialsum.orchestration.logs import send_to_prefect
 from dialsum.orchestration.nightly import (
     check_policy,
@@ -177,11 +171,13 @@ def train_all(
     (embedded), children stop at their next safe point, none starts, and the run ends Cancelled with one row
     per model saying where it stopped, without ensemble.
     """
+    stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does, not Prefect's engine at once
     check_models(models)
     check_policy(promote)
     tracking.check_report_folder()
     send_to_prefect()
     run_id = run_id or storage.new_run_id()
+    stop.continue_with(f"--resume {run_id}")
     local_data = datasource.resolve(data_dir)
     store = storage.open_storage(storage_url)
     base = registry.current(store)
@@ -198,7 +194,7 @@ def train_all(
     if not futures:
         return unchanged_summary(run_id, rows, base)
     if stop.requested():
-        return stopped_summary(run_id, rows)
+        return stopped_summary(run_id, rows, store)
     if resume and all(r["status"] == "already complete" for r in rows) and (done := published_ensemble(run_id, store)):
         get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
         return {"run_id": run_id, "status": "already complete", "rows": rows, "ensemble": done, "promotion": None,
@@ -256,32 +252,34 @@ def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | 
     return {**summary, "headline": ensemble.headline(summary)}
 
 
-def stopped_summary(run_id: str, rows: list[dict[str, Any]]) -> State:
-    """After Ctrl-C: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per model."""
+def stopped_summary(run_id: str, rows: list[dict[str, Any]], store: storage.Storage) -> State:
+    """After Ctrl-C or SIGTERM: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per
+    model and whether anything was kept that `--resume` continues (`resumable`)."""
+    from dialsum.engine import runs
+
+    resumable = any(runs.has_progress(run_id, row["model"], store) for row in rows)
     summary = {"run_id": run_id, "status": "stopped", "rows": rows, "ensemble": None, "promotion": None,
-               "plot": None}
+               "plot": None, "resumable": resumable}
     stopped = [row["model"] for row in rows if row["status"] == "stopped"]
-    return Cancelled(message=f"stopped by Ctrl-C: {', '.join(stopped) or 'no model'} stopped; running the same run "
-                             "id again continues", data=summary)
+    return Cancelled(message=f"stopped by {stop.cause()}: {', '.join(stopped) or 'no model'} stopped; running the "
+                             "same run id again continues", data=summary)
 
 
 def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:
     """Run `train_all` with every child in this process, without a Prefect server of its own.
 
     Runs report to `PREFECT_API_URL` when it is set, else to a temporary local Prefect API, started here with
-    SIGINT blocked: Ctrl-C at a terminal reaches every process of its group, and the children must still
+    SIGINT blocked (`api`): Ctrl-C at a terminal reaches every process of its group, and the children must still
     report while they stop. Returns the flow's summary (`run_id`, `rows`, `ensemble`, `status`) also when some
     models failed or the run was stopped; their rows say so.
     """
     options = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
     with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
-        forget_server = start_temporary_api()
+        api.start()
         try:
             state = train_all(models, embedded=True, return_state=True, **options)
         except ModelsFailed as exc:
             return exc.summary
-        finally:
-            forget_server()
     return summary_of(state)
 
 
@@ -295,17 +293,3 @@ def summary_of(state: State) -> dict[str, Any]:
     if isinstance(outcome, dict):
         return outcome
     raise OrchestrationError(f"train-all ended {state.name}: {state.message}")
-
-
-def start_temporary_api() -> Callable[[], None]:
-    """Start the temporary local Prefect API (unless PREFECT_API_URL names a server) with SIGINT blocked in its
-    process, and have a second Ctrl-C stop it; returns what undoes the latter."""
-    if get_current_settings().api.url:
-        return lambda: None
-    server = SubprocessASGIServer()
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        server.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return stop.at_hard_exit(server.stop)

@@ -27,7 +27,7 @@ from prefect.states import Cancelled, Crashed, State
 from dialsum import console, storage
 from dialsum.config import load_model_config
 from dialsum.data import source as datasource
-from dialsum.engine import stop
+from dialsum.engine import lifeline, stop
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
@@ -39,6 +39,7 @@ POLL_SECONDS = 2
 CRASH_RELAUNCHES = 2
 _IN_PROCESS = threading.Lock()
 _IN_PROCESS_PLAN: dict[str, dict[str, Any]] = {}  # run id -> {"total": n, "started": [model, ...]}
+lifeline.watch_parent()  # a local child imports this module first: from then on it ends with its parent
 
 
 class OrchestrationError(DialsumError):
@@ -100,7 +101,10 @@ def train_model(
     """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
     other failures retry once. `overrides`: `KEY=VALUE` config overrides, as `dialsum train --set`. A run stopped
     by Ctrl-C ends Cancelled, saying where it stopped. Another process holding the run's lease is waited for until
-    that lease would have expired (a crashed attempt's)."""
+    that lease would have expired (a crashed attempt's). A local child of sweep or K-fold ends with its parent
+    process and stops on SIGTERM as on Ctrl-C (`lifeline`, `stop.as_child`)."""
+    if lifeline.watch_parent():
+        stop.as_child()
     send_to_prefect()
     try:
         if gpus > 1:

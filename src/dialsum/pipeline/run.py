@@ -161,6 +161,7 @@ def run_model_on_gpus(
 
     with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):  # the ranks take none
         code = distributed.launch(argv, gpus)
+    stop.check(f"{model_name}: data-parallel training stopped; its newest checkpoint is kept")
     if code:
         raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")
     cfg = load_model_config(model_name, overrides)

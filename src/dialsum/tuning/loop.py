@@ -29,7 +29,7 @@ from dialsum.tuning.study import sampler
 
 log = logging.getLogger(__name__)
 
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+RUNNING, COMPLETED, FAILED, STOPPED = "running", "completed", "failed", "stopped"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class TrialRun:
 
 @dataclass(frozen=True)
 class Status:
-    """Where a child run stands: running (scheduled, pending, retrying too), completed or failed; why; how long."""
+    """Where a child run stands: running (scheduled, pending, retrying too), completed, failed, or stopped by the
+    parent's stop request (Ctrl-C, SIGTERM: continued when the parent runs again); why; how long."""
 
     state: str
     message: str = ""
@@ -74,6 +75,10 @@ class Executor(Protocol):
 
     def stop(self, run: TrialRun, reason: str) -> None:
         """Ask the child to stop at its next evaluation."""
+
+    def interrupt(self, handle: str) -> bool:
+        """Pass the parent's stop request on: the child publishes a checkpoint at its next step and ends; False
+        when the child is left running (a deployment's: the next parent watches it again)."""
 
 
 @dataclass
@@ -127,11 +132,14 @@ class StudyLoop:
     def __init__(self, study: Any, space: SearchSpace, executor: Executor, *, budget: int, parallel: int, seed: int,
                  run_prefix: str, check: Callable[[dict[str, Any]], str | None] = lambda params: None,
                  on_change: Callable[[], None] = lambda: None, poll_seconds: float = 2.0,
-                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+                 logger: logging.Logger | logging.LoggerAdapter | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.study, self.space, self.executor = study, space, executor
         self.budget, self.parallel, self.seed, self.run_prefix = budget, max(1, parallel), seed, run_prefix
         self.check, self.on_change, self.poll_seconds = check, on_change, poll_seconds
         self.log = logger or log
+        self.stopping = stopping
+        self.stopped: list[dict[str, Any]] = []  # trials a stop request interrupted: number, run_id, where
         self.active: dict[int, Active] = {}
         self.unlaunched: list[Any] = []
         self.peak = 0
@@ -164,8 +172,13 @@ class StudyLoop:
     # ------------------------------------------------------------ the loop
 
     def run(self) -> None:
+        """Run the study to its budget; after a stop request (`stopping`), wind down instead (`stopped` says which
+        trials were interrupted)."""
         self.reconcile()
         while True:
+            if self.stopping():
+                self.wind_down()
+                return
             changed = self.poll()
             changed = self.fill() or changed
             if changed:
@@ -173,6 +186,31 @@ class StudyLoop:
             if not self.active and not self.unlaunched and not self.can_ask():
                 return
             time.sleep(self.poll_seconds)
+
+    def wind_down(self) -> None:
+        """Ask every running trial to stop and wait for them. An interrupted trial stays running in the study,
+        without a handle: the next parent launches it again under its run id, and it resumes from its checkpoint;
+        it is neither failed nor a second trial of the budget."""
+        for number, active in list(self.active.items()):
+            if not self.executor.interrupt(active.handle):
+                del self.active[number]
+                self.log.info("trial %d: left running on its worker; continuing the study watches it again", number)
+        while self.active:
+            for number, active in list(self.active.items()):
+                status = self.executor.status(active.handle)
+                if status.state == RUNNING:
+                    continue
+                del self.active[number]
+                if status.state == COMPLETED:
+                    self._finish(active, status)
+                    continue
+                where = status.message or "stopped"
+                self._set(active.trial, handle=None, interrupted=where)
+                self.stopped.append({"trial": number, "run_id": active.run.run_id, "where": where})
+                self.log.info("trial %d: interrupted (%s); it continues when the study does", number, where)
+            self.on_change()
+            if self.active:
+                time.sleep(min(self.poll_seconds, 0.5))
 
     def reconcile(self) -> None:
         """Pick up the trials a previous parent left running: watch launched ones, launch the others."""
@@ -252,6 +290,10 @@ class StudyLoop:
             changed = True
             if status.state == COMPLETED:
                 self._finish(active, status)
+            elif status.state == STOPPED:  # it ended with an earlier parent: the same trial resumes
+                self._set(active.trial, handle=None, interrupted=status.message)
+                self.unlaunched.append(active.trial)
+                self.log.info("trial %d: stopped (%s); launching it again to resume", number, status.message)
             else:
                 self._fail(active, status.message or "no message", status.seconds, requeue=not status.permanent)
         return changed

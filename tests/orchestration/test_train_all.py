@@ -47,8 +47,6 @@ from dialsum.release.ensemble import headline as ensemble_headline
 from dialsum.settings import get_settings
 from dialsum.storage import LocalStorage, list_runs, read_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 
@@ -59,7 +57,7 @@ def stand_in_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     family from its profile."""
     configs = tmp_path_factory.getbasetemp() / "stand-in-configs"
     if not configs.is_dir():
-        shutil.copytree(ROOT / "configs", configs)
+        shutil.copytree(REPO / "configs", configs)
         for name in ("m0", "m1", "m2"):
             shutil.copy(configs / "models" / "tiny-bart.yaml", configs / "models" / f"{name}.yaml")
     monkeypatch.setenv("DIALSUM_CONFIG_DIR", str(configs))

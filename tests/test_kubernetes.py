@@ -22,7 +22,8 @@ MANIFESTS = sorted((ROOT / "infra" / "k8s").glob("*.yaml"))
 KUBERNETES_POOLS = [pool for pool in POOLS.values() if pool.type == "kubernetes"]
 # What a worker fills in for a flow run: its name, the command, Prefect's environment and labels.
 RUN = {"name": "train-model-kobart", "command": "prefect flow-run execute",
-       "env": {"PREFECT__FLOW_RUN_ID": "0b1c2d3e-0000-4000-8000-000000000001", "PREFECT_API_URL": "http://prefect:4200/api"},
+       "env": {"PREFECT__FLOW_RUN_ID": "0b1c2d3e-0000-4000-8000-000000000001",
+               "PREFECT_API_URL": "http://prefect:4200/api"},
        "labels": {"prefect.io/flow-run-id": "0b1c2d3e-0000-4000-8000-000000000001",
                   "prefect.io/flow-run-name": "crafty-penguin"}}
 EVERYTHING = {"gpu_count": 2, "image": "registry.example.com/dialsum-trainer:1.0", "image_pull_policy": "Always",

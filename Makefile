@@ -38,6 +38,8 @@ bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/host_memory.py
 	$(PY) bench/pruning.py
 	$(PY) bench/mbr_speed.py
+	$(PY) bench/promotion.py
+	$(PY) bench/api_throughput.py
 
 image-test:  ## build the trainer image and run a debug training in it (skips without a Docker engine)
 	bash images/image-test.sh

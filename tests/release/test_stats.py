@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dialsum.release import stats
+from dialsum.settings import get_settings
 
 FNAMES = [f"dev_{i}" for i in range(499)]
 
@@ -13,7 +14,8 @@ FNAMES = [f"dev_{i}" for i in range(499)]
 def test_the_split_is_seeded_by_fname_and_stable_when_rows_are_added() -> None:
     selection, held = stats.split_halves(FNAMES)
     assert set(selection).isdisjoint(held) and sorted(selection + held) == sorted(FNAMES)
-    assert 200 < len(selection) < 300  # about half
+    fraction = get_settings().held_out_fraction
+    assert abs(len(held) - fraction * len(FNAMES)) < 0.1 * len(FNAMES)  # about the configured share is held out
     assert stats.split_halves(FNAMES) == (selection, held)
     grown_selection, grown_held = stats.split_halves(FNAMES + [f"new_{i}" for i in range(100)])
     assert set(selection) <= set(grown_selection) and set(held) <= set(grown_held)

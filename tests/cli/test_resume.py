@@ -67,6 +67,17 @@ def test_a_conflicting_argument_is_one_line_naming_the_key_and_both_values(tmp_p
     assert str(info.value).startswith(message)
 
 
+def test_a_resume_may_change_only_how_an_api_is_called(tmp_path: Path) -> None:
+    """A larger budget or more failures allowed (`RUN_CONTROL`) is no contradiction, and reaches the run."""
+    store = tmp_path / "store"
+    _started(store, "--models", "openai-compatible", "--run-id", "r1", "--set", "generation.temperature=0.2",
+             "--set", "max_cost_usd=1")
+    args = _resumed(store, "train", "--resume", "r1", "--set", "max_cost_usd=5", "--set", "max_failed_rows=3")
+    assert args.overrides == ["generation.temperature=0.2", "max_cost_usd=5", "max_failed_rows=3"]
+    with pytest.raises(ConfigError, match="--set generation.temperature was 0.2 when the run started, 0.7 now"):
+        _resumed(store, "train", "--resume", "r1", "--set", "max_cost_usd=5", "--set", "generation.temperature=0.7")
+
+
 def test_resume_from_the_command_line_refuses_a_conflict_at_once(tmp_path: Path, capsys) -> None:
     store = tmp_path / "store"
     _started(store, "--models", "tiny-bart", "--run-id", "r1", "--set", "training.learning_rate=0.01")

@@ -69,7 +69,7 @@ def test_api_only_run_loads_no_torch_and_records_its_bill(tmp_path: Path, server
     assert len(rows) == 32 and all(len(r["shots"]) == 2 and r["error"] is None for r in rows)
     assert metrics["dev"]["score"] > 0
     sent = len(server.requests)
-    predicted = dialsum(tmp_path, "predict", "--run", str(tmp_path / "outputs" / "api" / "fake-api"), "--out",
+    predicted = dialsum(tmp_path, "predict", "--json", "--run", str(tmp_path / "outputs" / "api" / "fake-api"), "--out",
                         str(tmp_path / "again"))
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert len(server.requests) - sent == 2 * (48 - 32)  # the debug run's 32 rows a split come from its cache

@@ -30,9 +30,19 @@ def _keyed(overrides: list[str]) -> dict[str, str]:
     return dict(o.partition("=")[::2] for o in overrides)
 
 
+def _run_control(override: str) -> bool:
+    from dialsum.config.chat_api import RUN_CONTROL
+
+    return override.partition("=")[0].split(".")[0] in RUN_CONTROL
+
+
 def _override_conflict(run_id: str, recorded: list[str], given: list[str]) -> str | None:
+    """The first key set differently now than when the run started; keys that only say how to call an API
+    (`RUN_CONTROL`: a larger budget, more failures allowed) may change."""
     old, new = _keyed(recorded), _keyed(given)
     for key in [*old, *(k for k in new if k not in old)]:
+        if _run_control(key):
+            continue
         if old.get(key) != new.get(key):
             return (f"--resume {run_id}: --set {key} was {old.get(key, '(not set)')} when the run started, "
                     f"{new.get(key, '(not set)')} now; drop the --set/--overlay options to continue with the "
@@ -69,9 +79,11 @@ def fill(args: argparse.Namespace, command: str) -> None:
                           f"{' '.join(args.models)} now; drop --models to continue the run's own")
     args.models = list(record["models"])
     given = overrides_of(args)
-    if given and (line := _override_conflict(run_id, record.get("overrides", []), given)):
+    asked = [o for o in given if not _run_control(o)]  # a larger budget alone needs no other --set repeated
+    if asked and (line := _override_conflict(run_id, record.get("overrides", []), asked)):
         raise ConfigError(line)
-    args.overrides, args.overlays = list(record.get("overrides", [])), []
+    recorded = [o for o in record.get("overrides", []) if not _run_control(o)]
+    args.overrides, args.overlays = recorded + [o for o in given if _run_control(o)], []
     if args.data is not None and data_value(args.data) != record.get("data"):
         raise ConfigError(f"--resume {run_id}: --data was {record.get('data') or '(the bundled sample)'} when the "
                           f"run started, {args.data} now; drop --data to continue with the run's own")

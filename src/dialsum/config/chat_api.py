@@ -15,6 +15,10 @@ from pydantic import Field, field_validator, model_validator
 
 from dialsum.config.schema import NAME_PATTERN, Strict
 
+# Keys that say how to call, not what to ask: a resume may change them (a larger budget, more failures allowed), and
+# they stay out of a run's fingerprint.
+RUN_CONTROL = frozenset({"max_cost_usd", "max_failed_rows", "limits"})
+
 
 class PriceConfig(Strict):
     input_per_million: float = Field(0.0, ge=0, description="USD per million input (prompt) tokens.")

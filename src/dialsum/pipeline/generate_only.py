@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from dialsum import console, metric
 from dialsum.config import dump_config
+from dialsum.config.chat_api import RUN_CONTROL
 from dialsum.data import candidates_path, load_splits, write_candidates, write_submission
 from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
 from dialsum.engine import runs, stop
@@ -63,10 +64,6 @@ class StateRecord:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-# Keys that say how to call, not what to ask: a resume may change them (a larger budget, more failures allowed).
-RUN_CONTROL = {"max_cost_usd", "max_failed_rows", "limits"}
 
 
 def fingerprint(cfg, data_hash: str, debug: bool) -> str:

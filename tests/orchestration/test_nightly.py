@@ -122,7 +122,8 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
     assert read_manifest("night-3", "tiny-bart", store) is not None
     champion = registry.current(store).champion["run_id"]
     third = found[slug("report-night-3")].data
-    low = float(re.search(r"Challenger - champion: [+-][0-9.]+ \(95% CI ([+-][0-9.]+) to [+-][0-9.]+\)", third).group(1))
+    # nightly decisions use the 99% interval (`registry.NIGHTLY_CONFIDENCE`)
+    low = float(re.search(r"Challenger - champion: [+-][0-9.]+ \(99% CI ([+-][0-9.]+) to [+-][0-9.]+\)", third).group(1))
     if low > 0:
         assert champion == "night-3" and "**Decision: promoted.**" in third
     else:

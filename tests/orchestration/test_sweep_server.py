@@ -290,7 +290,8 @@ def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: S
     summary = json.loads((folder / "kfold.json").read_text())
     assert summary["oof_rows"] == summary["train_rows"] == 12 and summary["oof_interval"] is not None
     assert [f["oof_rows"] for f in summary["folds"]] == [6, 6] and all(f["dev_score"] is not None for f in summary["folds"])
-    assert summary["ensemble"]["test_rows"] == 4 and summary["ensemble"]["dev_score"] is not None
+    assert summary["ensemble"]["test_rows"] == 4 and summary["ensemble"]["full_dev_score"] is not None
+    assert summary["ensemble"]["held_out_score"] is not None and summary["ensemble"]["split"]["held_out_rows"]
     test = list(csv.DictReader(open(folder / "predictions" / "test.csv", encoding="utf-8")))
     assert [r["fname"] for r in test] == [r["fname"] for r in csv.DictReader(open(data / "test.csv", encoding="utf-8"))]
     assert "pooled OOF score" in done.stdout

@@ -181,14 +181,24 @@ def assign_by_family(models: list[str], target: str, num_gpus: int | None = None
                      overrides: list[str] | tuple[str, ...] = ()) -> list[Placement]:
     """`assign`, except that a model whose family needs no GPU (a chat model behind an API) runs without one: on
     `target` when it is a CPU target, else on the worker's own process (`process`), beside the GPU children."""
-    from dialsum.config import load_model_config
-    from dialsum.models import families
-
-    gpu = [m for m in models if families.of(load_model_config(m, overrides)).needs_gpu]
+    gpu = [m for m in models if _needs_gpu(m, overrides)]
     cpu = [m for m in models if m not in gpu]
     placed = {p.model: p for p in assign(gpu, target, num_gpus, gpus_per_model)} if gpu else {}
     placed.update({p.model: p for p in assign(cpu, "process" if get_target(target).gpu else target)})
     return [placed[m] for m in models]
+
+
+def _needs_gpu(model: str, overrides) -> bool:
+    """Whether the model's family needs a GPU; a profile that does not load is placed like a trained model, so that
+    its own child fails with its error and the other models go on."""
+    from dialsum.config import load_model_config
+    from dialsum.errors import ConfigError
+    from dialsum.models import families
+
+    try:
+        return families.of(load_model_config(model, overrides)).needs_gpu
+    except ConfigError:
+        return True
 
 
 def secret_block_name(env_name: str) -> str:

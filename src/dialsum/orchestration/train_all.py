@@ -30,6 +30,7 @@ from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 
 from dialsum import storage, tracking
+from dialsum.config import check_listed_once
 from dialsum.data import source as datasource
 from dialsum.engine import stop
 from dialsum.errors import ConfigError, DialsumError
@@ -143,9 +144,7 @@ def check_models(models: list[str]) -> None:
     """At least one model, each named once."""
     if not models:
         raise ConfigError("train-all needs at least one model")
-    repeated = sorted({m for m in models if models.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"models are listed more than once: {', '.join(repeated)}")
+    check_listed_once(models)
 
 
 @flow(name="train-all")

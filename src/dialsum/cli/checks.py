@@ -72,7 +72,7 @@ def training(args: argparse.Namespace) -> list[str]:
     hub(cfgs)
     get_settings().check_folders_writable()
     store = storage.open_storage(args.storage)
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     if args.resume:
         runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)

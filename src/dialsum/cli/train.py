@@ -8,8 +8,8 @@ import sys
 
 from dialsum.cli import checks, resume
 from dialsum.cli.profiles import add_override_args
-from dialsum.engine import stop
 from dialsum.errors import DialsumError
+from dialsum.state import stop
 
 
 def register(sub) -> None:
@@ -91,7 +91,7 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
     """A single run stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was kept."""
     from dialsum import storage
     from dialsum.config import load_model_config
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
         return stop.exit_code()

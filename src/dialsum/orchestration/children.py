@@ -32,10 +32,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.train_model import PERMANENT_ERRORS
 from dialsum.processes import alive
+from dialsum.state import stop
 from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, STOPPED, Status
 
 

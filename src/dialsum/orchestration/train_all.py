@@ -32,7 +32,6 @@ from prefect.utilities.annotations import allow_failure
 from dialsum import storage, tracking
 from dialsum.config import check_listed_once
 from dialsum.data import source as datasource
-from dialsum.engine import stop
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.logs import send_to_prefect
@@ -52,6 +51,7 @@ from dialsum.orchestration.train_model import (
     slug,
 )
 from dialsum.release import ensemble, registry, report
+from dialsum.state import stop
 
 
 class ModelsFailed(OrchestrationError):
@@ -254,7 +254,7 @@ def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | 
 def stopped_summary(run_id: str, rows: list[dict[str, Any]], store: storage.Storage) -> State:
     """After Ctrl-C or SIGTERM: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per
     model and whether anything was kept that `--resume` continues (`resumable`)."""
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     resumable = any(runs.has_progress(run_id, row["model"], store) for row in rows)
     summary = {"run_id": run_id, "status": "stopped", "rows": rows, "ensemble": None, "promotion": None,

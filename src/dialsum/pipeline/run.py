@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from dialsum.config import load_model_config
-from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.pipeline.result import RunResult, new_run_id
 from dialsum.settings import get_settings
+from dialsum.state import runs, stop
 
 if TYPE_CHECKING:
     from dialsum.pipeline.phases import RunContext

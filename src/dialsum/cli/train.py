@@ -172,12 +172,12 @@ def print_outcome(summary: dict) -> None:
     if summary.get("status") == "already complete":
         print(f"already complete: run {summary['run_id']} has every model and its ensemble published; nothing changed")
     if summary.get("ensemble"):
-        from dialsum.release.ensemble import headline, strategy_lines
+        from dialsum.release.ensemble import EnsembleSummary, strategy_lines
 
-        ens = summary["ensemble"]
-        print(f"ensemble ({ens['choice']}): {headline(ens)}")
-        if ens.get("strategies"):
-            print("\n".join(f"  {line}" for line in strategy_lines(ens)))
+        ens = EnsembleSummary.from_dict(summary["ensemble"])
+        print(f"ensemble ({ens.choice}): {ens.headline}")
+        if ens.strategies:
+            print("\n".join(f"  {line}" for line in strategy_lines(ens.as_dict())))
     if summary.get("promotion"):
         verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
         print(f"champion: {verdict}: {summary['promotion']['reason']}")

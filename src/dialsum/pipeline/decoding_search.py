@@ -92,7 +92,7 @@ def _study(space: SearchSpace, seed: int) -> Any:
 def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Mapping[str, Any] | None = None,
                   trials: int = 16, rows: int | None = None, seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
     """Search generation settings of the saved run at `run_dir` on dev; returns the summary written to decoding.json."""
-    from dialsum.pipeline.serve import open_run  # loads torch: imported when a search starts
+    from dialsum.pipeline.serve import open_run  # loads torch
 
     config_path = str(Path(run_dir) / "config.yaml")
     cfg = load_model_config(config_path)

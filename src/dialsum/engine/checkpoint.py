@@ -33,6 +33,7 @@ from dialsum import storage as store
 from dialsum.engine import distributed, stop
 from dialsum.engine.stop import Preempted
 from dialsum.errors import DialsumError
+from dialsum.storage.local import write_json
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +313,7 @@ class Phases:
             self._write(phase, data)
 
     def _write(self, phase: str, data: dict) -> None:
-        temp = self.folder / f".{phase}.json.{os.getpid()}.tmp"  # never another process's temp file
-        temp.write_text(json.dumps(data, ensure_ascii=False))
-        os.replace(temp, self.folder / f"{phase}.json")
+        write_json(self.folder / f"{phase}.json", data)
 
     def clear(self) -> None:
         """Forget the run's local state (its checkpoints included) once its result is safely stored."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.settings import get_settings
+from dialsum.storage.local import write_json
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "responses.jsonl"
@@ -58,9 +58,7 @@ class StateRecord:
         return (self.folder / f"{phase}.json").is_file()
 
     def mark(self, phase: str, data: dict) -> None:
-        temp = self.folder / f".{phase}.json.{os.getpid()}.tmp"
-        temp.write_text(json.dumps(data, ensure_ascii=False))
-        os.replace(temp, self.folder / f"{phase}.json")
+        write_json(self.folder / f"{phase}.json", data)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Trains tiny-bart, tiny-llama and tiny-qwen3 with debug=True (a few steps on a slice, so the run is
 short and the overhead stands out) both ways in one process, publishing to a local folder in a temp
-dir: directly, one after another, and through `orchestration.run_embedded` (temporary local Prefect
+dir: directly, one after another, and through `orchestration.train_all.run_embedded` (temporary local Prefect
 API started and stopped per run, one child subflow per model, read-back from storage, ensemble,
 artifacts), alternating, REPEATS times. A warm-up run of each model first keeps one-off imports and
 model loading out of both timings. Torch runs one thread (BENCH_THREADS) both ways: with two, a loaded machine

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from run_folders import RUN_FILES, make_run, read_tree
 
-from dialsum.cli import artifacts as storage_cli
+from dialsum.cli import artifacts
 from dialsum.storage import MANIFEST, LocalStorage, publish, publish_checkpoint
 
 
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="dialsum")
-    storage_cli.register(parser.add_subparsers(dest="command", required=True))
+    artifacts.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,4 +1,4 @@
-from dialsum.models.common import length_grouped_batches, pad_batch
+from dialsum.models.common import cut_targets, length_grouped_batches, pad_batch
 
 
 def test_pad_batch_pads_to_longest_only():
@@ -8,6 +8,14 @@ def test_pad_batch_pads_to_longest_only():
     assert right["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     left = pad_batch([{"input_ids": [5, 6]}, {"input_ids": [5]}], pad_id=0, side="left")
     assert left["input_ids"].tolist() == [[5, 6], [0, 5]] and left["attention_mask"].tolist() == [[1, 1], [0, 1]]
+
+
+def test_cut_targets_keep_the_end_token_and_report_the_cut(caplog):
+    targets = [[1, 2, 3, 9], [4, 5, 6, 7, 8, 9], [1, 9]]
+    with caplog.at_level("WARNING"):
+        cut = cut_targets("m", targets, limit=4)
+    assert cut == [[1, 2, 3, 9], [4, 5, 6, 9], [1, 9]]
+    assert "1 of 3 summaries exceed max_target_length=4" in caplog.text
 
 
 def test_length_grouped_batches_cover_all_and_group():

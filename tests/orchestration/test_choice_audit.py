@@ -73,7 +73,7 @@ def assert_no_leak(reads: dict[str, set[str]], stage: str) -> None:
 
 def test_no_choice_reads_a_held_out_row(audited: Callable[[], dict[str, set[str]]], tmp_path: Path) -> None:
     from dialsum.orchestration import kfold, sweep, train_all
-    from dialsum.orchestration.decoding import tune_decoding
+    from dialsum.pipeline.decoding_search import tune_decoding
 
     store = str(tmp_path / "store")
     summary = train_all.run_embedded(

@@ -33,3 +33,15 @@ def test_local_storage_folder_is_the_runs_root(tmp_path: Path) -> None:
     publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=open_storage(str(tmp_path / "artifacts")))
     assert (tmp_path / "artifacts" / "run-1" / "kobart" / MANIFEST).is_file()
     assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+def test_write_json_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    import json
+
+    from dialsum.storage.local import write_json
+
+    path = tmp_path / "fit.json"
+    write_json(path, {"step": 1})
+    write_json(path, {"step": 2, "note": "요약"})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"step": 2, "note": "요약"}
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.json"]

@@ -200,7 +200,7 @@ def _tune_decoding(args: argparse.Namespace) -> int:
         load_space(args.space, model, prefix="generation.")
     args.data = checks.fetched(args.data)
     checks.data(args.data, splits=("dev",), optional=())
-    from dialsum.orchestration.decoding import format_summary, tune_decoding
+    from dialsum.pipeline.decoding_search import format_summary, tune_decoding
 
     summary = tune_decoding(args.run, data_dir=args.data, space=args.space, trials=args.trials, rows=args.rows,
                             seed=args.seed, out_dir=args.out)

@@ -4,9 +4,9 @@
 model behind an OpenAI-compatible API) only generates. Families are imported when a run needs them, so an API-only
 run never loads torch, peft or bitsandbytes.
 
-Shared pieces: decoding rules, new-token rows, merging, memory estimates, tiny models, stand-ins of the real
-profiles, pinned hub bases, and `preflight`, which drives a family's tokenizer surface. May import data and the
-foundations; never storage or any layer above.
+Shared pieces: the trainable families' common surface and generation configs (`trained`), decoding rules, new-token
+rows, merging, memory estimates, tiny models, stand-ins of the real profiles, pinned hub bases, and `preflight`,
+which drives a family's tokenizer surface. May import data and the foundations; never storage or any layer above.
 
 Adding a model of a known family is one YAML file in configs/models/.
 """

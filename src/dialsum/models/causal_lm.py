@@ -30,6 +30,7 @@ from dialsum.models.chat_template import pin_template_clock, unpin_template_cloc
 from dialsum.models.common import (
     add_placeholder_tokens,
     batched_generate,
+    cut_targets,
     init_new_rows,
     pad_batch,
     report_cut,
@@ -213,10 +214,7 @@ def build_features(cfg: CausalLMConfig, tok, examples: Sequence[Example], with_l
     features = [{"input_ids": prefix + ids[:room] + suffix} for ids in dialogues]
     if with_labels:
         targets = target_ids(cfg, tok, [ex.summary or "" for ex in examples])
-        report_cut(cfg.name, "summaries", [len(t) for t in targets], cfg.max_target_length, "max_target_length")
-        for feat, target in zip(features, targets):
-            if len(target) > cfg.max_target_length:
-                target = target[: cfg.max_target_length - 1] + target[-1:]
+        for feat, target in zip(features, cut_targets(cfg.name, targets, cfg.max_target_length)):
             feat["labels"] = [-100] * len(feat["input_ids"]) + target
             feat["input_ids"] = feat["input_ids"] + target
     return features
@@ -340,28 +338,10 @@ def generate_candidates(cfg: CausalLMConfig, model, tok, features: Sequence[dict
     return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 
-def _settings(cfg: CausalLMConfig, model, tok) -> dict:
-    g, stops = cfg.generation, stop_ids(cfg, tok, model)
-    return dict(
-        max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, repetition_penalty=g.repetition_penalty,
-        length_penalty=g.length_penalty, early_stopping=g.early_stopping,
-        forced_eos_token_id=stops[0] if g.forced_eos else None, eos_token_id=stops, pad_token_id=tok.pad_token_id,
-    )
-
-
-def generation_config(cfg: CausalLMConfig, model, tok):
-    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
-    return decoding.resolve_generation_config(model, _settings(cfg, model, tok))
-
-
-def candidate_generation_config(cfg: CausalLMConfig, model, tok):
-    """The GenerationConfig that draws `generation.num_candidates` candidates (`candidate_method`: seeded sampling)."""
-    extra = decoding.candidate_settings(cfg.candidate_method, cfg.generation)
-    return decoding.resolve_generation_config(model, {**_settings(cfg, model, tok), **extra})
-
-
-def no_repeat_exempt_ids(cfg: CausalLMConfig, tok) -> list[int]:
-    return decoding.exempt_ids(tok, decoding.placeholder_ids(tok))
+def generate_kwargs(cfg: CausalLMConfig, model, tok) -> dict:
+    """The `generate()` settings (`trained.generate_kwargs`): the first stop token is the one forced at the limit."""
+    stops = stop_ids(cfg, tok, model)
+    return trained.generate_kwargs(cfg.generation, stops, stops[0], tok.pad_token_id)
 
 
 def save(model, tok, out_dir: Path) -> None:
@@ -380,17 +360,9 @@ def save(model, tok, out_dir: Path) -> None:
         tok.chat_template = pinned
 
 
-# The Summarizer surface (models.protocols), with session = (model, tokenizer).
+# The shared surface (models.protocols: Summarizer and the generation configs), bound to this family; session is
+# the (model, tokenizer) pair.
 TRAINABLE = True
-
-
-def summarize(cfg, session, examples, progress=None) -> list[str]:
-    return trained.summarize(sys.modules[__name__], cfg, session, examples, progress)
-
-
-def summarize_candidates(cfg, session, examples, progress=None) -> tuple[list[str], list[list[dict]]]:
-    return trained.summarize_candidates(sys.modules[__name__], cfg, session, examples, progress)
-
-
-def generation_settings(cfg, session) -> dict:
-    return trained.generation_settings(sys.modules[__name__], cfg, session)
+summarize, summarize_candidates, generation_settings, generation_config, candidate_generation_config = trained.bind(
+    sys.modules[__name__])
+no_repeat_exempt_ids = trained.no_repeat_exempt_ids

@@ -99,6 +99,13 @@ def report_cut(name: str, what: str, lengths: Sequence[int], limit: int, setting
     return cut
 
 
+def cut_targets(name: str, targets: Sequence[list[int]], limit: int) -> list[list[int]]:
+    """Target sequences cut to `limit` tokens (`max_target_length`), each keeping its last token (the end token, so
+    a cut summary still ends); how many were cut is logged."""
+    report_cut(name, "summaries", [len(t) for t in targets], limit, "max_target_length")
+    return [list(t) if len(t) <= limit else t[: limit - 1] + t[-1:] for t in targets]
+
+
 def pad_batch(
     features: Sequence[dict], pad_id: int, side: str = "right", multiple_of: int = 1, aligned_labels: bool = False
 ) -> dict:

@@ -16,6 +16,7 @@ from dialsum.models import decoding, trained
 from dialsum.models.common import (
     add_placeholder_tokens,
     batched_generate,
+    cut_targets,
     fit_embeddings,
     pad_batch,
     report_cut,
@@ -76,9 +77,8 @@ def build_features(cfg: EncoderDecoderConfig, tok, examples: Sequence[Example], 
     features = [{"input_ids": bos + ids[:room] + eos} for ids in dialogues]
     if with_labels:
         targets = target_ids(cfg, tok, [ex.summary or "" for ex in examples])
-        report_cut(cfg.name, "summaries", [len(t) for t in targets], cfg.max_target_length, "max_target_length")
-        for feat, ids in zip(features, targets):
-            feat["labels"] = ids if len(ids) <= cfg.max_target_length else ids[: cfg.max_target_length - 1] + eos
+        for feat, ids in zip(features, cut_targets(cfg.name, targets, cfg.max_target_length)):
+            feat["labels"] = ids
     return features
 
 
@@ -91,29 +91,9 @@ def stop_ids(cfg: EncoderDecoderConfig, tok, model=None) -> list[int]:
     return decoding.end_token_ids(tok, *(decoding.model_configs(model) if model is not None else ()))
 
 
-def _settings(cfg: EncoderDecoderConfig, model, tok) -> dict:
-    g = cfg.generation
-    return dict(
-        max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, repetition_penalty=g.repetition_penalty,
-        length_penalty=g.length_penalty, early_stopping=g.early_stopping,
-        forced_eos_token_id=tok.eos_token_id if g.forced_eos else None,
-        eos_token_id=stop_ids(cfg, tok, model), pad_token_id=tok.pad_token_id,
-    )
-
-
-def generation_config(cfg: EncoderDecoderConfig, model, tok):
-    """The transformers GenerationConfig that `generate` runs with; every setting that matters is explicit."""
-    return decoding.resolve_generation_config(model, _settings(cfg, model, tok))
-
-
-def candidate_generation_config(cfg: EncoderDecoderConfig, model, tok):
-    """The GenerationConfig that draws `generation.num_candidates` candidates (`candidate_method`)."""
-    extra = decoding.candidate_settings(cfg.candidate_method, cfg.generation)
-    return decoding.resolve_generation_config(model, {**_settings(cfg, model, tok), **extra})
-
-
-def no_repeat_exempt_ids(cfg: EncoderDecoderConfig, tok) -> list[int]:
-    return decoding.exempt_ids(tok, decoding.placeholder_ids(tok))
+def generate_kwargs(cfg: EncoderDecoderConfig, model, tok) -> dict:
+    """The `generate()` settings (`trained.generate_kwargs`): the tokenizer's eos is the one forced at the limit."""
+    return trained.generate_kwargs(cfg.generation, stop_ids(cfg, tok, model), tok.eos_token_id, tok.pad_token_id)
 
 
 def target_count(batch: dict) -> int:
@@ -183,17 +163,9 @@ def save(model, tok, out_dir: Path) -> None:
     tok.save_pretrained(out_dir)
 
 
-# The Summarizer surface (models.protocols), with session = (model, tokenizer).
+# The shared surface (models.protocols: Summarizer and the generation configs), bound to this family; session is
+# the (model, tokenizer) pair.
 TRAINABLE = True
-
-
-def summarize(cfg, session, examples, progress=None) -> list[str]:
-    return trained.summarize(sys.modules[__name__], cfg, session, examples, progress)
-
-
-def summarize_candidates(cfg, session, examples, progress=None) -> tuple[list[str], list[list[dict]]]:
-    return trained.summarize_candidates(sys.modules[__name__], cfg, session, examples, progress)
-
-
-def generation_settings(cfg, session) -> dict:
-    return trained.generation_settings(sys.modules[__name__], cfg, session)
+summarize, summarize_candidates, generation_settings, generation_config, candidate_generation_config = trained.bind(
+    sys.modules[__name__])
+no_repeat_exempt_ids = trained.no_repeat_exempt_ids

@@ -5,7 +5,7 @@ request on a host without the NVIDIA runtime, a port or device in use), the cont
 in state `created` and `auto_remove` never applies, since it never ran. This worker removes it and
 re-raises, so the run fails with Docker's error and leaves nothing behind.
 
-Run as `python -m dialsum.docker_worker worker start --pool NAME …` (Prefect's CLI, with this worker
+Run as `python -m dialsum.orchestration.docker_worker worker start --pool NAME …` (Prefect's CLI, with this worker
 registered for the `docker` type). Needs `prefect-docker`, which the worker image installs.
 """
 

@@ -34,7 +34,7 @@ from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.logs import send_to_prefect
-from dialsum.orchestration.nightly import (
+from dialsum.orchestration.reuse_and_promotion import (
     check_policy,
     decide_promotion,
     publish_summary,

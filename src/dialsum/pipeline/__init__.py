@@ -1,7 +1,7 @@
 """One model run: setup → fit → predict → score → save → publish (`phases`; `generate_only` for a family that only
-generates, such as an API model), sequenced across attempts under a lease (`run`), and prediction with a saved run
-(`serve`). The only place that sequences a run: flows and the CLI
-call it. May import release, engine and everything below.
+generates, such as an API model), sequenced across attempts under a lease (`run`), prediction with a saved run
+(`serve`) and the search over its generation settings (`decoding_search`). The only place that sequences a run:
+flows and the CLI call it. May import release, engine and everything below.
 """
 
 from importlib import import_module

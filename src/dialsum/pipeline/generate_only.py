@@ -23,18 +23,8 @@ from tqdm.auto import tqdm
 from dialsum import console, metric
 from dialsum.config import dump_config
 from dialsum.config.chat_api import RUN_CONTROL
-from dialsum.data import (
-    candidates_path,
-    load_splits,
-    write_candidates,
-    write_submission,
-)
-from dialsum.data.source import (
-    code_fingerprint,
-    config_fingerprint,
-    data_fingerprint,
-    dev_fingerprint,
-)
+from dialsum.data import candidates_path, load_splits, write_candidates, write_submission
+from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.settings import get_settings

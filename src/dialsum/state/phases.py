@@ -6,12 +6,12 @@ leaves `<phase>.json` (written atomically) with what later phases need.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 from dialsum.errors import DialsumError
+from dialsum.storage.local import write_json
 
 T = TypeVar("T")
 
@@ -71,9 +71,7 @@ class Phases:
             self._write(phase, data)
 
     def _write(self, phase: str, data: dict) -> None:
-        temp = self.folder / f".{phase}.json.{os.getpid()}.tmp"  # never another process's temp file
-        temp.write_text(json.dumps(data, ensure_ascii=False))
-        os.replace(temp, self.folder / f"{phase}.json")
+        write_json(self.folder / f"{phase}.json", data)
 
     def clear(self) -> None:
         """Forget the run's local state (its checkpoints included) once its result is safely stored."""

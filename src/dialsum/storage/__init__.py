@@ -14,15 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings
-from dialsum.storage.base import (
-    MANIFEST,
-    FileDigest,
-    Storage,
-    check_name,
-    check_relpath,
-    digest_file,
-    sha256_file,
-)
+from dialsum.storage.base import MANIFEST, Storage, check_name, sha256_file
 from dialsum.storage.checkpoints import (
     CHECKPOINTS_DIR,
     delete_checkpoint,
@@ -52,8 +44,8 @@ from dialsum.storage.progress import (
 from dialsum.storage.scope import storage_scope
 
 __all__ = [
-    "CHECKPOINTS_DIR", "MANIFEST", "FileDigest", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",
-    "Storage", "check_name", "check_relpath", "delete_checkpoint", "digest_file", "fetch", "fetch_checkpoint", "hold",
+    "CHECKPOINTS_DIR", "MANIFEST", "Lease", "LeaseHeld", "LocalStorage", "PublishResult", "RunEntry",
+    "Storage", "check_name", "delete_checkpoint", "fetch", "fetch_checkpoint", "hold",
     "list_checkpoints", "list_runs", "new_run_id", "open_storage", "probe", "publish", "publish_checkpoint",
     "read_manifest", "read_progress", "read_published", "request_stop", "run_key", "sha256_file", "stop_request",
     "storage_scope", "write_progress",

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from dialsum.errors import StorageError
 from dialsum.storage.base import FileDigest, Storage, copy_hashed
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON to the local file `path` atomically: a temp file of this process beside it (never another
+    process's), renamed into place, so a reader sees the old file or the new one, never a part."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(data, ensure_ascii=False))
+    os.replace(temp, path)
 
 
 class LocalStorage(Storage):

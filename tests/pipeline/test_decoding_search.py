@@ -11,7 +11,7 @@ import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
 from dialsum.data import holdout, load_splits, sample_dir
-from dialsum.orchestration.decoding import format_summary, recommendation, rounded, tune_decoding
+from dialsum.pipeline.decoding_search import format_summary, recommendation, rounded, tune_decoding
 from dialsum.pipeline import run_model
 
 SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},

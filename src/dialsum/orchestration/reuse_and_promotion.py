@@ -1,5 +1,6 @@
-"""Nightly decisions around train-all: which models are unchanged since an earlier run (and are reused), whether
-the run's ensemble becomes the champion, and the run's report (markdown artifact and W&B run).
+"""What train-all decides around its models, on every run (nightly or not): which models are unchanged since an
+earlier run (and are reused), whether the run's ensemble becomes the champion, and the run's report (markdown
+artifact and W&B run).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""`dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model, no retraining.
+"""The decoding search behind `dialsum tune-decoding`: a cheap Optuna study over generation settings of a saved model,
+no retraining, no Prefect.
 
-The model is loaded once (`pipeline.open_run`). The dev set is split by the run's own dev split (`data.holdout`,
-recorded in its metrics.json; never the sampler's seed): every trial is scored on the selection part; the best
-setting and the run's own setting are then scored once on the held-out part, with the paired interval of their difference (`release.stats.paired_bootstrap`),
-so the reported gain is not the search's own optimism. The run's own setting is scored beside the trials
-and kept when no trial beats it on the search part. Outputs in
+The model is loaded once (`pipeline.serve.open_run`). The dev set is split by the run's own dev split
+(`data.holdout`, recorded in its metrics.json; never the sampler's seed): every trial is scored on the selection
+part; the best setting and the run's own setting are then scored once on the held-out part, with the paired interval
+of their difference (`release.stats.paired_bootstrap`), so the reported gain is not the search's own optimism. The
+run's own setting is scored beside the trials and kept when no trial beats it on the search part. Outputs in
 `out_dir` (default `<run>/decoding/`): `decoding.yaml` (the best setting as an overlay for `--overlay`),
 `trials.csv` and `decoding.json`.
 """
@@ -91,12 +92,12 @@ def _study(space: SearchSpace, seed: int) -> Any:
 def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Mapping[str, Any] | None = None,
                   trials: int = 16, rows: int | None = None, seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
     """Search generation settings of the saved run at `run_dir` on dev; returns the summary written to decoding.json."""
-    from dialsum.orchestration.train_model import pipeline_module
+    from dialsum.pipeline.serve import open_run  # loads torch
 
     config_path = str(Path(run_dir) / "config.yaml")
     cfg = load_model_config(config_path)
     searched = load_space(space if space is not None else default_space(cfg), config_path, prefix="generation.")
-    ctx = pipeline_module().open_run(Path(run_dir), data_dir, splits=("dev",))
+    ctx = open_run(Path(run_dir), data_dir, splits=("dev",))
     scorer = Scorer(ctx, config_path)
     split = run_split(Path(run_dir))
     search, held = split.parts(list(scorer.examples))

@@ -63,7 +63,8 @@ def _rank(rank: int, port: int, root: str) -> None:
     for start in range(STARTS):
         run_id, before = f"race-{start:02d}", summarizer.rows
         torch.distributed.barrier()  # both processes start each run at the same moment
-        ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint", ranks=distributed))
+        ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint",
+                                                     ranks=distributed))
         ctx = run_phases.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id,
                                       root_dir / "out" / run_id, "", phases=phases)
         if ok:

@@ -43,7 +43,7 @@ def test_resume_alone_reuses_the_models_overrides_data_and_flags_of_the_run(tmp_
 
 
 def test_a_new_run_without_a_run_id_gets_one_and_records_its_command(tmp_path: Path) -> None:
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     args = _started(tmp_path / "store", "--models", "tiny-bart")
     assert args.run_id and runs.read_command(args.run_id, LocalStorage(tmp_path / "store"))["models"] == ["tiny-bart"]
@@ -95,7 +95,7 @@ def test_resume_from_the_command_line_refuses_a_conflict_at_once(tmp_path: Path,
 def test_a_run_published_with_another_config_names_what_differs_and_is_not_retried(tmp_path: Path) -> None:
     from dialsum.config import load_model_config
     from dialsum.data.source import run_identity
-    from dialsum.engine import runs
+    from dialsum.state import runs
     from dialsum.storage import publish
 
     store = LocalStorage(tmp_path / "store")

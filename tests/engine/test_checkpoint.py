@@ -22,12 +22,13 @@ from safetensors.torch import load_file
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
 from dialsum.engine import checkpoint
-from dialsum.engine.checkpoint import Checkpointer, Phases
+from dialsum.engine.checkpoint import Checkpointer
 from dialsum.engine.trainer import fit
 from dialsum.errors import DialsumError
 from dialsum.models import checkpoint_source, family
 from dialsum.pipeline import phases, run_model
 from dialsum.settings import get_settings
+from dialsum.state.phases import Phases
 from dialsum.storage import LocalStorage, list_checkpoints, list_runs
 
 
@@ -238,7 +239,7 @@ def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_fir
     """SIGTERM during an epoch-end step: the checkpoint comes at once, with no dev generation in the grace period;
     the resumed run runs that evaluation first, so its curve and weights equal an uninterrupted run's."""
     from dialsum.engine.evaluation import Evaluator
-    from dialsum.engine.stop import Preempted
+    from dialsum.state.stop import Preempted
 
     cfg = load_model_config(str(long_profile(tmp_path, steps=3)))  # 16 rows: 2 steps an epoch, so step 2 ends one
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "eval_loss_rows": 8,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dialsum.engine import stop
 from dialsum.engine.checkpoint import Checkpointer, local_checkpoints
+from dialsum.state import stop
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_inside_a_cooperative_region_the_first_sigint_only_asks(capsys: pytest.C
 
 def test_a_second_sigint_exits_130_at_once_after_the_callbacks() -> None:
     code = ("import os, signal, time\n"
-            "from dialsum.engine import stop\n"
+            "from dialsum.state import stop\n"
             "stop.at_hard_exit(lambda: print('cleaned up', flush=True))\n"
             "with stop.on_signals(), stop.cooperative():\n"
             "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
@@ -86,7 +86,7 @@ def test_sigterm_asks_as_the_first_ctrl_c_does_and_never_exits_at_once(capsys: p
 
 def test_a_second_ctrl_c_names_how_to_continue() -> None:
     code = ("import os, signal, time\n"
-            "from dialsum.engine import stop\n"
+            "from dialsum.state import stop\n"
             "stop.continue_with('--resume r42')\n"
             "with stop.on_signals(), stop.cooperative():\n"
             "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
@@ -113,7 +113,7 @@ def test_under_the_cli_handler_sigterm_stops_training_as_ctrl_c_does(tmp_path: P
 
 def test_a_process_still_running_after_the_grace_period_exits_143() -> None:
     code = ("import os, signal, time\n"
-            "from dialsum.engine import stop\n"
+            "from dialsum.state import stop\n"
             "with stop.on_signals(), stop.cooperative():\n"
             "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n")
     env = {**os.environ, "DIALSUM_STOP_GRACE_SECONDS": "1"}

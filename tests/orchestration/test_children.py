@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from dialsum.engine import stop
 from dialsum.orchestration.children import run_all
+from dialsum.state import stop
 from dialsum.tuning.loop import COMPLETED, RUNNING, STOPPED, Status
 
 

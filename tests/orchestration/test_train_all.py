@@ -29,7 +29,6 @@ from prefect.settings import (
 from prefect.states import Cancelled, Completed, Crashed, Failed
 from s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
-from dialsum.engine.stop import Preempted
 from dialsum.errors import ConfigError, DataError
 from dialsum.orchestration import train_all as train_all_module
 from dialsum.orchestration import train_model as train_model_module
@@ -45,6 +44,7 @@ from dialsum.orchestration.worker import setup_pool
 from dialsum.release.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
 from dialsum.release.ensemble import headline as ensemble_headline
 from dialsum.settings import get_settings
+from dialsum.state.stop import Preempted
 from dialsum.storage import LocalStorage, list_runs, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,7 +293,7 @@ def test_a_run_stopped_by_ctrl_c_returns_its_summary_from_the_cancelled_state() 
 def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(run_env: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
     from dialsum.cli.train import print_stopped
-    from dialsum.engine.runs import state_dir
+    from dialsum.state.runs import state_dir
 
     rows = [{"model": "tiny-bart", "status": "stopped", "error": "not started"}]
     store = LocalStorage(run_env / "store")

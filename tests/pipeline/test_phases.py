@@ -18,8 +18,9 @@ import torch.multiprocessing as mp
 from dialsum import metric
 from dialsum.data import Example
 from dialsum.engine import checkpoint, distributed
-from dialsum.engine.checkpoint import Checkpointer, Phases
+from dialsum.engine.checkpoint import Checkpointer
 from dialsum.pipeline import phases as run_phases
+from dialsum.state.phases import Phases
 from dialsum.storage import LocalStorage, publish_checkpoint
 
 STARTS = 40
@@ -62,7 +63,8 @@ def _rank(rank: int, port: int, root: str) -> None:
     for start in range(STARTS):
         run_id, before = f"race-{start:02d}", summarizer.rows
         torch.distributed.barrier()  # both processes start each run at the same moment
-        ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint"))
+        ok, phases, error = _together(lambda: Phases(root_dir / "out" / run_id / ".m.state", "fingerprint",
+                                                     ranks=distributed))
         ctx = run_phases.RunContext(SimpleNamespace(name="m"), summarizer, None, None, {"dev": DEV}, run_id,
                                       root_dir / "out" / run_id, "", phases=phases)
         if ok:

@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from dialsum.cli.profiles import overrides_of
-from dialsum.errors import ConfigError, DataError, FolderError
+from dialsum.errors import ConfigError, FolderError
 
 
 def models(names: list[str], overrides: Sequence[str] = ()) -> list:
     """Each profile loaded and validated with the command's overrides, each named once."""
-    from dialsum.config import load_model_config
+    from dialsum.config import check_listed_once, load_model_config
 
-    repeated = sorted({m for m in names if names.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"--models lists {', '.join(repeated)} more than once")
+    check_listed_once(names)
     return [load_model_config(name, overrides) for name in names]
 
 
@@ -48,19 +46,9 @@ def fetched(data: str | Path | None) -> Path | None:
 def data(folder, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)) -> dict:
     """The data folder's CSVs read and validated, by split; a storage URL's are fetched first (a run that runs
     elsewhere fetches them again: one line now for a URL that cannot be read, not a traceback later)."""
-    from dialsum.data import load_splits, sample_dir
-    from dialsum.data.source import is_url
+    from dialsum.data.source import read_splits
 
-    root = fetched(folder)
-    try:
-        loaded = load_splits(root, optional=optional, **({"splits": splits} if splits else {}))
-    except DataError as exc:
-        if not is_url(folder):
-            raise
-        raise DataError(f"{folder}: {exc}") from None
-    if not loaded:
-        raise DataError(f"{folder or sample_dir()}: no {' or '.join(f'{s}.csv' for s in splits or ())} found")
-    return loaded
+    return read_splits(folder, splits, optional)
 
 
 def destination(path: Path, what: str, empty: bool = False) -> None:
@@ -84,7 +72,7 @@ def training(args: argparse.Namespace) -> list[str]:
     hub(cfgs)
     get_settings().check_folders_writable()
     store = storage.open_storage(args.storage)
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     if args.resume:
         runs.require_resumable(storage.check_name(args.resume, "run id"), [cfg.name for cfg in cfgs], store)

@@ -3,7 +3,7 @@
 The parser is assembled from one module per command group; every command imports what it needs (torch,
 Prefect) only when it runs, so `--help` and input errors stay fast. A `DialsumError`, and an OS error on a
 path the user chose (a read-only folder, a missing file), is one line and exit 2. Ctrl-C stops a run at its
-next safe point with one line per model and exit 130 (`engine.stop`); SIGTERM does the same, with exit 143.
+next safe point with one line per model and exit 130 (`state.stop`); SIGTERM does the same, with exit 143.
 Every process a command starts watches it and ends when it is gone (`engine.lifeline`).
 """
 
@@ -16,8 +16,9 @@ import sys
 from importlib import metadata
 
 from dialsum.cli import artifacts, champion, data, predict, profiles, sweep, train
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
 from dialsum.errors import DialsumError
+from dialsum.state import stop
 
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}

@@ -1,5 +1,5 @@
 """`--resume RUN_ID` alone continues a run: the models, mode, `--set`/`--overlay` overrides, data, `--debug` and
-`--eval-before` it was started with are read back from its record in storage (`engine.runs.write_command`).
+`--eval-before` it was started with are read back from its record in storage (`state.runs.write_command`).
 An argument given again must agree with the record; one that does not is one line naming the key and both values.
 """
 
@@ -55,7 +55,7 @@ def fill(args: argparse.Namespace, command: str) -> None:
     without a record), only check that `--models` was given."""
     from dialsum import storage
     from dialsum.cli.profiles import overrides_of
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     record = None
     if args.resume:

@@ -172,7 +172,7 @@ def _print_stopped(lines: list[str], command: list[str], args: argparse.Namespac
     import shlex
     import sys
 
-    from dialsum.engine import stop
+    from dialsum.state import stop
 
     for line in lines:
         print(f"dialsum: {line}", file=sys.stderr)

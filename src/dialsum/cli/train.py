@@ -8,8 +8,8 @@ import sys
 
 from dialsum.cli import checks, resume
 from dialsum.cli.profiles import add_override_args
-from dialsum.engine import stop
 from dialsum.errors import DialsumError
+from dialsum.state import stop
 
 
 def register(sub) -> None:
@@ -91,7 +91,7 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
     """A single run stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was kept."""
     from dialsum import storage
     from dialsum.config import load_model_config
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
         return stop.exit_code()
@@ -107,27 +107,17 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
 
 
 def _train_data_parallel(args: argparse.Namespace) -> int:
-    """`train --gpus N`: the same command once per GPU (see `distributed.launch_command`), under one run id; this
-    process holds the run's lease meanwhile."""
+    """`train --gpus N`: the pipeline's data-parallel launch (`pipeline.launch_on_gpus`) under one run id."""
     import torch
 
     from dialsum import storage
-    from dialsum.config import load_model_config
-    from dialsum.engine import distributed
-    from dialsum.settings import get_settings
+    from dialsum.pipeline import launch_on_gpus
 
     run_id = args.run_id or storage.new_run_id()
     if not torch.cuda.is_available():
         print(f"dialsum: no GPU found: --gpus {args.gpus} runs {args.gpus} data-parallel CPU processes", file=sys.stderr)
-    argv = ["train", "--models", args.models[0], "--run-id", run_id]
-    argv += ["--data", str(args.data)] if args.data else []
-    argv += ["--storage", args.storage] if args.storage else []
-    argv += [flag for flag, on in (("--debug", args.debug), ("--eval-before", args.eval_before),
-                                   ("--force", args.force)) if on]
-    argv += [arg for override in args.overrides for arg in ("--set", override)]
-    name = load_model_config(args.models[0], args.overrides).name
-    with storage.hold(storage.open_storage(args.storage), run_id, name, get_settings().lease_seconds):
-        code = distributed.launch(["-v", *argv] if args.verbose else argv, args.gpus)
+    code = launch_on_gpus(args.models[0], args.gpus, run_id, args.data, args.debug, args.eval_before, args.storage,
+                          args.overrides, force=args.force, verbose=args.verbose)
     if stop.requested():
         print(f"dialsum: stopped; continue with --resume {run_id}", file=sys.stderr)
         return stop.exit_code()
@@ -182,12 +172,12 @@ def print_outcome(summary: dict) -> None:
     if summary.get("status") == "already complete":
         print(f"already complete: run {summary['run_id']} has every model and its ensemble published; nothing changed")
     if summary.get("ensemble"):
-        from dialsum.release.ensemble import headline, strategy_lines
+        from dialsum.release.ensemble import EnsembleSummary, strategy_lines
 
-        ens = summary["ensemble"]
-        print(f"ensemble ({ens['choice']}): {headline(ens)}")
-        if ens.get("strategies"):
-            print("\n".join(f"  {line}" for line in strategy_lines(ens)))
+        ens = EnsembleSummary.from_dict(summary["ensemble"])
+        print(f"ensemble ({ens.choice}): {ens.headline}")
+        if ens.strategies:
+            print("\n".join(f"  {line}" for line in strategy_lines(ens.as_dict())))
     if summary.get("promotion"):
         verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
         print(f"champion: {verdict}: {summary['promotion']['reason']}")

@@ -8,6 +8,7 @@ imports only settings and errors.
 from dialsum.config.overrides import apply_overrides, parse_override
 from dialsum.config.profiles import (
     available_models,
+    check_listed_once,
     config_dirs,
     deep_merge,
     did_you_mean,
@@ -39,6 +40,6 @@ __all__ = [
     "FAMILIES", "NAME_PATTERN", "NAME_RE", "CausalLMConfig", "ChatAPIConfig", "EncoderDecoderConfig", "GenerationConfig",
     "LoraConfig",
     "ModelConfig", "ModelConfigBase", "QuantizationConfig", "Strict", "TinySpec", "TrainingConfig", "apply_overrides",
-    "available_models", "config_dirs", "deep_merge", "did_you_mean", "dump_config", "find_config",
+    "available_models", "check_listed_once", "config_dirs", "deep_merge", "did_you_mean", "dump_config", "find_config",
     "load_model_config", "overlay_overrides", "packaged_configs", "parse_override", "resolve_model_path",
 ]

@@ -122,6 +122,13 @@ def _format_error(path: Path, exc: ValidationError, overrides: dict[str, str] | 
     return f"{path}: " + "; ".join(parts)
 
 
+def check_listed_once(names: Sequence[str]) -> None:
+    """Each model named once in a run (a repeated one would train twice under one name)."""
+    repeated = sorted({m for m in names if list(names).count(m) > 1})
+    if repeated:
+        raise ConfigError(f"models are listed more than once: {', '.join(repeated)}")
+
+
 def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> EncoderDecoderConfig | CausalLMConfig | ChatAPIConfig:
     """A model profile: its family's base defaults, then the model YAML, then `overrides` (`KEY=VALUE` strings, see
     `apply_overrides`), validated as one config."""

@@ -108,6 +108,23 @@ def resolve(data: str | Path | None) -> Path | None:
     return final
 
 
+def read_splits(data: str | Path | None, splits: tuple[str, ...] | None = None,
+                optional: tuple[str, ...] = ("test",)) -> dict:
+    """The data's CSVs read and validated, by split (a storage URL's fetched first, its errors naming the URL); a
+    data location with none of `splits` is one line naming it."""
+    from dialsum.data import load_splits
+
+    try:
+        loaded = load_splits(resolve(data), optional=optional, **({"splits": splits} if splits else {}))
+    except DataError as exc:
+        if not is_url(data):
+            raise
+        raise DataError(f"{data}: {exc}") from None
+    if not loaded:
+        raise DataError(f"{data or sample_dir()}: no {' or '.join(f'{s}.csv' for s in splits or ())} found")
+    return loaded
+
+
 def _cache_root() -> Path:
     from dialsum.settings import get_settings
 

@@ -30,10 +30,10 @@ from typing import Iterator
 import torch
 
 from dialsum import storage as store
-from dialsum.engine import distributed, stop
-from dialsum.engine.stop import Preempted
+from dialsum.engine import distributed
 from dialsum.errors import DialsumError
-from dialsum.storage.local import write_json
+from dialsum.state import stop
+from dialsum.state.stop import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -274,48 +274,3 @@ def stop_on_sigterm(checkpointer: Checkpointer, grace: float) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)  # a started timer keeps running: the process is on its way out
-
-
-class Phases:
-    """The phases of one model run that are done, recorded in its state folder so a retry skips them.
-
-    Each finished phase leaves `<phase>.json` (written atomically) holding what later phases need. A folder
-    started with a different config or data is refused: its checkpoints and saved model belong to that run.
-    Under data parallelism only rank 0 writes: it opens the folder while the other ranks wait, then they read it.
-    """
-
-    def __init__(self, folder: Path, fingerprint: str) -> None:
-        self.folder, self.fingerprint = Path(folder), fingerprint
-        self.started = distributed.on_main(self._open)
-
-    def _open(self) -> bool:
-        """Check the folder's fingerprint, or start the folder; True when an earlier attempt had started it."""
-        run = self.folder / "run.json"
-        if run.is_file():
-            if json.loads(run.read_text()).get("fingerprint") != self.fingerprint:
-                raise CheckpointError(f"{self.folder} belongs to a run started with a different config or data; "
-                                      "use a new run id")
-            return True
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._write("run", {"fingerprint": self.fingerprint})
-        return False
-
-    def get(self, phase: str) -> dict | None:
-        path = self.folder / f"{phase}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def done(self, phase: str) -> bool:
-        return (self.folder / f"{phase}.json").is_file()
-
-    def mark(self, phase: str, data: dict) -> None:
-        """Record a finished phase (rank 0; the other ranks' call does nothing)."""
-        if distributed.is_main():
-            self._write(phase, data)
-
-    def _write(self, phase: str, data: dict) -> None:
-        write_json(self.folder / f"{phase}.json", data)
-
-    def clear(self) -> None:
-        """Forget the run's local state (its checkpoints included) once its result is safely stored."""
-        if distributed.is_main():
-            shutil.rmtree(self.folder, ignore_errors=True)

@@ -22,8 +22,9 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
 from dialsum.errors import ConfigError, DialsumError
+from dialsum.state import stop
 
 T = TypeVar("T")
 

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dialsum.processes import alive
+
 PARENT_ENV = "DIALSUM_PARENT_PID"
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 5.0
@@ -55,16 +57,6 @@ def wrap(command: list[str]) -> list[str]:
     return list(command)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _end(grace: float) -> None:
     """The parent is gone: stop as on SIGTERM, then exit at once if still here after `grace` seconds."""
     os.kill(os.getpid(), signal.SIGTERM)
@@ -87,7 +79,7 @@ def watch_parent(poll: float = POLL_SECONDS, grace: float = GRACE_SECONDS) -> bo
     if _WATCHING.is_set():
         return True
     parent = os.getppid()
-    if parent != int(expected) and not _alive(int(expected)):
+    if parent != int(expected) and not alive(int(expected)):
         threading.Thread(target=_end, args=(grace,), daemon=True, name="dialsum-lifeline").start()
         return True
     _WATCHING.set()

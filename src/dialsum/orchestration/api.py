@@ -20,7 +20,8 @@ import prefect
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings
 
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
+from dialsum.state import stop
 
 STOP_SECONDS = 2.0
 

@@ -32,9 +32,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.train_model import PERMANENT_ERRORS
+from dialsum.processes import alive
+from dialsum.state import stop
 from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, STOPPED, Status
 
 
@@ -100,20 +102,6 @@ class DeploymentLauncher:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 class ProcessLauncher:
     """Children as `train_model` flow runs in local processes, reporting to this process's Prefect API."""
 
@@ -169,7 +157,7 @@ class ProcessLauncher:
         if process is not None:
             gone = process.exitcode is not None
         elif pid.isdigit():
-            gone = not _alive(int(pid))
+            gone = not alive(int(pid))
         else:  # no process known: trust the API, unless the run never started (its launcher is gone)
             gone = flow_run.state is not None and flow_run.state.type.value in ("SCHEDULED", "PENDING")
         if not gone:

@@ -25,7 +25,6 @@ from dialsum import storage
 from dialsum.data import load_splits, sample_dir
 from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
-from dialsum.engine import stop
 from dialsum.orchestration import api
 from dialsum.orchestration.children import make_launcher, run_all
 from dialsum.orchestration.train_model import (
@@ -36,6 +35,7 @@ from dialsum.orchestration.train_model import (
 )
 from dialsum.release import ensemble
 from dialsum.release import kfold as results
+from dialsum.state import stop
 from dialsum.tuning import folds as folding
 
 SPLIT_FILES = ("train.csv", "dev.csv", "test.csv")

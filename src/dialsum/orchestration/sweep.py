@@ -26,11 +26,11 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_setting
 
 from dialsum import storage
 from dialsum.errors import ConfigError
-from dialsum.engine import stop
 from dialsum.orchestration import api
 from dialsum.orchestration.children import Launcher, make_launcher
 from dialsum.orchestration.train_model import model_name, slug
 from dialsum.settings import get_settings
+from dialsum.state import stop
 from dialsum.tuning import outputs
 from dialsum.tuning.loop import StudyLoop, TrialRun
 from dialsum.tuning.space import check_trial, load_space

@@ -18,7 +18,6 @@ decision, the plot). W&B runs of one train-all run share its run id as group; th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 
 from dialsum import storage, tracking
+from dialsum.config import check_listed_once
 from dialsum.data import source as datasource
-from dialsum.engine import stop
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.logs import send_to_prefect
@@ -51,6 +50,7 @@ from dialsum.orchestration.train_model import (
     slug,
 )
 from dialsum.release import ensemble, registry, report
+from dialsum.state import stop
 
 
 class ModelsFailed(OrchestrationError):
@@ -77,16 +77,8 @@ def build_ensemble(
     published = ensemble.publish_ensemble(run_id, store, models, data, sources,
                                           attachments=_plot_attachment(run_id, champion, store))
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
-    result = published.result
-    summary = {"choice": result.choice, "best_model": result.best_model, "dev_score": result.dev_score,
-               "dev_rows": result.rows.get("dev_scored"), "held_out_score": result.held_out_score,
-               "strategies": result.strategies, "split": result.split,
-               "scores": result.strategy_scores, "location": published.location, "model_scores": result.dev_scores,
-               "dev_sha256": datasource.dev_fingerprint(data),
-               "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
-    if result.scaling:
-        summary["scaling_plot"] = store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.SCALING_PLOT))
-    return {**summary, "headline": ensemble.headline(summary)}
+    facts = {**published.result.summary(), "dev_sha256": datasource.dev_fingerprint(data)}
+    return ensemble.summary_of(run_id, store, facts, published.location).as_dict()
 
 
 def _plot_attachment(run_id: str, champion: dict[str, Any] | None, store: storage.Storage | None = None):
@@ -143,9 +135,7 @@ def check_models(models: list[str]) -> None:
     """At least one model, each named once."""
     if not models:
         raise ConfigError("train-all needs at least one model")
-    repeated = sorted({m for m in models if models.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"models are listed more than once: {', '.join(repeated)}")
+    check_listed_once(models)
 
 
 @flow(name="train-all")
@@ -239,23 +229,14 @@ def ensemble_and_promote(run_id: str, rows: list[dict], futures: list, storage_u
 
 def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | None:
     """The run's ensemble as `build_ensemble` reports it, read back from storage; None when not published."""
-    if storage.read_manifest(run_id, ensemble.ENSEMBLE, store) is None:
-        return None
-    data = json.loads(store.read_bytes(storage.run_key(run_id, ensemble.ENSEMBLE, "ensemble.json")) or b"{}")
-    summary = {"choice": data.get("choice"), "best_model": data.get("best_model"), "dev_score": data.get("dev_score"),
-               "dev_rows": (data.get("rows") or {}).get("dev_scored"), "held_out_score": data.get("held_out_score"),
-               "strategies": data.get("strategies") or {}, "split": data.get("split") or {},
-               "scores": data.get("strategy_scores"),
-               "location": store.location(storage.run_key(run_id, ensemble.ENSEMBLE)),
-               "model_scores": data.get("dev_scores"), "dev_sha256": data.get("dev_sha256"),
-               "plot": store.share_url(storage.run_key(run_id, ensemble.ENSEMBLE, report.PLOT))}
-    return {**summary, "headline": ensemble.headline(summary)}
+    published = ensemble.published_summary(run_id, store)
+    return None if published is None else published.as_dict()
 
 
 def stopped_summary(run_id: str, rows: list[dict[str, Any]], store: storage.Storage) -> State:
     """After Ctrl-C or SIGTERM: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per
     model and whether anything was kept that `--resume` continues (`resumable`)."""
-    from dialsum.engine import runs
+    from dialsum.state import runs
 
     resumable = any(runs.has_progress(run_id, row["model"], store) for row in rows)
     summary = {"run_id": run_id, "status": "stopped", "rows": rows, "ensemble": None, "promotion": None,

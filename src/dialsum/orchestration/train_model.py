@@ -27,12 +27,13 @@ from prefect.states import Cancelled, Crashed, State
 from dialsum import console, storage
 from dialsum.config import load_model_config
 from dialsum.data import source as datasource
-from dialsum.engine import lifeline, stop
+from dialsum.engine import lifeline
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
 from dialsum.release import ensemble
 from dialsum.settings import get_settings
+from dialsum.state import stop
 
 PERMANENT_ERRORS = (ConfigError, DataError, storage.LeaseHeld)
 POLL_SECONDS = 2

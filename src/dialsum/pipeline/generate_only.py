@@ -25,43 +25,14 @@ from dialsum.config import dump_config
 from dialsum.config.chat_api import RUN_CONTROL
 from dialsum.data import candidates_path, load_splits, write_candidates, write_submission
 from dialsum.data.source import code_fingerprint, config_fingerprint, data_fingerprint, dev_fingerprint
-from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.settings import get_settings
-from dialsum.storage.local import write_json
+from dialsum.state import runs, stop
+from dialsum.state.phases import Phases
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "responses.jsonl"
-
-
-class StateRecord:
-    """The finished phases of a run in its state folder, in the layout `engine.runs` reads (run.json with the
-    fingerprint, then <phase>.json), without the training machinery."""
-
-    def __init__(self, folder: Path, fingerprint: str) -> None:
-        self.folder, self.fingerprint = Path(folder), fingerprint
-        run = self.folder / "run.json"
-        if run.is_file():
-            if json.loads(run.read_text()).get("fingerprint") != fingerprint:
-                raise DialsumError(f"{self.folder} belongs to a run started with a different config or data; "
-                                   "use a new run id")
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.mark("run", {"fingerprint": fingerprint})
-
-    def get(self, phase: str) -> dict | None:
-        path = self.folder / f"{phase}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def done(self, phase: str) -> bool:
-        return (self.folder / f"{phase}.json").is_file()
-
-    def mark(self, phase: str, data: dict) -> None:
-        write_json(self.folder / f"{phase}.json", data)
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def fingerprint(cfg, data_hash: str, debug: bool) -> str:
@@ -113,7 +84,7 @@ def check_rows(cfg, session, split: str, rows: list[dict]) -> None:
                     len(failed), split, cfg.max_failed_rows, ", ".join(r["fname"] for r in failed))
 
 
-def predict_and_score(cfg, splits: dict, run_id: str, work_dir: Path, state: StateRecord, extra: dict) -> dict:
+def predict_and_score(cfg, splits: dict, run_id: str, work_dir: Path, state: Phases, extra: dict) -> dict:
     """Predict dev and test through the family's session, then write metrics.json and generation_config.json."""
     fam = families.of(cfg).load()
     seed_cache(state.folder / CACHE_FILE, work_dir.parent / cfg.name / CACHE_FILE)
@@ -150,7 +121,7 @@ def seed_cache(cache: Path, earlier: Path) -> None:
 
 
 def run(cfg, run_id: str, data_dir: Path | None, debug: bool, publish: bool, storage_url: str | None,
-        force: bool) -> tuple[dict, Path, str | None, StateRecord]:
+        force: bool) -> tuple[dict, Path, str | None, Phases]:
     """The phases of a generate-only run, each skipped when an earlier attempt finished it; returns metrics, the
     run folder, where it was published, and its state record (cleared by the caller when done)."""
     started = time.perf_counter()
@@ -159,7 +130,7 @@ def run(cfg, run_id: str, data_dir: Path | None, debug: bool, publish: bool, sto
     if debug:
         splits = {k: v[: cfg.debug_rows] for k, v in splits.items()}
     data_hash = data_fingerprint(data_dir)
-    state = StateRecord(runs.state_dir(run_id, cfg.name), fingerprint(cfg, data_hash, debug))
+    state = Phases(runs.state_dir(run_id, cfg.name), fingerprint(cfg, data_hash, debug))
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
     final = work_dir.parent / cfg.name
     if (done := state.get("save")) is not None:

@@ -38,14 +38,16 @@ from dialsum.data.source import (
     data_fingerprint,
     dev_fingerprint,
 )
-from dialsum.engine import distributed, host_memory, runs, stop
-from dialsum.engine.checkpoint import Checkpointer, Phases, stop_on_sigterm
+from dialsum.engine import distributed, host_memory
+from dialsum.engine.checkpoint import Checkpointer, stop_on_sigterm
 from dialsum.engine.evaluation import Evaluator, held_out, selection_score
 from dialsum.engine.trainer import fit
 from dialsum.errors import DialsumError
 from dialsum.models import checkpoint_source, family, hub, preflight
 from dialsum.pipeline.result import RunResult, new_run_id  # noqa: F401  (re-exported)
 from dialsum.settings import get_settings
+from dialsum.state import runs, stop
+from dialsum.state.phases import Phases
 from dialsum.tracking import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
     commit = hub.resolve_commit(source, cfg.revision, get_settings().hub_token())
     preflight.gate(hub.pinned(cfg, commit), splits, source, force=force)
     fam, data_hash = family(cfg), data_fingerprint(data_dir)
-    phases = Phases(state_dir(run_id, cfg.name), run_fingerprint(cfg, data_hash, debug))
+    phases = Phases(state_dir(run_id, cfg.name), run_fingerprint(cfg, data_hash, debug), ranks=distributed)
     commit = distributed.on_main(lambda: pinned_base(phases, commit))
     work_dir = get_settings().output_dir / run_id / f".{cfg.name}.partial"
     model = tok = None

@@ -1,6 +1,6 @@
 """A model run across attempts: `run_model` sequences the phases under the run's lease, continues from what an
 earlier attempt finished, returns an already published run untouched, and says what a stopped run kept;
-`run_model_on_gpus` runs it data-parallel.
+`launch_on_gpus` and `run_model_on_gpus` run it data-parallel.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from dialsum.config import load_model_config
-from dialsum.engine import runs, stop
 from dialsum.errors import DialsumError
 from dialsum.models import families
 from dialsum.pipeline.result import RunResult, new_run_id
 from dialsum.settings import get_settings
+from dialsum.state import runs, stop
 
 if TYPE_CHECKING:
     from dialsum.pipeline.phases import RunContext
@@ -146,21 +146,31 @@ def require_resumable(model_name: str, run_id: str, storage_url: str | None, ove
     runs.require_resumable(run_id, [load_model_config(model_name, overrides).name], storage.open_storage(storage_url))
 
 
+def launch_on_gpus(
+    model_name: str, gpus: int, run_id: str, data_dir: str | Path | None = None, debug: bool = False,
+    eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (), force: bool = False,
+    verbose: bool = False,
+) -> int:
+    """The `train` command for one model once per GPU (`distributed.launch_command`; rank 0 saves and publishes),
+    under one run id, this process holding the run's lease meanwhile (the ranks take none); returns the launch's
+    exit code."""
+    argv = ["train", "--models", model_name, "--run-id", run_id]
+    argv += ["--data", str(data_dir)] if data_dir else []
+    argv += ["--storage", storage_url] if storage_url else []
+    argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before), ("--force", force)) if on]
+    argv += [arg for override in overrides for arg in ("--set", override)]
+    from dialsum.engine import distributed
+
+    with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):
+        return distributed.launch(["-v", *argv] if verbose else argv, gpus)
+
+
 def run_model_on_gpus(
     model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (),
 ) -> RunResult:
-    """`run_model` data-parallel on `gpus` GPUs: one process per GPU (`distributed.launch_command`; rank 0 saves
-    and publishes); returns what rank 0 left in the run folder."""
-    argv = ["train", "--models", model_name, "--run-id", run_id]
-    argv += ["--data", str(data_dir)] if data_dir else []
-    argv += ["--storage", storage_url] if storage_url else []
-    argv += [flag for flag, on in (("--debug", debug), ("--eval-before", eval_before)) if on]
-    argv += [arg for override in overrides for arg in ("--set", override)]
-    from dialsum.engine import distributed
-
-    with run_lease(load_model_config(model_name, overrides).name, run_id, storage_url, True, 0.0):  # the ranks take none
-        code = distributed.launch(argv, gpus)
+    """`run_model` data-parallel on `gpus` GPUs (`launch_on_gpus`); returns what rank 0 left in the run folder."""
+    code = launch_on_gpus(model_name, gpus, run_id, data_dir, debug, eval_before, storage_url, overrides)
     stop.check(f"{model_name}: data-parallel training stopped; its newest checkpoint is kept")
     if code:
         raise DialsumError(f"{model_name}: data-parallel training on {gpus} GPUs exited with code {code}")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from dialsum.config import load_model_config
-from dialsum.data import load_splits, placeholders_in, sample_dir
-from dialsum.errors import DataError
+from dialsum.data import load_splits, placeholders_in
+from dialsum.data.source import read_splits
 from dialsum.models import checkpoint_source, families, family, hub
 from dialsum.pipeline.phases import RunContext, dev_score, device, predict
 
@@ -37,9 +37,7 @@ def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | Non
         from dialsum.pipeline import generate_only
 
         return generate_only.predict_saved(run_dir, data_dir, out_dir)
-    splits = load_splits(data_dir, splits=("dev", "test"), optional=("dev", "test"))
-    if not splits:
-        raise DataError(f"{data_dir or sample_dir()}: neither dev.csv nor test.csv found")
+    splits = read_splits(data_dir, splits=("dev", "test"), optional=("dev", "test"))
     fam = family(cfg)
     commit = recorded_base(run_dir)
     model, tok = fam.load(hub.pinned(cfg, commit), checkpoint_source(cfg), placeholders_in(sum(splits.values(), [])),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from dialsum import storage
 from dialsum.data import (
@@ -23,6 +23,7 @@ from dialsum.data import (
     write_submission,
 )
 from dialsum.errors import StorageError
+from dialsum.release import report as plots
 from dialsum.release.strategies import (  # noqa: F401  (the public names of ensembling live here too)
     BEST_SINGLE,
     CONSENSUS,
@@ -62,6 +63,67 @@ class PublishedEnsemble:
     result: EnsembleResult
     report: str
     location: str
+
+
+@dataclass(frozen=True)
+class EnsembleSummary:
+    """A run's published ensemble as its train-all summary reports it (the summary's `ensemble`): the choice, its
+    full-dev and held-out scores, every strategy on both halves of dev (`strategies`), the dev split (`split`), the
+    strategies' (`scores`) and models' (`model_scores`) full-dev scores, where it is and its plots. Built from the
+    ensemble's own summary (`ensemble.json`) only (`summary_of`), whether just published or read back."""
+
+    choice: str
+    best_model: str
+    dev_score: float | None
+    dev_rows: int | None
+    held_out_score: float | None
+    strategies: dict[str, dict[str, Any]]
+    split: dict[str, Any]
+    scores: dict[str, float] | None
+    location: str
+    model_scores: dict[str, float] | None
+    dev_sha256: str | None
+    plot: str | None
+    scaling_plot: str | None = None
+
+    @property
+    def headline(self) -> str:
+        return headline(self.as_dict(with_headline=False))
+
+    def as_dict(self, with_headline: bool = True) -> dict[str, Any]:
+        """JSON-ready, in the summary's key order (`scaling_plot` only with an N-scaling plot), with the headline."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if data["scaling_plot"] is None:
+            data.pop("scaling_plot")
+        return {**data, "headline": self.headline} if with_headline else data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EnsembleSummary:
+        """Read back from a train-all summary's `ensemble` (its headline is derived again)."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+def summary_of(run_id: str, store: storage.Storage, data: Mapping[str, Any], location: str) -> EnsembleSummary:
+    """The summary of the ensemble of `run_id` from its ensemble.json (`EnsembleResult.summary()` and the facts
+    written beside it), published at `location`."""
+    def share(name: str) -> str | None:
+        return store.share_url(storage.run_key(run_id, ENSEMBLE, name))
+
+    return EnsembleSummary(
+        choice=data.get("choice"), best_model=data.get("best_model"), dev_score=data.get("dev_score"),
+        dev_rows=(data.get("rows") or {}).get("dev_scored"), held_out_score=data.get("held_out_score"),
+        strategies=data.get("strategies") or {}, split=data.get("split") or {}, scores=data.get("strategy_scores"),
+        location=location, model_scores=data.get("dev_scores"), dev_sha256=data.get("dev_sha256"),
+        plot=share(plots.PLOT), scaling_plot=share(plots.SCALING_PLOT) if data.get("scaling") else None,
+    )
+
+
+def published_summary(run_id: str, store: storage.Storage) -> EnsembleSummary | None:
+    """The summary of the ensemble published under `<run_id>/ensemble/`; None when there is none."""
+    if storage.read_manifest(run_id, ENSEMBLE, store) is None:
+        return None
+    data = json.loads(store.read_bytes(storage.run_key(run_id, ENSEMBLE, "ensemble.json")) or b"{}")
+    return summary_of(run_id, store, data, store.location(storage.run_key(run_id, ENSEMBLE)))
 
 
 def read_predictions(folder: Path) -> dict[str, Predictions]:

@@ -24,27 +24,45 @@ held-out part gives its score with a 95% bootstrap interval, and its paired diff
 The full-dev score of each strategy is reported too, marked as such. With fewer than two dev rows, or a half
 left empty, there is no held-out score. An N-scaling table (MBR over the first N candidates, N = 1, 2, 4, 8, 16,
 per model and pooled, on all scored dev rows with intervals) comes with runs that have candidates.
+
+Each strategy is one function registered under its name (`strategy`): given a split's `Rows` (the predictions
+and candidates of every model, the models' weights, best single's model), it picks per row a model's prediction
+(the model's name) or a pooled candidate (its index in `Rows.pool()`). Where it is offered, how it is scored on
+both halves of dev and how the champion applies it to new data all follow from that one function.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from dialsum import metric
 from dialsum.data import holdout
 from dialsum.release import mbr, stats
+from dialsum.release.pooling import (  # noqa: F401  (the public names of ensembling live here too)
+    MBR,
+    SCALING_N,
+    Pool,
+    Predictions,
+    agreement,
+    best_model,
+    build_pool,
+    common_fnames,
+    consensus,
+    consensus_pick,
+    mbr_picks,
+    n_scaling,
+    normalised_weights,
+    pool_row_scores,
+)
 
 BEST_SINGLE = "best_single"
 CONSENSUS = "consensus"
-MBR = "mbr"
 SPLITS = ("dev", "test")
-SCALING_N = (1, 2, 4, 8, 16)
+PER_MODEL = ":<model>"
 
-Predictions = dict[str, str]
-"""fname -> summary."""
 Candidates = dict[str, dict[str, Predictions]]
 """model -> split -> fname -> summary."""
 NBest = dict[str, dict[str, dict[str, list[str]]]]
@@ -93,120 +111,124 @@ class EnsembleResult:
         return {**data, "dev_score": self.dev_score, "held_out_score": self.held_out_score}
 
 
-# ---------------------------------------------------------------- model weights and consensus
+# ---------------------------------------------------------------- the registry of strategies
 
 
-def normalised_weights(dev_scores: dict[str, float]) -> dict[str, float]:
-    """Dev scores scaled to sum to 1; uniform when they sum to 0."""
-    total = sum(max(score, 0.0) for score in dev_scores.values())
-    if total <= 0:
-        return {m: 1 / len(dev_scores) for m in dev_scores}
-    return {m: max(score, 0.0) / total for m, score in dev_scores.items()}
-
-
-def best_model(dev_scores: dict[str, float]) -> str:
-    """The model with the highest dev score; ties go to the first name."""
-    return max(sorted(dev_scores), key=lambda m: dev_scores[m])
-
-
-def agreement(model: str, options: dict[str, str], weights: dict[str, float]) -> float:
-    """Weighted mean similarity of `model`'s candidate to every other model's candidate (0..100)."""
-    others = [k for k in options if k != model]
-    total = sum(weights[k] for k in others)
-    share = {k: weights[k] / total if total > 0 else 1 / len(others) for k in others}
-    return sum(share[k] * metric.similarity(options[model], options[k]) for k in others)
-
-
-def consensus_pick(options: dict[str, str], weights: dict[str, float]) -> str:
-    """The model whose candidate agrees most with the others (one option: that model)."""
-    if len(options) == 1:
-        return next(iter(options))
-    support = {m: agreement(m, options, weights) for m in options}
-    return max(sorted(options), key=lambda m: (support[m], weights[m]))
-
-
-def consensus(split: dict[str, Predictions], fnames: list[str], weights: dict[str, float]) -> dict[str, str]:
-    """fname -> the model whose candidate consensus selects, for each fname."""
-    return {f: consensus_pick({m: preds[f] for m, preds in split.items()}, weights) for f in fnames}
-
-
-def common_fnames(split: dict[str, Predictions], order: list[str] | None = None) -> list[str]:
-    """The fnames every model predicted, in `order` (default: the first model's order)."""
-    models = list(split.values())
-    if not models:
-        return []
-    order = order if order is not None else list(models[0])
-    return [f for f in order if all(f in preds for preds in models)]
-
-
-# ---------------------------------------------------------------- candidate pools and MBR
+Choice = str | int
+"""One row's pick: a model's name (its prediction) or an index into the row's pooled candidates."""
 
 
 @dataclass(frozen=True)
-class Pool:
-    """One split's candidates per dialogue, pooled: models in name order, each model's in its own order. With
-    `references`, each row's F1 arrays hold the reference last (row scores come from the same arrays)."""
+class Rows:
+    """What a strategy sees of one split: the rows (`fnames`) every model predicted, each model's predictions and
+    candidates, the models' weights (normalised selection-part dev scores, never held-out rows), best single's model
+    and the metric weights of MBR's utility; `model` names the model of a per-model strategy (`mbr:<model>`)."""
 
     fnames: list[str]
-    owners: list[list[tuple[str, int]]]  # per fname: (model, rank) of each pooled candidate
-    texts: list[list[str]]
-    f1: list[np.ndarray]
-    scored: bool
+    predictions: dict[str, Predictions]
+    nbest: dict[str, dict[str, list[str]]]
+    weights: dict[str, float]
+    best: str
+    metric_weights: Sequence[float] | None = None
+    model: str | None = None
+    references: dict[str, str] | None = None
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def pool(self) -> Pool:
+        """The rows' pooled candidates (built once; scored against the references when there are any)."""
+        if "pool" not in self.cache:
+            self.cache["pool"] = build_pool(self.predictions, self.nbest, self.fnames, self.references)
+        return self.cache["pool"]
+
+    def texts(self, picks: Sequence[Choice]) -> list[str]:
+        """The summaries the picks stand for, row by row."""
+        return [self.predictions[c][f] if isinstance(c, str) else self.pool().texts[r][c]
+                for r, (f, c) in enumerate(zip(self.fnames, picks))]
+
+    def scores(self, picks: Sequence[Choice], model_rows: dict[str, dict[str, float]]) -> dict[str, float]:
+        """fname -> the picked summary's competition score against its reference: a model's prediction as
+        `model_rows` scored it, a pooled candidate from the pool's F1 (dev rows with references only)."""
+        return {f: model_rows[c][f] if isinstance(c, str) else float(mbr.utility(self.pool().f1[r][:, c, -1:])[0])
+                for r, (f, c) in enumerate(zip(self.fnames, picks))}
 
 
-def build_pool(split: dict[str, Predictions], nbest: dict[str, dict[str, list[str]]], fnames: list[str],
-               references: dict[str, str] | None = None) -> Pool:
-    """Each model's candidates for each fname (its prediction where it has none), with all pairwise F1."""
-    owners, texts = [], []
-    for f in fnames:
-        row = [(m, k, text) for m in sorted(split)
-               for k, text in enumerate(nbest.get(m, {}).get(f) or [split[m][f]])]
-        owners.append([(m, k) for m, k, _ in row])
-        texts.append([text for _, _, text in row])
-    groups = [t + [references[f]] for t, f in zip(texts, fnames)] if references is not None else texts
-    return Pool(fnames, owners, texts, mbr.pairwise_f1(groups), references is not None)
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy: its name (`<prefix>:<model>` for one offered per model that drew candidates), its pick, and
+    whether it is offered only when some model drew several candidates."""
+
+    name: str
+    pick: Callable[[Rows], list[Choice]]
+    needs_candidates: bool = False
+
+    @property
+    def per_model(self) -> bool:
+        return self.name.endswith(PER_MODEL)
+
+    def offered(self, models: Sequence[str], counts: dict[str, int]) -> list[str]:
+        """The names this strategy runs under for these models (in tie-breaking order)."""
+        if self.per_model:
+            prefix = self.name[: -len(PER_MODEL)]
+            return [f"{prefix}:{m}" for m in sorted(models) if counts.get(m, 1) > 1]
+        if self.needs_candidates and not any(counts.get(m, 1) > 1 for m in models):
+            return []
+        return [self.name]
 
 
-def mbr_picks(pool: Pool, weights: dict[str, float], metric_weights: Sequence[float] | None = None,
-              models: Sequence[str] | None = None, limit: int | None = None) -> list[int]:
-    """Per row, the pooled index MBR picks among the candidates of `models` (default: all) of rank < `limit`; a
-    model's candidates share its weight equally (pass uniform weights for one model)."""
-    picks = []
-    for owners, f1 in zip(pool.owners, pool.f1):
-        keep = [i for i, (m, k) in enumerate(owners)
-                if (models is None or m in models) and (limit is None or k < limit)]
-        per_model = {m: sum(1 for i in keep if owners[i][0] == m) for m in {owners[i][0] for i in keep}}
-        w = [weights[owners[i][0]] / per_model[owners[i][0]] for i in keep]
-        utility = mbr.utility(f1[:, keep][:, :, keep], metric_weights)
-        picks.append(keep[mbr.pick(utility, w, [owners[i][0] for i in keep])])
-    return picks
+STRATEGIES: dict[str, Strategy] = {}
+"""Every strategy by name, in tie-breaking order (the simpler first)."""
 
 
-def pool_row_scores(pool: Pool, picks: list[int]) -> list[float]:
-    """Each picked candidate's competition score against its row's reference (the last column)."""
-    return [float(mbr.utility(f1[:, i, -1:])[0]) for f1, i in zip(pool.f1, picks)]
+def strategy(name: str, needs_candidates: bool = False) -> Callable[[Callable[[Rows], list[Choice]]], Callable]:
+    """Register `pick` as the strategy `name` (decorator); `name` ending in `:<model>` offers it once per model
+    that drew several candidates, with `Rows.model` naming that model."""
+    def register(pick: Callable[[Rows], list[Choice]]) -> Callable[[Rows], list[Choice]]:
+        STRATEGIES[name] = Strategy(name, pick, needs_candidates)
+        return pick
+
+    return register
 
 
-def n_scaling(pool: Pool, weights: dict[str, float], counts: dict[str, int],
-              metric_weights: Sequence[float] | None = None) -> dict[str, Any]:
-    """Dev score (all pooled rows, 95% interval) of MBR over the first N candidates, per model and pooled."""
-    most = max(counts.values())
-    sizes = [n for n in SCALING_N if n <= most] + ([most] if most not in SCALING_N and most > 1 else [])
-    series: dict[str, list[dict[str, Any]]] = {MBR: []}
-    uniform = dict.fromkeys(weights, 1.0)
-    for n in sizes:
-        series[MBR].append({"n": n, **_interval(pool_row_scores(pool, mbr_picks(pool, weights, metric_weights,
-                                                                                limit=n)))})
-        for m in sorted(counts):
-            if counts[m] >= n:
-                rows = pool_row_scores(pool, mbr_picks(pool, uniform, metric_weights, models=[m], limit=n))
-                series.setdefault(m, []).append({"n": n, **_interval(rows)})
-    return {"sizes": sizes, "rows": len(pool.fnames), "series": series}
+def lookup(choice: str, models: Sequence[str]) -> tuple[Strategy, str | None]:
+    """The strategy behind a name and, for a per-model one, its model; an unknown name is refused."""
+    if choice in STRATEGIES and not STRATEGIES[choice].per_model:
+        return STRATEGIES[choice], None
+    prefix, _, model = choice.partition(":")
+    found = STRATEGIES.get(prefix + PER_MODEL)
+    if found is None or model not in models:
+        raise ValueError(f"unknown ensemble strategy {choice!r}")
+    return found, model
 
 
-def _interval(rows: Sequence[float]) -> dict[str, Any]:
-    interval = stats.bootstrap_interval(rows)
-    return {"score": interval.mean, "low": interval.low, "high": interval.high}
+def apply(choice: str, rows: Rows) -> list[Choice]:
+    """The picks of the strategy `choice` on `rows`."""
+    found, model = lookup(choice, list(rows.predictions))
+    return found.pick(replace(rows, model=model) if model else rows)
+
+
+@strategy(BEST_SINGLE)
+def best_single(rows: Rows) -> list[Choice]:
+    """Every prediction of the model that scores best on the selection part of dev."""
+    return [rows.best] * len(rows.fnames)
+
+
+@strategy(CONSENSUS)
+def consensus_strategy(rows: Rows) -> list[Choice]:
+    """Per row, the model prediction that agrees most with the others'."""
+    picks = consensus(rows.predictions, rows.fnames, rows.weights)
+    return [picks[f] for f in rows.fnames]
+
+
+@strategy(MBR + PER_MODEL)
+def own_mbr(rows: Rows) -> list[Choice]:
+    """MBR over one model's own candidates."""
+    return mbr_picks(rows.pool(), dict.fromkeys(rows.weights, 1.0), rows.metric_weights, models=[rows.model])
+
+
+@strategy(MBR, needs_candidates=True)
+def pooled_mbr(rows: Rows) -> list[Choice]:
+    """MBR over every model's candidates, each model's sharing its weight."""
+    return mbr_picks(rows.pool(), rows.weights, rows.metric_weights)
 
 
 # ---------------------------------------------------------------- choosing on one half, reporting on the other
@@ -214,8 +236,7 @@ def _interval(rows: Sequence[float]) -> dict[str, Any]:
 
 def strategy_names(models: Sequence[str], counts: dict[str, int]) -> list[str]:
     """The strategies on offer, in tie-breaking order: the simpler first."""
-    own = [f"{MBR}:{m}" for m in sorted(models) if counts.get(m, 1) > 1]
-    return [BEST_SINGLE, CONSENSUS, *own, *([MBR] if own else [])]
+    return [name for found in STRATEGIES.values() for name in found.offered(models, counts)]
 
 
 def _counts(models: Sequence[str], nbest: NBest, split: str) -> dict[str, int]:
@@ -231,24 +252,6 @@ def _split(candidates: Candidates, name: str) -> dict[str, Predictions]:
     return {m: splits[name] for m, splits in candidates.items() if name in splits}
 
 
-def _texts(choice: str, split: dict[str, Predictions], nbest: dict[str, dict[str, list[str]]], fnames: list[str],
-           best: str, weights: dict[str, float], metric_weights: Sequence[float] | None,
-           pool: Pool | None = None) -> list[str]:
-    """The summaries `choice` gives for `fnames` of one split (`pool`: these fnames' pool, if already built)."""
-    if choice == BEST_SINGLE:
-        return [split[best][f] for f in fnames]
-    if choice == CONSENSUS:
-        picks = consensus(split, fnames, weights)
-        return [split[picks[f]][f] for f in fnames]
-    pool = pool if pool is not None and pool.fnames == fnames else build_pool(split, nbest, fnames)
-    if choice == MBR:
-        picks = mbr_picks(pool, weights, metric_weights)
-    else:
-        model = choice.split(":", 1)[1]
-        picks = mbr_picks(pool, dict.fromkeys(weights, 1.0), metric_weights, models=[model])
-    return [texts[i] for texts, i in zip(pool.texts, picks)]
-
-
 def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float], nbest: NBest | None = None,
             best: str | None = None, metric_weights: Sequence[float] | None = None,
             weights: dict[str, float] | None = None) -> dict[str, Predictions]:
@@ -256,9 +259,7 @@ def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float], n
     split, on the fnames every model predicted; `best` names best single's model (default: the best dev score),
     `weights` the model weights the ensemble used (default: the normalised dev scores)."""
     models = sorted(candidates)
-    valid = {BEST_SINGLE, CONSENSUS, MBR, *(f"{MBR}:{m}" for m in models)}
-    if choice not in valid:
-        raise ValueError(f"unknown ensemble strategy {choice!r}")
+    lookup(choice, models)
     scores = {m: dev_scores[m] for m in models}
     best = best or best_model(scores)
     weights = normalised_weights({m: weights[m] for m in models} if weights else scores)
@@ -267,32 +268,13 @@ def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float], n
         split = _split(candidates, name)
         if len(split) != len(candidates):
             continue
-        fnames = common_fnames(split)
-        texts = _texts(choice, split, _split_nbest(nbest or {}, name), fnames, best, weights, metric_weights)
-        out[name] = dict(zip(fnames, texts))
+        rows = Rows(common_fnames(split), split, _split_nbest(nbest or {}, name), weights, best, metric_weights)
+        out[name] = dict(zip(rows.fnames, rows.texts(apply(choice, rows))))
     return out
 
 
 def _mean(rows: dict[str, float], fnames: Sequence[str]) -> float | None:
     return float(np.mean([rows[f] for f in fnames])) if fnames else None
-
-
-def _dev_rows(dev: dict[str, Predictions], nbest: dict[str, dict[str, list[str]]], fnames: list[str],
-              references: dict[str, str], weights: dict[str, float], names: list[str],
-              metric_weights: Sequence[float] | None) -> tuple[dict[str, dict[str, float]], Pool | None, dict]:
-    """Per-row dev scores of every model's predictions and of every strategy but best single."""
-    refs = [references[f] for f in fnames]
-    model_rows = {m: dict(zip(fnames, metric.row_scores([dev[m][f] for f in fnames], refs))) for m in sorted(dev)}
-    picks = consensus(dev, fnames, weights)
-    rows = {CONSENSUS: {f: model_rows[picks[f]][f] for f in fnames}}
-    pool = build_pool(dev, nbest, fnames, references) if MBR in names else None
-    for name in names:
-        if name.startswith(MBR):
-            models = None if name == MBR else [name.split(":", 1)[1]]
-            chosen = mbr_picks(pool, weights if models is None else dict.fromkeys(weights, 1.0), metric_weights,
-                               models=models)
-            rows[name] = dict(zip(fnames, pool_row_scores(pool, chosen)))
-    return {"models": model_rows, **rows}, pool, picks
 
 
 def _report(rows: dict[str, float], selection: list[str], held: list[str], base: dict[str, float]) -> dict[str, Any]:
@@ -344,29 +326,33 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
                else _selection_weights(dev, fnames, references, selection))
     counts = _counts(scores, nbest, "dev")
     names = strategy_names(list(scores), counts)
-    rows, pool, picks = _dev_rows(dev, _split_nbest(nbest, "dev"), fnames, references, weights, names, metric_weights)
-    model_rows = rows.pop("models")
+    refs = [references[f] for f in fnames]
+    model_rows = {m: dict(zip(fnames, metric.row_scores([dev[m][f] for f in fnames], refs))) for m in sorted(dev)}
     with holdout.choosing("ensemble strategy"):
         holdout.read(selection)
         best = max(sorted(scores), key=lambda m: _mean(model_rows[m], selection))
-        rows = {BEST_SINGLE: model_rows[best], **rows}
-        report = {name: _report(rows[name], selection, held, rows[BEST_SINGLE]) for name in names}
+        rows = Rows(fnames, dev, _split_nbest(nbest, "dev"), weights, best, metric_weights, references=references)
+        picks = {name: apply(name, rows) for name in names}
+        dev_rows = {name: rows.scores(picks[name], model_rows) for name in names}
+        report = {name: _report(dev_rows[name], selection, held, dev_rows[BEST_SINGLE]) for name in names}
         choice = max(names, key=lambda n: (report[n]["selection"], -names.index(n)))
     predictions = {}
     for name in SPLITS:
         split = _split(candidates, name)
         if len(split) == len(candidates):
             order = common_fnames(split)
-            predictions[name] = dict(zip(order, _texts(choice, split, _split_nbest(nbest, name), order, best, weights,
-                                                       metric_weights, pool)))
+            on = (rows if name == "dev" and order == fnames else
+                  Rows(order, split, _split_nbest(nbest, name), weights, best, metric_weights))
+            predictions[name] = dict(zip(order, on.texts(picks[choice] if on is rows else apply(choice, on))))
+    scaled = any(n > 1 for n in counts.values())
     return EnsembleResult(
         choice=choice, best_model=best, predictions=predictions, dev_scores=scores, weights=weights,
         model_scores={m: _mean(model_rows[m], fnames) for m in scores},
         strategy_scores={n: report[n]["full"] for n in names},
-        consensus_picks={m: sum(p == m for p in picks.values()) for m in scores},
+        consensus_picks={m: sum(p == m for p in picks[CONSENSUS]) for m in scores},
         rows={name: len(preds) for name, preds in predictions.items()} | {"dev_scored": len(fnames)},
         strategies=report, split={**dev_split.record(fnames), "selection": len(selection), "held_out": len(held)},
-        candidates=counts, scaling=n_scaling(pool, weights, counts, metric_weights) if pool else None,
+        candidates=counts, scaling=n_scaling(rows.pool(), weights, counts, metric_weights) if scaled else None,
         metric_weights=list(metric_weights) if metric_weights else None,
-        row_scores=dict(rows[choice]), held_out=held,
+        row_scores=dict(dev_rows[choice]), held_out=held,
     )

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from dialsum.errors import StorageError
+from dialsum.processes import alive
 from dialsum.storage.base import Storage
 from dialsum.storage.manifest import run_key
 
@@ -60,21 +61,11 @@ class Holder:
         """True when the holder was a process on this host that no longer runs."""
         if self.host != socket.gethostname():
             return False
-        return _process_start(self.pid) != self.pid_start or not _alive(self.pid)
+        return _process_start(self.pid) != self.pid_start or not alive(self.pid)
 
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.started_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"pid {self.pid} on host {self.host} (since {since})"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _process_start(pid: int) -> int | None:

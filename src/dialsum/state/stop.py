@@ -142,15 +142,21 @@ def _handler(signum, frame) -> None:
         if signum == signal.SIGINT:
             _hard_exit()
         return
+    _request(signum)
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    print(f"dialsum: stopping ({name}): each model finishes its current step and saves a checkpoint "
+          "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+
+def _request(signum: int) -> None:
+    """The first stop signal: set the request; after SIGTERM exit hard once the grace period is over; outside a
+    `cooperative()` region stop the main thread's work at once."""
     _RECEIVED[:] = [signum]
     _REQUEST.set()
     if signum == signal.SIGTERM:
         _exit_after_grace()
     if _COOPERATIVE[0] <= 0:
         raise KeyboardInterrupt
-    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    print(f"dialsum: stopping ({name}): each model finishes its current step and saves a checkpoint "
-          "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
 
 
 def _exit_after_grace() -> None:
@@ -180,12 +186,7 @@ def _child_handler(signum, frame) -> None:
     if _REQUEST.is_set() and signum == signal.SIGINT and _RECEIVED and _RECEIVED[0] == signal.SIGINT:
         _hard_exit(announce=False)
     if not _REQUEST.is_set():
-        _RECEIVED[:] = [signum]
-        _REQUEST.set()
-        if signum == signal.SIGTERM:
-            _exit_after_grace()
-        if _COOPERATIVE[0] <= 0:
-            raise KeyboardInterrupt
+        _request(signum)
 
 
 def handling() -> bool:

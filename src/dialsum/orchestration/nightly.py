@@ -4,6 +4,7 @@ the run's ensemble becomes the champion, and the run's report (markdown artifact
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ from dialsum.config import load_model_config
 from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration.train_model import model_name, published_row, slug
+from dialsum.pipeline.result import UNCHANGED, ModelRow, TrainAllSummary
 from dialsum.release import ensemble, registry, report
 
 
@@ -53,7 +55,7 @@ def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.St
 
 
 def unchanged_models(models: list[str], data: Path | None, debug: bool, store: storage.Storage,
-                     base: registry.Record | None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+                     base: registry.Record | None, overrides: Sequence[str] = ()) -> dict[str, ModelRow]:
     """model -> its table row, for the models that need no retraining (config compared with `overrides` applied)."""
     rows = {}
     for model in models:
@@ -61,25 +63,25 @@ def unchanged_models(models: list[str], data: Path | None, debug: bool, store: s
         if run is None:
             continue
         row = published_row(run, model, store, 0.0, overrides)
-        rows[model] = {**row, "status": "unchanged", "source_run": run}
-        get_run_logger().info("%s: unchanged since run %s; not retrained", row["model"], run)
+        rows[model] = replace(row, status=UNCHANGED, source_run=run)
+        get_run_logger().info("%s: unchanged since run %s; not retrained", row.model, run)
     return rows
 
 
-def unchanged_summary(run_id: str, rows: list[dict[str, Any]], base: registry.Record | None) -> dict[str, Any]:
+def unchanged_summary(run_id: str, rows: list[ModelRow], base: registry.Record | None) -> TrainAllSummary:
     get_run_logger().info("unchanged: data, config and code match earlier runs; nothing was retrained")
-    summary = {"run_id": run_id, "status": "unchanged", "rows": rows, "ensemble": None, "promotion": None, "plot": None}
-    publish_summary(run_id, summary, base)
+    summary = TrainAllSummary(run_id, UNCHANGED, rows)
+    publish_summary(summary, base)
     return summary
 
 
 @task(name="promote", cache_policy=NO_CACHE)
 def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: float, data: Path | None,
-                     failed: dict[str, str], score: float) -> dict[str, Any]:
+                     failed: dict[str, str], score: float, store: storage.Storage | None = None) -> dict[str, Any]:
     """Apply the promotion policy to this run's ensemble; a run with failed models is not promoted."""
     if policy == "never":
         return registry.Decision(False, "promotion policy is `never`", score).as_dict()
-    store = storage.open_storage(storage_url)
+    store = store or storage.open_storage(storage_url)
     challenger = registry.describe(store, run_id, ensemble.ENSEMBLE)
     if failed:
         decision = registry.Decision(False, f"{len(failed)} model(s) failed ({', '.join(failed)}); "
@@ -94,10 +96,11 @@ def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: 
     return decision.as_dict()
 
 
-def publish_summary(run_id: str, summary: dict[str, Any], base: registry.Record | None) -> str:
+def publish_summary(summary: TrainAllSummary, base: registry.Record | None) -> str:
     """The markdown artifact `report-<run-id>` (challenger vs champion, decision, plot) and its W&B copy."""
-    text = report.markdown(run_id, summary["rows"], summary["ensemble"], base.champion if base else None,
-                           summary["promotion"], summary["plot"], summary["status"])
+    run_id, serialized = summary.run_id, summary.to_dict()
+    text = report.markdown(run_id, serialized["rows"], summary.ensemble, base.champion if base else None,
+                           summary.promotion, summary.plot, summary.status)
     create_markdown_artifact(text, key=slug(f"report-{run_id}"), description=f"Challenger vs champion, run {run_id}")
-    tracking.publish_report(run_id, text, summary)
+    tracking.publish_report(run_id, text, serialized)
     return text

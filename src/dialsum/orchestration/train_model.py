@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ from dialsum.engine import lifeline, stop
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
+from dialsum.pipeline.result import ModelRow
 from dialsum.release import ensemble
 from dialsum.settings import get_settings
 
@@ -170,19 +172,14 @@ def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
 
 
 def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None,
-                  overrides: Sequence[str] | None = None) -> dict[str, Any]:
+                  overrides: Sequence[str] | None = None) -> ModelRow:
     """A table row for a child that completed, from what it published."""
     name = model_name(model, overrides)
     try:
         outputs = ensemble.read_outputs(run_id, name, store)
     except DialsumError as exc:
         raise ModelRunFailed(name, f"completed, but its published result is unusable: {exc}", seconds) from exc
-    metrics = outputs.metrics
-    return {
-        "model": name, "type": metrics.get("type"), "status": "completed",
-        "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
-        "dev_rows": metrics.get("dev_rows"), "seconds": _round(seconds), "location": outputs.location, "error": None,
-    }
+    return ModelRow.published(name, outputs.metrics, outputs.location, _round(seconds))
 
 
 def _round(seconds: float | None) -> float | None:
@@ -211,7 +208,7 @@ def run_child(
 @task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
 def launch_model(
     where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES
-) -> dict[str, Any]:
+) -> ModelRow:
     """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
     state, seconds = run_child(where, parameters, embedded, relaunches)
     if state.is_cancelled() and stop.requested():
@@ -220,7 +217,7 @@ def launch_model(
         raise ModelRunFailed(model_name(where.model, parameters.get("overrides")), f"{state.name}: {state.message or 'no message'}", _round(seconds))
     row = published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds,
                         parameters.get("overrides"))
-    return {**row, "status": _reported_status(state)} if embedded else row
+    return replace(row, status=_reported_status(state)) if embedded else row
 
 
 def _reported_status(state: State) -> str:
@@ -229,22 +226,17 @@ def _reported_status(state: State) -> str:
     return result.get("status", "completed") if isinstance(result, dict) else "completed"
 
 
-def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None) -> ModelRow:
     """The launch task's row, or a `failed` row carrying the reason."""
     future.wait()
     if future.state.is_completed():
         return future.result()
     exc = future.result(raise_on_failure=False)
     if isinstance(exc, ModelRunFailed):
-        name, reason, seconds = exc.model, exc.reason, exc.seconds
-    else:
-        name, reason, seconds = model_name(model, overrides), f"{type(exc).__name__}: {exc}", None
-    return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
-            "seconds": seconds, "location": None, "error": reason}
+        return ModelRow.failed(exc.model, exc.reason, exc.seconds)
+    return ModelRow.failed(model_name(model, overrides), f"{type(exc).__name__}: {exc}")
 
 
-def stopped_row(name: str, message: str, seconds: float | None) -> dict[str, Any]:
+def stopped_row(name: str, message: str, seconds: float | None) -> ModelRow:
     """A table row for a child that Ctrl-C stopped (or kept from starting); `error` says where it stopped."""
-    where = message.removeprefix(f"{name}: ")
-    return {"model": name, "type": None, "status": "stopped", "dev_score_before": None, "dev_score": None,
-            "seconds": _round(seconds), "location": None, "error": where}
+    return ModelRow.stopped(name, message.removeprefix(f"{name}: "), _round(seconds))

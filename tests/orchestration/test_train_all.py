@@ -181,7 +181,7 @@ class FakeChildren:
             return Failed(message=f"{where.model} broke"), 1.0
         return Completed(), 2.0
 
-    def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None) -> ModelRow:
+    def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None, name=None) -> ModelRow:
         return ModelRow(model, "completed", "causal_lm", dev_score=10.0, seconds=seconds, location=f"{run_id}/{model}")
 
     def publish_ensemble(self, run_id: str, store, models: list[str], data_dir, sources=None,

@@ -68,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
         raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
                            "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
     _resume_run_id(args)
-    with checks.leases(args, checks.training(args)):
+    names = checks.training(args)
+    with checks.leases(args, names):
         if args.run_id is None and "WORLD_SIZE" not in os.environ:
             from dialsum import storage
 
@@ -81,19 +82,19 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data),
                                debug=args.debug, eval_before=args.eval_before, storage_url=args.storage,
-                               force=args.force, resume=bool(args.resume), overrides=args.overrides)
+                               force=args.force, resume=bool(args.resume), overrides=args.overrides,
+                               store=checks.opened_storage(args))
         except stop.Interrupted as exc:
-            return _print_interrupted(args, exc)
+            return _print_interrupted(args, names[0], exc)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
         row = ModelRow.published(result.metrics["model"], result.metrics, result.location, status=result.status)
         print(format_table([row]))
     return 0
 
 
-def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
-    """A single run stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was kept."""
-    from dialsum import storage
-    from dialsum.config import load_model_config
+def _print_interrupted(args: argparse.Namespace, name: str, exc: stop.Interrupted) -> int:
+    """A single run of `name` stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was
+    kept."""
     from dialsum.engine import runs
 
     if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
@@ -101,8 +102,7 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
     print(f"dialsum: {exc}", file=sys.stderr)
     if "WORLD_SIZE" in os.environ:
         return stop.exit_code()
-    name = load_model_config(args.models[0], args.overrides).name
-    if runs.has_progress(args.run_id, name, storage.open_storage(args.storage)):
+    if runs.has_progress(args.run_id, name, checks.opened_storage(args)):
         print(f"dialsum: stopped; continue with --resume {args.run_id}", file=sys.stderr)
     else:
         print("dialsum: stopped before anything was saved: nothing to resume; run the command again", file=sys.stderr)

@@ -13,10 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dialsum import storage, tracking
-from dialsum.config import load_model_config
+from dialsum.config import ModelConfig
 from dialsum.data import source as datasource
-from dialsum.errors import ConfigError, DialsumError
-from dialsum.orchestration.train_model import model_name, published_row, slug
+from dialsum.errors import ConfigError
+from dialsum.orchestration.train_model import published_row, resolve_profiles, slug
 from dialsum.pipeline.result import UNCHANGED, ModelRow, TrainAllSummary
 from dialsum.release import ensemble, registry, report
 
@@ -26,23 +26,19 @@ def check_policy(policy: str) -> None:
         raise ConfigError(f"unknown promote policy {policy!r}; use one of {', '.join(registry.POLICIES)}")
 
 
-def _fingerprints(model: str, data: Path | None, debug: bool, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The hashes a published run of `model` must carry to be reused; None when the config does not load."""
-    try:
-        cfg = load_model_config(model, overrides)
-    except DialsumError:
-        return None
+def _fingerprints(cfg: ModelConfig, data: Path | None, debug: bool) -> dict[str, Any]:
+    """The hashes a published run of the model `cfg` must carry to be reused."""
     return {"config_sha256": datasource.config_fingerprint(cfg), "data_sha256": datasource.data_fingerprint(data),
             "code_sha256": datasource.code_fingerprint(), "debug": debug}
 
 
-def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.Storage,
-                   base: registry.Record | None, overrides: Sequence[str] = ()) -> str | None:
-    """The run id of a published run of `model` identical in data, config and code: the champion's, else the latest."""
-    wanted = _fingerprints(model, data, debug, overrides)
-    if wanted is None:
+def find_unchanged(cfg: ModelConfig | None, data: Path | None, debug: bool, store: storage.Storage,
+                   base: registry.Record | None) -> str | None:
+    """The run id of a published run of the model `cfg` (None: its config does not load) identical in data, config
+    and code: the champion's, else the latest."""
+    if cfg is None:
         return None
-    name = model_name(model, overrides)
+    wanted, name = _fingerprints(cfg, data, debug), cfg.name
     champion = base.champion if base else {}
     runs = [champion.get("sources", {}).get(name, champion["run_id"])] if name in champion.get("members", []) else []
     runs += sorted((r.run_id for r in storage.list_runs(store) if r.model == name), reverse=True)
@@ -55,14 +51,17 @@ def find_unchanged(model: str, data: Path | None, debug: bool, store: storage.St
 
 
 def unchanged_models(models: list[str], data: Path | None, debug: bool, store: storage.Storage,
-                     base: registry.Record | None, overrides: Sequence[str] = ()) -> dict[str, ModelRow]:
-    """model -> its table row, for the models that need no retraining (config compared with `overrides` applied)."""
+                     base: registry.Record | None, overrides: Sequence[str] = (),
+                     profiles: dict[str, ModelConfig | None] | None = None) -> dict[str, ModelRow]:
+    """model -> its table row, for the models that need no retraining (config compared with `overrides` applied;
+    `profiles`: the configs as the run resolved them, else each is resolved here)."""
+    profiles = resolve_profiles(models, overrides) if profiles is None else profiles
     rows = {}
     for model in models:
-        run = find_unchanged(model, data, debug, store, base, overrides)
+        run = find_unchanged(profiles.get(model), data, debug, store, base)
         if run is None:
             continue
-        row = published_row(run, model, store, 0.0, overrides)
+        row = published_row(run, model, store, 0.0, overrides, name=profiles[model].name)
         rows[model] = replace(row, status=UNCHANGED, source_run=run)
         get_run_logger().info("%s: unchanged since run %s; not retrained", row.model, run)
     return rows

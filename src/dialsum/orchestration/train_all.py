@@ -51,6 +51,8 @@ from dialsum.orchestration.train_model import (
     launch_model,
     outcome_row,
     plan_in_process,
+    profile_name,
+    resolve_profiles,
     slug,
 )
 from dialsum.pipeline.result import (
@@ -231,10 +233,13 @@ def run_request(request: TrainAllRequest) -> TrainAllSummary | State:
     run_id, local_data = request.run_id, datasource.resolve(request.data_dir)
     store = storage.open_storage(request.storage_url)
     base = registry.current(store)
+    profiles = resolve_profiles(request.models, request.overrides)  # once, for every step of the run
+    names = {m: profile_name(m, cfg) for m, cfg in profiles.items()}
     reused = {} if request.force or request.resume else unchanged_models(request.models, local_data, request.debug,
-                                                                         store, base, request.overrides)
-    futures = launch_children(request, [m for m in request.models if m not in reused])
-    rows = [reused[m] if m in reused else outcome_row(m, futures[m], request.overrides) for m in request.models]
+                                                                         store, base, request.overrides, profiles)
+    futures = launch_children(request, [m for m in request.models if m not in reused], profiles, store)
+    rows = [reused[m] if m in reused else outcome_row(m, futures[m], request.overrides, names[m])
+            for m in request.models]
     _report(run_id, rows)
     if not futures:
         return unchanged_summary(run_id, rows, base)
@@ -249,14 +254,17 @@ def run_request(request: TrainAllRequest) -> TrainAllSummary | State:
     return summary
 
 
-def launch_children(request: TrainAllRequest, models: list[str]) -> dict[str, PrefectFuture]:
-    """model -> its `launch-model` task, for the models to train, all submitted at once."""
+def launch_children(request: TrainAllRequest, models: list[str], profiles: dict[str, Any],
+                    store: storage.Storage) -> dict[str, PrefectFuture]:
+    """model -> its `launch-model` task, for the models to train, all submitted at once (`profiles`: their configs
+    as the run resolved them)."""
     if request.embedded:
         plan_in_process(request.run_id, len(models))
     common = child_parameters(request)
     placed = placement.assign_by_family(models, request.target, request.num_gpus, request.gpus_per_model,
-                                        request.overrides)
-    return {p.model: launch_model.submit(p, {"model": p.model, **common}, request.embedded, request.crash_relaunches)
+                                        request.overrides, profiles)
+    return {p.model: launch_model.submit(p, {"model": p.model, **common}, request.embedded, request.crash_relaunches,
+                                         name=profile_name(p.model, profiles[p.model]), store=store)
             for p in placed}
 
 

@@ -107,3 +107,20 @@ def test_a_run_published_with_another_config_names_what_differs_and_is_not_retri
     with pytest.raises(ConfigError, match="with another config \\(profile and overrides\\); continue it with "
                                           "--resume r1 alone"):
         runs.published("r1", load_model_config("tiny-bart"), None, True, store)
+
+
+def test_one_command_opens_its_storage_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dialsum import storage
+    from dialsum.state.runs import state_dir
+
+    _started(tmp_path / "store", "--models", "tiny-bart", "--run-id", "once-1", "--debug")
+    state_dir("once-1", "tiny-bart").mkdir(parents=True)
+    (state_dir("once-1", "tiny-bart") / "run.json").write_text("{}")  # something to continue
+    opened = []
+    real = storage.open_storage
+    monkeypatch.setattr(storage, "open_storage", lambda url=None: opened.append(url) or real(url))
+    parsed = _resumed(tmp_path / "store", "train", "--resume", "once-1")  # reads the run's record
+    parsed.run_id = parsed.resume
+    with checks.leases(parsed, checks.training(parsed)):  # checks it can continue, then holds its lease
+        assert isinstance(checks.opened_storage(parsed), LocalStorage)
+    assert opened == [str(tmp_path / "store")]

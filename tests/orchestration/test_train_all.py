@@ -41,6 +41,7 @@ from dialsum.orchestration.train_all import (
 )
 from dialsum.orchestration.train_model import model_name, slug, train_model
 from dialsum.orchestration.worker import setup_pool
+from dialsum.pipeline.result import ModelRow
 from dialsum.release.ensemble import BEST_SINGLE, EnsembleResult, PublishedEnsemble
 from dialsum.release.ensemble import headline as ensemble_headline
 from dialsum.settings import get_settings
@@ -180,9 +181,8 @@ class FakeChildren:
             return Failed(message=f"{where.model} broke"), 1.0
         return Completed(), 2.0
 
-    def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None) -> dict:
-        return {"model": model, "type": "causal_lm", "status": "completed", "dev_score_before": None,
-                "dev_score": 10.0, "seconds": seconds, "location": f"{run_id}/{model}", "error": None}
+    def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None, name=None) -> ModelRow:
+        return ModelRow(model, "completed", "causal_lm", dev_score=10.0, seconds=seconds, location=f"{run_id}/{model}")
 
     def publish_ensemble(self, run_id: str, store, models: list[str], data_dir, sources=None,
                          attachments=None) -> PublishedEnsemble:
@@ -295,7 +295,7 @@ def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(run_env: Pa
     from dialsum.cli.train import print_stopped
     from dialsum.state.runs import state_dir
 
-    rows = [{"model": "tiny-bart", "status": "stopped", "error": "not started"}]
+    rows = [ModelRow.stopped("tiny-bart", "not started")]
     store = LocalStorage(run_env / "store")
     summary = train_all_module.summary_of(train_all_module.stopped_summary("r9", rows, store))
     assert summary["resumable"] is False
@@ -312,7 +312,7 @@ def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(run_env: Pa
 def test_a_resumed_run_reuses_nothing_from_other_runs(
     local_prefect: None, fake_children: FakeChildren, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reused = {"m0": {"model": "m0", "status": "unchanged", "source_run": "older", "dev_score": 1.0, "seconds": 0.0}}
+    reused = {"m0": ModelRow("m0", "unchanged", dev_score=1.0, seconds=0.0, source_run="older")}
     monkeypatch.setattr(train_all_module, "unchanged_models", lambda *args: reused)
     fresh = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), return_state=True)
     assert fresh.is_completed() and [w.model for w, _ in fake_children.launches] == ["m1"]

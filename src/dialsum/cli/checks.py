@@ -71,7 +71,7 @@ def training(args: argparse.Namespace) -> list[str]:
     data(args.data)
     hub(cfgs)
     get_settings().check_folders_writable()
-    store = storage.open_storage(args.storage)
+    store = opened_storage(args)
     from dialsum.state import runs
 
     if args.resume:
@@ -85,6 +85,16 @@ def training(args: argparse.Namespace) -> list[str]:
     return [cfg.name for cfg in cfgs]
 
 
+def opened_storage(args: argparse.Namespace):
+    """The command's storage (`--storage`, default DIALSUM_STORAGE_URL): opened on first use, then shared by every
+    step of the command."""
+    from dialsum import storage
+
+    if getattr(args, "opened_storage", None) is None:
+        args.opened_storage = storage.open_storage(args.storage)
+    return args.opened_storage
+
+
 @contextmanager
 def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
     """Hold the leases of a named run (--run-id or --resume) for the whole command, taken before torch loads:
@@ -96,7 +106,7 @@ def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
     if args.run_id is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
-    store = storage.open_storage(args.storage)
+    store = opened_storage(args)
     with ExitStack() as held:
         for name in names:
             held.enter_context(storage.hold(store, storage.check_name(args.run_id, "run id"), name,

@@ -54,12 +54,13 @@ def fill(args: argparse.Namespace, command: str) -> None:
     """With `--resume RUN_ID`, complete `args` from the run's record and refuse a contradiction; without one (or
     without a record), only check that `--models` was given."""
     from dialsum import storage
+    from dialsum.cli import checks
     from dialsum.cli.profiles import overrides_of
     from dialsum.state import runs
 
     record = None
     if args.resume:
-        record = runs.read_command(storage.check_name(args.resume, "run id"), storage.open_storage(args.storage))
+        record = runs.read_command(storage.check_name(args.resume, "run id"), checks.opened_storage(args))
     if record is None:
         if not args.models:
             hint = f" (run {args.resume} has no record of its models)" if args.resume else ""

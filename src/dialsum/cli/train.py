@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 from dialsum.cli import checks, resume
 from dialsum.cli.profiles import add_override_args
 from dialsum.errors import DialsumError
 from dialsum.state import stop
+from dialsum.pipeline.result import ModelRow, TrainAllSummary, rows_of
 
 
 def register(sub) -> None:
@@ -66,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
         raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
                            "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
     _resume_run_id(args)
-    with checks.leases(args, checks.training(args)):
+    names = checks.training(args)
+    with checks.leases(args, names):
         if args.run_id is None and "WORLD_SIZE" not in os.environ:
             from dialsum import storage
 
@@ -79,18 +82,19 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data),
                                debug=args.debug, eval_before=args.eval_before, storage_url=args.storage,
-                               force=args.force, resume=bool(args.resume), overrides=args.overrides)
+                               force=args.force, resume=bool(args.resume), overrides=args.overrides,
+                               store=checks.opened_storage(args))
         except stop.Interrupted as exc:
-            return _print_interrupted(args, exc)
+            return _print_interrupted(args, names[0], exc)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
-        print(format_table([_row(result.metrics, result.status, result.location)]))
+        row = ModelRow.published(result.metrics["model"], result.metrics, result.location, status=result.status)
+        print(format_table([row]))
     return 0
 
 
-def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
-    """A single run stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was kept."""
-    from dialsum import storage
-    from dialsum.config import load_model_config
+def _print_interrupted(args: argparse.Namespace, name: str, exc: stop.Interrupted) -> int:
+    """A single run of `name` stopped by Ctrl-C or SIGTERM: where it stopped, and how to continue when anything was
+    kept."""
     from dialsum.state import runs
 
     if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel rank: rank 0 says it, the launching process continues
@@ -98,8 +102,7 @@ def _print_interrupted(args: argparse.Namespace, exc: stop.Interrupted) -> int:
     print(f"dialsum: {exc}", file=sys.stderr)
     if "WORLD_SIZE" in os.environ:
         return stop.exit_code()
-    name = load_model_config(args.models[0], args.overrides).name
-    if runs.has_progress(args.run_id, name, storage.open_storage(args.storage)):
+    if runs.has_progress(args.run_id, name, checks.opened_storage(args)):
         print(f"dialsum: stopped; continue with --resume {args.run_id}", file=sys.stderr)
     else:
         print("dialsum: stopped before anything was saved: nothing to resume; run the command again", file=sys.stderr)
@@ -135,82 +138,81 @@ def _train_all(args: argparse.Namespace) -> int:
                                run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
                                margin=args.margin, force=args.force, resume=bool(args.resume),
                                overrides=args.overrides)
-    if summary.get("status") == "stopped":
+    summary = TrainAllSummary.from_dict(summary)
+    if summary.status == "stopped":
         return print_stopped(summary)
-    print(format_table(summary["rows"]))
+    print(format_table(summary.rows))
     print_outcome(summary)
-    failed = [r["model"] for r in summary["rows"] if r["status"] == "failed"]
+    failed = list(summary.failed)
     if failed:
         print(f"failed models: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def print_stopped(summary: dict) -> int:
+def print_stopped(summary: TrainAllSummary | dict) -> int:
     """After Ctrl-C or SIGTERM: one line per model saying where it stopped, and how to continue (when anything was
     kept to continue from); exit code 130 (143 after SIGTERM)."""
-    for row in summary["rows"]:
-        if row["status"] == "stopped":
-            where = row["error"]
-        elif row["status"] == "failed":
-            where = f"failed: {row['error']}"
+    summary = summary if isinstance(summary, TrainAllSummary) else TrainAllSummary.from_dict(summary)
+    for row in summary.rows:
+        if row.status == "stopped":
+            where = row.error
+        elif row.status == "failed":
+            where = f"failed: {row.error}"
         else:
-            where = f"{row['status']} (dev score {row['dev_score']:.2f}{rows_label(row)})"
-        print(f"dialsum: {row['model']}: {where}", file=sys.stderr)
-    if summary.get("resumable", True):
-        print(f"dialsum: stopped; continue with --resume {summary['run_id']}", file=sys.stderr)
+            where = f"{row.status} (dev score {row.dev_score:.2f}{rows_label(row)})"
+        print(f"dialsum: {row.model}: {where}", file=sys.stderr)
+    if summary.resumable is not False:
+        print(f"dialsum: stopped; continue with --resume {summary.run_id}", file=sys.stderr)
     else:
         print("dialsum: stopped before any model saved anything: nothing to resume; run the command again",
               file=sys.stderr)
     return stop.exit_code()
 
 
-def print_outcome(summary: dict) -> None:
+def print_outcome(summary: TrainAllSummary) -> None:
     """The lines under the table: the ensemble, the promotion decision, the report."""
-    if summary.get("status") == "unchanged":
+    if summary.status == "unchanged":
         print("unchanged: data, config and code match an earlier run; nothing was retrained (--force retrains)")
-    if summary.get("status") == "already complete":
-        print(f"already complete: run {summary['run_id']} has every model and its ensemble published; nothing changed")
-    if summary.get("ensemble"):
+    if summary.status == "already complete":
+        print(f"already complete: run {summary.run_id} has every model and its ensemble published; nothing changed")
+    if summary.ensemble:
         from dialsum.release.ensemble import EnsembleSummary, strategy_lines
 
-        ens = EnsembleSummary.from_dict(summary["ensemble"])
+        ens = EnsembleSummary.from_dict(summary.ensemble)
         print(f"ensemble ({ens.choice}): {ens.headline}")
         if ens.strategies:
             print("\n".join(f"  {line}" for line in strategy_lines(ens.as_dict())))
-    if summary.get("promotion"):
-        verdict = "promoted" if summary["promotion"]["promoted"] else "not promoted"
-        print(f"champion: {verdict}: {summary['promotion']['reason']}")
-    if summary.get("plot"):
-        print(f"report: {summary['plot']}")
+    if summary.promotion:
+        verdict = "promoted" if summary.promotion["promoted"] else "not promoted"
+        print(f"champion: {verdict}: {summary.promotion['reason']}")
+    if summary.plot:
+        print(f"report: {summary.plot}")
 
 
-def _row(metrics: dict, status: str, location: str | None) -> dict:
-    before = metrics.get("dev_score_before")
-    return {"model": metrics["model"], "type": metrics["type"], "status": status, "dev_score_before": before,
-            "dev_score": metrics["dev"]["score"], "dev_rows": metrics.get("dev_rows"), "location": location}
+def rows_label(row: ModelRow) -> str:
+    return f" on {row.dev_rows} dev rows" if row.dev_rows else ""
 
 
-def rows_label(row: dict) -> str:
-    return f" on {row['dev_rows']} dev rows" if row.get("dev_rows") else ""
-
-
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: Sequence[ModelRow | dict]) -> str:
     """A plain-text comparison table: model, type, status, score before/after training, location. The score
     headers say how many dev rows the scores cover (each cell does when models differ)."""
+    rows = rows_of(rows)
+
     def cell(value) -> str:
         return f"{value:.2f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
     cols = ["model", "type", "status", "dev_score_before", "dev_score", "location"]
-    cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
-    counts = {r.get("dev_rows") for r in rows if r.get("dev_score") is not None}
+    cols = [c for c in cols if any(getattr(r, c) is not None for r in rows)]
+    counts = {r.dev_rows for r in rows if r.dev_score is not None}
     shared = f" ({counts.pop()} rows)" if len(counts) == 1 and None not in counts else ""
     header = [c + shared if c.startswith("dev_score") else c for c in cols]
 
-    def score_cell(r: dict, c: str) -> str:
-        text = cell(r.get(c))
-        return text + (f" ({r['dev_rows']} rows)" if not shared and r.get(c) is not None and r.get("dev_rows") else "")
+    def score_cell(r: ModelRow, c: str) -> str:
+        text = cell(getattr(r, c))
+        return text + (f" ({r.dev_rows} rows)" if not shared and getattr(r, c) is not None and r.dev_rows else "")
 
-    table = [header] + [[score_cell(r, c) if c.startswith("dev_score") else cell(r.get(c)) for c in cols] for r in rows]
+    table = [header] + [[score_cell(r, c) if c.startswith("dev_score") else cell(getattr(r, c)) for c in cols]
+                        for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)

@@ -178,17 +178,18 @@ def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per
 
 
 def assign_by_family(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1,
-                     overrides: list[str] | tuple[str, ...] = ()) -> list[Placement]:
+                     overrides: list[str] | tuple[str, ...] = (), profiles: dict | None = None) -> list[Placement]:
     """`assign`, except that a model whose family needs no GPU (a chat model behind an API) runs without one: on
-    `target` when it is a CPU target, else on the worker's own process (`process`), beside the GPU children."""
-    gpu = [m for m in models if _needs_gpu(m, overrides)]
+    `target` when it is a CPU target, else on the worker's own process (`process`), beside the GPU children.
+    `profiles`: model -> its config as the run resolved it (None: it does not load), else each is resolved here."""
+    gpu = [m for m in models if _needs_gpu(m, overrides, profiles)]
     cpu = [m for m in models if m not in gpu]
     placed = {p.model: p for p in assign(gpu, target, num_gpus, gpus_per_model)} if gpu else {}
     placed.update({p.model: p for p in assign(cpu, "process" if get_target(target).gpu else target)})
     return [placed[m] for m in models]
 
 
-def _needs_gpu(model: str, overrides) -> bool:
+def _needs_gpu(model: str, overrides, profiles: dict | None = None) -> bool:
     """Whether the model's family needs a GPU; a profile that does not load is placed like a trained model, so that
     its own child fails with its error and the other models go on."""
     from dialsum.config import load_model_config
@@ -196,9 +197,10 @@ def _needs_gpu(model: str, overrides) -> bool:
     from dialsum.models import families
 
     try:
-        return families.of(load_model_config(model, overrides)).needs_gpu
+        cfg = profiles[model] if profiles is not None and model in profiles else load_model_config(model, overrides)
     except ConfigError:
         return True
+    return cfg is None or families.of(cfg).needs_gpu
 
 
 def secret_block_name(env_name: str) -> str:

@@ -76,11 +76,11 @@ class TrialExecutor:
         return self.launcher.interrupt(handle)
 
 
-def publish_outputs(journal: StudyJournal, study: Any, space, model: str, base: list[str],
+def publish_outputs(journal: StudyJournal, study: Any, space, profile: str, base: list[str],
                     debug: bool = False) -> dict[str, Any]:
-    """Write the sweep's outputs and upload them to `sweeps/<study>/`."""
+    """Write the sweep's outputs for the model published as `profile` and upload them to `sweeps/<study>/`."""
     with tempfile.TemporaryDirectory(prefix="dialsum-sweep-") as tmp:
-        facts = outputs.write_outputs(Path(tmp), study, space, model_name(model, base), base, debug)
+        facts = outputs.write_outputs(Path(tmp), study, space, profile, base, debug)
         for name in OUTPUT_FILES:
             if (Path(tmp) / name).is_file():
                 journal.store.write_bytes(study_key(journal.name, name), (Path(tmp) / name).read_bytes())
@@ -118,24 +118,25 @@ def sweep(
     resumed = journal.restore()
     searched = journal.check_space(searched)
     base = journal.check_settings(model_name(model, base), base)
+    profile = model_name(model, base)  # resolved once with the study's settings, for every step below
     optuna_study = journal.open(searched, seed)
     logger = get_run_logger()
     logger.info("sweep %s: %s %s trials of %s, %d at once", name, "continuing" if resumed else "starting", trials,
-                model_name(model, base), parallel)
+                profile, parallel)
     common = {"data_dir": data_dir, "storage_url": storage_url, "debug": debug, "group": name}
     executor = TrialExecutor(make_launcher(model, target, parallel, num_gpus, embedded, scope), store, model,
-                             model_name(model, base), name, common, base)
+                             profile, name, common, base)
     loop = StudyLoop(optuna_study, searched, executor, budget=trials, parallel=parallel, seed=seed, run_prefix=name,
                      check=lambda params: check_trial(model, base, params), on_change=journal.snapshot,
                      poll_seconds=poll_seconds, logger=logger, stopping=stop.requested)
     loop.run()
     journal.snapshot()
     if stop.requested():
-        return {"study": name, "model": model_name(model, base), "status": "stopped", "stopped": loop.stopped,
+        return {"study": name, "model": profile, "status": "stopped", "stopped": loop.stopped,
                 "location": store.location(study_key(name))}
-    facts = publish_outputs(journal, optuna_study, searched, model, base, debug)
+    facts = publish_outputs(journal, optuna_study, searched, profile, base, debug)
     _report(name, facts["rows"], list(searched.params))
-    return {"study": name, "model": model_name(model, base), "trials": len(facts["rows"]), "rows": facts["rows"],
+    return {"study": name, "model": profile, "trials": len(facts["rows"]), "rows": facts["rows"],
             "best": facts["best"], "importance": facts["importance"], "peak_parallel": loop.peak,
             "location": store.location(study_key(name)), "params": list(searched.params),
             "best_yaml": store.location(study_key(name, "best.yaml")) if facts["best"] else None}

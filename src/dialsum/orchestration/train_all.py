@@ -18,15 +18,18 @@ decision, the plot). W&B runs of one train-all run share its run id as group; th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
+from pydantic import BaseModel, ConfigDict, Field
 
 from dialsum import storage, tracking
 from dialsum.config import check_listed_once
@@ -47,7 +50,16 @@ from dialsum.orchestration.train_model import (
     launch_model,
     outcome_row,
     plan_in_process,
+    profile_name,
+    resolve_profiles,
     slug,
+)
+from dialsum.pipeline.result import (
+    FAILED,
+    STOPPED,
+    UNCHANGED,
+    ModelRow,
+    TrainAllSummary,
 )
 from dialsum.release import ensemble, registry, report
 from dialsum.state import stop
@@ -70,9 +82,11 @@ class ModelsFailed(OrchestrationError):
 def build_ensemble(
     run_id: str, models: list[str], storage_url: str | None, data_dir: str | None,
     sources: dict[str, str] | None = None, champion: dict[str, Any] | None = None,
+    store: storage.Storage | None = None,
 ) -> dict[str, Any]:
-    """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it."""
-    store = storage.open_storage(storage_url)
+    """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it (to
+    `store` when the run has it open, else to `storage_url`)."""
+    store = store or storage.open_storage(storage_url)
     data = Path(data_dir) if data_dir else None
     published = ensemble.publish_ensemble(run_id, store, models, data, sources,
                                           attachments=_plot_attachment(run_id, champion, store))
@@ -119,16 +133,17 @@ def _champion_intervals(champion: dict[str, Any], store: storage.Storage) -> dic
     return report.intervals_of(rows)
 
 
-def _report(run_id: str, rows: list[dict[str, Any]]) -> None:
+def _report(run_id: str, rows: list[ModelRow]) -> None:
     """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
     logger = get_run_logger()
     for row in rows:
-        outcome = (f"{row['status']}: {row['error']}" if row["status"] in ("failed", "stopped")
-                   else f"dev score {row['dev_score']:.2f}")
-        if row["status"] == "unchanged":
-            outcome += f" (unchanged, from run {row['source_run']})"
-        logger.info("%s: %s after %s s", row["model"], outcome, row["seconds"] if row["seconds"] is not None else "?")
-    create_table_artifact(rows, key=slug(f"train-all-{run_id}"), description=f"Models of train-all run {run_id}")
+        outcome = (f"{row.status}: {row.error}" if row.status in (FAILED, STOPPED)
+                   else f"dev score {row.dev_score:.2f}")
+        if row.status == UNCHANGED:
+            outcome += f" (unchanged, from run {row.source_run})"
+        logger.info("%s: %s after %s s", row.model, outcome, row.seconds if row.seconds is not None else "?")
+    create_table_artifact([row.to_dict() for row in rows], key=slug(f"train-all-{run_id}"),
+                          description=f"Models of train-all run {run_id}")
 
 
 def check_models(models: list[str]) -> None:
@@ -136,6 +151,29 @@ def check_models(models: list[str]) -> None:
     if not models:
         raise ConfigError("train-all needs at least one model")
     check_listed_once(models)
+
+
+class TrainAllRequest(BaseModel):
+    """One train-all run, as its flow parameters ask for it (`run_id` filled in), handed to every step of the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str] = Field(description="config stems in configs/models/ or YAML paths, each once")
+    run_id: str = Field(description="the run's id; its children publish under it")
+    target: str = Field("process", description="where children run: a placement target (`placement`)")
+    num_gpus: int | None = Field(None, description="GPUs to spread the children over (default: the target's)")
+    data_dir: str | None = Field(None, description="a data folder or storage URL (default: the bundled sample)")
+    storage_url: str | None = Field(None, description="where to publish (default DIALSUM_STORAGE_URL)")
+    debug: bool = Field(False, description="a few steps on a small slice")
+    eval_before: bool = Field(False, description="also score each untrained model on dev")
+    embedded: bool = Field(False, description="run the children in this process, one at a time")
+    crash_relaunches: int = Field(CRASH_RELAUNCHES, description="relaunches of a child that ends Crashed")
+    promote: str = Field("never", description="never, if-better or always")
+    margin: float = Field(0.0, description="if-better: the 99% lower bound of the gain must be above this")
+    force: bool = Field(False, description="retrain also when data, config and code are unchanged")
+    gpus_per_model: int = Field(1, description="train each model data-parallel on this many GPUs")
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE config overrides for every model")
+    resume: bool = Field(False, description="continue the run `run_id`, reusing nothing from other runs")
 
 
 @flow(name="train-all")
@@ -166,65 +204,87 @@ def train_all(
     check_policy(promote)
     tracking.check_report_folder()
     send_to_prefect()
-    run_id = run_id or storage.new_run_id()
-    stop.continue_with(f"--resume {run_id}")
-    local_data = datasource.resolve(data_dir)
-    store = storage.open_storage(storage_url)
+    request = TrainAllRequest(
+        models=models, run_id=run_id or storage.new_run_id(), target=target, num_gpus=num_gpus, data_dir=data_dir,
+        storage_url=storage_url, debug=debug, eval_before=eval_before, embedded=embedded,
+        crash_relaunches=crash_relaunches, promote=promote, margin=margin, force=force, gpus_per_model=gpus_per_model,
+        overrides=list(overrides or []), resume=resume)
+    stop.continue_with(f"--resume {request.run_id}")
+    summary = run_request(request)
+    if isinstance(summary, State):
+        return summary
+    if summary.failed:
+        raise ModelsFailed(summary.failed, summary.to_dict())
+    return summary.to_dict()
+
+
+def run_request(request: TrainAllRequest) -> TrainAllSummary | State:
+    """The run's summary once its children ended (and, unless stopped or unchanged, its ensemble and promotion)."""
+    run_id, local_data = request.run_id, datasource.resolve(request.data_dir)
+    store = storage.open_storage(request.storage_url)
     base = registry.current(store)
-    overrides = list(overrides or [])
-    reused = {} if force or resume else unchanged_models(models, local_data, debug, store, base, overrides)
-    common = child_parameters(run_id, data_dir, storage_url, debug, eval_before, gpus_per_model, overrides)
-    if embedded:
-        plan_in_process(run_id, len(models) - len(reused))
-    futures = [(p.model, launch_model.submit(p, {"model": p.model, **common}, embedded, crash_relaunches))
-               for p in placement.assign_by_family([m for m in models if m not in reused], target, num_gpus,
-                                                    gpus_per_model, overrides)]
-    rows = [reused[m] if m in reused else outcome_row(m, dict(futures)[m], overrides) for m in models]
+    profiles = resolve_profiles(request.models, request.overrides)  # once, for every step of the run
+    names = {m: profile_name(m, cfg) for m, cfg in profiles.items()}
+    reused = {} if request.force or request.resume else unchanged_models(request.models, local_data, request.debug,
+                                                                         store, base, request.overrides, profiles)
+    futures = launch_children(request, [m for m in request.models if m not in reused], profiles, store)
+    rows = [reused[m] if m in reused else outcome_row(m, futures[m], request.overrides, names[m])
+            for m in request.models]
     _report(run_id, rows)
     if not futures:
         return unchanged_summary(run_id, rows, base)
     if stop.requested():
         return stopped_summary(run_id, rows, store)
-    if resume and all(r["status"] == "already complete" for r in rows) and (done := published_ensemble(run_id, store)):
+    if request.resume and all(r.status == "already complete" for r in rows) and \
+            (done := published_ensemble(run_id, store)):
         get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
-        return {"run_id": run_id, "status": "already complete", "rows": rows, "ensemble": done, "promotion": None,
-                "plot": done["plot"]}
-    failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
-    summary = ensemble_and_promote(run_id, rows, [f for _, f in futures], storage_url, local_data, base,
-                                   promote, margin)
-    publish_summary(run_id, summary, base)
-    if failed:
-        raise ModelsFailed(failed, summary)
+        return TrainAllSummary(run_id, "already complete", rows, done)
+    summary = ensemble_and_promote(request, rows, list(futures.values()), store, local_data, base)
+    publish_summary(summary, base)
     return summary
 
 
-def child_parameters(run_id: str, data_dir: str | None, storage_url: str | None, debug: bool, eval_before: bool,
-                     gpus_per_model: int, overrides: list[str]) -> dict[str, Any]:
+def launch_children(request: TrainAllRequest, models: list[str], profiles: dict[str, Any],
+                    store: storage.Storage) -> dict[str, PrefectFuture]:
+    """model -> its `launch-model` task, for the models to train, all submitted at once (`profiles`: their configs
+    as the run resolved them)."""
+    if request.embedded:
+        plan_in_process(request.run_id, len(models))
+    common = child_parameters(request)
+    placed = placement.assign_by_family(models, request.target, request.num_gpus, request.gpus_per_model,
+                                        request.overrides, profiles)
+    return {p.model: launch_model.submit(p, {"model": p.model, **common}, request.embedded, request.crash_relaunches,
+                                         name=profile_name(p.model, profiles[p.model]), store=store)
+            for p in placed}
+
+
+def child_parameters(request: TrainAllRequest) -> dict[str, Any]:
     """The parameters every child of a run shares (besides its model)."""
-    common = {"run_id": run_id, "data_dir": data_dir, "storage_url": storage_url, "debug": debug,
-              "group": run_id, "eval_before": eval_before}
-    if gpus_per_model > 1:
-        common["gpus"] = gpus_per_model
-    if overrides:  # only when given, so deployments registered before the parameter existed keep working
-        common["overrides"] = overrides
+    common = {"run_id": request.run_id, "data_dir": request.data_dir, "storage_url": request.storage_url,
+              "debug": request.debug, "group": request.run_id, "eval_before": request.eval_before}
+    if request.gpus_per_model > 1:
+        common["gpus"] = request.gpus_per_model
+    if request.overrides:  # only when given, so deployments registered before the parameter existed keep working
+        common["overrides"] = request.overrides
     return common
 
 
-def ensemble_and_promote(run_id: str, rows: list[dict], futures: list, storage_url: str | None, local_data,
-                         base, promote: str, margin: float) -> dict[str, Any]:
+def ensemble_and_promote(request: TrainAllRequest, rows: list[ModelRow], futures: list, store: storage.Storage,
+                         local_data: Path | None, base: registry.Record | None) -> TrainAllSummary:
     """The ensemble of the models that succeeded (once every child has ended) and the promotion decision; the
     run's summary."""
-    done = [row["model"] for row in rows if row["status"] in ("completed", "already complete", "unchanged")]
-    failed = {row["model"]: row["error"] for row in rows if row["status"] == "failed"}
-    result = decision = None
-    if done:
-        sources = {r["model"]: r["source_run"] for r in rows if r["status"] == "unchanged"}
-        result = build_ensemble(run_id, done, storage_url, str(local_data) if local_data else None, sources,
-                                base.champion if base else None, wait_for=[allow_failure(f) for f in futures])
-        get_run_logger().info("ensemble (%s): %s", result["choice"], result["headline"])
-        decision = decide_promotion(run_id, storage_url, promote, margin, local_data, failed, result["dev_score"])
-    return {"run_id": run_id, "status": "trained", "rows": rows, "ensemble": result, "promotion": decision,
-            "plot": result["plot"] if result else None}
+    run_id = request.run_id
+    summary = TrainAllSummary(run_id, "trained", rows)
+    done = [row.model for row in rows if row.succeeded]
+    if not done:
+        return summary
+    sources = {r.model: r.source_run for r in rows if r.status == UNCHANGED}
+    result = build_ensemble(run_id, done, request.storage_url, str(local_data) if local_data else None, sources,
+                            base.champion if base else None, wait_for=[allow_failure(f) for f in futures], store=store)
+    get_run_logger().info("ensemble (%s): %s", result["choice"], result["headline"])
+    decision = decide_promotion(run_id, request.storage_url, request.promote, request.margin, local_data,
+                                summary.failed, result["dev_score"], store=store)
+    return replace(summary, ensemble=result, promotion=decision)
 
 
 def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | None:
@@ -233,17 +293,16 @@ def published_ensemble(run_id: str, store: storage.Storage) -> dict[str, Any] | 
     return None if published is None else published.as_dict()
 
 
-def stopped_summary(run_id: str, rows: list[dict[str, Any]], store: storage.Storage) -> State:
+def stopped_summary(run_id: str, rows: list[ModelRow], store: storage.Storage) -> State:
     """After Ctrl-C or SIGTERM: no ensemble, no promotion; the run ends Cancelled, its summary holding a row per
     model and whether anything was kept that `--resume` continues (`resumable`)."""
     from dialsum.state import runs
 
-    resumable = any(runs.has_progress(run_id, row["model"], store) for row in rows)
-    summary = {"run_id": run_id, "status": "stopped", "rows": rows, "ensemble": None, "promotion": None,
-               "plot": None, "resumable": resumable}
-    stopped = [row["model"] for row in rows if row["status"] == "stopped"]
+    resumable = any(runs.has_progress(run_id, row.model, store) for row in rows)
+    summary = TrainAllSummary(run_id, STOPPED, rows, resumable=resumable)
+    stopped = [row.model for row in rows if row.status == STOPPED]
     return Cancelled(message=f"stopped by {stop.cause()}: {', '.join(stopped) or 'no model'} stopped; running the "
-                             "same run id again continues", data=summary)
+                             "same run id again continues", data=summary.to_dict())
 
 
 def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -25,12 +26,13 @@ from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Crashed, State
 
 from dialsum import console, storage
-from dialsum.config import load_model_config
+from dialsum.config import ModelConfig, load_model_config
 from dialsum.data import source as datasource
 from dialsum.engine import lifeline
 from dialsum.errors import ConfigError, DataError, DialsumError
 from dialsum.orchestration import placement
 from dialsum.orchestration.logs import send_to_prefect
+from dialsum.pipeline.result import ModelRow
 from dialsum.release import ensemble
 from dialsum.settings import get_settings
 from dialsum.state import stop
@@ -71,6 +73,23 @@ def pipeline_module() -> ModuleType:
     from dialsum import pipeline
 
     return pipeline
+
+
+def resolve_profiles(models: Sequence[str], overrides: Sequence[str] | None = None) -> dict[str, ModelConfig | None]:
+    """Each model's config with `overrides`, resolved once for a whole run; None for one that does not load (its
+    own child then fails with the error, and the other models go on)."""
+    profiles: dict[str, ModelConfig | None] = {}
+    for model in models:
+        try:
+            profiles[model] = load_model_config(model, overrides or ())
+        except DialsumError:
+            profiles[model] = None
+    return profiles
+
+
+def profile_name(model: str, cfg: ModelConfig | None) -> str:
+    """The name a model publishes under: its resolved config's, else (a config that does not load) the file stem."""
+    return cfg.name if cfg is not None else Path(model).stem
 
 
 def model_name(model: str, overrides: Sequence[str] | None = None) -> str:
@@ -171,19 +190,14 @@ def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
 
 
 def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None,
-                  overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """A table row for a child that completed, from what it published."""
-    name = model_name(model, overrides)
+                  overrides: Sequence[str] | None = None, name: str | None = None) -> ModelRow:
+    """A table row for a child that completed, from what it published (`name`: the model's, when known)."""
+    name = name or model_name(model, overrides)
     try:
         outputs = ensemble.read_outputs(run_id, name, store)
     except DialsumError as exc:
         raise ModelRunFailed(name, f"completed, but its published result is unusable: {exc}", seconds) from exc
-    metrics = outputs.metrics
-    return {
-        "model": name, "type": metrics.get("type"), "status": "completed",
-        "dev_score_before": metrics.get("dev_score_before"), "dev_score": metrics["dev"]["score"],
-        "dev_rows": metrics.get("dev_rows"), "seconds": _round(seconds), "location": outputs.location, "error": None,
-    }
+    return ModelRow.published(name, outputs.metrics, outputs.location, _round(seconds))
 
 
 def _round(seconds: float | None) -> float | None:
@@ -191,7 +205,7 @@ def _round(seconds: float | None) -> float | None:
 
 
 def run_child(
-    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int, name: str | None = None
 ) -> tuple[State, float | None]:
     """Run one child; while it ends Crashed (killed, evicted, preempted), launch it again, up to `relaunches` times.
 
@@ -205,23 +219,27 @@ def run_child(
         if not state.is_crashed() or attempt == relaunches or stop.requested():
             break
         get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
-                                 "checkpoint", model_name(where.model, parameters.get("overrides")), state.message, attempt + 1, relaunches)
+                                 "checkpoint", name or model_name(where.model, parameters.get("overrides")),
+                                 state.message, attempt + 1, relaunches)
     return state, total
 
 
 @task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
 def launch_model(
-    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES
-) -> dict[str, Any]:
-    """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`."""
-    state, seconds = run_child(where, parameters, embedded, relaunches)
+    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES,
+    name: str | None = None, store: storage.Storage | None = None,
+) -> ModelRow:
+    """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`. `name` and
+    `store`: the model's name and the storage, as the run resolved and opened them (else found here)."""
+    name = name or model_name(where.model, parameters.get("overrides"))
+    state, seconds = run_child(where, parameters, embedded, relaunches, name)
     if state.is_cancelled() and stop.requested():
-        return stopped_row(model_name(where.model), state.message or "stopped", seconds)
+        return stopped_row(name, state.message or "stopped", seconds)
     if not state.is_completed():
-        raise ModelRunFailed(model_name(where.model, parameters.get("overrides")), f"{state.name}: {state.message or 'no message'}", _round(seconds))
-    row = published_row(parameters["run_id"], where.model, storage.open_storage(parameters["storage_url"]), seconds,
-                        parameters.get("overrides"))
-    return {**row, "status": _reported_status(state)} if embedded else row
+        raise ModelRunFailed(name, f"{state.name}: {state.message or 'no message'}", _round(seconds))
+    store = store or storage.open_storage(parameters["storage_url"])
+    row = published_row(parameters["run_id"], where.model, store, seconds, parameters.get("overrides"), name=name)
+    return replace(row, status=_reported_status(state)) if embedded else row
 
 
 def _reported_status(state: State) -> str:
@@ -230,22 +248,18 @@ def _reported_status(state: State) -> str:
     return result.get("status", "completed") if isinstance(result, dict) else "completed"
 
 
-def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """The launch task's row, or a `failed` row carrying the reason."""
+def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None,
+                name: str | None = None) -> ModelRow:
+    """The launch task's row, or a `failed` row carrying the reason (`name`: the model's, when known)."""
     future.wait()
     if future.state.is_completed():
         return future.result()
     exc = future.result(raise_on_failure=False)
     if isinstance(exc, ModelRunFailed):
-        name, reason, seconds = exc.model, exc.reason, exc.seconds
-    else:
-        name, reason, seconds = model_name(model, overrides), f"{type(exc).__name__}: {exc}", None
-    return {"model": name, "type": None, "status": "failed", "dev_score_before": None, "dev_score": None,
-            "seconds": seconds, "location": None, "error": reason}
+        return ModelRow.failed(exc.model, exc.reason, exc.seconds)
+    return ModelRow.failed(name or model_name(model, overrides), f"{type(exc).__name__}: {exc}")
 
 
-def stopped_row(name: str, message: str, seconds: float | None) -> dict[str, Any]:
+def stopped_row(name: str, message: str, seconds: float | None) -> ModelRow:
     """A table row for a child that Ctrl-C stopped (or kept from starting); `error` says where it stopped."""
-    where = message.removeprefix(f"{name}: ")
-    return {"model": name, "type": None, "status": "stopped", "dev_score_before": None, "dev_score": None,
-            "seconds": _round(seconds), "location": None, "error": where}
+    return ModelRow.stopped(name, message.removeprefix(f"{name}: "), _round(seconds))

@@ -121,9 +121,10 @@ def seed_cache(cache: Path, earlier: Path) -> None:
 
 
 def run(cfg, run_id: str, data_dir: Path | None, debug: bool, publish: bool, storage_url: str | None,
-        force: bool) -> tuple[dict, Path, str | None, Phases]:
+        force: bool, store=None) -> tuple[dict, Path, str | None, Phases]:
     """The phases of a generate-only run, each skipped when an earlier attempt finished it; returns metrics, the
-    run folder, where it was published, and its state record (cleared by the caller when done)."""
+    run folder, where it was published (to `store`, else `storage_url`), and its state record (cleared by the caller
+    when done)."""
     started = time.perf_counter()
     splits = load_splits(data_dir)
     get_settings().check_folders()
@@ -150,18 +151,18 @@ def run(cfg, run_id: str, data_dir: Path | None, debug: bool, publish: bool, sto
     location = None
     if publish:
         stop.check(f"{cfg.name}: stopped before publishing; its run folder {final} is complete")
-        location = publish_run(cfg, run_id, final, storage_url, data_hash, data_dir, debug, force)
+        location = publish_run(cfg, run_id, final, storage_url, data_hash, data_dir, debug, force, store)
     return metrics, final, location, state
 
 
 def publish_run(cfg, run_id: str, folder: Path, storage_url: str | None, data_hash: str, data_dir: Path | None,
-                debug: bool, force: bool) -> str:
+                debug: bool, force: bool, store=None) -> str:
     from dialsum import storage
 
     extra = {"config_sha256": config_fingerprint(cfg), "data_sha256": data_hash, "type": cfg.type,
              "base_commit": None, "dev_sha256": dev_fingerprint(data_dir), "code_sha256": code_fingerprint(),
              "debug": debug}
-    return storage.publish(folder, run_id, cfg.name, storage=storage.open_storage(storage_url), extra=extra,
+    return storage.publish(folder, run_id, cfg.name, storage=store or storage.open_storage(storage_url), extra=extra,
                            force=force).url
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dialsum import console, metric
-from dialsum.config import dump_config, load_model_config
+from dialsum.config import ModelConfig, dump_config, load_model_config
 from dialsum.data import (
     Example,
     candidates_path,
@@ -84,16 +84,16 @@ state_dir = runs.state_dir
 
 
 def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
-          force: bool = False, overrides: Sequence[str] = ()) -> RunContext:
+          force: bool = False, overrides: Sequence[str] = (), cfg: ModelConfig | None = None) -> RunContext:
     """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before.
 
     The base checkpoint is pinned to the hub commit its revision resolves to when the run starts; a retry
     loads the same commit. After a finished `fit` the saved model is loaded instead; after `save` no model is
-    needed at all.
+    needed at all. `cfg`: the profile as the caller resolved it (else resolved here).
     """
     distributed.init()
     host_memory.prepare_for(device(), get_settings().keep_freed_host_memory)
-    cfg = load_model_config(model_name, overrides)
+    cfg = cfg or load_model_config(model_name, overrides)
     splits = load_splits(data_dir)
     get_settings().check_folders()  # after validation: bad input leaves no folder behind
     if debug:
@@ -132,14 +132,15 @@ def pinned_base(phases: Phases, resolved: str | None) -> str | None:
     return resolved
 
 
-def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool) -> Checkpointer:
-    """The run's checkpoints: in its state folder and, when the run publishes, in its storage location."""
+def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool, store=None) -> Checkpointer:
+    """The run's checkpoints: in its state folder and, when the run publishes, in its storage location (`store`,
+    else `storage_url`)."""
     from dialsum import storage
 
     t = ctx.cfg.training
     return Checkpointer(ctx.phases.folder / "checkpoints", t.checkpoint_every, t.keep_checkpoints,
                         ctx.phases.fingerprint, ctx.run_id, ctx.cfg.name,
-                        storage.open_storage(storage_url) if publish else None)
+                        (store or storage.open_storage(storage_url)) if publish else None)
 
 
 def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
@@ -301,10 +302,10 @@ def run_facts(ctx: RunContext) -> dict:
     return {"dev_sha256": ctx.dev_hash, "code_sha256": code_fingerprint(), "debug": ctx.debug}
 
 
-def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool) -> str:
+def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool, store=None) -> str:
     from dialsum import storage
 
-    result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=storage.open_storage(storage_url),
+    result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=store or storage.open_storage(storage_url),
                              extra={"config_sha256": config_fingerprint(ctx.cfg), "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
                                     "base_commit": ctx.base_commit, **run_facts(ctx)},
                              force=force)

@@ -21,7 +21,9 @@ from dialsum.settings import get_settings
 from dialsum.state import runs, stop
 
 if TYPE_CHECKING:
+    from dialsum.config import ModelConfig
     from dialsum.pipeline.phases import RunContext
+    from dialsum.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ def run_model(
     model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
     eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
     group: str | None = None, resume: bool = False, overrides: Sequence[str] = (), lease_wait: float = 0.0,
+    store: Storage | None = None,
 ) -> RunResult:
     """Train, predict, score and publish one model; the single entry point every caller uses.
 
@@ -39,37 +42,40 @@ def run_model(
     process holds the run's lease (`storage.lease`): a second process with the same run id and model is
     refused, after waiting up to `lease_wait` seconds for the holder's lease to expire. `overrides` (`KEY=VALUE`,
     see `config.apply_overrides`) change the profile; the resolved config is what the run records and fingerprints.
+    The config is resolved once and the storage (`store`, else `storage_url`) opened once, for every step.
     """
     run_id = run_id or new_run_id()
-    if resume:
-        require_resumable(model_name, run_id, storage_url, overrides)
-    if publish and (done := already_complete(model_name, run_id, data_dir, debug, storage_url, force, overrides)) is not None:
-        return done
     cfg = load_model_config(model_name, overrides)
+    if publish or resume:
+        store = store or _open(storage_url)
+    if resume:
+        runs.require_resumable(run_id, [cfg.name], store)
+    if publish and (done := already_complete(cfg, run_id, data_dir, debug, store, force)) is not None:
+        return done
     if not families.trainable(cfg):
-        return run_generate_only(cfg, run_id, data_dir, debug, storage_url, publish, force, lease_wait)
+        return run_generate_only(cfg, run_id, data_dir, debug, storage_url, publish, force, lease_wait, store)
     from dialsum.engine import distributed
     from dialsum.pipeline.phases import checkpointer, publish_phase, setup, train_and_save
 
     name = cfg.name
-    with run_lease(name, run_id, storage_url, publish, lease_wait) as lease:
+    with run_lease(name, run_id, storage_url, publish, lease_wait, store) as lease:
         stop.check(f"{name}: not started")
         started = time.perf_counter()
         try:
-            ctx = setup(model_name, run_id, data_dir, debug, group, force=force, overrides=overrides)
+            ctx = setup(model_name, run_id, data_dir, debug, group, force=force, overrides=overrides, cfg=cfg)
         except BaseException as exc:
             runs.discard_if_unstarted(run_id, name)
             if isinstance(exc, KeyboardInterrupt):
                 raise stop.Interrupted(f"{name}: stopped while setting up, before training") from None
             raise
         try:
-            metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish), started)
+            metrics, run_dir = train_and_save(ctx, eval_before, checkpointer(ctx, storage_url, publish, store), started)
             if not distributed.is_main():
                 return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, ctx.work_dir, {})
             stop.check(f"{name}: stopped before publishing; its run folder {run_dir} is complete")
             if lease is not None:
                 lease.check()
-            location = publish_phase(ctx, run_dir, storage_url, force) if publish else None
+            location = publish_phase(ctx, run_dir, storage_url, force, store) if publish else None
         except BaseException as exc:
             if (outcome := failed(ctx, exc)) is exc:
                 raise
@@ -80,15 +86,15 @@ def run_model(
 
 
 def run_generate_only(cfg, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None, publish: bool,
-                      force: bool, lease_wait: float) -> RunResult:
+                      force: bool, lease_wait: float, store: Storage | None = None) -> RunResult:
     """`run_model` for a family that only generates (`pipeline.generate_only`): no weights, hub, checkpoints or fit."""
     from dialsum.pipeline import generate_only
 
-    with run_lease(cfg.name, run_id, storage_url, publish, lease_wait):
+    with run_lease(cfg.name, run_id, storage_url, publish, lease_wait, store):
         stop.check(f"{cfg.name}: not started")
         try:
             metrics, run_dir, location, state = generate_only.run(cfg, run_id, data_dir, debug, publish, storage_url,
-                                                                  force)
+                                                                  force, store)
         except KeyboardInterrupt:
             raise stop.Interrupted(f"{cfg.name}: stopped while predicting; its cached responses are kept") from None
         except BaseException:
@@ -113,24 +119,25 @@ def failed(ctx: RunContext, exc: BaseException) -> BaseException:
 
 
 @contextmanager
-def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wait: float):
-    """Hold the run's lease while the block runs; none for unpublished runs and for data-parallel ranks (the
-    process that launched them holds it)."""
+def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wait: float,
+              store: Storage | None = None):
+    """Hold the run's lease (in `store`, else `storage_url`) while the block runs; none for unpublished runs and for
+    data-parallel ranks (the process that launched them holds it)."""
     from dialsum import storage
 
     if not publish or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield None
         return
-    with storage.hold(storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds, wait) as lease:
+    with storage.hold(store or storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds,
+                      wait) as lease:
         yield lease
 
 
-def already_complete(model_name: str, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None,
-                     force: bool, overrides: Sequence[str] = ()) -> RunResult | None:
+def already_complete(cfg: ModelConfig, run_id: str, data_dir: Path | None, debug: bool, store: Storage,
+                     force: bool) -> RunResult | None:
     """The published result when `run_id` already holds this model with the same config, data and debug mode."""
     from dialsum import storage
 
-    cfg, store = load_model_config(model_name, overrides), storage.open_storage(storage_url)
     if (metrics := runs.published(run_id, cfg, data_dir, debug, store, force)) is None:
         return None
     where = store.location(storage.run_key(run_id, cfg.name))
@@ -139,11 +146,10 @@ def already_complete(model_name: str, run_id: str, data_dir: Path | None, debug:
                      status="already complete")
 
 
-def require_resumable(model_name: str, run_id: str, storage_url: str | None, overrides: Sequence[str] = ()) -> None:
-    """Refuse a resume of a run that left nothing behind, locally or in storage."""
+def _open(storage_url: str | None) -> Storage:
     from dialsum import storage
 
-    runs.require_resumable(run_id, [load_model_config(model_name, overrides).name], storage.open_storage(storage_url))
+    return storage.open_storage(storage_url)
 
 
 def launch_on_gpus(

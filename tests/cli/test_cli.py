@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.cli.main import build_parser
 from dialsum.cli.train import format_table

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.cli.main import build_parser, main
 from dialsum.data import sample_dir

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from profiles import ROOT, STEPS, long_profile
-from s3_server import CREDENTIALS
 from safetensors.torch import load_file
+from support.profiles import ROOT, STEPS, long_profile
+from support.s3_server import CREDENTIALS
 
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in

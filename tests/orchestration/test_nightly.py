@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3_server import CREDENTIALS, s3_client, use_endpoint
+from support.s3_server import CREDENTIALS, s3_client, use_endpoint
 from test_train_all import (  # noqa: F401  (fixtures)
     REPO,
     artifacts,

@@ -21,7 +21,7 @@ import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from s3_server import free_port
+from support.s3_server import free_port
 from test_train_all import _has_env, base_env, start_group, stop_group, wait_healthy
 
 from dialsum.config import load_model_config, overlay_overrides

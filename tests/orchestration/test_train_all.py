@@ -27,7 +27,7 @@ from prefect.settings import (
     temporary_settings,
 )
 from prefect.states import Cancelled, Completed, Crashed, Failed
-from s3_server import CREDENTIALS, free_port, s3_client, start_moto
+from support.s3_server import CREDENTIALS, free_port, s3_client, start_moto
 
 from dialsum.engine.stop import Preempted
 from dialsum.errors import ConfigError, DataError
@@ -479,7 +479,7 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     prefect_server: tuple[str, dict[str, str]], moto_endpoint: str, tmp_path: Path
 ) -> None:
     """Three tiny models; one child is SIGKILLed after its first checkpoint, relaunched, and resumes."""
-    from profiles import long_profile
+    from support.profiles import long_profile
 
     api_url, env = prefect_server
     bucket, run_id = f"e2e-{uuid.uuid4().hex[:8]}", f"e2e-{uuid.uuid4().hex[:6]}"

@@ -1,4 +1,4 @@
-"""Runs of an API model through the CLI against a loopback chat server (tests/chat_server.py): a torch-free run
+"""Runs of an API model through the CLI against a loopback chat server (tests/support/chat_server.py): a torch-free run
 that records its bill, a kill -9 resumed without paying twice, a finished run rerun for free, a planted API key
 found in no output, and an API model beside tiny-bart in a multi-model run's ensemble and MBR."""
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chat_server import ChatServer
+from support.chat_server import ChatServer
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 PLANTED = "sk-planted-9f8e7d6c5b4a3210"

@@ -157,10 +157,11 @@ def test_planted_key_appears_in_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_api_model_joins_the_ensemble_and_mbr_beside_tiny_bart(tmp_path: Path, server: ChatServer) -> None:
+def test_api_model_joins_the_ensemble_and_mbr_beside_tiny_bart(tmp_path: Path, server: ChatServer,
+                                                               prefect_api: str) -> None:
     profile = api_profile(tmp_path, server)
     run = dialsum(tmp_path, "train", "--mode", "multi_model", "--models", "tiny-bart", str(profile), "--run-id", "team",
-                  "--debug", "--set", "generation.num_candidates=3")
+                  "--debug", "--set", "generation.num_candidates=3", PREFECT_API_URL=prefect_api)
     assert run.returncode == 0, run.stderr[-3000:]
     print(run.stdout)
     table = run.stdout.splitlines()

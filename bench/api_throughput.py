@@ -1,6 +1,6 @@
 """API throughput (dialogues/s): the chat-API family summarizing the 499 dev dialogues (../shared) through our
-fault-injecting proxy (tests/chat_server.py, in its own process) that adds 200 ms to every request, in front of a
-fast fake OpenAI-compatible upstream (another process: the same server without faults, answering at once;
+fault-injecting proxy (tests/support/chat_server.py, in its own process) that adds 200 ms to every request, in front
+of a fast fake OpenAI-compatible upstream (another process: the same server without faults, answering at once;
 `transformers serve` on a 2-core box would measure the model, not the calling). Ours: `limits.concurrency` 8;
 baseline, in the same run: the same calls one at a time (`limits.concurrency` 1), as the guide's sequential loop
 made them. Each variant starts with an empty response cache, so every dialogue is a request; the prompts (2
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import dev_examples, require_shared, sized, use_repo_configs, write_result  # noqa: E402
 
-SERVER = Path(__file__).resolve().parents[1] / "tests" / "chat_server.py"
+SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "chat_server.py"
 
 DIALOGUES = sized(499, 16)
 LATENCY = sized(0.2, 0.05)
@@ -76,7 +76,7 @@ def main() -> None:
                   "seconds": {"concurrent": round(concurrent, 2), "sequential": round(sequential, 2)},
                   "requests": {"concurrent": stats["requests"], "sequential": seq_stats["requests"]},
                   "latency_p50_s": stats["latency_p50_s"], "latency_p95_s": stats["latency_p95_s"],
-                  "upstream": "fake OpenAI-compatible server (tests/chat_server.py), answering at once"})
+                  "upstream": "fake OpenAI-compatible server (tests/support/chat_server.py), answering at once"})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import sized, write_result  # noqa: E402
-from s3_server import CREDENTIALS, s3_client, start_moto  # noqa: E402
+from support.s3_server import CREDENTIALS, s3_client, start_moto  # noqa: E402
 
 from dialsum.settings import get_settings  # noqa: E402
 from dialsum.storage import Storage, open_storage, publish  # noqa: E402

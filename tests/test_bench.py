@@ -22,7 +22,8 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     results = ROOT / "bench" / "results"
     before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIALSUM_", "PREFECT_API_URL"))}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "bench_smoke.py"), str(out), *map(str, BENCHES)],
+    smoke = ROOT / "tests" / "support" / "bench_smoke.py"
+    proc = subprocess.run([sys.executable, str(smoke), str(out), *map(str, BENCHES)],
                           capture_output=True, text=True, timeout=900, cwd=out, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ from dialsum.pipeline import run_model
 from dialsum.settings import get_settings
 
 TINY = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
+pytestmark = pytest.mark.slow  # each profile trains end to end
 
 
 @pytest.fixture(scope="module", params=TINY)

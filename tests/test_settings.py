@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from as_user import NOBODY, call_as
+from support.as_user import NOBODY, call_as
 
 from dialsum.cli import main as cli
 from dialsum.errors import FolderError

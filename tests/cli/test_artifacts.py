@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from run_folders import RUN_FILES, make_run, read_tree
+from support.run_folders import RUN_FILES, make_run, read_tree
 
 from dialsum.cli import artifacts
 from dialsum.storage import MANIFEST, LocalStorage, publish, publish_checkpoint

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_server import CREDENTIALS
+from support.s3_server import CREDENTIALS
 
 from dialsum.cli.main import build_parser
 from dialsum.config import dump_config, load_model_config

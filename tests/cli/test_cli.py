@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.cli.main import build_parser
 from dialsum.cli.train import format_table
@@ -53,6 +53,7 @@ def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch, tmp_path, capsy
         args.func(args)
 
 
+@pytest.mark.slow
 def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path):
     env = {"DIALSUM_STORAGE_URL": f"s3://{s3_bucket}/nightly", "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")}
     proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)
@@ -68,6 +69,7 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
     assert listing.returncode == 0 and "ci-debug" in listing.stdout and "tiny-bart" in listing.stdout
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     out = tmp_path / "out"
     env = {"DIALSUM_OUTPUT_DIR": str(out), "DIALSUM_STORAGE_URL": str(tmp_path / "store")}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.cli.main import build_parser, main
 from dialsum.data import sample_dir
@@ -75,9 +75,10 @@ def test_a_data_url_that_cannot_be_read_is_one_line(command: list[str], s3_bucke
 
 
 @pytest.mark.slow
-def test_train_all_and_sweep_train_on_data_in_s3(s3_bucket: str, moto_server, tmp_path: Path) -> None:
+def test_train_all_and_sweep_train_on_data_in_s3(s3_bucket: str, moto_server, tmp_path: Path, prefect_api: str) -> None:
     """The README's nightly command with a tiny model, and a one-trial sweep, both with `--data s3://…`: each run
-    records the fingerprint of the data in S3 (not of the bundled sample)."""
+    records the fingerprint of the data in S3 (not of the bundled sample). Both report to the session's Prefect
+    server."""
     data = small_data(tmp_path / "data", {"train": 16, "dev": 8, "test": 8})
     url = upload(data, s3_bucket, "dialsum/data", moto_server.endpoint)
     store = f"s3://{s3_bucket}/dialsum/runs"

@@ -11,19 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    temporary_settings,
-)
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from support.prefect_server import flow_runs
 
 MODELS = ["tiny-bart", "tiny-qwen3"]
 OUR_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
@@ -35,23 +30,11 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
                    "PREFECT_HOME": str(tmp_path / "prefect-cli")} | extra
 
 
-@pytest.fixture
-def prefect_api(tmp_path: Path) -> Iterator[str]:
-    """A Prefect API server (the test server, in a subprocess) with its database in a temp folder."""
-    with temporary_settings(updates={PREFECT_HOME: tmp_path / "prefect", PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        server = SubprocessASGIServer(port=SubprocessASGIServer().find_available_port())
-        server.start(timeout=120)
-        try:
-            yield server.api_url
-        finally:
-            server.stop()
-
-
-def child_logs(api_url: str, model: str) -> list[str]:
-    """The log messages of the train-model run of `model`, read back through the API."""
+def child_logs(api_url: str, run_id: str, model: str) -> list[str]:
+    """The log messages of the train-model run of `model` in run `run_id`, read back through the API."""
+    runs = [r for r in flow_runs(api_url) if (r.parameters.get("model"), r.parameters.get("run_id")) == (model, run_id)]
+    assert len(runs) == 1, runs
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs() if r.parameters.get("model") == model]
-        assert len(runs) == 1, runs
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))
     return [entry.message for entry in logs]
 
@@ -59,11 +42,12 @@ def child_logs(api_url: str, model: str) -> list[str]:
 @pytest.mark.slow
 def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: Path, prefect_api: str) -> None:
     train = [sys.executable, "-m", "dialsum.cli", "train", "--mode", "multi_model", "--models", *MODELS, "--debug"]
+    run = f"m1-{uuid.uuid4().hex[:6]}"  # the session's Prefect server holds other tests' runs
 
     # Ctrl-C at a terminal: SIGINT to the whole process group, the temporary Prefect server included.
     log = tmp_path / "first.log"
     with open(log, "wb") as out:
-        first = subprocess.Popen([*train, "--run-id", "m1"], env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+        first = subprocess.Popen([*train, "--run-id", run], env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     deadline = time.monotonic() + 300
     while "eval at step 1" not in log.read_text():
@@ -79,18 +63,18 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     output = log.read_text()
     assert first.returncode == 130 and time.monotonic() - sent < 15, output[-3000:]
     after = output.split("eval at step 1", 1)[1]
-    for noise in ("Traceback", "ConnectError", "Crash detected", "published m1/"):
+    for noise in ("Traceback", "ConnectError", "Crash detected", f"published {run}/"):
         assert noise not in after, f"{noise!r} after Ctrl-C:\n{after}"
     stopped = re.search(r"^dialsum: (tiny-bart|tiny-qwen3): stopped (at step \d of 3|after training|while predicting)",
                         after, re.M)
     assert stopped, after
     other = "tiny-qwen3" if stopped.group(1) == "tiny-bart" else "tiny-bart"
     assert re.search(rf"^dialsum: {other}: not started$", after, re.M), after
-    assert after.rstrip().endswith("dialsum: stopped; continue with --resume m1")
+    assert after.rstrip().endswith(f"dialsum: stopped; continue with --resume {run}")
 
     # The same run id continues: the stopped model resumes, the other trains, the ensemble is built and promoted.
     # The terminal shows each line once, without third-party chatter; the children's lines are in the Prefect API.
-    rerun = subprocess.run([*train, "--resume", "m1", "--promote", "if-better"], capture_output=True, text=True,
+    rerun = subprocess.run([*train, "--resume", run, "--promote", "if-better"], capture_output=True, text=True,
                            timeout=600, env=env(tmp_path, PREFECT_API_URL=prefect_api, WANDB_MODE="offline",
                                                 WANDB_DIR=str(tmp_path)))
     shown = rerun.stdout + rerun.stderr
@@ -104,10 +88,10 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     for noise in ("Loading weights", "Writing model shards", "wandb:", "kernels-community", "Finished in state",
                   "Traceback"):
         assert noise not in shown, noise
-    messages = child_logs(prefect_api, stopped.group(1))
+    messages = child_logs(prefect_api, run, stopped.group(1))
     assert any(m.startswith(f"resumed {stopped.group(1)} at step") for m in messages), messages
     assert any(f"{stopped.group(1)}: eval at step" in m for m in messages), messages
-    assert any(m.startswith(f"published m1/{stopped.group(1)}") for m in messages), messages
+    assert any(m.startswith(f"published {run}/{stopped.group(1)}") for m in messages), messages
 
     # Resuming the finished run changes no byte: every model and the ensemble are already published.
     def tree() -> dict[str, bytes]:
@@ -115,7 +99,8 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
                 if f.is_file()}
 
     before = tree()
-    again = subprocess.run([*train, "--resume", "m1"], env=env(tmp_path, PREFECT_API_URL=prefect_api),
+    again = subprocess.run([*train, "--resume", run], env=env(tmp_path, PREFECT_API_URL=prefect_api),
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "already complete: run m1" in again.stdout, (again.stdout + again.stderr)[-3000:]
+    shown = again.stdout + again.stderr
+    assert again.returncode == 0 and f"already complete: run {run}" in again.stdout, shown[-3000:]
     assert tree() == before

@@ -1,6 +1,7 @@
 """SIGTERM stops a command as the first Ctrl-C does; Ctrl-C and SIGTERM stop a sweep's trials without using up
 its budget; and nothing a command starts (the temporary Prefect API, local children, their helpers) outlives
-it, `kill -9` included. Every command here is embedded: no Prefect server of the test's own."""
+it, `kill -9` included. Every command here is embedded: the stopped ones start their own temporary Prefect API,
+the runs that finish them report to the session's server."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def env(tmp_path: Path) -> dict[str, str]:
+def env(tmp_path: Path, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "PREFECT_HOME", "DIALSUM_"))}
     return base | {"DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
                    "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "WANDB_MODE": "disabled",
-                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
+                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"} | extra
 
 
 def dialsum(*args: str) -> list[str]:
@@ -113,7 +114,7 @@ def assert_all_gone(pids: set[int], seconds: float = 10) -> None:
     assert not left, f"still alive {seconds} s after the command ended: {left}"
 
 
-def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_path: Path) -> None:
+def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_path: Path, prefect_api: str) -> None:
     train = dialsum("train", "--mode", "multi_model", "--models", "tiny-bart", "tiny-qwen3", "--debug")
     log = tmp_path / "first.log"
     first = start([*train, "--run-id", "t1"], tmp_path, log)
@@ -134,7 +135,7 @@ def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_
     assert_all_gone(started)  # the temporary Prefect API among them
 
     rerun = subprocess.run([*train, "--resume", "t1"], capture_output=True, text=True, timeout=900,
-                           env=env(tmp_path), cwd=tmp_path)
+                           env=env(tmp_path, PREFECT_API_URL=prefect_api), cwd=tmp_path)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     assert "ensemble (" in rerun.stdout
     assert re.search(rf"^{stopped.group(1)} +\S+ +completed", rerun.stdout, re.M), rerun.stdout
@@ -162,7 +163,8 @@ def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path
     assert_all_gone(started, 10)
 
 
-def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes_it(tmp_path: Path) -> None:
+def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes_it(tmp_path: Path,
+                                                                                   prefect_api: str) -> None:
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
     space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
     log = tmp_path / "sweep.log"
@@ -180,8 +182,8 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
     assert command and "--study s4 --trials 4" in command.group(1), output[-3000:]
 
     argv = command.group(1).split()
-    rest = subprocess.run(dialsum(*argv[1:]), capture_output=True, text=True, timeout=900, env=env(tmp_path),
-                          cwd=tmp_path)
+    rest = subprocess.run(dialsum(*argv[1:]), capture_output=True, text=True, timeout=900,
+                          env=env(tmp_path, PREFECT_API_URL=prefect_api), cwd=tmp_path)
     assert rest.returncode == 0, (rest.stdout + rest.stderr)[-4000:]
     trials = (tmp_path / "store" / "sweeps" / "s4" / "trials.csv").read_text().strip().splitlines()
     assert len(trials) == 1 + 4, trials

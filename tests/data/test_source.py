@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.data import sample_dir
 from dialsum.data import source as datasource

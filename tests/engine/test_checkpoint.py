@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from profiles import ROOT, STEPS, long_profile
-from s3_server import CREDENTIALS
 from safetensors.torch import load_file
+from support.profiles import ROOT, STEPS, long_profile
+from support.s3_server import CREDENTIALS
 
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
@@ -127,6 +127,7 @@ class KilledAfter(Checkpointer):
         return path
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_trains_the_remaining_windows_to_the_same_weights(tmp_path):
     cfg = load_model_config(str(long_profile(tmp_path, steps=8)))
     fam = family(cfg)
@@ -152,6 +153,7 @@ def test_resume_mid_epoch_trains_the_remaining_windows_to_the_same_weights(tmp_p
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow
 def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkeypatch, tmp_path):
     config = long_profile(tmp_path, "after-fit", steps=2, every=1)
     store = tmp_path / "store"
@@ -181,6 +183,7 @@ def test_a_failure_after_fit_keeps_the_model_and_the_retry_does_not_train(monkey
     assert not (work / ".after-fit.state").exists() and not (work / ".after-fit.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_crash_around_the_save_rename_leaves_a_state_the_retry_finishes(monkeypatch, tmp_path):
     """The save phase is recorded before the `.partial` folder is renamed, and a retry completes the rename: a crash
     just before or just after the rename is harmless (a retry used to load the missing `.partial/model`)."""
@@ -235,6 +238,7 @@ class StopDuring:
         return self.fam.generate(cfg, model, tok, features, progress)
 
 
+@pytest.mark.slow
 def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_first(tmp_path):
     """SIGTERM during an epoch-end step: the checkpoint comes at once, with no dev generation in the grace period;
     the resumed run runs that evaluation first, so its curve and weights equal an uninterrupted run's."""

@@ -72,6 +72,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_with_twice_the_batch_and_split_evaluation(tmp_path):
     cfg = load_model_config("tiny-llama")
     checkpoint_source(cfg)  # build the tiny model once, before the ranks start

@@ -27,6 +27,7 @@ class TurnsBad:
         return value if self.calls <= self.good else -20 * value
 
 
+@pytest.mark.slow
 def test_a_run_that_peaks_early_ships_the_best_step_and_stops_on_patience():
     cfg = load_model_config("tiny-bart")
     update = {"epochs": 20, "batch_size": 8, "eval_score_rows": 16, "eval_loss_rows": 16, "eval_every": 2,

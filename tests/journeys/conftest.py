@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3_server import CREDENTIALS, s3_client
+from support.s3_server import CREDENTIALS, s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"

@@ -1,5 +1,5 @@
-"""The chat-API family against a real HTTP server on loopback (tests/chat_server.py): retries after every kind of
-injected fault, failed rows counted and never empty, the response cache, the budget, few-shot choice and the
+"""The chat-API family against a real HTTP server on loopback (tests/support/chat_server.py): retries after every kind
+of injected fault, failed rows counted and never empty, the response cache, the budget, few-shot choice and the
 families' registry and protocols."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from chat_server import ChatServer
+from support.chat_server import ChatServer
 
 from dialsum.config import load_model_config
 from dialsum.data import Example, load_splits

@@ -1,6 +1,6 @@
 """The chat-API family against a real OpenAI-compatible server: `transformers serve` (the transformers[serving]
 extra) on a one-layer model built here whose weights always write a fixed Korean summary
-(tests/fixed_summary_model.py), behind our fault-injecting proxy (tests/chat_server.py)."""
+(tests/support/fixed_summary_model.py), behind our fault-injecting proxy (tests/support/chat_server.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from chat_server import ChatServer
-from fixed_summary_model import SUMMARY, build
+from support.chat_server import ChatServer
+from support.fixed_summary_model import SUMMARY, build
 
 from dialsum.config import load_model_config
 from dialsum.data import load_splits

@@ -70,6 +70,7 @@ def test_a_hub_revision_resolves_to_its_snapshot_commit_offline(hub_cache):
         hub.resolve_commit("dialsum-test/absent", "main")
 
 
+@pytest.mark.slow
 def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_cache, tmp_path, monkeypatch):
     profile = tmp_path / "pinned.yaml"
     profile.write_text(f"type: causal_lm\nmodel: {REPO}\nrevision: main\nstop_tokens: ['<|eot_id|>']\n"

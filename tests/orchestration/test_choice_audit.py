@@ -71,7 +71,8 @@ def assert_no_leak(reads: dict[str, set[str]], stage: str) -> None:
     assert not leaks, f"held-out dev rows read by a choice after {stage}: {leaks}"
 
 
-def test_no_choice_reads_a_held_out_row(audited: Callable[[], dict[str, set[str]]], tmp_path: Path) -> None:
+def test_no_choice_reads_a_held_out_row(audited: Callable[[], dict[str, set[str]]], tmp_path: Path,
+                                       prefect_api: str) -> None:
     from dialsum.orchestration import kfold, sweep, train_all
     from dialsum.pipeline.decoding_search import tune_decoding
 

@@ -18,17 +18,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3_server import CREDENTIALS, s3_client, use_endpoint
-from test_train_all import (  # noqa: F401  (fixtures)
-    REPO,
-    artifacts,
-    create_pools,
-    moto_endpoint,
-    prefect,
-    prefect_server,
-    start_group,
-    stop_group,
-)
+from support.prefect_server import artifacts, prefect
+from support.processes import REPO, start_group, stop_group
+from support.s3_server import CREDENTIALS, s3_client, use_endpoint
+from test_train_all import create_pools, moto_endpoint  # noqa: F401  (a fixture)
 
 from dialsum.data import sample_dir
 from dialsum.orchestration.train_model import slug
@@ -58,7 +51,7 @@ def rows(path: Path) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
-    prefect_server: tuple[str, dict[str, str]],  # noqa: F811  (a fixture)
+    prefect_server: tuple[str, dict[str, str]],
     moto_endpoint: str,  # noqa: F811  (a fixture)
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -100,7 +93,7 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
 
     use_endpoint(monkeypatch, moto_endpoint)
     store = open_storage(storage_url)
-    found = artifacts(api_url)
+    found = artifacts(api_url, [slug(f"{kind}-night-{n}") for kind in ("report", "train-all") for n in (1, 2, 3)])
 
     # Night 1: trained, promoted, the report links the PNG by a presigned URL that serves a PNG.
     first = found[slug("report-night-1")].data

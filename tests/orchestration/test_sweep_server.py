@@ -21,8 +21,14 @@ import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from s3_server import free_port
-from test_train_all import _has_env, base_env, start_group, stop_group, wait_healthy
+from support.prefect_server import (
+    PrefectServer,
+    artifacts,
+    base_env,
+    delete_runs,
+    unfinished_runs,
+)
+from support.processes import has_env, start_group, stop_group
 
 from dialsum.config import load_model_config, overlay_overrides
 from dialsum.orchestration.placement import POOLS
@@ -95,10 +101,10 @@ class Setup:
         return path.read_text(errors="replace")[-6000:] if path.is_file() else ""
 
     def runs(self, study: str) -> list[Any]:
-        """The train-model flow runs of a study, oldest first."""
+        """The train-model flow runs of a study in this module's storage, oldest first."""
         with temporary_settings(updates={PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep:{study}"])))
-        return sorted(runs, key=lambda r: r.created)
+        return sorted((r for r in runs if r.parameters.get("storage_url") == str(self.store)), key=lambda r: r.created)
 
     def study(self, name: str) -> Any:
         """The study as its storage snapshot holds it, opened from a fresh local copy."""
@@ -108,34 +114,30 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(prefect_session_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """The session's Prefect server and a worker of this module's own on the process-gpu pool; the runs the module
+    leaves unfinished are deleted when it ends."""
     folder = tmp_path_factory.mktemp("sweep-server")
-    port, log = free_port(), folder / "server.log"
-    env = base_env(folder / "prefect-home")
-    server = start_group([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                         env, log)
-    api_url = f"http://127.0.0.1:{port}/api"
-    worker = None
+    api_url = prefect_session_server.api_url
+    before = unfinished_runs(api_url)
+    env = base_env(folder / "prefect-home") | {"PREFECT_API_URL": api_url}
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        asyncio.run(setup_pool(POOL, 2, REPO / "infra"))
+    deploy_train_model(api_url, "process-gpu")
+    run_env = env | {"DIALSUM_CONFIG_DIR": str(REPO / "configs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+                     "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache"),
+                     "OMP_NUM_THREADS": "1"}  # two children share the two cores
+    worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL.name, "--type", "process",
+                          "--work-queue", "gpu-0", "--work-queue", "gpu-1"],
+                         run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
+                         folder / "worker.log")
     try:
-        wait_healthy(api_url, server, log)
-        env = env | {"PREFECT_API_URL": api_url}
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            asyncio.run(setup_pool(POOL, 2, REPO / "infra"))
-        deploy_train_model(api_url, "process-gpu")
-        run_env = env | {"DIALSUM_CONFIG_DIR": str(REPO / "configs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                         "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache"),
-                         "OMP_NUM_THREADS": "1"}  # two children share the two cores
-        worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL.name, "--type", "process",
-                              "--work-queue", "gpu-0", "--work-queue", "gpu-1"],
-                             run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
-                             folder / "worker.log")
         space = folder / "space.yaml"
         space.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
         yield Setup(api_url, run_env, folder, trial_profile(folder), space, folder / "store")
     finally:
-        if worker is not None:
-            stop_group(worker)
-        stop_group(server)
+        stop_group(worker)
+        delete_runs(api_url, unfinished_runs(api_url) - before)
 
 
 def wait_for(predicate, timeout: float, what: str, parent: subprocess.Popen | None = None) -> Any:
@@ -177,7 +179,7 @@ def child_pids(setup: Setup, study: str, name: str) -> list[int] | None:
     if not runs:
         return None
     marker = f"PREFECT__FLOW_RUN_ID={runs[0].id}".encode()
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _has_env(p, marker)] or None
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and has_env(p, marker)] or None
 
 
 def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> None:
@@ -244,8 +246,7 @@ def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> N
     best = study.best_trial.params["training.learning_rate"]
     assert load_model_config(str(setup.profile), overlay).training.learning_rate == best
     assert read_space(folder / "space.yaml")[0].params.keys() == SPACE["params"].keys()
-    with temporary_settings(updates={PREFECT_API_URL: setup.api_url}), get_client(sync_client=True) as client:
-        assert any(a.key == "sweep-s8" for a in client.read_artifacts())
+    assert "sweep-s8" in artifacts(setup.api_url, ["sweep-s8"])
     print((setup.folder / "s8-parent-b.log").read_text().split("sweep s8:")[-1][-3000:])
 
 

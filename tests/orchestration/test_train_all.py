@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +18,11 @@ from typing import Any
 import pytest
 from prefect import get_client
 from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    temporary_settings,
-)
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Completed, Crashed, Failed
-from s3_server import CREDENTIALS, free_port, s3_client, start_moto
+from support.prefect_server import artifacts, flow_runs, prefect
+from support.processes import has_env, start_group, stop_group
+from support.s3_server import CREDENTIALS, s3_client, start_moto
 
 from dialsum.errors import ConfigError, DataError
 from dialsum.orchestration import train_all as train_all_module
@@ -64,16 +59,13 @@ def stand_in_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     monkeypatch.setenv("DIALSUM_CONFIG_DIR", str(configs))
 
 
-@pytest.fixture(scope="module")
-def local_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Flows in this process report to a temporary local Prefect API with its database in a temp folder."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        try:
-            yield
-        finally:
-            APILogWorker.drain_all(timeout=5)
-            SubprocessASGIServer().stop()
+@pytest.fixture
+def local_prefect(prefect_api: str) -> Iterator[None]:
+    """Flows in this process report to the session's Prefect server."""
+    try:
+        yield
+    finally:
+        APILogWorker.drain_all(timeout=5)
 
 
 @pytest.fixture
@@ -350,71 +342,6 @@ def test_a_broken_model_fails_alone(local_prefect: None, run_env: Path) -> None:
 # ---------------------------------------------------------------- a real Prefect server and process worker
 
 
-def start_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start `command` in its own session (so its whole process group can be stopped), output to `log`."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group by PID, SIGKILL it if the leader has not exited within `timeout`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"prefect server not healthy within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def prefect(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def base_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIALSUM_", "AWS_"))}
-    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                  "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-
-
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A Prefect server on 127.0.0.1 with SQLite in a temp PREFECT_HOME; yields its API URL and a client env."""
-    port, log = free_port(), tmp_path / "server.log"
-    env = base_env(tmp_path / "prefect-home")
-    process = start_group([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                           "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_healthy(url, process, log)
-        yield url, env | {"PREFECT_API_URL": url}
-    finally:
-        stop_group(process)
-
-
 @pytest.fixture
 def moto_endpoint() -> Iterator[str]:
     server = start_moto()
@@ -430,16 +357,9 @@ def create_pools(api_url: str) -> None:
             asyncio.run(setup_pool(pool, 1, REPO / "infra"))
 
 
-def artifacts(api_url: str) -> dict[str, Any]:
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        return {a.key: a for a in client.read_artifacts() if a.key}
-
-
 def child_runs(api_url: str, model: str) -> list[Any]:
-    """The train-model flow runs launched for `model`, oldest first."""
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs() if r.parameters.get("model") == model]
-    return sorted(runs, key=lambda r: r.created)
+    """The train-model flow runs launched for `model` (a profile path of this test's own), oldest first."""
+    return [r for r in flow_runs(api_url) if r.parameters.get("model") == model]
 
 
 def run_logs(api_url: str, flow_run_id) -> list[str]:
@@ -458,7 +378,7 @@ def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefi
         if any(o["Key"].endswith("/manifest.json") for o in listed):
             running = [r for r in child_runs(api_url, model) if r.state and r.state.is_running()]
             marker = f"PREFECT__FLOW_RUN_ID={running[0].id}".encode() if running else None
-            pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker and _has_env(p, marker)]
+            pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker and has_env(p, marker)]
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             if pids:
@@ -467,19 +387,12 @@ def kill_child_after_checkpoint(api_url: str, model: str, s3, bucket: str, prefi
     raise AssertionError(f"{model} published no checkpoint while its parent ran")
 
 
-def _has_env(proc: Path, entry: bytes) -> bool:
-    try:
-        return entry in (proc / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_train_all_on_a_prefect_server_with_a_process_worker(
     prefect_server: tuple[str, dict[str, str]], moto_endpoint: str, tmp_path: Path
 ) -> None:
     """Three tiny models; one child is SIGKILLed after its first checkpoint, relaunched, and resumes."""
-    from profiles import long_profile
+    from support.profiles import long_profile
 
     api_url, env = prefect_server
     bucket, run_id = f"e2e-{uuid.uuid4().hex[:8]}", f"e2e-{uuid.uuid4().hex[:6]}"
@@ -526,7 +439,7 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     ensembled = json.loads(s3_client(moto_endpoint).get_object(
         Bucket=bucket, Key=f"dialsum/{run_id}/ensemble/manifest.json")["Body"].read())
     assert sorted(ensembled["extra"]["models"]) == names
-    found = artifacts(api_url)
+    found = artifacts(api_url, [slug(f"train-all-{run_id}"), slug(f"ensemble-{run_id}")])
     table = json.loads(found[slug(f"train-all-{run_id}")].data)
     assert sorted(row["model"] for row in table) == names
     assert {row["status"] for row in table} == {"completed"}

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
@@ -28,6 +29,7 @@ def small_dev(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_path: Path) -> None:
     run = run_model("tiny-bart", run_id="dec-1", debug=True, publish=False, force=True,
                     overrides=["generation.max_new_tokens=8"])  # short summaries: a cheap search

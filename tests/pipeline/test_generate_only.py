@@ -1,4 +1,4 @@
-"""Runs of an API model through the CLI against a loopback chat server (tests/chat_server.py): a torch-free run
+"""Runs of an API model through the CLI against a loopback chat server (tests/support/chat_server.py): a torch-free run
 that records its bill, a kill -9 resumed without paying twice, a finished run rerun for free, a planted API key
 found in no output, and an API model beside tiny-bart in a multi-model run's ensemble and MBR."""
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chat_server import ChatServer
+from support.chat_server import ChatServer
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 PLANTED = "sk-planted-9f8e7d6c5b4a3210"
@@ -157,10 +157,11 @@ def test_planted_key_appears_in_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_api_model_joins_the_ensemble_and_mbr_beside_tiny_bart(tmp_path: Path, server: ChatServer) -> None:
+def test_api_model_joins_the_ensemble_and_mbr_beside_tiny_bart(tmp_path: Path, server: ChatServer,
+                                                               prefect_api: str) -> None:
     profile = api_profile(tmp_path, server)
     run = dialsum(tmp_path, "train", "--mode", "multi_model", "--models", "tiny-bart", str(profile), "--run-id", "team",
-                  "--debug", "--set", "generation.num_candidates=3")
+                  "--debug", "--set", "generation.num_candidates=3", PREFECT_API_URL=prefect_api)
     assert run.returncode == 0, run.stderr[-3000:]
     print(run.stdout)
     table = run.stdout.splitlines()

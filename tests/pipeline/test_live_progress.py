@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dialsum import storage
 from dialsum.pipeline import run_model
 from dialsum.storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # both train a tiny model end to end
 
 
 def profile(folder: Path) -> Path:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_server import s3_client
+from support.s3_server import s3_client
 
 from dialsum.storage import LocalStorage, open_storage
 from dialsum.storage.lease import LEASE, Lease, LeaseHeld, hold, parse_holder

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from run_folders import make_run
+from support.run_folders import make_run
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings

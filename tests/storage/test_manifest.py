@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from run_folders import RUN_FILES, make_run, read_tree
-from s3_server import s3_client
+from support.run_folders import RUN_FILES, make_run, read_tree
+from support.s3_server import s3_client
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from run_folders import RUN_FILES, make_run, read_tree
-from s3_server import s3_client, start_moto, use_endpoint
+from support.run_folders import RUN_FILES, make_run, read_tree
+from support.s3_server import s3_client, start_moto, use_endpoint
 
 from dialsum.errors import StorageError
 from dialsum.settings import get_settings

@@ -2,7 +2,7 @@
 transformers and the model families once (each run then costs its own work, not a new interpreter's imports),
 two at a time on machines with two cores or more.
 
-Usage: python tests/bench_smoke.py OUT_DIR BENCH.py...   prints {name: {"rc", "seconds", "log"}} as JSON.
+Usage: python tests/support/bench_smoke.py OUT_DIR BENCH.py...   prints {name: {"rc", "seconds", "log"}} as JSON.
 """
 
 from __future__ import annotations

@@ -10,18 +10,18 @@ another process can count what reached the server.
     server.stop()
 
 Usage (standalone, e.g. for `dialsum train` by hand):
-    python tests/chat_server.py --port 8765 --log requests.jsonl [--latency 0.2]
+    python tests/support/chat_server.py --port 8765 --log requests.jsonl [--latency 0.2]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import re
 import threading
 import time
-import http.client
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -16,17 +16,15 @@ from dialsum.errors import StorageError
 from dialsum.settings import get_settings
 from dialsum.storage import (
     MANIFEST,
-    FileDigest,
     LocalStorage,
     Storage,
-    check_relpath,
-    digest_file,
     fetch,
     list_runs,
     open_storage,
     publish,
     read_manifest,
 )
+from dialsum.storage.base import FileDigest, check_relpath, digest_file
 from dialsum.storage.s3 import S3Storage
 
 

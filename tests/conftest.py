@@ -17,6 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A loaded CI machine can take longer than the default 20 s to start the temporary Prefect server.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# One torch thread per process (unless set): tiny models gain nothing from a second, and on a small machine the
+# spinning threads of the test process, its `dialsum` children and their flow runs cost several times the work.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

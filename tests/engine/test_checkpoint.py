@@ -281,7 +281,7 @@ def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_fir
 def test_sigterm_publishes_a_checkpoint_and_exits_within_the_grace_period(tmp_path):
     grace = 60
     env = env_for(tmp_path, str(tmp_path / "store"), DIALSUM_STOP_GRACE_SECONDS=str(grace))
-    config, log = long_profile(tmp_path, steps=400, every=100), tmp_path / "train.log"
+    config, log = long_profile(tmp_path, steps=400, every=10), tmp_path / "train.log"
     state = tmp_path / "out" / "term" / ".long-bart.state"
     process = train_process(config, "term", env, log)
     wait_for_checkpoint(state / "checkpoints", process, log)  # an epoch end: training is well under way

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dialsum.config import TrainingConfig
-from dialsum.engine.optim import build_optimizer, build_scheduler
+from dialsum.engine.optim import build_optimizer, build_scheduler, warmup_steps
+from dialsum.models.common import seed_everything
 
 
 def _curve(schedule: str, steps: int = 40, warmup: float = 0.1) -> list[float]:
@@ -71,3 +72,35 @@ def test_8bit_optimizers_construct_and_step_on_cpu(name):
     assert losses[-1] < losses[0]
     state = optimizer.state[model[0].weight]
     assert state["state1"].dtype == torch.uint8  # the big matrix's moments really are 8-bit
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+@pytest.mark.parametrize("warmup", [0.0, 0.1, 7])
+def test_every_schedule_is_transformers_own_curve(schedule, warmup):
+    from transformers import get_scheduler
+
+    t = TrainingConfig(lr_scheduler=schedule, warmup_steps=warmup, learning_rate=1.0)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_scheduler({"constant": "constant_with_warmup"}.get(schedule, schedule), theirs,
+                       num_warmup_steps=warmup_steps(t, 40), num_training_steps=40)
+    expected = []
+    for _ in range(40):
+        expected.append(hf.get_last_lr()[0])
+        theirs.step()
+        hf.step()
+    assert _curve(schedule, warmup=warmup) == expected
+
+
+def test_seeding_draws_what_transformers_set_seed_draws():
+    import random
+
+    import numpy as np
+    from transformers import set_seed
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    set_seed(7)
+    theirs = draws()
+    seed_everything(7)
+    assert draws() == theirs

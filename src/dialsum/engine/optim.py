@@ -3,20 +3,40 @@
 `adamw` is torch's AdamW, fused where every parameter sits on a device that supports it. `adamw_8bit` and
 `paged_adamw_8bit` are bitsandbytes' 8-bit AdamW (the paged one keeps its states in memory that spills to the
 host under pressure). Schedules warm up linearly over `warmup_steps`, then decay linearly or on a cosine to zero,
-or stay constant.
+or stay constant: the curves of transformers' `get_scheduler`, written here because importing that one loads
+transformers' trainer, peft and bitsandbytes (seconds of CPU in every process that trains an encoder-decoder).
 """
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Iterable
 
 import torch
-from transformers import get_scheduler
 
 from dialsum.config import TrainingConfig
 from dialsum.errors import ConfigError
 
-_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+def _linear(step: int, *, warmup: int, steps: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(steps - step) / float(max(1, steps - warmup)))
+
+
+def _cosine(step: int, *, warmup: int, steps: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, steps - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _constant(step: int, *, warmup: int, steps: int) -> float:
+    return float(step) / float(max(1, warmup)) if step < warmup else 1.0
+
+
+_SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
 
 
 def _fused_ok(groups: list[dict]) -> bool:
@@ -50,6 +70,7 @@ def warmup_steps(t: TrainingConfig, steps: int) -> int:
 
 
 def build_scheduler(t: TrainingConfig, optimizer: torch.optim.Optimizer, steps: int):
-    """The configured schedule over `steps` optimizer steps, warmup included."""
-    return get_scheduler(_SCHEDULES[t.lr_scheduler], optimizer, num_warmup_steps=warmup_steps(t, steps),
-                         num_training_steps=steps)
+    """The configured schedule over `steps` optimizer steps, warmup included (a `LambdaLR` over a partial, as
+    transformers' schedules are, so checkpointed scheduler states load either way)."""
+    curve = partial(_SCHEDULES[t.lr_scheduler], warmup=warmup_steps(t, steps), steps=steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)

@@ -7,16 +7,20 @@ import logging
 import random
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
-from transformers import set_seed
 
 log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices): called before a model is built, so new weights are seeded."""
-    set_seed(seed)
+    """Seed Python, NumPy and torch (all devices): called before a model is built, so new weights are seeded.
+    What transformers' `set_seed` does, without importing its trainer (and with it peft and bitsandbytes)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def placeholder_forms(placeholders: Sequence[str]) -> list[str]:

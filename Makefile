@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench image-test container-test clean
+.PHONY: setup lint demo test test-fast bench image-test container-test clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,12 +21,15 @@ demo: setup  ## train tiny-bart, tiny-llama and tiny-qwen3 on the bundled sample
 	$(VENV)/bin/dialsum train --mode multi_model --models tiny-bart tiny-llama tiny-qwen3 --eval-before --promote if-better \
 		--force --set generation.num_candidates=4
 
-test: setup  ## the layers contract (pyproject.toml), then the whole test suite (what CI runs)
+lint: setup  ## ruff format and ruff check (settings in pyproject.toml), then the layers contract
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+test: lint  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/pytest -q
 
-test-fast: setup  ## the layers contract, then the unit tests: no Prefect server, no end-to-end training, no journeys
-	$(VENV)/bin/lint-imports
+test-fast: lint  ## lint, then the unit tests: no Prefect server, no end-to-end training, no journeys
 	$(VENV)/bin/pytest -q -m "not slow and not server"
 
 bench: setup  ## CPU benchmarks; results land in bench/results/

@@ -39,8 +39,9 @@ def run_variant(script: str, variant: str, measure) -> dict:
     interpreter running `script --variant VARIANT` (which prints its JSON last), or under --smoke a fork of this
     one calling `measure(variant)` (no second round of imports)."""
     if not SMOKE:
-        out = subprocess.run([sys.executable, script, "--variant", variant], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, script, "--variant", variant], capture_output=True, text=True, check=True
+        ).stdout
         return json.loads(out.strip().splitlines()[-1])
     read, write = os.pipe()
     pid = os.fork()
@@ -168,8 +169,14 @@ def device_info() -> dict:
 
 
 def write_result(
-    name: str, unit: str, ours: float, baseline: float, ratio: float, goal: str,
-    details: dict | None = None, out_dir: Path | None = None,
+    name: str,
+    unit: str,
+    ours: float,
+    baseline: float,
+    ratio: float,
+    goal: str,
+    details: dict | None = None,
+    out_dir: Path | None = None,
 ) -> Path:
     result = {"name": name, "unit": unit, "ours": ours, "baseline": baseline, "ratio": ratio, "goal": goal}
     if details:

@@ -34,9 +34,16 @@ def summarize(url: str, examples, train, concurrency: int) -> tuple[float, dict]
     from dialsum.config import load_model_config
     from dialsum.models import chat_api
 
-    cfg = load_model_config("openai-compatible", [f"base_url={url}", "few_shot.method=first", "few_shot.k=2",
-                                                  f"limits.concurrency={concurrency}",
-                                                  "limits.requests_per_minute=null"])
+    cfg = load_model_config(
+        "openai-compatible",
+        [
+            f"base_url={url}",
+            "few_shot.method=first",
+            "few_shot.k=2",
+            f"limits.concurrency={concurrency}",
+            "limits.requests_per_minute=null",
+        ],
+    )
     with tempfile.TemporaryDirectory() as folder:
         session = chat_api.open_session(cfg, train, Path(folder) / "responses.jsonl")
         started = time.perf_counter()
@@ -70,13 +77,24 @@ def main() -> None:
             server.terminate()
             server.wait()
     ours, baseline = len(examples) / concurrent, len(examples) / sequential
-    write_result("api_throughput", "dialogues/s", round(ours, 2), round(baseline, 2), round(ours / baseline, 2),
-                 f">= 6x: concurrency {CONCURRENCY} against sequential calls, {int(LATENCY * 1000)} ms added a request",
-                 {"dialogues": len(examples), "added_latency_s": LATENCY, "concurrency": CONCURRENCY,
-                  "seconds": {"concurrent": round(concurrent, 2), "sequential": round(sequential, 2)},
-                  "requests": {"concurrent": stats["requests"], "sequential": seq_stats["requests"]},
-                  "latency_p50_s": stats["latency_p50_s"], "latency_p95_s": stats["latency_p95_s"],
-                  "upstream": "fake OpenAI-compatible server (tests/support/chat_server.py), answering at once"})
+    write_result(
+        "api_throughput",
+        "dialogues/s",
+        round(ours, 2),
+        round(baseline, 2),
+        round(ours / baseline, 2),
+        f">= 6x: concurrency {CONCURRENCY} against sequential calls, {int(LATENCY * 1000)} ms added a request",
+        {
+            "dialogues": len(examples),
+            "added_latency_s": LATENCY,
+            "concurrency": CONCURRENCY,
+            "seconds": {"concurrent": round(concurrent, 2), "sequential": round(sequential, 2)},
+            "requests": {"concurrent": stats["requests"], "sequential": seq_stats["requests"]},
+            "latency_p50_s": stats["latency_p50_s"],
+            "latency_p95_s": stats["latency_p95_s"],
+            "upstream": "fake OpenAI-compatible server (tests/support/chat_server.py), answering at once",
+        },
+    )
 
 
 if __name__ == "__main__":

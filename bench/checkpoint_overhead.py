@@ -57,8 +57,19 @@ def run(cfg, t, fam, tok, features, placeholders, checkpoints: bool) -> tuple[fl
 
     model, _ = fam.load(cfg, checkpoint_source(cfg), placeholders)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Checkpointer(Path(tmp) / "ckpt", t.checkpoint_every, t.keep_checkpoints, "bench", "bench", PROFILE,
-                            LocalStorage(Path(tmp) / "store")) if checkpoints else None
+        ckpt = (
+            Checkpointer(
+                Path(tmp) / "ckpt",
+                t.checkpoint_every,
+                t.keep_checkpoints,
+                "bench",
+                "bench",
+                PROFILE,
+                LocalStorage(Path(tmp) / "store"),
+            )
+            if checkpoints
+            else None
+        )
         started = time.perf_counter()
         fit(t, fam, model, tok, features, max_steps=t.checkpoint_every, show_progress=False, checkpoints=ckpt)
         seconds = time.perf_counter() - started
@@ -70,23 +81,36 @@ def main() -> None:
     threads = cpu_threads()
     cfg, t, fam, tok, features, placeholders = prepare()
     order = [("with", True), ("without", False)]
-    rounds = [{name: run(cfg, t, fam, tok, features, placeholders, on) for name, on in order[::1 - 2 * (i % 2)]}
-              for i in range(ROUNDS)]
+    rounds = [
+        {name: run(cfg, t, fam, tok, features, placeholders, on) for name, on in order[:: 1 - 2 * (i % 2)]}
+        for i in range(ROUNDS)
+    ]
     with_ckpt = min((r["with"] for r in rounds), key=lambda x: x[0])
     without = min(r["without"][0] for r in rounds)
     share = round(100 * with_ckpt[1] / without, 2)
     write_result(
-        "checkpoint_overhead", "% of training time", share, 0.0, round((without + with_ckpt[1]) / without, 4), "ours <= 3",
+        "checkpoint_overhead",
+        "% of training time",
+        share,
+        0.0,
+        round((without + with_ckpt[1]) / without, 4),
+        "ours <= 3",
         details={
             "model": f"{PROFILE} profile, full fine-tuning (weights + AdamW state in every checkpoint)",
-            "checkpoint_every": t.checkpoint_every, "steps": t.checkpoint_every, "batch_size": t.batch_size,
-            "checkpoints_written": with_ckpt[2], "seconds_inside_checkpoints": round(with_ckpt[1], 3),
+            "checkpoint_every": t.checkpoint_every,
+            "steps": t.checkpoint_every,
+            "batch_size": t.batch_size,
+            "checkpoints_written": with_ckpt[2],
+            "seconds_inside_checkpoints": round(with_ckpt[1], 3),
             "wall_clock_difference_pct": round(100 * (with_ckpt[0] - without) / without, 2),
-            "seconds": {"with": [round(r["with"][0], 2) for r in rounds],
-                        "without": [round(r["without"][0], 2) for r in rounds]},
+            "seconds": {
+                "with": [round(r["with"][0], 2) for r in rounds],
+                "without": [round(r["without"][0], 2) for r in rounds],
+            },
             "storage": "local folder (atomic write, verified copy, manifest last)",
             "baseline": "the same fit without checkpoints (ours is the time inside checkpoint calls in percent of it)",
-            "threads": threads, "device": device_info(),
+            "threads": threads,
+            "device": device_info(),
         },
     )
 

@@ -24,7 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    cpu_threads, dev_examples, device_info, require_shared, run_variant, sized, use_repo_configs, variant_arg,
+    cpu_threads,
+    dev_examples,
+    device_info,
+    require_shared,
+    run_variant,
+    sized,
+    use_repo_configs,
+    variant_arg,
     write_result,
 )
 
@@ -58,10 +65,16 @@ def measure(variant: str, shared: Path) -> dict:
     before, faults = os.times(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result = fit(t, causal_lm, model, tok, features, max_steps=STEPS, show_progress=False)
     after = os.times()
-    return {"tokens_per_second": round(result.tokens_per_second, 1), "seconds": round(result.seconds, 2),
-            "real_tokens": result.real_tokens, "steps": result.steps,
-            "user_s": round(after.user - before.user, 2), "system_s": round(after.system - before.system, 2),
-            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "peak_rss_mib": _hwm_mib()}
+    return {
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "seconds": round(result.seconds, 2),
+        "real_tokens": result.real_tokens,
+        "steps": result.steps,
+        "user_s": round(after.user - before.user, 2),
+        "system_s": round(after.system - before.system, 2),
+        "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+        "peak_rss_mib": _hwm_mib(),
+    }
 
 
 def main() -> None:
@@ -85,14 +98,24 @@ def main() -> None:
     o, b = best["ours"]["tokens_per_second"], best["baseline"]["tokens_per_second"]
     assert best["ours"]["real_tokens"] == best["baseline"]["real_tokens"], "both variants must train the same rows"
     write_result(
-        "host_memory", "real tokens/s (CPU training)", o, b, round(o / b, 2), "report",
+        "host_memory",
+        "real tokens/s (CPU training)",
+        o,
+        b,
+        round(o / b, 2),
+        "report",
         details={
             "data": f"shared dev.csv, every {EVERY}rd row, qwen3-4b chat prompts, real Qwen3 tokenizer",
             "model": "Qwen3-shaped (hidden 64, 2 layers), real 151,936-row vocabulary, NF4 base + LoRA, fp32 compute",
-            "steps": STEPS, "batching": "the qwen3-4b config's max_tokens_per_batch",
+            "steps": STEPS,
+            "batching": "the qwen3-4b config's max_tokens_per_batch",
             "ours": "host_memory.keep_freed_memory(): mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB",
-            "baseline": "glibc malloc defaults", "best": best, "runs": runs, "rounds": ROUNDS,
-            "wall_seconds": round(time.perf_counter() - started, 1), "threads": int(os.environ.get("BENCH_THREADS", 1)),
+            "baseline": "glibc malloc defaults",
+            "best": best,
+            "runs": runs,
+            "rounds": ROUNDS,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "threads": int(os.environ.get("BENCH_THREADS", 1)),
             "device": device_info(),
         },
     )

@@ -24,17 +24,34 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    QWEN3, causal_config, cpu_threads, dev_examples, device_info, full_logits_loss, require_shared, save_random_lm,
-    run_variant, sized, use_repo_configs, variant_arg, write_result,
+    QWEN3,
+    causal_config,
+    cpu_threads,
+    dev_examples,
+    device_info,
+    full_logits_loss,
+    require_shared,
+    run_variant,
+    save_random_lm,
+    sized,
+    use_repo_configs,
+    variant_arg,
+    write_result,
 )
 
-SHAPE = {"hidden_size": sized(256, 32), "num_hidden_layers": sized(2, 1), "num_attention_heads": 4,
-         "num_key_value_heads": 2, "head_dim": sized(64, 8), "intermediate_size": sized(768, 64), "vocab_size": 151936,
-         "max_position_embeddings": 4096}
+SHAPE = {
+    "hidden_size": sized(256, 32),
+    "num_hidden_layers": sized(2, 1),
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": sized(64, 8),
+    "intermediate_size": sized(768, 64),
+    "vocab_size": 151936,
+    "max_position_embeddings": 4096,
+}
 ROWS = sized(200, 2)
 
 
@@ -76,8 +93,13 @@ def step(variant: str, shared: Path) -> dict:
     peak = _rss_kib("VmHWM") - before
     width = max(len(f["input_ids"]) for f in batch)
     labels = sum(sum(1 for x in f["labels"][1:] if x != -100) for f in batch)
-    return {"peak_mib": round(peak / 1024, 1), "rows": len(batch), "width": width, "label_tokens": labels,
-            "padded_tokens": len(batch) * width}
+    return {
+        "peak_mib": round(peak / 1024, 1),
+        "rows": len(batch),
+        "width": width,
+        "label_tokens": labels,
+        "padded_tokens": len(batch) * width,
+    }
 
 
 def main() -> None:
@@ -98,17 +120,25 @@ def main() -> None:
     o, b = runs["ours"]["peak_mib"], runs["baseline"]["peak_mib"]
     batch = {k: v for k, v in runs["ours"].items() if k != "peak_mib"}
     write_result(
-        "loss_memory", "MiB peak added by one training step", o, b, round(o / b, 3), "ratio <= 0.33",
+        "loss_memory",
+        "MiB peak added by one training step",
+        o,
+        b,
+        round(o / b, 3),
+        "ratio <= 0.33",
         details={
             "data": f"shared dev.csv, first {ROWS} rows, qwen3-4b chat prompts, real Qwen3 tokenizer",
-            "batch": batch, "label_share_pct": round(100 * batch["label_tokens"] / batch["padded_tokens"], 1),
+            "batch": batch,
+            "label_share_pct": round(100 * batch["label_tokens"] / batch["padded_tokens"], 1),
             "batching": "the longest micro-batch of the qwen3-4b token budget (max_tokens_per_batch)",
             "model": "Qwen3ForCausalLM, random weights, real 151,936-row vocabulary, fp32, all weights trainable",
-            "shape": SHAPE, "step": "fit(max_steps=1): forward, backward, AdamW step",
+            "shape": SHAPE,
+            "step": "fit(max_steps=1): forward, backward, AdamW step",
             "ours": "causal_lm.loss: hidden states, output layer and fp32 cross-entropy at label positions only",
             "baseline": "full logits (batch x length x vocabulary), upcast to fp32, cross-entropy over labels",
             "measure": "VmHWM after /proc/self/clear_refs reset minus VmRSS before the step, fresh process each",
-            "seconds": seconds, "device": device_info(),
+            "seconds": seconds,
+            "device": device_info(),
         },
     )
 

@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import dev_examples, require_shared, write_result  # noqa: E402
 
-SIZES = {"full": {"dialogues": 998, "candidates": 64, "sample": 3, "repeats": 2},
-         "smoke": {"dialogues": 6, "candidates": 8, "sample": 1, "repeats": 1}}
+SIZES = {
+    "full": {"dialogues": 998, "candidates": 64, "sample": 3, "repeats": 2},
+    "smoke": {"dialogues": 6, "candidates": 8, "sample": 1, "repeats": 1},
+}
 DROP_RATES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
 SEED = 0
 
@@ -123,19 +125,29 @@ def main() -> None:
     distinct = sum(len(set(g)) for g in groups)
     out_dir = Path(tempfile.mkdtemp(prefix="mbr-speed-")) if args.smoke else None
     write_result(
-        "mbr_speed", "seconds", round(seconds, 2), round(baseline, 1), round(baseline / seconds, 1),
+        "mbr_speed",
+        "seconds",
+        round(seconds, 2),
+        round(baseline, 1),
+        round(baseline / seconds, 1),
         "ours <= 60 s on a 2-core machine and ratio >= 20",
         details={
             "data": "shared dev.csv summaries: each dialogue's own and the 3 nearest in length, words dropped",
-            "dialogues": len(groups), "candidates": n, "candidates_squared": n * n,
-            "pairs_scored": len(groups) * n * n, "distinct_texts": distinct,
+            "dialogues": len(groups),
+            "candidates": n,
+            "candidates_squared": n * n,
+            "pairs_scored": len(groups) * n * n,
+            "distinct_texts": distinct,
             "ours": "release.mbr.utilities + pick: full n x n matrix per dialogue, analysis included",
-            "ours_analysis_seconds": round(analysis, 2), "ours_pairwise_seconds": round(seconds - analysis, 2),
+            "ours_analysis_seconds": round(analysis, 2),
+            "ours_pairwise_seconds": round(seconds - analysis, 2),
             "ours_runs_seconds": [round(r[1], 2) for r in runs],
             "baseline": f"metric.score([c_i], [c_j]) for all n x n pairs of {len(sample)} dialogues, extrapolated "
-                        f"to {len(groups)}", "baseline_measured_seconds": round(base_seconds, 2),
+            f"to {len(groups)}",
+            "baseline_measured_seconds": round(base_seconds, 2),
             "baseline_seconds_per_dialogue": round(base_seconds / len(sample), 3),
-            "max_abs_difference": worst, "load_average_1_5_15_at_start": [round(x, 2) for x in load],
+            "max_abs_difference": worst,
+            "load_average_1_5_15_at_start": [round(x, 2) for x in load],
             "cpu_count": os.cpu_count(),
         },
         out_dir=out_dir,

@@ -76,7 +76,11 @@ def main() -> None:
     ours, base = (PROMPTS / min(r[k][0] for r in rounds) for k in ("ours", "baseline"))
     same = all(r["ours"][1] == r["baseline"][1] for r in rounds)
     write_result(
-        "merged_generation", "samples/s", round(ours, 3), round(base, 3), round(ours / base, 2),
+        "merged_generation",
+        "samples/s",
+        round(ours, 3),
+        round(base, 3),
+        round(ours / base, 2),
         "report the ratio (GPU goal: >= 25 samples/s for Qwen3-4B, bench/gpu)",
         details={
             "data": f"bundled sample dev.csv, first {PROMPTS} dialogues, tiny-llama-qlora chat prompts",
@@ -84,9 +88,12 @@ def main() -> None:
             "ours": "causal_lm.inference_model (dense merged copy, fp32 on CPU) + causal_lm.generate",
             "baseline": "causal_lm.generate on the unmerged PEFT model over the 4-bit base",
             "decoding": f"greedy, batch {BATCH}, max_new_tokens = min_new_tokens = {MAX_NEW}",
-            "same_outputs": same, "merge_seconds": round(merge_seconds, 3),
+            "same_outputs": same,
+            "merge_seconds": round(merge_seconds, 3),
             "seconds": {k: [round(r[k][0], 2) for r in rounds] for k in variants},
-            "rounds": ROUNDS, "threads": threads, "device": device_info(),
+            "rounds": ROUNDS,
+            "threads": threads,
+            "device": device_info(),
         },
     )
 

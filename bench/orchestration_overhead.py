@@ -6,8 +6,9 @@ dir: directly, one after another, and through `orchestration.train_all.run_embed
 API started and stopped per run, one child subflow per model, read-back from storage, ensemble,
 artifacts), alternating, REPEATS times. A warm-up run of each model first keeps one-off imports and
 model loading out of both timings. Torch runs one thread (BENCH_THREADS) both ways: with two, a loaded machine
-stalls the main thread's kernels far more than a worker thread's. The Prefect home is a fresh temp folder. The embedded runs pass `force`, so
-they train although the direct runs already published the same models (else they would be reused, unchanged).
+stalls the main thread's kernels far more than a worker thread's. The Prefect home is a fresh temp folder. The
+embedded runs pass `force`, so they train although the direct runs already published the same models (else they
+would be reused, unchanged).
 
 `ours` is the best embedded wall time minus the best direct wall time (seconds), `baseline` the best
 direct wall time. Writes bench/results/orchestration_overhead.json.
@@ -30,18 +31,24 @@ from _common import SMOKE, cpu_threads, sized, write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 REPEATS = sized(3, 1)
-SMOKE_PROFILE = ("type: encoder_decoder\nmodel: tiny-bart\ntiny: {arch: bart, hidden_size: 16, num_layers: 1, "
-                 "num_heads: 2, intermediate_size: 16, vocab_size: 300}\nmax_source_length: 64\nmax_target_length: 16\n"
-                 "training: {epochs: 1, batch_size: 4, debug_rows: 4, debug_steps: 1, eval_score_rows: 2}\n"
-                 "generation: {batch_size: 4, max_new_tokens: 128, num_beams: 1, no_repeat_ngram_size: 0}\n")
+SMOKE_PROFILE = (
+    "type: encoder_decoder\nmodel: tiny-bart\ntiny: {arch: bart, hidden_size: 16, num_layers: 1, "
+    "num_heads: 2, intermediate_size: 16, vocab_size: 300}\nmax_source_length: 64\nmax_target_length: 16\n"
+    "training: {epochs: 1, batch_size: 4, debug_rows: 4, debug_steps: 1, eval_score_rows: 2}\n"
+    "generation: {batch_size: 4, max_new_tokens: 128, num_beams: 1, no_repeat_ngram_size: 0}\n"
+)
 
 
 def configure(tmp: Path) -> None:
     """Offline, untracked runs with outputs and the Prefect home in `tmp`; must run before Prefect is imported."""
     os.environ.pop("PREFECT_API_URL", None)
     os.environ.update(
-        PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="disabled",
-        HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DIALSUM_OUTPUT_DIR=str(tmp / "outputs"),
+        PREFECT_HOME=str(tmp / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        WANDB_MODE="disabled",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DIALSUM_OUTPUT_DIR=str(tmp / "outputs"),
         DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
         # a loaded machine can take longer than Prefect's default 20 s to start the temporary server
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
@@ -59,9 +66,10 @@ def time_direct(store: str, run_id: str) -> float:
 
 def time_embedded(store: str, run_id: str) -> float:
     """One embedded train-all run, including the start and stop of its temporary Prefect API."""
-    from dialsum.orchestration.train_all import run_embedded
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
+
+    from dialsum.orchestration.train_all import run_embedded
 
     started = time.perf_counter()
     summary = run_embedded(MODELS, run_id=run_id, debug=True, storage_url=store, force=True)
@@ -118,7 +126,8 @@ def main() -> None:
             "model (in-process, one at a time), verified read-back of metrics and predictions from storage, "
             "ensemble (both strategies scored on dev) published to storage, table and markdown artifacts",
             "baseline_does": "pipeline.run_model for each model in turn, same process, same storage",
-            "cpus": os.cpu_count(), "threads": threads,
+            "cpus": os.cpu_count(),
+            "threads": threads,
         },
     }
     write_result(**result)

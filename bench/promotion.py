@@ -73,11 +73,16 @@ class Rule:
         self.fraction = fraction
 
     def describe(self) -> dict:
-        return {"held_out_rows": int(self.test.sum()), "step_rows": int(self.step_rows.sum()),
-                "sweep_rows": int(self.sweep_rows.sum()), "overlap_test_and_choice": int((self.test & (
-                    self.step_rows | self.sweep_rows)).sum()), "confidence": self.confidence,
-                "one_sided_level": round((1 - self.confidence) / 2, 5), "held_out_fraction": self.fraction,
-                "choices_on": "dev rows 1-200 (best step), all dev (sweep)" if self.legacy else "the selection part"}
+        return {
+            "held_out_rows": int(self.test.sum()),
+            "step_rows": int(self.step_rows.sum()),
+            "sweep_rows": int(self.sweep_rows.sum()),
+            "overlap_test_and_choice": int((self.test & (self.step_rows | self.sweep_rows)).sum()),
+            "confidence": self.confidence,
+            "one_sided_level": round((1 - self.confidence) / 2, 5),
+            "held_out_fraction": self.fraction,
+            "choices_on": "dev rows 1-200 (best step), all dev (sweep)" if self.legacy else "the selection part",
+        }
 
 
 def runs(rng: np.random.Generator, sims: int, n: int, rule: Rule, gain: float = 0.0) -> np.ndarray:
@@ -122,16 +127,18 @@ def bootstrap_agreement(rng, rule: Rule, n: int, sims: int) -> float:
     """Share of decisions where the normal bound and `stats.paired_bootstrap`'s percentile bound agree."""
     a, b = runs(rng, sims, n, rule, 1.0), runs(rng, sims, n, rule)
     fast = promoted(rule, a, b)
-    slow = [paired_bootstrap(a[i, rule.test], b[i, rule.test], confidence=rule.confidence).low > 0
-            for i in range(sims)]
+    slow = [paired_bootstrap(a[i, rule.test], b[i, rule.test], confidence=rule.confidence).low > 0 for i in range(sims)]
     return float(np.mean(fast == np.array(slow)))
 
 
 def measure(rule: Rule, n: int, sims: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    out = {**rule.describe(), "false_one_decision": one_decision(rng, rule, n, sims),
-           "false_after_16_trial_sweep": after_sweep(rng, rule, n, max(sims // 4, 50)),
-           "false_any_of_30_nights": nightly(rng, rule, n, max(sims // 4, 50))}
+    out = {
+        **rule.describe(),
+        "false_one_decision": one_decision(rng, rule, n, sims),
+        "false_after_16_trial_sweep": after_sweep(rng, rule, n, max(sims // 4, 50)),
+        "false_any_of_30_nights": nightly(rng, rule, n, max(sims // 4, 50)),
+    }
     out.update({f"power_plus_{g}": one_decision(rng, rule, n, sims, g) for g in GAINS})
     out["bootstrap_agreement"] = bootstrap_agreement(rng, rule, n, sized(200, 10))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
@@ -152,19 +159,37 @@ def main() -> None:
             grid[f"fraction {fraction}, confidence {confidence}"] = {
                 "false_one_decision": round(one_decision(rng, rule, len(fnames), sims), 4),
                 "false_any_of_30_nights": round(nightly(rng, rule, len(fnames), max(sims // 4, 50)), 4),
-                "power_plus_1.0": round(one_decision(rng, rule, len(fnames), sims, 1.0), 4)}
+                "power_plus_1.0": round(one_decision(rng, rule, len(fnames), sims, 1.0), 4),
+            }
     before, after = measure(today, len(fnames), sims, 1), measure(shipped, len(fnames), sims, 1)
     nights = measure(nightly_rule, len(fnames), sims, 1)
-    ok = (after["false_one_decision"] <= 0.05 and after["false_after_16_trial_sweep"] <= 0.05
-          and nights["false_any_of_30_nights"] <= 0.10)
+    ok = (
+        after["false_one_decision"] <= 0.05
+        and after["false_after_16_trial_sweep"] <= 0.05
+        and nights["false_any_of_30_nights"] <= 0.10
+    )
     write_result(
-        "promotion", "false promotions in 30 nights with no real gain", nights["false_any_of_30_nights"],
-        before["false_any_of_30_nights"], round(nights["false_any_of_30_nights"] / before["false_any_of_30_nights"], 4),
+        "promotion",
+        "false promotions in 30 nights with no real gain",
+        nights["false_any_of_30_nights"],
+        before["false_any_of_30_nights"],
+        round(nights["false_any_of_30_nights"] / before["false_any_of_30_nights"], 4),
         "shipped rules: one decision and the post-sweep decision <= 5%, 30 nightly decisions <= 10%, power as high "
         "as allowed",
-        {"dev": {"rows": len(fnames), "source": source}, "per_row_sd": SD, "correlation_between_systems": RHO,
-         "evaluations_per_run": EVALUATIONS, "sweep_trials": TRIALS, "nights": NIGHTS, "simulations": sims,
-         "today": before, "shipped": after, "shipped_nightly": nights, "shipped_meets_goal": ok, "grid": grid},
+        {
+            "dev": {"rows": len(fnames), "source": source},
+            "per_row_sd": SD,
+            "correlation_between_systems": RHO,
+            "evaluations_per_run": EVALUATIONS,
+            "sweep_trials": TRIALS,
+            "nights": NIGHTS,
+            "simulations": sims,
+            "today": before,
+            "shipped": after,
+            "shipped_nightly": nights,
+            "shipped_meets_goal": ok,
+            "grid": grid,
+        },
     )
 
 

@@ -42,10 +42,14 @@ from dialsum.tuning.space import SearchSpace  # noqa: E402
 from dialsum.tuning.study import StudyJournal  # noqa: E402
 
 PEAK, LR_STAR, WARMUP_STAR = 40.0, 3e-4, 0.06
-SPACE = {"objective": "dev_score",
-         "params": {"training.learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
-                    "training.warmup_steps": {"low": 0.0, "high": 0.2},
-                    "training.batch_size": {"choices": [8, 16, 32]}}}
+SPACE = {
+    "objective": "dev_score",
+    "params": {
+        "training.learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
+        "training.warmup_steps": {"low": 0.0, "high": 0.2},
+        "training.batch_size": {"choices": [8, 16, 32]},
+    },
+}
 PRUNER = {"type": "median", "startup_trials": 5, "warmup_steps": 20}  # no pruning before 20% of the training
 RAW_PRUNER = {"type": "median", "startup_trials": 5, "warmup_steps": 8}  # raw steps: 4 evaluations at batch 16
 
@@ -55,8 +59,12 @@ def final_value(params: dict[str, float]) -> float:
     warmup and log2(batch / 16)."""
     lr, warmup = params["training.learning_rate"], params["training.warmup_steps"]
     batch = params.get("training.batch_size", 16)
-    return (PEAK - 6.0 * (math.log10(lr) - math.log10(LR_STAR)) ** 2 - 150.0 * (warmup - WARMUP_STAR) ** 2
-            - 1.5 * math.log2(batch / 16) ** 2)
+    return (
+        PEAK
+        - 6.0 * (math.log10(lr) - math.log10(LR_STAR)) ** 2
+        - 150.0 * (warmup - WARMUP_STAR) ** 2
+        - 1.5 * math.log2(batch / 16) ** 2
+    )
 
 
 class Curves:
@@ -98,15 +106,21 @@ class Curves:
 
     def curve(self, run: TrialRun) -> list[dict[str, Any]]:
         planned = self.planned(run.run_id)
-        return [{"step": 2 * k, "dev_score": self.value(run.run_id, k)}
-                | ({"progress": round(k / planned, 4)} if self.progress else {})
-                for k in range(1, self.evals[run.run_id] + 1)]
+        return [
+            {"step": 2 * k, "dev_score": self.value(run.run_id, k)}
+            | ({"progress": round(k / planned, 4)} if self.progress else {})
+            for k in range(1, self.evals[run.run_id] + 1)
+        ]
 
     def result(self, run: TrialRun) -> dict[str, Any]:
         k = self.evals[run.run_id]
         value = self.value(run.run_id, k)
-        return {"dev": {"score": value}, "dev_selection": {"score": value}, "train_steps": 2 * k,
-                "training": {"stop_requested": run.run_id in self.stop_at}}
+        return {
+            "dev": {"score": value},
+            "dev_selection": {"score": value},
+            "train_steps": 2 * k,
+            "training": {"stop_requested": run.run_id in self.stop_at},
+        }
 
     def stop(self, run: TrialRun, reason: str) -> None:
         self.stop_at[run.run_id] = self.evals[run.run_id]
@@ -116,8 +130,15 @@ class Curves:
         return sum(self.evals[r] / self.planned(r) for r in self.evals)
 
 
-def sweep(trials: int, steps: int, seed: int, pruner: dict[str, Any], folder: Path, progress: bool = True,
-          label: str | None = None) -> dict[str, Any]:
+def sweep(
+    trials: int,
+    steps: int,
+    seed: int,
+    pruner: dict[str, Any],
+    folder: Path,
+    progress: bool = True,
+    label: str | None = None,
+) -> dict[str, Any]:
     space = SearchSpace.model_validate({**SPACE, "pruner": pruner})
     label = label or pruner["type"]
     journal = StudyJournal(f"bench-{label}-{seed}", LocalStorage(folder / "store"), folder / f"{label}-{seed}")
@@ -127,9 +148,14 @@ def sweep(trials: int, steps: int, seed: int, pruner: dict[str, Any], folder: Pa
     StudyLoop(study, space, curves, budget=trials, parallel=4, seed=seed, run_prefix="b", poll_seconds=0).run()
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = max(completed, key=lambda t: t.value)
-    return {"trained": round(curves.trained(), 3), "steps": sum(2 * e for e in curves.evals.values()),
-            "best_value": round(best.value, 4), "best_true": round(final_value(best.params), 4),
-            "pruned": sum(t.state.name == "PRUNED" for t in study.trials), "trials": len(study.trials)}
+    return {
+        "trained": round(curves.trained(), 3),
+        "steps": sum(2 * e for e in curves.evals.values()),
+        "best_value": round(best.value, 4),
+        "best_true": round(final_value(best.params), 4),
+        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "trials": len(study.trials),
+    }
 
 
 def main() -> None:
@@ -146,23 +172,48 @@ def main() -> None:
             gap = abs(pruned["best_true"] - full["best_true"]) / abs(full["best_true"])
             raw_gap = abs(raw["best_true"] - full["best_true"]) / abs(full["best_true"])
             measured = abs(pruned["best_value"] - full["best_value"]) / abs(full["best_value"])
-            runs.append({"seed": seed, "unpruned": full, "pruned": pruned, "pruned_on_raw_steps": raw,
-                         "best_gap_percent": round(100 * gap, 3), "raw_steps_best_gap_percent": round(100 * raw_gap, 3),
-                         "measured_best_gap_percent": round(100 * measured, 3)})
+            runs.append(
+                {
+                    "seed": seed,
+                    "unpruned": full,
+                    "pruned": pruned,
+                    "pruned_on_raw_steps": raw,
+                    "best_gap_percent": round(100 * gap, 3),
+                    "raw_steps_best_gap_percent": round(100 * raw_gap, 3),
+                    "measured_best_gap_percent": round(100 * measured, 3),
+                }
+            )
         ours, baseline = sum(r["pruned"]["trained"] for r in runs), sum(r["unpruned"]["trained"] for r in runs)
         raw = sum(r["pruned_on_raw_steps"]["trained"] for r in runs)
         out_dir = Path(tmp) / "results" if args.smoke else None
         write_result(
-            "pruning", "trials of planned training run", round(ours, 3), round(baseline, 3), round(ours / baseline, 4),
-            "ratio <= 0.70 and every seed's best (known objective at the best trial) within 0.5% of the unpruned sweep's",
-            {"trials_per_sweep": trials, "evaluations_per_trial_at_batch_16": steps, "batch_sizes": [8, 16, 32],
-             "parallel": 4, "seeds": seeds, "pruner": PRUNER, "compared_at": "equal progress (every 5% of the "
-             "planned training)", "sampler": "TPE, constant liar, seeded per trial, random start a third of the budget",
-             "known_optimum": PEAK, "steps_saved_percent": round(100 * (1 - ours / baseline), 1),
-             "max_best_gap_percent": max(r["best_gap_percent"] for r in runs),
-             "raw_step_pruner": {"pruner": RAW_PRUNER, "saved_percent": round(100 * (1 - raw / baseline), 1),
-                                 "max_best_gap_percent": max(r["raw_steps_best_gap_percent"] for r in runs)},
-             "runs": runs, "smoke": args.smoke},
+            "pruning",
+            "trials of planned training run",
+            round(ours, 3),
+            round(baseline, 3),
+            round(ours / baseline, 4),
+            "ratio <= 0.70 and every seed's best (known objective at the best trial) within 0.5% "
+            "of the unpruned sweep's",
+            {
+                "trials_per_sweep": trials,
+                "evaluations_per_trial_at_batch_16": steps,
+                "batch_sizes": [8, 16, 32],
+                "parallel": 4,
+                "seeds": seeds,
+                "pruner": PRUNER,
+                "compared_at": "equal progress (every 5% of the planned training)",
+                "sampler": "TPE, constant liar, seeded per trial, random start a third of the budget",
+                "known_optimum": PEAK,
+                "steps_saved_percent": round(100 * (1 - ours / baseline), 1),
+                "max_best_gap_percent": max(r["best_gap_percent"] for r in runs),
+                "raw_step_pruner": {
+                    "pruner": RAW_PRUNER,
+                    "saved_percent": round(100 * (1 - raw / baseline), 1),
+                    "max_best_gap_percent": max(r["raw_steps_best_gap_percent"] for r in runs),
+                },
+                "runs": runs,
+                "smoke": args.smoke,
+            },
             out_dir=out_dir,
         )
 

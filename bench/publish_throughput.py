@@ -1,7 +1,8 @@
 """Publish throughput: `dialsum.storage.publish` (hashes, verified uploads, manifest) vs plain boto3 upload_file.
 
 Starts its own moto_server on 127.0.0.1, builds ~200 MB of adapter-like files, and times both ways of
-uploading them to the same server, alternating, best of REPEATS (median ratio in details). Writes bench/results/publish_throughput.json.
+uploading them to the same server, alternating, best of REPEATS (median ratio in details). Writes
+bench/results/publish_throughput.json.
 
 Usage: .venv/bin/python bench/publish_throughput.py
 """

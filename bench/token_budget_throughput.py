@@ -35,12 +35,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    QWEN3, causal_config, cpu_threads, dev_examples, device_info, require_shared, save_random_lm, sized,
-    use_repo_configs, write_result,
+    QWEN3,
+    causal_config,
+    cpu_threads,
+    dev_examples,
+    device_info,
+    require_shared,
+    save_random_lm,
+    sized,
+    use_repo_configs,
+    write_result,
 )
 
-SHAPE = {"hidden_size": 64, "num_hidden_layers": sized(2, 1), "num_attention_heads": 4, "num_key_value_heads": 2,
-         "head_dim": 16, "intermediate_size": 128, "vocab_size": 151936, "max_position_embeddings": 4096}
+SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": sized(2, 1),
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 4096,
+}
 EVERY = sized(3, 125)
 ROUNDS = sized(2, 1)
 
@@ -53,8 +69,12 @@ def load(shared: Path, examples):
 
     with tempfile.TemporaryDirectory() as tmp:
         save_random_lm("qwen3", SHAPE, AutoTokenizer.from_pretrained(shared / QWEN3), Path(tmp))
-        cfg = causal_config("qwen3-4b", Path(tmp), quantization={"compute_dtype": "float32"},
-                            training={"precision": "fp32", "grad_accum": 1, "gradient_checkpointing": False})
+        cfg = causal_config(
+            "qwen3-4b",
+            Path(tmp),
+            quantization={"compute_dtype": "float32"},
+            training={"precision": "fp32", "grad_accum": 1, "gradient_checkpointing": False},
+        )
         model, tok = causal_lm.load(cfg, tmp, placeholders_in(examples))
     return cfg, model, tok
 
@@ -86,9 +106,11 @@ def main() -> None:
     budget = cfg.training.max_tokens_per_batch
     longest = max(len(f["input_ids"]) for f in features)
     fixed = max(1, budget // longest)
-    variants = {"baseline": {"max_tokens_per_batch": None, "batch_size": fixed, "epochs": 1},
-                "ours": {"max_tokens_per_batch": budget, "epochs": 1},
-                "seed_8_rows": {"max_tokens_per_batch": None, "batch_size": 8, "epochs": 1}}
+    variants = {
+        "baseline": {"max_tokens_per_batch": None, "batch_size": fixed, "epochs": 1},
+        "ours": {"max_tokens_per_batch": budget, "epochs": 1},
+        "seed_8_rows": {"max_tokens_per_batch": None, "batch_size": 8, "epochs": 1},
+    }
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for v in variants.values():  # one untimed warm-up step per variant
         fit(cfg.training.model_copy(update=v), causal_lm, model, tok, features, max_steps=1, show_progress=False)
@@ -99,24 +121,40 @@ def main() -> None:
     o, b = ours.tokens_per_second, base.tokens_per_second
     lengths = sorted(len(f["input_ids"]) for f in features)
     write_result(
-        "token_budget_throughput", "real tokens/s", round(o, 1), round(b, 1), round(o / b, 2), "ratio >= 1.3",
+        "token_budget_throughput",
+        "real tokens/s",
+        round(o, 1),
+        round(b, 1),
+        round(o / b, 2),
+        "ratio >= 1.3",
         details={
             "data": f"shared dev.csv, every {EVERY}rd row ({len(features)}), qwen3-4b chat prompts + summaries, "
-                    "real Qwen3 tokenizer",
-            "row_tokens": {"mean": round(sum(lengths) / len(lengths), 1), "median": lengths[len(lengths) // 2],
-                           "max": longest},
+            "real Qwen3 tokenizer",
+            "row_tokens": {
+                "mean": round(sum(lengths) / len(lengths), 1),
+                "median": lengths[len(lengths) // 2],
+                "max": longest,
+            },
             "ours": f"fit(): max_tokens_per_batch {budget} (the qwen3-4b config; length-grouped token budget)",
             "baseline": f"fit(): length-grouped batches of {fixed} rows (= {budget} // longest row {longest})",
-            "seed_8_rows": {"tokens_per_second": round(seed.tokens_per_second, 1),
-                            "ratio_ours_to_it": round(o / seed.tokens_per_second, 2), "steps": seed.steps,
-                            "longest_micro_batch_tokens": 8 * longest},
-            "steps": {"ours": ours.steps, "baseline": base.steps}, "real_tokens": ours.real_tokens,
+            "seed_8_rows": {
+                "tokens_per_second": round(seed.tokens_per_second, 1),
+                "ratio_ours_to_it": round(o / seed.tokens_per_second, 2),
+                "steps": seed.steps,
+                "longest_micro_batch_tokens": 8 * longest,
+            },
+            "steps": {"ours": ours.steps, "baseline": base.steps},
+            "real_tokens": ours.real_tokens,
             "padded_share_pct": {"ours": _share(ours), "baseline": _share(base)},
             "model": "Qwen3-shaped, random weights, real 151,936-row vocabulary, NF4 base + LoRA via causal_lm.load",
-            "shape": SHAPE, "compute": "fp32 on CPU (4-bit compute dtype float32)", "grad_accum": 1,
+            "shape": SHAPE,
+            "compute": "fp32 on CPU (4-bit compute dtype float32)",
+            "grad_accum": 1,
             "host_memory_kept": kept,
             "seconds": {k: [round(r[k].seconds, 2) for r in rounds] for k in variants},
-            "rounds": ROUNDS, "threads": threads, "device": device_info(),
+            "rounds": ROUNDS,
+            "threads": threads,
+            "device": device_info(),
         },
     )
 

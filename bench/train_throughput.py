@@ -20,15 +20,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    KOBART, SMOKE, cpu_threads, dev_examples, device_info, fixed_padding, require_shared, sized, use_repo_configs,
+    KOBART,
+    SMOKE,
+    cpu_threads,
+    dev_examples,
+    device_info,
+    fixed_padding,
+    require_shared,
+    sized,
+    use_repo_configs,
     write_result,
 )
 
 ROWS = sized(160, 16)
 ROUNDS = sized(2, 1)
-SHRINK = {"d_model": sized(256, 32), "encoder_layers": sized(2, 1), "decoder_layers": sized(2, 1),
-          "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": sized(1024, 64),
-          "decoder_ffn_dim": sized(1024, 64)}
+SHRINK = {
+    "d_model": sized(256, 32),
+    "encoder_layers": sized(2, 1),
+    "decoder_layers": sized(2, 1),
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": sized(1024, 64),
+    "decoder_ffn_dim": sized(1024, 64),
+}
 
 
 def build_model(shared: Path, vocab: int, seed: int = 0):
@@ -73,8 +87,11 @@ def main() -> None:
     from dialsum.models import encoder_decoder
 
     cfg, tok, features = prepare(shared)
-    widths = {"input_ids": cfg.max_source_length, "attention_mask": cfg.max_source_length,
-              "labels": cfg.max_target_length}
+    widths = {
+        "input_ids": cfg.max_source_length,
+        "attention_mask": cfg.max_source_length,
+        "labels": cfg.max_target_length,
+    }
     variants = {"baseline": (fixed_padding(encoder_decoder, widths), False), "ours": (encoder_decoder, True)}
     for family, grouped in variants.values() if not SMOKE else ():  # untimed warm-up
         run(shared, cfg, tok, features[: cfg.training.batch_size], family, grouped)
@@ -84,12 +101,21 @@ def main() -> None:
     o, b = ours.tokens_per_second, base.tokens_per_second
     shape = {k: v for k, v in build_model(shared, len(tok)).config.to_dict().items() if k in {*SHRINK, "vocab_size"}}
     write_result(
-        "train_throughput", "real tokens/s", round(o, 1), round(b, 1), round(o / b, 2), "ratio >= 2",
+        "train_throughput",
+        "real tokens/s",
+        round(o, 1),
+        round(b, 1),
+        round(o / b, 2),
+        "ratio >= 2",
         details={
             "data": f"shared dev.csv, first {ROWS} rows, one epoch, batch {cfg.training.batch_size}",
             "model": "BartForConditionalGeneration from kobart config.json, random weights",
-            "shape": shape, "shrunk_for_cpu": not torch.cuda.is_available(),
-            "steps": ours.steps, "real_tokens": ours.real_tokens, "rounds": ROUNDS, "threads": threads,
+            "shape": shape,
+            "shrunk_for_cpu": not torch.cuda.is_available(),
+            "steps": ours.steps,
+            "real_tokens": ours.real_tokens,
+            "rounds": ROUNDS,
+            "threads": threads,
             "seconds": {k: [round(r[k].seconds, 2) for r in rounds] for k in variants},
             "padded_share_pct": {"ours": _share(ours), "baseline": _share(base)},
             "ours": "fit(): length_grouped_batches + dynamic padding",

@@ -35,7 +35,11 @@ MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 VICTIM = "tiny-llama"
 BUCKET = "dialsum"
 PREFIX = "runs"
-KEYS = {"AWS_ACCESS_KEY_ID": "container-test", "AWS_SECRET_ACCESS_KEY": "container-test-key", "AWS_DEFAULT_REGION": "us-east-1"}
+KEYS = {
+    "AWS_ACCESS_KEY_ID": "container-test",
+    "AWS_SECRET_ACCESS_KEY": "container-test-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 TIMEOUT = 900
 
 
@@ -58,8 +62,15 @@ class Stack:
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([self.docker, *args], capture_output=True, text=True, check=check, timeout=timeout)
 
-    def start(self, name: str, image: str, *args: str, entrypoint: str | None = None, env: dict | None = None,
-              socket: bool = False) -> str:
+    def start(
+        self,
+        name: str,
+        image: str,
+        *args: str,
+        entrypoint: str | None = None,
+        env: dict | None = None,
+        socket: bool = False,
+    ) -> str:
         """Start a detached container on the test network; returns its id."""
         cmd = ["run", "-d", "--name", f"{self.network}-{name}", "--network", self.network]
         for key, value in (env or {}).items():
@@ -78,8 +89,10 @@ class Stack:
         return self.run("inspect", "-f", fmt, container).stdout.strip()
 
     def logs(self, container: str, lines: int = 40) -> str:
-        return self.run("logs", "--tail", str(lines), container, check=False).stdout + \
-            self.run("logs", "--tail", str(lines), container, check=False).stderr
+        return (
+            self.run("logs", "--tail", str(lines), container, check=False).stdout
+            + self.run("logs", "--tail", str(lines), container, check=False).stderr
+        )
 
     def close(self) -> None:
         for container in reversed(self.containers):
@@ -123,8 +136,18 @@ def test_infra(stack: Stack) -> Path:
 
 def check_socket_refusal(stack: Stack) -> None:
     """A Docker worker whose user is not in the socket's group refuses to start and says how to fix it."""
-    result = stack.run("run", "--rm", "-v", "/var/run/docker.sock:/var/run/docker.sock", "dialsum-worker:latest",
-                       "worker", "--pool", "dialsum-docker-cpu", check=False, timeout=120)
+    result = stack.run(
+        "run",
+        "--rm",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "dialsum-worker:latest",
+        "worker",
+        "--pool",
+        "dialsum-docker-cpu",
+        check=False,
+        timeout=120,
+    )
     if os.stat("/var/run/docker.sock").st_mode & 0o006:
         log("socket is world-accessible here: refusal not checked")
         return
@@ -136,8 +159,18 @@ def check_socket_refusal(stack: Stack) -> None:
 
 def start_stack(stack: Stack) -> dict[str, str]:
     stack.network_id = stack.run("network", "create", stack.network).stdout.strip()
-    server = stack.start("prefect", "dialsum-worker:latest", "server", "start", "--host", "0.0.0.0", "--port", "4200",
-                         entrypoint="prefect", env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": "/tmp/prefect"})
+    server = stack.start(
+        "prefect",
+        "dialsum-worker:latest",
+        "server",
+        "start",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "4200",
+        entrypoint="prefect",
+        env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": "/tmp/prefect"},
+    )
     s3 = stack.start("s3", "dialsum-test-s3:latest", "-H", "0.0.0.0", "-p", "5000")
     api = f"http://{stack.address(server)}:4200/api"
     endpoint = f"http://{stack.address(s3)}:5000"
@@ -145,8 +178,13 @@ def start_stack(stack: Stack) -> dict[str, str]:
     wait_http(f"{endpoint}/moto-api/", timeout=60)
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    ).create_bucket(Bucket=BUCKET)
     log(f"prefect server {api}, s3 {endpoint}")
     return {"api": api, "endpoint": endpoint}
 
@@ -161,12 +199,29 @@ def start_workers(stack: Stack, infra: Path) -> None:
     }
     mount = ["-v", f"{infra}:/ct-infra:ro"]
     for pool, extra in (("dialsum-docker-cpu", []), ("dialsum-docker-gpu", ["--gpus", "1"])):
-        stack.containers.append(stack.run(
-            "run", "-d", "--name", f"{stack.network}-{pool}", "--network", stack.network, *mount,
-            *sum((["-e", f"{k}={v}"] for k, v in env.items()), []),
-            "-v", "/var/run/docker.sock:/var/run/docker.sock", "--group-add", str(os.stat("/var/run/docker.sock").st_gid),
-            "dialsum-worker:latest", "worker", "--pool", pool, "--infra-dir", "/ct-infra", *extra,
-        ).stdout.strip())
+        stack.containers.append(
+            stack.run(
+                "run",
+                "-d",
+                "--name",
+                f"{stack.network}-{pool}",
+                "--network",
+                stack.network,
+                *mount,
+                *sum((["-e", f"{k}={v}"] for k, v in env.items()), []),
+                "-v",
+                "/var/run/docker.sock:/var/run/docker.sock",
+                "--group-add",
+                str(os.stat("/var/run/docker.sock").st_gid),
+                "dialsum-worker:latest",
+                "worker",
+                "--pool",
+                pool,
+                "--infra-dir",
+                "/ct-infra",
+                *extra,
+            ).stdout.strip()
+        )
     stack.start("control", "dialsum-worker:latest", "worker", "--pool", "dialsum-control", env=env)
 
 
@@ -192,8 +247,14 @@ def deploy(env: dict[str, str]) -> None:
     for name in ("dialsum-process", "dialsum-k8s"):  # the compose workers made the docker and control pools
         asyncio.run(setup_pool(POOLS[name], None, ROOT / "infra"))
     asyncio.run(setup_pool(POOLS["dialsum-process-gpu"], 1, ROOT / "infra"))  # train-model/process-gpu names gpu-0
-    result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
-                             "infra/prefect.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -208,7 +269,12 @@ async def kill_victim(stack: Stack, client, parent_id) -> str:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         for run in await flow_runs(client, "train-model"):
-            if run.parameters.get("model") == VICTIM and run.state and run.state.is_running() and run.infrastructure_pid:
+            if (
+                run.parameters.get("model") == VICTIM
+                and run.state
+                and run.state.is_running()
+                and run.infrastructure_pid
+            ):
                 container = run.infrastructure_pid.rsplit(":", 1)[1]
                 await asyncio.sleep(3)
                 stack.run("kill", container)
@@ -235,21 +301,26 @@ async def exercise(stack: Stack, run_id: str) -> dict[str, Any]:
     from prefect.deployments import run_deployment
 
     started = time.monotonic()
-    by_hand = await run_deployment("train-model/docker-gpu", parameters={"model": "tiny-bart", "run_id": f"{run_id}-gpu"},
-                                   timeout=0)
+    by_hand = await run_deployment(
+        "train-model/docker-gpu", parameters={"model": "tiny-bart", "run_id": f"{run_id}-gpu"}, timeout=0
+    )
     assert by_hand.work_queue_name == "gpu-0", by_hand.work_queue_name
     async with get_client() as client:
         variables = (await client.read_deployment(by_hand.deployment_id)).job_variables
     assert variables == {"gpu_ids": ["0"]}, variables
     log("ok: train-model/docker-gpu started by hand is on queue gpu-0 with gpu_ids ['0']")
     parent = await run_deployment(
-        "train-all/cpu", parameters={"models": MODELS, "debug": True, "run_id": run_id, "crash_relaunches": 0},
-        timeout=0)
+        "train-all/cpu",
+        parameters={"models": MODELS, "debug": True, "run_id": run_id, "crash_relaunches": 0},
+        timeout=0,
+    )
     async with get_client() as client:
         victim = await kill_victim(stack, client, parent.id)
         parent = await wait_final(client, parent.id)
         gpu_run = await wait_final(client, by_hand.id, timeout=120)
-        children = {r.parameters["model"]: r for r in await flow_runs(client, "train-model") if r.parameters["run_id"] == run_id}
+        children = {
+            r.parameters["model"]: r for r in await flow_runs(client, "train-model") if r.parameters["run_id"] == run_id
+        }
         all_runs = [r.id for r in await client.read_flow_runs()]
     log(f"train-all/cpu: {parent.state.name} after {time.monotonic() - started:.0f}s: {parent.state.message}")
     return {"parent": parent, "children": children, "gpu_run": gpu_run, "victim": victim, "all_runs": all_runs}
@@ -274,10 +345,18 @@ def check_outcome(stack: Stack, outcome: dict[str, Any], endpoint: str, run_id: 
 
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    objects = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-               for o in page.get("Contents", [])}
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    objects = {
+        o["Key"]: o["Size"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
     assert not any(k.startswith(f"{PREFIX}/{PREFIX}/") for k in objects), "doubled prefix"
     for model in [*sorted(set(MODELS) - {VICTIM}), "ensemble"]:
         key = f"{PREFIX}/{run_id}/{model}/manifest.json"
@@ -298,8 +377,15 @@ def check_outcome(stack: Stack, outcome: dict[str, Any], endpoint: str, run_id: 
 # ---------------------------------------------------------------- docker-compose.yml
 
 
-COMPOSE_SERVICES = {"postgres", "prefect-server", "minio", "minio-init", "prefect-worker", "prefect-worker-cpu",
-                    "prefect-controller"}
+COMPOSE_SERVICES = {
+    "postgres",
+    "prefect-server",
+    "minio",
+    "minio-init",
+    "prefect-worker",
+    "prefect-worker-cpu",
+    "prefect-controller",
+}
 
 
 def free_port() -> int:
@@ -313,10 +399,15 @@ def free_port() -> int:
 def compose_env(path: Path) -> dict[str, str]:
     """The test's .env: W&B is left at the user's default (offline without a key)."""
     env = {
-        "DIALSUM_NUM_GPUS": "1", "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
-        **{name: uuid.uuid4().hex for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")}, "MINIO_ROOT_USER": "compose-test",
-        "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}", "GIT_COMMIT": "",
-        "PREFECT_PORT": str(free_port()), "MINIO_API_PORT": str(free_port()), "MINIO_CONSOLE_PORT": str(free_port()),
+        "DIALSUM_NUM_GPUS": "1",
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        **{name: uuid.uuid4().hex for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")},
+        "MINIO_ROOT_USER": "compose-test",
+        "DIALSUM_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}",
+        "GIT_COMMIT": "",
+        "PREFECT_PORT": str(free_port()),
+        "MINIO_API_PORT": str(free_port()),
+        "MINIO_CONSOLE_PORT": str(free_port()),
         **KEYS,
     }
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -332,10 +423,16 @@ def compose_process_env(compose_text: str) -> dict[str, str]:
 
 def compose_status(docker: str) -> dict[str, str]:
     """Each compose service's state: its health, else its status and exit code."""
-    fmt = '{{index .Config.Labels "com.docker.compose.service"}} ' \
-          '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}-{{.State.ExitCode}}{{end}}'
-    ids = subprocess.run([docker, "ps", "-aq", "--filter", "label=com.docker.compose.project=dialsum"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    fmt = (
+        '{{index .Config.Labels "com.docker.compose.service"}} '
+        "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}-{{.State.ExitCode}}{{end}}"
+    )
+    ids = subprocess.run(
+        [docker, "ps", "-aq", "--filter", "label=com.docker.compose.project=dialsum"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     if not ids:
         return {}
     out = subprocess.run([docker, "inspect", "-f", fmt, *ids], capture_output=True, text=True, check=True).stdout
@@ -367,17 +464,39 @@ def compose_main(docker: str, commit: str) -> int:
     text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
     (scratch / "docker-compose.yml").write_text(text.replace("\nname: dialsum\n", "\n", 1))
     env = compose_env(scratch / "compose.env")
-    compose = ["docker-compose", "-p", "dialsum", "--project-directory", str(ROOT), "--env-file", str(scratch / "compose.env"),
-               "-f", str(scratch / "docker-compose.yml"), "-f", str(ROOT / "infra" / "compose.test.yml"), "--profile", "cpu"]
+    compose = [
+        "docker-compose",
+        "-p",
+        "dialsum",
+        "--project-directory",
+        str(ROOT),
+        "--env-file",
+        str(scratch / "compose.env"),
+        "-f",
+        str(scratch / "docker-compose.yml"),
+        "-f",
+        str(ROOT / "infra" / "compose.test.yml"),
+        "--profile",
+        "cpu",
+    ]
     shell = compose_process_env(text)
     started = time.monotonic()
     try:
-        up = subprocess.run([*compose, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600, env=shell)
+        up = subprocess.run(
+            [*compose, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600, env=shell
+        )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         status = wait_compose_healthy(docker)
-        log(f"compose: up in {time.monotonic() - started:.0f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
-        os.environ.update({"PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api",
-                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        log(
+            f"compose: up in {time.monotonic() - started:.0f}s: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
+        )
+        os.environ.update(
+            {
+                "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            }
+        )
         deploy(dict(os.environ))
         run_id = f"compose-{uuid.uuid4().hex[:6]}"
         parent = asyncio.run(compose_run(run_id))
@@ -385,19 +504,30 @@ def compose_main(docker: str, commit: str) -> int:
         endpoint = f"http://127.0.0.1:{env['MINIO_API_PORT']}"
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         for model in ("tiny-bart", "ensemble"):
-            manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{run_id}/{model}/manifest.json")["Body"].read())
+            manifest = json.loads(
+                s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{run_id}/{model}/manifest.json")["Body"].read()
+            )
             assert manifest["model"] == model and manifest["files"] and manifest["git_commit"] == commit, manifest
-        log(f"compose: train-all/cpu {run_id} completed through the compose stack; manifests in s3://{BUCKET}/{PREFIX}/{run_id}/")
+        log(
+            f"compose: train-all/cpu {run_id} completed through the compose stack; manifests in s3://{BUCKET}/{PREFIX}/{run_id}/"
+        )
         check_offline_report(docker, compose, shell, run_id)
     except BaseException:
         logs = subprocess.run([*compose, "logs", "--tail", "40"], capture_output=True, text=True, env=shell)
         print(logs.stdout[-12000:], file=sys.stderr)
         raise
     finally:
-        subprocess.run([*compose, "down", "-v", "--remove-orphans"], capture_output=True, text=True, timeout=300, env=shell)
+        subprocess.run(
+            [*compose, "down", "-v", "--remove-orphans"], capture_output=True, text=True, timeout=300, env=shell
+        )
         shutil.rmtree(scratch, ignore_errors=True)
     assert not compose_status(docker), "compose containers left after down"
     log(f"compose: down -v, nothing left ({time.monotonic() - started:.0f}s in all)")
@@ -406,11 +536,19 @@ def compose_main(docker: str, commit: str) -> int:
 
 def check_offline_report(docker: str, compose: list[str], shell: dict[str, str], run_id: str) -> None:
     """The controller wrote train-all's W&B report run offline, on the outputs volume the trainers share."""
-    controller = subprocess.run([*compose, "ps", "-q", "prefect-controller"], capture_output=True, text=True,
-                                env=shell, check=True).stdout.strip()
-    found = subprocess.run([docker, "exec", controller, "grep", "-rlF", f"train-all-{run_id}", f"/outputs/{run_id}/wandb"],
-                           capture_output=True, text=True)
-    assert found.returncode == 0 and "offline-run-" in found.stdout, ("no offline W&B report run", found.stdout, found.stderr)
+    controller = subprocess.run(
+        [*compose, "ps", "-q", "prefect-controller"], capture_output=True, text=True, env=shell, check=True
+    ).stdout.strip()
+    found = subprocess.run(
+        [docker, "exec", controller, "grep", "-rlF", f"train-all-{run_id}", f"/outputs/{run_id}/wandb"],
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0 and "offline-run-" in found.stdout, (
+        "no offline W&B report run",
+        found.stdout,
+        found.stderr,
+    )
     log(f"compose: W&B report run written offline by the controller: {found.stdout.split()[0]}")
 
 
@@ -418,8 +556,9 @@ async def compose_run(run_id: str):
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    parent = await run_deployment("train-all/cpu", parameters={"models": ["tiny-bart"], "debug": True, "run_id": run_id},
-                                  timeout=0)
+    parent = await run_deployment(
+        "train-all/cpu", parameters={"models": ["tiny-bart"], "debug": True, "run_id": run_id}, timeout=0
+    )
     async with get_client() as client:
         return await wait_final(client, parent.id)
 
@@ -428,7 +567,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docker", default="docker")
     parser.add_argument("--commit", required=True)
-    parser.add_argument("--compose", action="store_true", help="exercise docker-compose.yml instead of the hand-built stack")
+    parser.add_argument(
+        "--compose", action="store_true", help="exercise docker-compose.yml instead of the hand-built stack"
+    )
     args = parser.parse_args()
     if args.compose:
         return compose_main(args.docker, args.commit)

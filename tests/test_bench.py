@@ -23,8 +23,14 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIALSUM_", "PREFECT_API_URL"))}
     smoke = ROOT / "tests" / "support" / "bench_smoke.py"
-    proc = subprocess.run([sys.executable, str(smoke), str(out), *map(str, BENCHES)],
-                          capture_output=True, text=True, timeout=900, cwd=out, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(smoke), str(out), *map(str, BENCHES)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=out,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before, "a smoke run wrote bench/results/"
@@ -38,5 +44,5 @@ def test_smoke_mode_passes(smoke_runs: dict[str, dict], bench: Path) -> None:
     output = Path(run["log"]).read_text(encoding="utf-8", errors="replace")
     assert run["rc"] == 0, f"{bench.name} --smoke exited {run['rc']}:\n{output[-4000:]}"
     if "skipped" not in output.splitlines()[-1]:
-        result = json.loads(output[output.rindex('{\n  "name"'):])
+        result = json.loads(output[output.rindex('{\n  "name"') :])
         assert result["name"] == bench.stem and {"unit", "ours", "baseline", "ratio", "goal"} <= result.keys()

@@ -17,11 +17,20 @@ KEYS = {"name", "unit", "ours", "baseline", "ratio", "goal"}
 
 
 def test_gpu_bench_tiny_writes_results(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
-               CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        DIALSUM_CONFIG_DIR=str(ROOT / "configs"),
+        CUDA_VISIBLE_DEVICES="",
+    )
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu" / "run.py"), "--tiny", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name in ("gpu_qlora_train", "gpu_generation"):

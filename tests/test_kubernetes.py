@@ -21,19 +21,40 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted((ROOT / "infra" / "k8s").glob("*.yaml"))
 KUBERNETES_POOLS = [pool for pool in POOLS.values() if pool.type == "kubernetes"]
 # What a worker fills in for a flow run: its name, the command, Prefect's environment and labels.
-RUN = {"name": "train-model-kobart", "command": "prefect flow-run execute",
-       "env": {"PREFECT__FLOW_RUN_ID": "0b1c2d3e-0000-4000-8000-000000000001",
-               "PREFECT_API_URL": "http://prefect:4200/api"},
-       "labels": {"prefect.io/flow-run-id": "0b1c2d3e-0000-4000-8000-000000000001",
-                  "prefect.io/flow-run-name": "crafty-penguin"}}
-EVERYTHING = {"gpu_count": 2, "image": "registry.example.com/dialsum-trainer:1.0", "image_pull_policy": "Always",
-              "namespace": "ml", "secret_name": "ml-env", "node_selector": {"gpu": "a100"},
-              "tolerations": [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
-              "memory_limit": "64Gi", "memory_request": "48Gi", "cpu_request": "8",
-              "service_account_name": "dialsum-trainer", "backoff_limit": 1, "finished_job_ttl": None,
-              "pod_watch_timeout_seconds": 1800, "stream_output": False}
-VARIABLES = {"defaults": {}, "placed": assign(["kobart"], "k8s", gpus_per_model=4)[0].job_variables,
-             "everything": EVERYTHING}
+RUN = {
+    "name": "train-model-kobart",
+    "command": "prefect flow-run execute",
+    "env": {
+        "PREFECT__FLOW_RUN_ID": "0b1c2d3e-0000-4000-8000-000000000001",
+        "PREFECT_API_URL": "http://prefect:4200/api",
+    },
+    "labels": {
+        "prefect.io/flow-run-id": "0b1c2d3e-0000-4000-8000-000000000001",
+        "prefect.io/flow-run-name": "crafty-penguin",
+    },
+}
+EVERYTHING = {
+    "gpu_count": 2,
+    "image": "registry.example.com/dialsum-trainer:1.0",
+    "image_pull_policy": "Always",
+    "namespace": "ml",
+    "secret_name": "ml-env",
+    "node_selector": {"gpu": "a100"},
+    "tolerations": [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
+    "memory_limit": "64Gi",
+    "memory_request": "48Gi",
+    "cpu_request": "8",
+    "service_account_name": "dialsum-trainer",
+    "backoff_limit": 1,
+    "finished_job_ttl": None,
+    "pod_watch_timeout_seconds": 1800,
+    "stream_output": False,
+}
+VARIABLES = {
+    "defaults": {},
+    "placed": assign(["kobart"], "k8s", gpus_per_model=4)[0].job_variables,
+    "everything": EVERYTHING,
+}
 
 
 def submitted_job(pool, variables: dict) -> dict:
@@ -92,14 +113,19 @@ def test_a_field_at_the_wrong_level_fails_strict_validation() -> None:
     with pytest.raises(AssertionError) as failure:
         validate_strictly(job)
     version = KUBERNETES_VERSION.rsplit(".", 1)[0]
-    assert str(failure.value) == (f"Job train-model-kobart-: spec.template.spec: Additional properties are not allowed "
-                                  f"('completions' was unexpected) (Kubernetes {version}, strict)")
+    assert str(failure.value) == (
+        f"Job train-model-kobart-: spec.template.spec: Additional properties are not allowed "
+        f"('completions' was unexpected) (Kubernetes {version}, strict)"
+    )
 
 
-@pytest.mark.parametrize(("field", "value", "error"), [
-    ("restartPolicy", "Always", "restartPolicy: 'Always' (a Job allows ['Never', 'OnFailure'])"),
-    ("imagePullPolicy", "ifNotPresent", "containers[0].imagePullPolicy: 'ifNotPresent'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("restartPolicy", "Always", "restartPolicy: 'Always' (a Job allows ['Never', 'OnFailure'])"),
+        ("imagePullPolicy", "ifNotPresent", "containers[0].imagePullPolicy: 'ifNotPresent'"),
+    ],
+)
 def test_enum_values_the_schema_lets_through_are_caught(field: str, value: str, error: str) -> None:
     job = submitted_job(KUBERNETES_POOLS[0], {})
     spec = job["spec"]["template"]["spec"]

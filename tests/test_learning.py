@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow  # each profile trains end to end
 @pytest.fixture(scope="module", params=TINY)
 def trained(request, tmp_path_factory):
     get_settings.cache_clear()
-    return run_model(request.param, run_id="learning-test", eval_before=True,
-                     storage_url=str(tmp_path_factory.mktemp("store")))
+    return run_model(
+        request.param, run_id="learning-test", eval_before=True, storage_url=str(tmp_path_factory.mktemp("store"))
+    )
 
 
 def test_dev_score_rises_by_30_to_at_least_60(trained):
@@ -30,11 +31,16 @@ def test_dev_score_rises_by_30_to_at_least_60(trained):
 
 def test_run_folder_layout(trained):
     run = trained.run_dir
-    assert {"model", "predictions", "metrics.json", "config.yaml", "generation_config.json"} <= {p.name for p in run.iterdir()}
+    assert {"model", "predictions", "metrics.json", "config.yaml", "generation_config.json"} <= {
+        p.name for p in run.iterdir()
+    }
     generation = json.loads((run / "generation_config.json").read_text())
     cfg = load_model_config(str(run / "config.yaml"))
     assert generation["generate"]["max_new_tokens"] == cfg.generation.max_new_tokens
-    assert generation["generate"]["eos_token_id"] and generation["no_repeat"]["ngram_size"] == cfg.generation.no_repeat_ngram_size
+    assert (
+        generation["generate"]["eos_token_id"]
+        and generation["no_repeat"]["ngram_size"] == cfg.generation.no_repeat_ngram_size
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dev"]["score"] == trained.metrics["dev"]["score"]
     training = metrics["training"]  # the evaluation curve, one score per epoch, and the step that was shipped
@@ -87,7 +93,9 @@ def test_batched_generation_equals_one_at_a_time(trained):
     if cfg.type != "causal_lm":
         pytest.skip("batched-vs-single equality is checked for causal profiles")
     fam, splits = family(cfg), load_splits(None)
-    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"]), adapter=trained.run_dir / "model")
+    model, tok = fam.load(
+        cfg, checkpoint_source(cfg), placeholders_in(splits["train"]), adapter=trained.run_dir / "model"
+    )
     feats = fam.build_features(cfg, tok, splits["dev"][:24], with_labels=False)
     one = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"batch_size": 1})})
     batched = fam.generate(cfg, model, tok, feats)

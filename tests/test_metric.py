@@ -19,7 +19,9 @@ def test_hand_checked_pair():
     assert metric.morphemes("나는 사과를 먹었다") == ("나", "는", "사과", "를", "먹", "었", "다")
     result = metric.score(["나는 사과를 먹었다"], ["나는 배를 먹었다"])
     assert result["rouge1"] == pytest.approx(6 / 7)
-    assert result["rouge2"] == pytest.approx(4 / 6)  # bigrams: 나는 는사과 사과를 를먹 먹었 었다 vs 나는 는배 배를 를먹 먹었 었다
+    assert result["rouge2"] == pytest.approx(
+        4 / 6
+    )  # bigrams: 나는 는사과 사과를 를먹 먹었 었다 vs 나는 는배 배를 를먹 먹었 었다
     assert result["rougeL"] == pytest.approx(6 / 7)
     assert result["score"] == pytest.approx(100 * (6 / 7 + 4 / 6 + 6 / 7) / 3)
 

@@ -41,8 +41,15 @@ def test_a_lease_held_by_a_zombie_on_this_host_is_gone(tmp_path: Path) -> None:
     child = _zombie()
     try:
         store = LocalStorage(tmp_path / "store")
-        held = {"host": socket.gethostname(), "pid": child.pid, "pid_start": _process_start(child.pid),
-                "token": "t", "started_at": time.time(), "renewed_at": time.time(), "ttl": 3600}
+        held = {
+            "host": socket.gethostname(),
+            "pid": child.pid,
+            "pid_start": _process_start(child.pid),
+            "token": "t",
+            "started_at": time.time(),
+            "renewed_at": time.time(),
+            "ttl": 3600,
+        }
         store.write_bytes(f"r1/m/{LEASE}", json.dumps(held).encode())
         assert parse_holder(store.read_bytes(f"r1/m/{LEASE}")).gone()
     finally:

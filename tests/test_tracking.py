@@ -38,9 +38,13 @@ def test_the_train_all_report_goes_to_wandb_in_the_run_group(tmp_path, monkeypat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(tmp_path))
     get_settings.cache_clear()
-    summary = {"status": "trained", "rows": [{"model": "tiny-bart", "status": "completed", "dev_score": 12.5, "seconds": 3.0}],
-               "ensemble": {"dev_score": 12.5}, "promotion": {"promoted": False, "reason": "does not beat 13.00"},
-               "plot": "file:///x/report.png"}
+    summary = {
+        "status": "trained",
+        "rows": [{"model": "tiny-bart", "status": "completed", "dev_score": 12.5, "seconds": 3.0}],
+        "ensemble": {"dev_score": 12.5},
+        "promotion": {"promoted": False, "reason": "does not beat 13.00"},
+        "plot": "file:///x/report.png",
+    }
     publish_report("r-7", "# train-all `r-7`\n**Decision: not promoted.**", summary)
     import wandb
 

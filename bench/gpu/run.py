@@ -39,21 +39,59 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
-    LLAMA3, QWEN3, RESULTS, causal_config, dev_examples, device_info, fixed_padding, full_logits_loss, save_random_lm,
-    shared_dir, use_repo_configs, write_result,
+    LLAMA3,
+    QWEN3,
+    RESULTS,
+    causal_config,
+    dev_examples,
+    device_info,
+    fixed_padding,
+    full_logits_loss,
+    save_random_lm,
+    shared_dir,
+    use_repo_configs,
+    write_result,
 )
 
 MODELS = {
-    "qwen3-4b": ("qwen3", {"hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32,
-                           "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 9728,
-                           "vocab_size": 151936, "rope_theta": 1000000.0, "max_position_embeddings": 40960}),
-    "llama-3.2-korean-3b": ("llama", {"hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
-                                      "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192,
-                                      "vocab_size": 128256, "rope_theta": 500000.0,
-                                      "max_position_embeddings": 131072}),
+    "qwen3-4b": (
+        "qwen3",
+        {
+            "hidden_size": 2560,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 9728,
+            "vocab_size": 151936,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 40960,
+        },
+    ),
+    "llama-3.2-korean-3b": (
+        "llama",
+        {
+            "hidden_size": 3072,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 24,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 8192,
+            "vocab_size": 128256,
+            "rope_theta": 500000.0,
+            "max_position_embeddings": 131072,
+        },
+    ),
 }
-TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 4096}
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "max_position_embeddings": 4096,
+}
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"]
 FIXED_WIDTH = 1024
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -157,8 +195,15 @@ def seed_style(model) -> None:
 
 
 def seed_config(cfg):
-    t = cfg.training.model_copy(update={"batch_size": 8, "grad_accum": 2, "max_tokens_per_batch": None,
-                                        "group_by_length": False, "gradient_checkpointing": True})
+    t = cfg.training.model_copy(
+        update={
+            "batch_size": 8,
+            "grad_accum": 2,
+            "max_tokens_per_batch": None,
+            "group_by_length": False,
+            "gradient_checkpointing": True,
+        }
+    )
     return cfg.model_copy(update={"training": t})
 
 
@@ -177,11 +222,18 @@ def train_variant(cfg, family, model, tok, features, n_params: int) -> dict:
     reset_peak()
     r = fit(t, family, model, tok, features, show_progress=False)
     tps, peak = r.tokens_per_second, peak_flops()
-    return {"real_tokens_per_s": round(tps, 1), "samples_per_s": round(len(features) / r.seconds, 2),
-            "seconds": round(r.seconds, 2), "steps": r.steps, "real_tokens": r.real_tokens,
-            "padded_share_pct": round(100 * (1 - r.real_tokens / r.padded_tokens), 2), "peak_mem_gib": peak_gib(),
-            "mfu": round(6 * n_params * tps / peak, 4) if peak else None,
-            "gradient_checkpointing": checkpointing_on(model), "final_loss": round(r.losses[-1], 4)}
+    return {
+        "real_tokens_per_s": round(tps, 1),
+        "samples_per_s": round(len(features) / r.seconds, 2),
+        "seconds": round(r.seconds, 2),
+        "steps": r.steps,
+        "real_tokens": r.real_tokens,
+        "padded_share_pct": round(100 * (1 - r.real_tokens / r.padded_tokens), 2),
+        "peak_mem_gib": peak_gib(),
+        "mfu": round(6 * n_params * tps / peak, 4) if peak else None,
+        "gradient_checkpointing": checkpointing_on(model),
+        "final_loss": round(r.losses[-1], 4),
+    }
 
 
 def time_generation(cfg, model, tok, features, warm_all: bool, **generation) -> dict:
@@ -198,9 +250,14 @@ def time_generation(cfg, model, tok, features, warm_all: bool, **generation) -> 
     except Exception as exc:  # a failing variant is reported, the others still run
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     seconds = time.perf_counter() - start
-    return {"samples_per_s": round(len(features) / seconds, 3), "seconds": round(seconds, 2),
-            "batch_size": c.generation.batch_size, "max_tokens_per_batch": c.generation.max_tokens_per_batch,
-            "static_cache": c.generation.static_cache, "peak_mem_gib": peak_gib()}
+    return {
+        "samples_per_s": round(len(features) / seconds, 3),
+        "seconds": round(seconds, 2),
+        "batch_size": c.generation.batch_size,
+        "max_tokens_per_batch": c.generation.max_tokens_per_batch,
+        "static_cache": c.generation.static_cache,
+        "peak_mem_gib": peak_gib(),
+    }
 
 
 def bench_generation(cfg, model, tok, examples, args) -> dict:
@@ -213,16 +270,19 @@ def bench_generation(cfg, model, tok, examples, args) -> dict:
     merge_seconds = round(time.perf_counter() - started, 2)
     for m in (model, dense):
         m.generation_config.min_new_tokens = args.max_new_tokens
-    out = {"baseline": time_generation(cfg, model, tok, features, False, batch_size=16, max_tokens_per_batch=None,
-                                       **base),
-           "unmerged_config_batches": time_generation(cfg, model, tok, features, False, **base),
-           "ours": time_generation(cfg, dense, tok, features, False, **base)}
+    out = {
+        "baseline": time_generation(cfg, model, tok, features, False, batch_size=16, max_tokens_per_batch=None, **base),
+        "unmerged_config_batches": time_generation(cfg, model, tok, features, False, **base),
+        "ours": time_generation(cfg, dense, tok, features, False, **base),
+    }
     if not args.no_static:
         out["ours_static_compile"] = time_generation(cfg, dense, tok, features, True, static_cache=True, **base)
     out["merged"] = dense is not model
     out["merge_seconds"] = merge_seconds
-    out["prompt_tokens"] = {"mean": round(sum(len(f["input_ids"]) for f in features) / len(features), 1),
-                            "max": max(len(f["input_ids"]) for f in features)}
+    out["prompt_tokens"] = {
+        "mean": round(sum(len(f["input_ids"]) for f in features) / len(features), 1),
+        "max": max(len(f["input_ids"]) for f in features),
+    }
     del dense
     return out
 
@@ -238,8 +298,9 @@ def run_model(name: str, args, shared: Path | None, tmp: Path) -> dict:
     arch, shape = model_shape(name, tok, args.tiny)
     cuda = torch.cuda.is_available()
     started = time.perf_counter()
-    n_params = save_random_lm(arch, shape, tok, tmp / name, dtype=torch.bfloat16 if cuda else torch.float32,
-                              device="cuda" if cuda else "cpu")
+    n_params = save_random_lm(
+        arch, shape, tok, tmp / name, dtype=torch.bfloat16 if cuda else torch.float32, device="cuda" if cuda else "cpu"
+    )
     saved = time.perf_counter()
     cfg = config_for(name, tmp / name, args)
     rows = args.rows
@@ -249,12 +310,21 @@ def run_model(name: str, args, shared: Path | None, tmp: Path) -> dict:
     loaded = time.perf_counter()
     features = causal_lm.build_features(cfg, tok, examples[:rows], with_labels=True)
     t = cfg.training
-    info = {"arch": arch, "shape": shape, "n_params": n_params, "tokenizer_len": len(tok),
-            "linear4bit_modules": sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "rows": rows, "ours_training": {"max_tokens_per_batch": t.max_tokens_per_batch, "grad_accum": t.grad_accum,
-                                            "gradient_checkpointing": t.gradient_checkpointing},
-            "train": {"ours": train_variant(cfg, causal_lm, model, tok, features, n_params)}}
+    info = {
+        "arch": arch,
+        "shape": shape,
+        "n_params": n_params,
+        "tokenizer_len": len(tok),
+        "linear4bit_modules": sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "rows": rows,
+        "ours_training": {
+            "max_tokens_per_batch": t.max_tokens_per_batch,
+            "grad_accum": t.grad_accum,
+            "gradient_checkpointing": t.gradient_checkpointing,
+        },
+        "train": {"ours": train_variant(cfg, causal_lm, model, tok, features, n_params)},
+    }
     info["generation"] = bench_generation(cfg, model, tok, examples, args)
     del model
     gc.collect()
@@ -262,66 +332,98 @@ def run_model(name: str, args, shared: Path | None, tmp: Path) -> dict:
     seed = seed_config(cfg)
     model, tok = causal_lm.load(seed, str(tmp / name), placeholders)
     seed_style(model)
-    family = fixed_padding(causal_lm, {k: FIXED_WIDTH for k in ("input_ids", "attention_mask", "labels")},
-                           loss=full_logits_loss)
+    family = fixed_padding(
+        causal_lm, {k: FIXED_WIDTH for k in ("input_ids", "attention_mask", "labels")}, loss=full_logits_loss
+    )
     info["train"]["baseline"] = train_variant(seed, family, model, tok, features, n_params)
     del model
     gc.collect()
     reset_peak()
-    info["seconds"] = {"build_and_save": round(saved - started, 1), "load_4bit": round(loaded - saved, 1),
-                       "total": round(time.perf_counter() - started, 1)}
+    info["seconds"] = {
+        "build_and_save": round(saved - started, 1),
+        "load_4bit": round(loaded - saved, 1),
+        "total": round(time.perf_counter() - started, 1),
+    }
     return info
 
 
 def config_for(name: str, folder: Path, args):
     if not args.tiny:
         return causal_config(name, folder)
-    return causal_config(name, folder, training={"max_tokens_per_batch": 1024, "grad_accum": 1},
-                         generation={"batch_size": args.gen_prompts})
+    return causal_config(
+        name,
+        folder,
+        training={"max_tokens_per_batch": 1024, "grad_accum": 1},
+        generation={"batch_size": args.gen_prompts},
+    )
 
 
 def write_results(models: dict, args, shared: Path | None, seconds: float) -> None:
     head = HEADLINE if HEADLINE in models else next(iter(models))
     common = {
-        "headline_model": head, "tiny": args.tiny, "device": device_info(), "script_seconds": round(seconds, 1),
-        "data": "shared dev.csv dialogues, real Qwen3 tokenizer" if shared and not args.tiny else
-                ("shared dev.csv dialogues, tiny tokenizer" if shared else "synthetic texts, dev.csv-like lengths"),
+        "headline_model": head,
+        "tiny": args.tiny,
+        "device": device_info(),
+        "script_seconds": round(seconds, 1),
+        "data": "shared dev.csv dialogues, real Qwen3 tokenizer"
+        if shared and not args.tiny
+        else ("shared dev.csv dialogues, tiny tokenizer" if shared else "synthetic texts, dev.csv-like lengths"),
         "weights": f"random, saved as {'bf16' if torch.cuda.is_available() else 'fp32'} safetensors, loaded "
-                   "4-bit NF4 (double quant) via causal_lm.load",
+        "4-bit NF4 (double quant) via causal_lm.load",
         "llama_vocab": "the Qwen3 tokenizer plus Llama-3 special tokens, so 151936 embedding rows instead of "
-                       "128256 (+~73M params)" if shared and not args.tiny else "the tokenizer's own size",
+        "128256 (+~73M params)"
+        if shared and not args.tiny
+        else "the tokenizer's own size",
     }
     train = {k: v["train"] for k, v in models.items()}
     no_gen = {k: {kk: vv for kk, vv in v.items() if kk != "generation"} for k, v in models.items()}
     ours, base = train[head]["ours"], train[head]["baseline"]
     write_result(
-        "gpu_qlora_train", "real tokens/s", ours["real_tokens_per_s"], base["real_tokens_per_s"],
-        round(ours["real_tokens_per_s"] / base["real_tokens_per_s"], 2), "mfu >= 0.20 and ratio >= 3",
-        details={**common, "remeasured": True, "mfu": ours["mfu"], "peak_mem_gib": ours["peak_mem_gib"],
-                 "models": no_gen,
-                 "ours": "fit() with the shipped config: token-budget micro-batches (max_tokens_per_batch), "
-                         "label-only output layer, bf16 frozen weights, gradient checkpointing auto",
-                 "baseline": f"seed recipe: frozen weights upcast to fp32, 8 random rows per micro-batch padded to "
-                             f"{FIXED_WIDTH} tokens, grad_accum 2, full-vocabulary fp32 logits, checkpointing on "
-                             "(without the seed's trainable-token layer, which only slowed it further)",
-                 "mfu_assumption": "6 * N_params (all base weights, tied embedding once) * real tokens/s over "
-                                   "peak dense bf16 (H100/H200 SXM 989 TFLOP/s); ignores attention FLOPs and the "
-                                   "gradient-checkpointing recompute"},
+        "gpu_qlora_train",
+        "real tokens/s",
+        ours["real_tokens_per_s"],
+        base["real_tokens_per_s"],
+        round(ours["real_tokens_per_s"] / base["real_tokens_per_s"], 2),
+        "mfu >= 0.20 and ratio >= 3",
+        details={
+            **common,
+            "remeasured": True,
+            "mfu": ours["mfu"],
+            "peak_mem_gib": ours["peak_mem_gib"],
+            "models": no_gen,
+            "ours": "fit() with the shipped config: token-budget micro-batches (max_tokens_per_batch), "
+            "label-only output layer, bf16 frozen weights, gradient checkpointing auto",
+            "baseline": f"seed recipe: frozen weights upcast to fp32, 8 random rows per micro-batch padded to "
+            f"{FIXED_WIDTH} tokens, grad_accum 2, full-vocabulary fp32 logits, checkpointing on "
+            "(without the seed's trainable-token layer, which only slowed it further)",
+            "mfu_assumption": "6 * N_params (all base weights, tied embedding once) * real tokens/s over "
+            "peak dense bf16 (H100/H200 SXM 989 TFLOP/s); ignores attention FLOPs and the "
+            "gradient-checkpointing recompute",
+        },
         out_dir=args.out,
     )
     gen = {k: v["generation"] for k, v in models.items()}
     g_ours, g_base = (gen[head][k].get("samples_per_s", 0.0) for k in ("ours", "baseline"))
     write_result(
-        "gpu_generation", "samples/s", g_ours, g_base, round(g_ours / g_base, 2) if g_base else 0.0,
+        "gpu_generation",
+        "samples/s",
+        g_ours,
+        g_base,
+        round(g_ours / g_base, 2) if g_base else 0.0,
         "ours >= 25 samples/s",
-        details={**common, "remeasured": True, "models": gen, "prompts": args.gen_prompts,
-                 "decoding": f"greedy, max_new_tokens = min_new_tokens = {args.max_new_tokens}",
-                 "ours": "causal_lm.inference_model (LoRA merged into a dense bf16 copy) + causal_lm.generate with "
-                         "the config's batching (batch_size rows within max_tokens_per_batch)",
-                 "baseline": "causal_lm.generate on the unmerged 4-bit model, batches of 16 (the seed's way)",
-                 "unmerged_config_batches": "the unmerged 4-bit model with the config's batching",
-                 "ours_static_compile": "the merged copy with generation.static_cache (static KV cache, "
-                                        "torch.compile on GPU)"},
+        details={
+            **common,
+            "remeasured": True,
+            "models": gen,
+            "prompts": args.gen_prompts,
+            "decoding": f"greedy, max_new_tokens = min_new_tokens = {args.max_new_tokens}",
+            "ours": "causal_lm.inference_model (LoRA merged into a dense bf16 copy) + causal_lm.generate with "
+            "the config's batching (batch_size rows within max_tokens_per_batch)",
+            "baseline": "causal_lm.generate on the unmerged 4-bit model, batches of 16 (the seed's way)",
+            "unmerged_config_batches": "the unmerged 4-bit model with the config's batching",
+            "ours_static_compile": "the merged copy with generation.static_cache (static KV cache, "
+            "torch.compile on GPU)",
+        },
         out_dir=args.out,
     )
 

@@ -7,8 +7,8 @@ such as `#Person1#` are kept as one token (kiwipiepy would otherwise split them 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 from rouge_score import rouge_scorer
 
@@ -47,14 +47,18 @@ def morphemes(text: str) -> tuple[str, ...]:
 def morphemes_many(texts: Sequence[str]) -> list[tuple[str, ...]]:
     """`morphemes` of every text, equal to calling it on each; each distinct span goes through Kiwi once, in
     one batch that Kiwi spreads over its worker threads (about twice as fast on two cores)."""
-    spans = list(dict.fromkeys(p for text in dict.fromkeys(texts) for p in _pieces(text)
-                               if not _PLACEHOLDER_SPLIT.fullmatch(p)))
+    spans = list(
+        dict.fromkeys(p for text in dict.fromkeys(texts) for p in _pieces(text) if not _PLACEHOLDER_SPLIT.fullmatch(p))
+    )
     analysed = dict(zip(spans, (tuple(t.form for t in result) for result in _kiwi().tokenize(spans)))) if spans else {}
     done: dict[str, tuple[str, ...]] = {}
     for text in texts:
         if text not in done:
-            done[text] = tuple(token for piece in _pieces(text)
-                               for token in ((piece,) if _PLACEHOLDER_SPLIT.fullmatch(piece) else analysed[piece]))
+            done[text] = tuple(
+                token
+                for piece in _pieces(text)
+                for token in ((piece,) if _PLACEHOLDER_SPLIT.fullmatch(piece) else analysed[piece])
+            )
     return [done[text] for text in texts]
 
 

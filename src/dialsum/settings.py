@@ -20,43 +20,72 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIALSUM_", env_file=".env", extra="ignore")
 
     config_dir: Path | None = Field(
-        None, description="Folder with base/ and models/ YAML that add to or override ./configs and the shipped profiles."
+        None,
+        description="Folder with base/ and models/ YAML that add to or override ./configs and the shipped profiles.",
     )
-    cache_dir: Path = Field(Path.home() / ".cache" / "dialsum", description="Where locally built tiny models are cached.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "dialsum", description="Where locally built tiny models are cached."
+    )
     output_dir: Path = Field(Path("outputs"), description="Local run folders (one per model run).")
-    storage_url: str = Field("./artifacts", description="Where runs are published: a local folder or s3://bucket/prefix.")
+    storage_url: str = Field(
+        "./artifacts", description="Where runs are published: a local folder or s3://bucket/prefix."
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000 for MinIO.")
-    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID", description="S3 access key.")
-    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY", description="S3 secret key.")
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias="AWS_ACCESS_KEY_ID", description="S3 access key."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias="AWS_SECRET_ACCESS_KEY", description="S3 secret key."
+    )
     aws_region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION", description="S3 region name.")
-    hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN", description="Hugging Face hub token for gated models.")
-    wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY", description="W&B key; without it runs log offline.")
+    hf_token: SecretStr | None = Field(
+        None, validation_alias="HF_TOKEN", description="Hugging Face hub token for gated models."
+    )
+    wandb_api_key: SecretStr | None = Field(
+        None, validation_alias="WANDB_API_KEY", description="W&B key; without it runs log offline."
+    )
     wandb_project: str = Field("dialsum", validation_alias="WANDB_PROJECT", description="W&B project name.")
-    wandb_mode: str | None = Field(None, validation_alias="WANDB_MODE", description="online, offline or disabled; default: online with a key, else offline.")
+    wandb_mode: str | None = Field(
+        None,
+        validation_alias="WANDB_MODE",
+        description="online, offline or disabled; default: online with a key, else offline.",
+    )
     stop_grace_seconds: float = Field(
         100, gt=0, description="After SIGTERM: time to finish the step and publish a checkpoint before a hard exit."
     )
     keep_freed_host_memory: bool = Field(
-        True, description="CPU runs on glibc: keep freed memory for the next step instead of mapping it anew "
+        True,
+        description="CPU runs on glibc: keep freed memory for the next step instead of mapping it anew "
         "(faster; resident memory stays near its peak).",
     )
     lease_seconds: float = Field(
-        60, gt=0, description="How long a run's lease (one writer per run and model) lasts without renewal; the "
+        60,
+        gt=0,
+        description="How long a run's lease (one writer per run and model) lasts without renewal; the "
         "holder renews it every quarter of that, and a lease left by a killed process expires after it.",
     )
     split_seed: int = Field(
-        0, description="Seed of the dev split by fname into a selection part (every choice) and a held-out part "
+        0,
+        description="Seed of the dev split by fname into a selection part (every choice) and a held-out part "
         "(every held-out figure); recorded with each figure.",
     )
     held_out_fraction: float = Field(
-        0.6, gt=0, lt=1, description="Share of dev rows held out from every choice (the rest choose best steps, "
+        0.6,
+        gt=0,
+        lt=1,
+        description="Share of dev rows held out from every choice (the rest choose best steps, "
         "strategies, sweep trials and decoding).",
     )
     choice_audit_file: Path | None = Field(
-        None, description="Tests: append each dev row read by a choice (JSON lines) to this file.",
+        None,
+        description="Tests: append each dev row read by a choice (JSON lines) to this file.",
     )
-    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded.")
-    git_commit: str | None = Field(None, description="Commit recorded in manifests where `git` is unavailable (images bake it in).")
+    prefect_api_url: str | None = Field(
+        None, validation_alias="PREFECT_API_URL", description="Prefect API; unset runs flows embedded."
+    )
+    git_commit: str | None = Field(
+        None, description="Commit recorded in manifests where `git` is unavailable (images bake it in)."
+    )
 
     @field_validator("config_dir", mode="before")
     @classmethod
@@ -106,7 +135,8 @@ def check_writable(path: Path, what: str) -> Path:
         uid, gid = os.getuid(), os.getgid()
         raise FolderError(
             f"cannot write to the {what} folder {path} (permission denied at {existing}): it must be writable by uid "
-            f"{uid} (gid {gid}); for a bind mount, give that uid the host folder, e.g. `chown -R {uid}:{gid} <host folder>`"
+            f"{uid} (gid {gid}); for a bind mount, give that uid the host folder, "
+            f"e.g. `chown -R {uid}:{gid} <host folder>`"
         )
     return path
 

@@ -48,8 +48,14 @@ def start_tracking(config: dict, name: str, group: str, directory: Path) -> Trac
     wandb = _import_wandb()
     directory.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
-        project=settings.wandb_project, group=group, name=name, job_type="train", config=config,
-        mode=mode, dir=str(directory), reinit="create_new",
+        project=settings.wandb_project,
+        group=group,
+        name=name,
+        job_type="train",
+        config=config,
+        mode=mode,
+        dir=str(directory),
+        reinit="create_new",
     )
     return Tracker(run)
 
@@ -72,21 +78,30 @@ def publish_report(run_id: str, markdown: str, summary: dict) -> None:
     wandb = _import_wandb()
     directory = settings.output_dir / run_id / "wandb"
     directory.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=settings.wandb_project, group=run_id, name=f"train-all-{run_id}", job_type="report",
-                     mode=mode, dir=str(directory), reinit="create_new")
+    run = wandb.init(
+        project=settings.wandb_project,
+        group=run_id,
+        name=f"train-all-{run_id}",
+        job_type="report",
+        mode=mode,
+        dir=str(directory),
+        reinit="create_new",
+    )
     columns = ["model", "status", "dev_score", "seconds"]
     table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary["rows"]])
     run.log({"report": wandb.Html(f"<pre>{markdown}</pre>"), "models": table})
     promotion = summary.get("promotion") or {}
-    run.summary.update({
-        "status": summary["status"],
-        "ensemble/dev_score": (summary.get("ensemble") or {}).get("dev_score"),
-        "ensemble/held_out_score": (summary.get("ensemble") or {}).get("held_out_score"),
-        "promotion/promoted": promotion.get("promoted"),
-        "promotion/difference": (promotion.get("comparison") or {}).get("mean"),
-        "promotion/difference_low": (promotion.get("comparison") or {}).get("low"),
-        "promotion/difference_high": (promotion.get("comparison") or {}).get("high"),
-        "promotion/reason": promotion.get("reason"),
-        "report_png": summary.get("plot"),
-    })
+    run.summary.update(
+        {
+            "status": summary["status"],
+            "ensemble/dev_score": (summary.get("ensemble") or {}).get("dev_score"),
+            "ensemble/held_out_score": (summary.get("ensemble") or {}).get("held_out_score"),
+            "promotion/promoted": promotion.get("promoted"),
+            "promotion/difference": (promotion.get("comparison") or {}).get("mean"),
+            "promotion/difference_low": (promotion.get("comparison") or {}).get("low"),
+            "promotion/difference_high": (promotion.get("comparison") or {}).get("high"),
+            "promotion/reason": promotion.get("reason"),
+            "report_png": summary.get("plot"),
+        }
+    )
     run.finish()

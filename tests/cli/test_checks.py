@@ -18,8 +18,10 @@ from dialsum.cli.main import build_parser
 from dialsum.config import dump_config, load_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
-WRAPPER = ("import sys\nfrom dialsum.cli.main import main\nrc = main(sys.argv[1:])\n"
-           "print('loaded:', *[m for m in ('torch', 'transformers', 'prefect') if m in sys.modules])\nsys.exit(rc)\n")
+WRAPPER = (
+    "import sys\nfrom dialsum.cli.main import main\nrc = main(sys.argv[1:])\n"
+    "print('loaded:', *[m for m in ('torch', 'transformers', 'prefect') if m in sys.modules])\nsys.exit(rc)\n"
+)
 
 
 @pytest.fixture
@@ -38,15 +40,27 @@ def cli(place: Path, args: list[str], env: dict[str, str] | None = None) -> tupl
     """Run `dialsum ARGS` in place/cwd; as root, in a mount namespace where place/ro is a read-only bind mount
     (root ignores folder permissions)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("DIALSUM_") or k == "DIALSUM_CONFIG_DIR"}
-    base |= {"HOME": str(place / "home"), "DIALSUM_CACHE_DIR": str(place / "home" / "cache"),
-             "HF_HOME": str(place / "home" / "hf"), "HF_HUB_OFFLINE": "1"}
+    base |= {
+        "HOME": str(place / "home"),
+        "DIALSUM_CACHE_DIR": str(place / "home" / "cache"),
+        "HF_HOME": str(place / "home" / "hf"),
+        "HF_HUB_OFFLINE": "1",
+    }
     command = [sys.executable, "-c", WRAPPER, *args]
     if os.getuid() == 0:
-        command = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(place / "ro"),
-                   *command]
+        command = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind -o ro "$0" "$0" && exec "$@"',
+            str(place / "ro"),
+            *command,
+        ]
     started = time.monotonic()
-    proc = subprocess.run(command, cwd=place / "cwd", capture_output=True, text=True, timeout=120,
-                          env=base | (env or {}))
+    proc = subprocess.run(
+        command, cwd=place / "cwd", capture_output=True, text=True, timeout=120, env=base | (env or {})
+    )
     return proc, time.monotonic() - started
 
 
@@ -67,40 +81,87 @@ def fake_run_folder(folder: Path) -> Path:
 
 
 CASES = {
-    "unknown model": (["train", "--models", "tiny-brat", "--debug"], {}, "unknown model 'tiny-brat'; did you mean `tiny-bart`?"),
+    "unknown model": (
+        ["train", "--models", "tiny-brat", "--debug"],
+        {},
+        "unknown model 'tiny-brat'; did you mean `tiny-bart`?",
+    ),
     "preflight unknown model": (["preflight", "--models", "tiny-brat"], {}, "unknown model 'tiny-brat'"),
-    "predict on a folder that is not a run": (["predict", "--run", "."], {}, "--run . is not a run folder: no config.yaml"),
-    "resume an unknown run id": (["train", "--models", "tiny-bart", "--resume", "nosuchid"], {},
-                                 "nothing to resume for run nosuchid/tiny-bart"),
-    "missing bucket": (["train", "--models", "tiny-bart", "--storage", "s3://nobucket/x"], "S3",
-                       "storage s3://nobucket/x is not writable"),
-    "read-only storage folder": (["train", "--models", "tiny-bart", "--storage", "{ro}/store"], {},
-                                 "storage {ro}/store is not writable"),
-    "read-only output folder": (["train", "--models", "tiny-bart", "--debug"], {"DIALSUM_OUTPUT_DIR": "{ro}/outputs"},
-                                "cannot write to the output folder {ro}/outputs"),
-    "read-only predict --out": (["predict", "--run", "{run}", "--out", "{ro}/p"], {},
-                                "cannot write to the output folder {ro}/p"),
+    "predict on a folder that is not a run": (
+        ["predict", "--run", "."],
+        {},
+        "--run . is not a run folder: no config.yaml",
+    ),
+    "resume an unknown run id": (
+        ["train", "--models", "tiny-bart", "--resume", "nosuchid"],
+        {},
+        "nothing to resume for run nosuchid/tiny-bart",
+    ),
+    "missing bucket": (
+        ["train", "--models", "tiny-bart", "--storage", "s3://nobucket/x"],
+        "S3",
+        "storage s3://nobucket/x is not writable",
+    ),
+    "read-only storage folder": (
+        ["train", "--models", "tiny-bart", "--storage", "{ro}/store"],
+        {},
+        "storage {ro}/store is not writable",
+    ),
+    "read-only output folder": (
+        ["train", "--models", "tiny-bart", "--debug"],
+        {"DIALSUM_OUTPUT_DIR": "{ro}/outputs"},
+        "cannot write to the output folder {ro}/outputs",
+    ),
+    "read-only predict --out": (
+        ["predict", "--run", "{run}", "--out", "{ro}/p"],
+        {},
+        "cannot write to the output folder {ro}/p",
+    ),
     "predict a run id that is not published": (
-        ["predict", "--run", "r9/tiny-bart"], {},
-        "--run r9/tiny-bart: no such folder, and no published run r9/tiny-bart in"),
-    "read-only artifacts get destination": (["artifacts", "get", "r1", "tiny-bart", "{ro}/fetched"], {},
-                                            "cannot write to the destination folder {ro}/fetched: {ro} is on a read-only file system"),
-    "read-only sample-data --out": (["sample-data", "--out", "{ro}/data"], {}, "cannot write to the output folder {ro}/data"),
-    "bad data row": (["train", "--models", "tiny-bart", "--data", "{data}"], {}, "{data}/dev.csv: row 1 (fname d1): empty dialogue"),
-    "hub checkpoint not cached, hub offline": (["train", "--models", "kobart", "--debug"], {},
-                                               "kobart: digit82/kobart-summarization is not a local folder and not in the Hugging Face cache"),
-    "hub checkpoint not cached, hub unreachable": (["train", "--models", "kobart", "--debug"],
-                                                   {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
-                                                   "127.0.0.1 cannot be reached"),
+        ["predict", "--run", "r9/tiny-bart"],
+        {},
+        "--run r9/tiny-bart: no such folder, and no published run r9/tiny-bart in",
+    ),
+    "read-only artifacts get destination": (
+        ["artifacts", "get", "r1", "tiny-bart", "{ro}/fetched"],
+        {},
+        "cannot write to the destination folder {ro}/fetched: {ro} is on a read-only file system",
+    ),
+    "read-only sample-data --out": (
+        ["sample-data", "--out", "{ro}/data"],
+        {},
+        "cannot write to the output folder {ro}/data",
+    ),
+    "bad data row": (
+        ["train", "--models", "tiny-bart", "--data", "{data}"],
+        {},
+        "{data}/dev.csv: row 1 (fname d1): empty dialogue",
+    ),
+    "hub checkpoint not cached, hub offline": (
+        ["train", "--models", "kobart", "--debug"],
+        {},
+        "kobart: digit82/kobart-summarization is not a local folder and not in the Hugging Face cache",
+    ),
+    "hub checkpoint not cached, hub unreachable": (
+        ["train", "--models", "kobart", "--debug"],
+        {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "127.0.0.1 cannot be reached",
+    ),
     "a --set model folder that does not exist": (
-        ["train", "--models", "kobart", "--set", "model=/nonexistent/ckpt"], {},
-        "kobart: model /nonexistent/ckpt: no such folder"),
+        ["train", "--models", "kobart", "--set", "model=/nonexistent/ckpt"],
+        {},
+        "kobart: model /nonexistent/ckpt: no such folder",
+    ),
     "preflight, hub checkpoint not cached, hub unreachable": (
-        ["preflight", "--models", "kobart"], {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
-        "127.0.0.1 cannot be reached"),
-    "preflight, a --set tokenizer folder that does not exist": (["preflight", "--models", "kobart", "--set",
-                                                                 "tokenizer=./nowhere"], {},
-                                                                "kobart: tokenizer ./nowhere: no such folder"),
+        ["preflight", "--models", "kobart"],
+        {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "127.0.0.1 cannot be reached",
+    ),
+    "preflight, a --set tokenizer folder that does not exist": (
+        ["preflight", "--models", "kobart", "--set", "tokenizer=./nowhere"],
+        {},
+        "kobart: tokenizer ./nowhere: no such folder",
+    ),
 }
 
 

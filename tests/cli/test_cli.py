@@ -14,8 +14,13 @@ from dialsum.errors import DialsumError
 
 
 def _run(args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "dialsum.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_unknown_model_lists_available():
@@ -40,11 +45,23 @@ def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(distributed, "launch", lambda argv, n: calls.append((argv, n)) or 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     store = str(tmp_path / "s")
-    args = build_parser().parse_args(["train", "--models", "tiny-bart", "--gpus", "2", "--debug", "--storage", store,
-                                      "--set", "training.learning_rate=0.01"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--models",
+            "tiny-bart",
+            "--gpus",
+            "2",
+            "--debug",
+            "--storage",
+            store,
+            "--set",
+            "training.learning_rate=0.01",
+        ]
+    )
     assert args.func(args) == 0
     assert "no GPU found: --gpus 2 runs 2 data-parallel CPU processes" in capsys.readouterr().err
-    (argv, n), = calls
+    ((argv, n),) = calls
     assert n == 2 and argv[:3] == ["train", "--models", "tiny-bart"] and "--gpus" not in argv
     assert argv[argv.index("--run-id") + 1] and {"--debug", "--storage", store} <= set(argv)
     assert argv[argv.index("--set") + 1] == "training.learning_rate=0.01"  # every rank trains the same config
@@ -59,7 +76,9 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
     proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)
     assert proc.returncode == 0, proc.stderr
     client = s3_client(moto_server.endpoint)
-    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key="nightly/ci-debug/tiny-bart/manifest.json")["Body"].read())
+    manifest = json.loads(
+        client.get_object(Bucket=s3_bucket, Key="nightly/ci-debug/tiny-bart/manifest.json")["Body"].read()
+    )
     files = manifest["files"]
     assert {"metrics.json", "config.yaml", "predictions/dev.csv", "predictions/test.csv"} <= {f["path"] for f in files}
     for entry in files:
@@ -73,8 +92,24 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
 def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     out = tmp_path / "out"
     env = {"DIALSUM_OUTPUT_DIR": str(out), "DIALSUM_STORAGE_URL": str(tmp_path / "store")}
-    assert _run(["train", "--models", "tiny-bart", "--debug", "--run-id", "r1", "--set", "training.learning_rate=0.01",
-                 "--set", "generation.max_new_tokens=40"], env=env).returncode == 0
+    assert (
+        _run(
+            [
+                "train",
+                "--models",
+                "tiny-bart",
+                "--debug",
+                "--run-id",
+                "r1",
+                "--set",
+                "training.learning_rate=0.01",
+                "--set",
+                "generation.max_new_tokens=40",
+            ],
+            env=env,
+        ).returncode
+        == 0
+    )
     run_dir = out / "r1" / "tiny-bart"
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert (recorded["training"]["learning_rate"], recorded["generation"]["max_new_tokens"]) == (0.01, 40)
@@ -84,8 +119,14 @@ def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     for expected in ("predict-r1-tiny-bart", "predict-r1-tiny-bart-2"):  # a new folder each time, never the run's
-        proc = subprocess.run([sys.executable, "-m", "dialsum.cli", "predict", "--run", str(run_dir)], cwd=cwd,
-                              capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        proc = subprocess.run(
+            [sys.executable, "-m", "dialsum.cli", "predict", "--run", str(run_dir)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
         assert proc.returncode == 0, proc.stderr
         assert (cwd / expected / "predictions" / "test.csv").is_file()
         assert proc.stdout.splitlines()[0].split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
@@ -98,28 +139,45 @@ def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     assert json.loads(proc.stdout)["run"] == "r1/tiny-bart"
     from dialsum.data import sample_dir
 
-    proc = _run(["evaluate", "--predictions", str(tmp_path / "p" / "predictions" / "dev.csv"),
-                 "--references", str(sample_dir() / "dev.csv"), "--json"])
+    proc = _run(
+        [
+            "evaluate",
+            "--predictions",
+            str(tmp_path / "p" / "predictions" / "dev.csv"),
+            "--references",
+            str(sample_dir() / "dev.csv"),
+            "--json",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score", "rows"}
 
 
 def test_format_table_aligns_columns_and_says_which_rows_scores_cover():
-    table = format_table([{"model": "a", "type": "t", "status": "completed", "dev_score": 61.234, "dev_rows": 499},
-                          {"model": "long-name", "type": "t", "status": "failed", "dev_score": None}])
+    table = format_table(
+        [
+            {"model": "a", "type": "t", "status": "completed", "dev_score": 61.234, "dev_rows": 499},
+            {"model": "long-name", "type": "t", "status": "failed", "dev_score": None},
+        ]
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["model", "type", "status", "dev_score", "(499", "rows)"]
     assert "61.23" in lines[1] and lines[2].split()[:3] == ["long-name", "t", "failed"]
-    mixed = format_table([{"model": "a", "dev_score": 1.0, "dev_rows": 16}, {"model": "b", "dev_score": 2.0, "dev_rows": 499}])
+    mixed = format_table(
+        [{"model": "a", "dev_score": 1.0, "dev_rows": 16}, {"model": "b", "dev_score": 2.0, "dev_rows": 499}]
+    )
     assert "1.00 (16 rows)" in mixed and "2.00 (499 rows)" in mixed
 
 
 def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path, capsys):
     from dialsum.cli.main import main
 
-    (tmp_path / "refs.csv").write_text("fname,summary\nd1,#Person1#이 점심을 먹는다.\nd2,비가 온다.\n", encoding="utf-8")
-    (tmp_path / "preds.csv").write_text(",fname,summary\n0,d2,비가 온다.\n1,d1,#Person1#이 점심을 먹는다.\n",
-                                        encoding="utf-8")
+    (tmp_path / "refs.csv").write_text(
+        "fname,summary\nd1,#Person1#이 점심을 먹는다.\nd2,비가 온다.\n", encoding="utf-8"
+    )
+    (tmp_path / "preds.csv").write_text(
+        ",fname,summary\n0,d2,비가 온다.\n1,d1,#Person1#이 점심을 먹는다.\n", encoding="utf-8"
+    )
     args = ["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv")]
     assert main([*args, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
@@ -133,11 +191,13 @@ def test_evaluate_takes_the_fname_summary_references_its_help_describes(tmp_path
 def _evaluate(tmp_path, capsys, rows: str, *flags: str) -> tuple[int, str, str]:
     from dialsum.cli.main import main
 
-    (tmp_path / "refs.csv").write_text("fname,summary\nd1,점심을 먹는다.\nd2,비가 온다.\nd3,눈이 온다.\n",
-                                       encoding="utf-8")
+    (tmp_path / "refs.csv").write_text(
+        "fname,summary\nd1,점심을 먹는다.\nd2,비가 온다.\nd3,눈이 온다.\n", encoding="utf-8"
+    )
     (tmp_path / "preds.csv").write_text("fname,summary\n" + rows, encoding="utf-8")
-    code = main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv"),
-                 *flags])
+    code = main(
+        ["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--references", str(tmp_path / "refs.csv"), *flags]
+    )
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -146,8 +206,12 @@ def test_evaluate_refuses_unknown_and_duplicated_fnames_naming_the_first_few(tmp
     known = "d1,점심을 먹는다.\nd2,비가 온다.\nd3,눈이 온다.\n"
     unknown = "".join(f"x{i},요약\n" for i in range(100))
     code, out, err = _evaluate(tmp_path, capsys, known + unknown)
-    assert code == 2 and out == "" and err.strip().splitlines() == [
-        f"dialsum: error: {tmp_path / 'preds.csv'}: 100 fname(s) not in the references: x0, x1, x2 and 97 more"]
+    assert (
+        code == 2
+        and out == ""
+        and err.strip().splitlines()
+        == [f"dialsum: error: {tmp_path / 'preds.csv'}: 100 fname(s) not in the references: x0, x1, x2 and 97 more"]
+    )
     code, out, err = _evaluate(tmp_path, capsys, known + "d2,다른 요약\nd1,또\n")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "2 fname(s) appear more than once: d1, d2" in err
@@ -167,9 +231,11 @@ def test_evaluate_partial_scores_a_subset_and_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["train", "preflight"])
 def test_a_set_typo_is_one_line_that_suggests_the_key_before_torch_or_prefect(command):
-    code = ("import sys; from dialsum.cli.main import main; "
-            f"rc = main(['{command}', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
-            "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)")
+    code = (
+        "import sys; from dialsum.cli.main import main; "
+        f"rc = main(['{command}', '--models', 'qwen3-4b', '--set', 'training.lerning_rate=1']); "
+        "print(rc, 'torch' in sys.modules, 'prefect' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"]
     (line,) = proc.stderr.strip().splitlines()

@@ -21,11 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 URL = "s3://team-data/nightly/data"
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--models", "tiny-bart"], ["train-all", "--models", "tiny-bart"], ["sweep", "--models", "tiny-bart"],
-    ["kfold", "--models", "tiny-bart"], ["predict", "--run", "x"], ["preflight", "--models", "tiny-bart"],
-    ["tune-decoding", "--run", "x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--models", "tiny-bart"],
+        ["train-all", "--models", "tiny-bart"],
+        ["sweep", "--models", "tiny-bart"],
+        ["kfold", "--models", "tiny-bart"],
+        ["predict", "--run", "x"],
+        ["preflight", "--models", "tiny-bart"],
+        ["tune-decoding", "--run", "x"],
+    ],
+)
 def test_a_data_url_stays_a_url(argv: list[str]) -> None:
     assert build_parser().parse_args([*argv, "--data", URL]).data == URL
     assert build_parser().parse_args([*argv, "--data", "file:///srv/data"]).data == "file:///srv/data"
@@ -58,11 +65,18 @@ def error_line(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     return err
 
 
-@pytest.mark.parametrize("command", [["train-all"], ["train"], ["sweep", "--trials", "1", "--space",
-                                                                   str(ROOT / "configs/sweeps/tiny-bart.yaml")],
-                                     ["kfold"]])
-def test_a_data_url_that_cannot_be_read_is_one_line(command: list[str], s3_bucket: str, moto_server, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-all"],
+        ["train"],
+        ["sweep", "--trials", "1", "--space", str(ROOT / "configs/sweeps/tiny-bart.yaml")],
+        ["kfold"],
+    ],
+)
+def test_a_data_url_that_cannot_be_read_is_one_line(
+    command: list[str], s3_bucket: str, moto_server, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     argv = [*command, "--models", "tiny-bart", "--debug", "--storage", str(tmp_path / "store"), "--data"]
     assert "NoSuchBucket" in error_line([*argv, "s3://no-such-bucket/data"], capsys)
     assert f"s3://{s3_bucket}/empty: no train.csv or dev.csv" in error_line([*argv, f"s3://{s3_bucket}/empty"], capsys)
@@ -85,14 +99,28 @@ def test_train_all_and_sweep_train_on_data_in_s3(s3_bucket: str, moto_server, tm
     env = {**os.environ, "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs")}
 
     def run(*argv: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "dialsum.cli", *argv, "--data", url, "--storage", store, "--debug"],
-                              capture_output=True, text=True, timeout=400, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "dialsum.cli", *argv, "--data", url, "--storage", store, "--debug"],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout[-3000:] + done.stderr[-3000:]
         return done
 
     run("train-all", "--models", "tiny-bart", "--run-id", "nightly")
-    run("sweep", "--models", "tiny-bart", "--space", str(ROOT / "configs/sweeps/tiny-bart.yaml"), "--trials", "1",
-        "--study", "from-s3")
+    run(
+        "sweep",
+        "--models",
+        "tiny-bart",
+        "--space",
+        str(ROOT / "configs/sweeps/tiny-bart.yaml"),
+        "--trials",
+        "1",
+        "--study",
+        "from-s3",
+    )
     client = s3_client(moto_server.endpoint)
     for run_id in ("nightly", "from-s3-t0000"):
         key = f"dialsum/runs/{run_id}/tiny-bart/manifest.json"

@@ -26,8 +26,15 @@ OUR_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "PREFECT_HOME"))}
-    return base | {"DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
-                   "PREFECT_HOME": str(tmp_path / "prefect-cli")} | extra
+    return (
+        base
+        | {
+            "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+            "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
+            "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+        }
+        | extra
+    )
 
 
 def child_logs(api_url: str, run_id: str, model: str) -> list[str]:
@@ -47,8 +54,9 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     # Ctrl-C at a terminal: SIGINT to the whole process group, the temporary Prefect server included.
     log = tmp_path / "first.log"
     with open(log, "wb") as out:
-        first = subprocess.Popen([*train, "--run-id", run], env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        first = subprocess.Popen(
+            [*train, "--run-id", run], env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 300
     while "eval at step 1" not in log.read_text():
         assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -65,8 +73,9 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     after = output.split("eval at step 1", 1)[1]
     for noise in ("Traceback", "ConnectError", "Crash detected", f"published {run}/"):
         assert noise not in after, f"{noise!r} after Ctrl-C:\n{after}"
-    stopped = re.search(r"^dialsum: (tiny-bart|tiny-qwen3): stopped (at step \d of 3|after training|while predicting)",
-                        after, re.M)
+    stopped = re.search(
+        r"^dialsum: (tiny-bart|tiny-qwen3): stopped (at step \d of 3|after training|while predicting)", after, re.M
+    )
     assert stopped, after
     other = "tiny-qwen3" if stopped.group(1) == "tiny-bart" else "tiny-bart"
     assert re.search(rf"^dialsum: {other}: not started$", after, re.M), after
@@ -74,9 +83,13 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
 
     # The same run id continues: the stopped model resumes, the other trains, the ensemble is built and promoted.
     # The terminal shows each line once, without third-party chatter; the children's lines are in the Prefect API.
-    rerun = subprocess.run([*train, "--resume", run, "--promote", "if-better"], capture_output=True, text=True,
-                           timeout=600, env=env(tmp_path, PREFECT_API_URL=prefect_api, WANDB_MODE="offline",
-                                                WANDB_DIR=str(tmp_path)))
+    rerun = subprocess.run(
+        [*train, "--resume", run, "--promote", "if-better"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env(tmp_path, PREFECT_API_URL=prefect_api, WANDB_MODE="offline", WANDB_DIR=str(tmp_path)),
+    )
     shown = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, shown[-3000:]
     assert re.search(r"^tiny-bart +encoder_decoder +completed", rerun.stdout, re.M), rerun.stdout
@@ -85,8 +98,14 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
     lines = [line for line in shown.splitlines() if line.strip()]
     counts = collections.Counter(OUR_PREFIX.sub("", line).strip() for line in lines)
     assert [m for m, n in counts.items() if n > 1] == [], shown
-    for noise in ("Loading weights", "Writing model shards", "wandb:", "kernels-community", "Finished in state",
-                  "Traceback"):
+    for noise in (
+        "Loading weights",
+        "Writing model shards",
+        "wandb:",
+        "kernels-community",
+        "Finished in state",
+        "Traceback",
+    ):
         assert noise not in shown, noise
     messages = child_logs(prefect_api, run, stopped.group(1))
     assert any(m.startswith(f"resumed {stopped.group(1)} at step") for m in messages), messages
@@ -95,12 +114,21 @@ def test_ctrl_c_stops_a_multi_model_run_and_the_same_run_id_continues(tmp_path: 
 
     # Resuming the finished run changes no byte: every model and the ensemble are already published.
     def tree() -> dict[str, bytes]:
-        return {str(f): f.read_bytes() for d in ("outputs", "store") for f in sorted((tmp_path / d).rglob("*"))
-                if f.is_file()}
+        return {
+            str(f): f.read_bytes()
+            for d in ("outputs", "store")
+            for f in sorted((tmp_path / d).rglob("*"))
+            if f.is_file()
+        }
 
     before = tree()
-    again = subprocess.run([*train, "--resume", run], env=env(tmp_path, PREFECT_API_URL=prefect_api),
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [*train, "--resume", run],
+        env=env(tmp_path, PREFECT_API_URL=prefect_api),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     shown = again.stdout + again.stderr
     assert again.returncode == 0 and f"already complete: run {run}" in again.stdout, shown[-3000:]
     assert tree() == before

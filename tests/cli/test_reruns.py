@@ -23,14 +23,21 @@ def env_outside_repo() -> dict[str, str]:
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "dialsum.cli", *args], cwd=cwd, env=env_outside_repo(),
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dialsum.cli", *args],
+            cwd=cwd,
+            env=env_outside_repo(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def tree(folder: Path) -> dict[str, str]:
     """Every file under `folder` by relative path, with its sha256; folders too (as '/')."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
@@ -65,8 +72,14 @@ def test_one_writer_a_killed_holder_and_an_idempotent_resume(tmp_path: Path) -> 
     winner.send_signal(signal.SIGKILL)
     winner.wait()
     assert (cwd / "artifacts" / "r1" / "tiny-bart" / "lease.json").is_file()
-    relaunch = subprocess.run([sys.executable, "-m", "dialsum.cli", *train], cwd=cwd, env=env_outside_repo(),
-                              capture_output=True, text=True, timeout=600)
+    relaunch = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", *train],
+        cwd=cwd,
+        env=env_outside_repo(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = relaunch.stdout + relaunch.stderr
     assert relaunch.returncode == 0, output[-3000:]
     assert f"took over the lease of pid {winner.pid}" in output
@@ -75,17 +88,28 @@ def test_one_writer_a_killed_holder_and_an_idempotent_resume(tmp_path: Path) -> 
 
     # Resuming the finished run changes no byte, locally or in storage.
     before = tree(cwd)
-    resume = subprocess.run([sys.executable, "-m", "dialsum.cli", "train", "--models", "tiny-bart", "--debug",
-                             "--resume", "r1"], cwd=cwd, env=env_outside_repo(), capture_output=True, text=True,
-                            timeout=300)
+    resume = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "train", "--models", "tiny-bart", "--debug", "--resume", "r1"],
+        cwd=cwd,
+        env=env_outside_repo(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert "already complete" in resume.stdout and "already complete" in resume.stderr
     assert tree(cwd) == before
 
 
 def test_models_lists_the_shipped_profiles_from_any_folder(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dialsum.cli", "models"], cwd=tmp_path, env=env_outside_repo(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "models"],
+        cwd=tmp_path,
+        env=env_outside_repo(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:]}
     assert rows["kobart"] == "encoder_decoder" and rows["qwen3-4b"] == "causal_lm" and "tiny-bart" in rows

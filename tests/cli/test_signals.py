@@ -24,10 +24,18 @@ pytestmark = pytest.mark.slow
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "PREFECT_HOME", "DIALSUM_"))}
-    return base | {"DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
-                   "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "WANDB_MODE": "disabled",
-                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"} | extra
+    return (
+        base
+        | {
+            "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+            "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "WANDB_MODE": "disabled",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+        }
+        | extra
+    )
 
 
 def dialsum(*args: str) -> list[str]:
@@ -52,16 +60,20 @@ def trial_profile(folder: Path) -> Path:
     decode."""
     base = (REPO / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
     path = folder / "sweep-bart.yaml"
-    path.write_text(base + "\ntraining: {epochs: 2, batch_size: 2, length_group_batches: 2, debug_rows: 8, "
-                    "debug_steps: 8, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
-                    "generation: {batch_size: 8, max_new_tokens: 16, num_beams: 1}\n", encoding="utf-8")
+    path.write_text(
+        base + "\ntraining: {epochs: 2, batch_size: 2, length_group_batches: 2, debug_rows: 8, "
+        "debug_steps: 8, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
+        "generation: {batch_size: 8, max_new_tokens: 16, num_beams: 1}\n",
+        encoding="utf-8",
+    )
     return path
 
 
 def start(command: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen(command, env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=tmp_path)
+        return subprocess.Popen(
+            command, env=env(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path
+        )
 
 
 def wait_for(process: subprocess.Popen, log: Path, pattern: str, count: int = 1, timeout: float = 600) -> None:
@@ -127,15 +139,22 @@ def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_
     after = output.split("eval at step 1", 1)[1]
     for noise in ("Traceback", "Crash detected", "ConnectError", "published t1/"):
         assert noise not in after, f"{noise!r} after SIGTERM:\n{after}"
-    stopped = re.search(r"^dialsum: (tiny-bart|tiny-qwen3): stopped (at step \d of 3|after training|while predicting)",
-                        after, re.M)
+    stopped = re.search(
+        r"^dialsum: (tiny-bart|tiny-qwen3): stopped (at step \d of 3|after training|while predicting)", after, re.M
+    )
     assert stopped, after
     assert after.rstrip().endswith("dialsum: stopped; continue with --resume t1")
     assert list((tmp_path / "store").rglob("step-*")), "no checkpoint published"
     assert_all_gone(started)  # the temporary Prefect API among them
 
-    rerun = subprocess.run([*train, "--resume", "t1"], capture_output=True, text=True, timeout=900,
-                           env=env(tmp_path, PREFECT_API_URL=prefect_api), cwd=tmp_path)
+    rerun = subprocess.run(
+        [*train, "--resume", "t1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env(tmp_path, PREFECT_API_URL=prefect_api),
+        cwd=tmp_path,
+    )
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     assert "ensemble (" in rerun.stdout
     assert re.search(rf"^{stopped.group(1)} +\S+ +completed", rerun.stdout, re.M), rerun.stdout
@@ -146,12 +165,46 @@ def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
     space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
     argv, ready = {
-        "multi_model": (dialsum("train", "--mode", "multi_model", "--models", profile, "tiny-qwen3", "--debug",
-                                "--data", data), "eval at step 1"),
-        "sweep": (dialsum("sweep", "--models", profile, "--space", space, "--trials", "2", "--parallel", "2",
-                          "--debug", "--data", data, "--poll-seconds", "0.5"), "eval at step 1"),
-        "kfold": (dialsum("kfold", "--models", profile, "--k", "2", "--parallel", "2", "--debug", "--data", data,
-                          "--poll-seconds", "0.5"), "eval at step 1"),
+        "multi_model": (
+            dialsum("train", "--mode", "multi_model", "--models", profile, "tiny-qwen3", "--debug", "--data", data),
+            "eval at step 1",
+        ),
+        "sweep": (
+            dialsum(
+                "sweep",
+                "--models",
+                profile,
+                "--space",
+                space,
+                "--trials",
+                "2",
+                "--parallel",
+                "2",
+                "--debug",
+                "--data",
+                data,
+                "--poll-seconds",
+                "0.5",
+            ),
+            "eval at step 1",
+        ),
+        "kfold": (
+            dialsum(
+                "kfold",
+                "--models",
+                profile,
+                "--k",
+                "2",
+                "--parallel",
+                "2",
+                "--debug",
+                "--data",
+                data,
+                "--poll-seconds",
+                "0.5",
+            ),
+            "eval at step 1",
+        ),
     }[command]
     log = tmp_path / "command.log"
     process = start(argv, tmp_path, log)
@@ -163,13 +216,34 @@ def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path
     assert_all_gone(started, 10)
 
 
-def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes_it(tmp_path: Path,
-                                                                                   prefect_api: str) -> None:
+def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes_it(
+    tmp_path: Path, prefect_api: str
+) -> None:
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
     space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
     log = tmp_path / "sweep.log"
-    first = start(dialsum("sweep", "--models", profile, "--space", space, "--trials", "4", "--parallel", "2",
-                          "--study", "s4", "--debug", "--data", data, "--poll-seconds", "0.5"), tmp_path, log)
+    first = start(
+        dialsum(
+            "sweep",
+            "--models",
+            profile,
+            "--space",
+            space,
+            "--trials",
+            "4",
+            "--parallel",
+            "2",
+            "--study",
+            "s4",
+            "--debug",
+            "--data",
+            data,
+            "--poll-seconds",
+            "0.5",
+        ),
+        tmp_path,
+        log,
+    )
     wait_for(first, log, r"eval at step 1", count=2)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole process group
     took = wait_ended(first, 15)
@@ -182,8 +256,14 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
     assert command and "--study s4 --trials 4" in command.group(1), output[-3000:]
 
     argv = command.group(1).split()
-    rest = subprocess.run(dialsum(*argv[1:]), capture_output=True, text=True, timeout=900,
-                          env=env(tmp_path, PREFECT_API_URL=prefect_api), cwd=tmp_path)
+    rest = subprocess.run(
+        dialsum(*argv[1:]),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env(tmp_path, PREFECT_API_URL=prefect_api),
+        cwd=tmp_path,
+    )
     assert rest.returncode == 0, (rest.stdout + rest.stderr)[-4000:]
     trials = (tmp_path / "store" / "sweeps" / "s4" / "trials.csv").read_text().strip().splitlines()
     assert len(trials) == 1 + 4, trials

@@ -84,8 +84,10 @@ def test_on_the_real_dev_set_the_held_out_part_shares_no_row_with_any_choice() -
         build_ensemble({"a": {"dev": refs}, "b": {"dev": short}}, {"a": 1.0, "b": 1.0}, refs)
         selection_score(dev, [short[f] for f in fnames])  # what a sweep ranks its trials on
     before = len(set(holdout.DevSplit(0, 0.5).parts(fnames)[1]) & set(fnames[:200]))
-    print(f"dev {len(dev)} rows: selection {len(dev) - len(held)}, held out {len(held)} "
-          f"(seed {split.seed}, fraction {split.fraction}); before: {before} held-out rows among rows 1-200")
+    print(
+        f"dev {len(dev)} rows: selection {len(dev) - len(held)}, held out {len(held)} "
+        f"(seed {split.seed}, fraction {split.fraction}); before: {before} held-out rows among rows 1-200"
+    )
     for choice, rows in sorted(reads.items()):
         print(f"  {choice}: reads {len(rows)} rows, {len(rows & held)} of them held out")
     assert reads and all(rows and not rows & held for rows in reads.values())

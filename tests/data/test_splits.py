@@ -35,7 +35,7 @@ def _csv(tmp_path, name, text, encoding="utf-8"):
         (HEADER + "d1,안녕,요약\nd1,또,요약\n", "train", r"row 2 \(fname d1\): duplicate fname, first seen at row 1"),
         (HEADER + 'd1,"  <br> ",요약\n', "train", r"row 1 \(fname d1\): empty dialogue"),
         (HEADER + "d1,안녕,\n", "dev", r"row 1 \(fname d1\): the dev split needs a summary"),
-        ("fname,dialogue,summary\n".encode() + "d1,안녕,요약\n".encode("cp949"), "train", "not valid UTF-8"),
+        (b"fname,dialogue,summary\n" + "d1,안녕,요약\n".encode("cp949"), "train", "not valid UTF-8"),
     ],
 )
 def test_bad_files_name_file_and_row(tmp_path, content, split, message):
@@ -50,7 +50,10 @@ def test_cli_bad_data_exits_nonzero_without_traceback(tmp_path):
     (tmp_path / "dev.csv").write_text(HEADER + "v1,안녕,요약\n", encoding="utf-8")
     proc = subprocess.run(
         [sys.executable, "-m", "dialsum.cli", "train", "--models", "tiny-bart", "--data", str(tmp_path), "--debug"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")},
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
@@ -61,4 +64,8 @@ def test_cli_bad_data_exits_nonzero_without_traceback(tmp_path):
 def test_submission_shape(tmp_path):
     path = tmp_path / "p" / "test.csv"
     write_submission(path, ["test_0", "test_1"], ["요약 하나", "#Person1#는 갑니다."])
-    assert path.read_text(encoding="utf-8").splitlines() == [",fname,summary", "0,test_0,요약 하나", "1,test_1,#Person1#는 갑니다."]
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        ",fname,summary",
+        "0,test_0,요약 하나",
+        "1,test_1,#Person1#는 갑니다.",
+    ]

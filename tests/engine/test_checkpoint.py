@@ -34,9 +34,24 @@ from dialsum.storage import LocalStorage, list_checkpoints, list_runs
 
 def train_process(config: Path, run_id: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "dialsum.cli", "train", "--models", str(config), "--debug",
-                                 *extra, *(["--run-id", run_id] if "--resume" not in extra else [])],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dialsum.cli",
+                "train",
+                "--models",
+                str(config),
+                "--debug",
+                *extra,
+                *(["--run-id", run_id] if "--resume" not in extra else []),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_for_checkpoint(folder: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> Path:
@@ -65,9 +80,18 @@ def uninterrupted(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
 
 def env_for(tmp_path: Path, storage_url: str, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALSUM_")}
-    return env | {"DIALSUM_CONFIG_DIR": str(ROOT / "configs"), "DIALSUM_CACHE_DIR": os.environ["DIALSUM_CACHE_DIR"],
-                  "DIALSUM_OUTPUT_DIR": str(tmp_path / "out"), "DIALSUM_STORAGE_URL": storage_url,
-                  "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"} | more
+    return (
+        env
+        | {
+            "DIALSUM_CONFIG_DIR": str(ROOT / "configs"),
+            "DIALSUM_CACHE_DIR": os.environ["DIALSUM_CACHE_DIR"],
+            "DIALSUM_OUTPUT_DIR": str(tmp_path / "out"),
+            "DIALSUM_STORAGE_URL": storage_url,
+            "WANDB_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1",
+        }
+        | more
+    )
 
 
 @pytest.mark.slow
@@ -90,13 +114,24 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(where, uninterrupted, t
     if where == "s3":
         shutil.rmtree(tmp_path / "out")  # another machine: only what was published remains
 
-    resumed = subprocess.run([sys.executable, "-m", "dialsum.cli", "-v", "train", "--models", str(config), "--debug",
-                              "--resume", "killed"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "-v", "train", "--models", str(config), "--debug", "--resume", "killed"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_at = int(resumed.stderr.split("resumed long-bart at step ")[1].split()[0])
     assert int(first.name[5:]) <= resumed_at <= killed_at
-    saved_after = sorted({int(line.split("step-")[1][:8]) for line in resumed.stderr.splitlines()
-                         if "checkpoint step-" in line and " saved" in line})
+    saved_after = sorted(
+        {
+            int(line.split("step-")[1][:8])
+            for line in resumed.stderr.splitlines()
+            if "checkpoint step-" in line and " saved" in line
+        }
+    )
     assert saved_after and min(saved_after) > resumed_at and max(saved_after) == STEPS
 
     run_dir = tmp_path / "out" / "killed" / "long-bart"
@@ -142,8 +177,16 @@ def test_resume_mid_epoch_trains_the_remaining_windows_to_the_same_weights(tmp_p
     whole = fit(t, fam, model, tok, feats, max_steps=8, show_progress=False)
     interrupted, tok2, feats2 = fresh()
     with pytest.raises(Killed):  # step 3 is mid-epoch: epoch 0, windows 0-2 of 5 done
-        fit(t, fam, interrupted, tok2, feats2, max_steps=8, show_progress=False,
-            checkpoints=KilledAfter(tmp_path / "ckpt", 3, 2, "f", at=3))
+        fit(
+            t,
+            fam,
+            interrupted,
+            tok2,
+            feats2,
+            max_steps=8,
+            show_progress=False,
+            checkpoints=KilledAfter(tmp_path / "ckpt", 3, 2, "f", at=3),
+        )
     resumed_model, tok3, feats3 = fresh()
     ckpt = Checkpointer(tmp_path / "ckpt", 3, 2, "f")
     resumed = fit(t, fam, resumed_model, tok3, feats3, max_steps=8, show_progress=False, checkpoints=ckpt)
@@ -246,17 +289,31 @@ def test_a_stop_checkpoints_without_evaluating_and_the_resumed_run_evaluates_fir
     from dialsum.state.stop import Preempted
 
     cfg = load_model_config(str(long_profile(tmp_path, steps=3)))  # 16 rows: 2 steps an epoch, so step 2 ends one
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_score_rows": 4, "eval_loss_rows": 8,
-                                                                             "checkpoint_every": None}),
-                                 "generation": cfg.generation.model_copy(update={"max_new_tokens": 8})})
+    cfg = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(
+                update={"eval_score_rows": 4, "eval_loss_rows": 8, "checkpoint_every": None}
+            ),
+            "generation": cfg.generation.model_copy(update={"max_new_tokens": 8}),
+        }
+    )
     fam, splits, t = family(cfg), load_splits(None), cfg.training
 
     def run(wrapped: StopDuring, checkpoints: Checkpointer | None):
         model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"] + splits["dev"]))
         feats = fam.build_features(cfg, tok, splits["train"][:16], with_labels=True)
         evaluator = Evaluator(cfg, wrapped, tok, splits["dev"])
-        return model, fit(t, wrapped, model, tok, feats, max_steps=3, show_progress=False, checkpoints=checkpoints,
-                          evaluation=evaluator)
+        return model, fit(
+            t,
+            wrapped,
+            model,
+            tok,
+            feats,
+            max_steps=3,
+            show_progress=False,
+            checkpoints=checkpoints,
+            evaluation=evaluator,
+        )
 
     whole_model, whole = run(StopDuring(fam), None)
     stopper = Checkpointer(tmp_path / "ckpt", None, 2, "f")
@@ -315,11 +372,28 @@ def test_checkpoints_are_kept_and_pruned_locally_and_in_storage(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     store = LocalStorage(tmp_path / "store")
-    ckpt = Checkpointer(tmp_path / "ckpt", every=2, keep=cfg.training.keep_checkpoints, fingerprint="f",
-                        run_id="r", model="m", storage=store)
+    ckpt = Checkpointer(
+        tmp_path / "ckpt",
+        every=2,
+        keep=cfg.training.keep_checkpoints,
+        fingerprint="f",
+        run_id="r",
+        model="m",
+        storage=store,
+    )
     for step in range(1, 8):
-        ckpt.after_step(step, [0.0] * step, epoch=0, window=step - 1, n_windows=10, total=7,
-                        model=model, optimizer=optimizer, scheduler=scheduler, scaler=None)
+        ckpt.after_step(
+            step,
+            [0.0] * step,
+            epoch=0,
+            window=step - 1,
+            n_windows=10,
+            total=7,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=None,
+        )
     assert [p.name for p in checkpoint.local_checkpoints(tmp_path / "ckpt")] == ["step-00000006", "step-00000007"]
     assert list_checkpoints("r", "m", store) == ["step-00000006", "step-00000007"]
     assert not (tmp_path / "store" / "runs" / "r" / "m" / "checkpoints" / "step-00000002").exists()
@@ -328,7 +402,8 @@ def test_checkpoints_are_kept_and_pruned_locally_and_in_storage(tmp_path):
     fresh = torch.nn.Linear(3, 2)
     again = torch.optim.AdamW(fresh.parameters())
     position = Checkpointer(tmp_path / "ckpt", 2, 2, "f", "r", "m", store).restore(
-        fresh, again, torch.optim.lr_scheduler.LambdaLR(again, lambda step: 1.0), None)
+        fresh, again, torch.optim.lr_scheduler.LambdaLR(again, lambda step: 1.0), None
+    )
     assert (position.step, position.epoch, position.window) == (7, 0, 7)
     assert torch.equal(fresh.weight, model.weight)
     with pytest.raises(DialsumError, match="different config or data"):

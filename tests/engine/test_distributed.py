@@ -44,9 +44,19 @@ def _train(batch_size: int) -> tuple[dict[str, torch.Tensor], dict, Counting]:
     fam = family(cfg)
     model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(splits["train"]))
     feats = fam.build_features(cfg, tok, splits["train"][:ROWS], with_labels=True)
-    t = cfg.training.model_copy(update={"batch_size": batch_size, "grad_accum": 2, "epochs": 2, "warmup_steps": 0,
-                                        "learning_rate": 1e-3, "eval_every": 1, "eval_loss_rows": EVAL_ROWS,
-                                        "eval_score_rows": EVAL_ROWS, "best_metric": "dev_loss"})
+    t = cfg.training.model_copy(
+        update={
+            "batch_size": batch_size,
+            "grad_accum": 2,
+            "epochs": 2,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+            "eval_every": 1,
+            "eval_loss_rows": EVAL_ROWS,
+            "eval_score_rows": EVAL_ROWS,
+            "best_metric": "dev_loss",
+        }
+    )
     counting = Counting(fam)
     evaluator = Evaluator(cfg.model_copy(update={"training": t}), counting, tok, splits["dev"])
     result = fit(t, fam, model, tok, feats, show_progress=False, evaluation=evaluator)
@@ -55,8 +65,15 @@ def _train(batch_size: int) -> tuple[dict[str, torch.Tensor], dict, Counting]:
 
 
 def _rank(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE="2",
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     distributed.init()
     assert distributed.world_size() == 2 and distributed.rank() == rank
@@ -178,7 +195,7 @@ def test_a_child_given_several_gpus_trains_data_parallel(monkeypatch, tmp_path):
 
     monkeypatch.setattr(distributed, "launch", fake_launch)
     result = pipeline.run_model_on_gpus("tiny-bart", 2, run_id="dp-run", debug=True, storage_url=str(tmp_path))
-    (argv, processes), = launched
+    ((argv, processes),) = launched
     assert processes == 2 and argv[:5] == ["train", "--models", "tiny-bart", "--run-id", "dp-run"]
     assert "--debug" in argv and argv[argv.index("--storage") + 1] == str(tmp_path)
     assert result.metrics["dev"]["score"] == 50.0 and result.run_dir.name == "tiny-bart"

@@ -30,8 +30,15 @@ class TurnsBad:
 @pytest.mark.slow
 def test_a_run_that_peaks_early_ships_the_best_step_and_stops_on_patience():
     cfg = load_model_config("tiny-bart")
-    update = {"epochs": 20, "batch_size": 8, "eval_score_rows": 16, "eval_loss_rows": 16, "eval_every": 2,
-              "early_stopping_patience": 2, "best_metric": "dev_score"}
+    update = {
+        "epochs": 20,
+        "batch_size": 8,
+        "eval_score_rows": 16,
+        "eval_loss_rows": 16,
+        "eval_every": 2,
+        "early_stopping_patience": 2,
+        "best_metric": "dev_score",
+    }
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
     splits = load_splits(None)
     fam = family(cfg)

@@ -66,4 +66,3 @@ def test_bad_steps_in_a_row_stop_the_run_naming_the_step_and_never_touch_the_wei
     with pytest.raises(NonFiniteError, match=r"step 3: .*3 steps in a row"):
         fit(t, Poisoned(fam, range(1, 100), "loss"), model, tok, feats, max_steps=8, show_progress=False)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
-

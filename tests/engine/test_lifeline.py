@@ -34,8 +34,10 @@ def alive(pid: int) -> bool:
 
 def test_children_end_within_seconds_of_a_kill_9_of_their_parent(tmp_path: Path) -> None:
     # a program that ignores SIGTERM: the lifeline ends it anyway, after its grace period
-    (tmp_path / "stubborn.py").write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                                          "print('child', flush=True)\ntime.sleep(120)\n")
+    (tmp_path / "stubborn.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('child', flush=True)\ntime.sleep(120)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     env.pop(lifeline.PARENT_ENV, None)
     starter = subprocess.Popen([sys.executable, "-c", STARTER], env=env, stdout=subprocess.PIPE, text=True)
@@ -60,5 +62,11 @@ def test_without_a_dialsum_parent_nothing_is_watched(monkeypatch) -> None:
     monkeypatch.delenv(lifeline.PARENT_ENV, raising=False)
     assert lifeline.watch_parent() is False
     assert lifeline.wrap(["prefect", "worker"]) == ["prefect", "worker"]
-    assert lifeline.wrap([sys.executable, "-m", "uvicorn", "x"]) == [sys.executable, "-m", "dialsum.engine.lifeline",
-                                                                    "-m", "uvicorn", "x"]
+    assert lifeline.wrap([sys.executable, "-m", "uvicorn", "x"]) == [
+        sys.executable,
+        "-m",
+        "dialsum.engine.lifeline",
+        "-m",
+        "uvicorn",
+        "x",
+    ]

@@ -47,7 +47,9 @@ def test_warmup_as_a_step_count():
 def test_adamw_is_fused_where_available_and_keeps_group_decay():
     model = torch.nn.Linear(8, 4)
     t = TrainingConfig(optimizer="adamw", weight_decay=0.1)
-    optimizer = build_optimizer(t, [{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias], "weight_decay": 0.0}])
+    optimizer = build_optimizer(
+        t, [{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias], "weight_decay": 0.0}]
+    )
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
@@ -81,8 +83,12 @@ def test_every_schedule_is_transformers_own_curve(schedule, warmup):
 
     t = TrainingConfig(lr_scheduler=schedule, warmup_steps=warmup, learning_rate=1.0)
     theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    hf = get_scheduler({"constant": "constant_with_warmup"}.get(schedule, schedule), theirs,
-                       num_warmup_steps=warmup_steps(t, 40), num_training_steps=40)
+    hf = get_scheduler(
+        {"constant": "constant_with_warmup"}.get(schedule, schedule),
+        theirs,
+        num_warmup_steps=warmup_steps(t, 40),
+        num_training_steps=40,
+    )
     expected = []
     for _ in range(40):
         expected.append(hf.get_last_lr()[0])

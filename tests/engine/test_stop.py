@@ -46,12 +46,14 @@ def test_inside_a_cooperative_region_the_first_sigint_only_asks(capsys: pytest.C
 
 
 def test_a_second_sigint_exits_130_at_once_after_the_callbacks() -> None:
-    code = ("import os, signal, time\n"
-            "from dialsum.state import stop\n"
-            "stop.at_hard_exit(lambda: print('cleaned up', flush=True))\n"
-            "with stop.on_signals(), stop.cooperative():\n"
-            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
-            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n")
+    code = (
+        "import os, signal, time\n"
+        "from dialsum.state import stop\n"
+        "stop.at_hard_exit(lambda: print('cleaned up', flush=True))\n"
+        "with stop.on_signals(), stop.cooperative():\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and "cleaned up" in proc.stdout
     assert "stopped at once (second Ctrl-C)" in proc.stderr and "Traceback" not in proc.stderr
@@ -85,12 +87,14 @@ def test_sigterm_asks_as_the_first_ctrl_c_does_and_never_exits_at_once(capsys: p
 
 
 def test_a_second_ctrl_c_names_how_to_continue() -> None:
-    code = ("import os, signal, time\n"
-            "from dialsum.state import stop\n"
-            "stop.continue_with('--resume r42')\n"
-            "with stop.on_signals(), stop.cooperative():\n"
-            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
-            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n")
+    code = (
+        "import os, signal, time\n"
+        "from dialsum.state import stop\n"
+        "stop.continue_with('--resume r42')\n"
+        "with stop.on_signals(), stop.cooperative():\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and "continue with --resume r42" in proc.stderr
 
@@ -112,10 +116,12 @@ def test_under_the_cli_handler_sigterm_stops_training_as_ctrl_c_does(tmp_path: P
 
 
 def test_a_process_still_running_after_the_grace_period_exits_143() -> None:
-    code = ("import os, signal, time\n"
-            "from dialsum.state import stop\n"
-            "with stop.on_signals(), stop.cooperative():\n"
-            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n")
+    code = (
+        "import os, signal, time\n"
+        "from dialsum.state import stop\n"
+        "with stop.on_signals(), stop.cooperative():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+    )
     env = {**os.environ, "DIALSUM_STOP_GRACE_SECONDS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr

@@ -39,7 +39,7 @@ def test_accumulated_gradients_equal_one_batch(name, sample):
     counts = [fam.target_count(b) for b in separate]
     assert max(counts) >= 3 * min(counts), counts
 
-    accumulated = _grads(fam, model, separate)          # grad_accum=2: two micro-batches
+    accumulated = _grads(fam, model, separate)  # grad_accum=2: two micro-batches
     whole = _grads(fam, model, [fam.collate(tok, feats)])  # grad_accum=1: the same rows as one batch
     assert accumulated.keys() == whole.keys() and whole
     for n in whole:
@@ -78,16 +78,24 @@ def test_label_smoothed_family_loss_equals_torchs_over_the_full_logits(sample, m
             logits, labels = model(**batch).logits, batch["labels"]
             if cfg.type == "causal_lm":  # position t predicts label t+1
                 logits, labels = logits[:, :-1], labels[:, 1:]
-            theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                       ignore_index=-100, reduction="sum", label_smoothing=0.1)
+            theirs = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+                label_smoothing=0.1,
+            )
             ours = fam.loss(model, batch, label_smoothing=0.1)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
         assert not torch.allclose(ours, fam.loss(model, batch))  # smoothing changes the target
 
     seen = []  # training.label_smoothing reaches the loop's loss
     real = fam.loss
-    monkeypatch.setattr(fam, "loss", lambda model, batch, label_smoothing=0.0: seen.append(label_smoothing)
-                        or real(model, batch, label_smoothing))
+    monkeypatch.setattr(
+        fam,
+        "loss",
+        lambda model, batch, label_smoothing=0.0: seen.append(label_smoothing) or real(model, batch, label_smoothing),
+    )
     t = cfg.training.model_copy(update={"batch_size": 4, "epochs": 1, "label_smoothing": 0.2})
     fit(t, fam, model, tok, fam.build_features(cfg, tok, sample["train"][:4], with_labels=True), show_progress=False)
     assert seen == [0.2]

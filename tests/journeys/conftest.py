@@ -13,8 +13,11 @@ from support.s3_server import CREDENTIALS, s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
-REFERENCE = {"kobart": "kobart-tokenizer", "llama-3.2-korean-3b": "llama-3.2-korean-bllossom-3b",
-             "qwen3-4b": "qwen3-4b-instruct-2507"}
+REFERENCE = {
+    "kobart": "kobart-tokenizer",
+    "llama-3.2-korean-3b": "llama-3.2-korean-bllossom-3b",
+    "qwen3-4b": "qwen3-4b-instruct-2507",
+}
 TRAIN_ROWS, DEV_ROWS, TEST_ROWS = 32, 4, 4
 RESULTS: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -42,7 +45,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
         cells = []
         for step in steps:
             own, shared = RESULTS.get((profile, step)), RESULTS.get(("*", step))
-            cells.append(f"{own[0]} {own[1]:.1f} s" if own else f"{shared[0]} (all three: {shared[1]:.1f} s)" if shared else "-")
+            cells.append(
+                f"{own[0]} {own[1]:.1f} s" if own else f"{shared[0]} (all three: {shared[1]:.1f} s)" if shared else "-"
+            )
         terminalreporter.write_line(f"| {profile} | " + " | ".join(cells) + " |")
     total = sum(duration for _, duration in RESULTS.values())
     terminalreporter.write_line(f"journey steps: {total:.1f} s in all")
@@ -65,8 +70,11 @@ def journey_data(shared, tmp_path_factory) -> Path:
             return list(csv.DictReader(fh))
 
     dev = rows("dev.csv")
-    picks = {"train": dev[:TRAIN_ROWS], "dev": sorted(dev[TRAIN_ROWS:], key=lambda r: len(r["summary"]))[:DEV_ROWS],
-             "test": rows("test.csv")[:TEST_ROWS]}
+    picks = {
+        "train": dev[:TRAIN_ROWS],
+        "dev": sorted(dev[TRAIN_ROWS:], key=lambda r: len(r["summary"]))[:DEV_ROWS],
+        "test": rows("test.csv")[:TEST_ROWS],
+    }
     for split, chosen in picks.items():
         columns = ["fname", "dialogue"] + (["summary"] if split != "test" else [])
         with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as fh:
@@ -93,8 +101,13 @@ def standins(shared, tmp_path_factory):
             elif profile == "qwen3-4b":
                 standin.qwen3(reference, folder)
             else:  # the stand-in tokenizer learns its pieces from the competition texts
-                texts = [text for split in ("dev", "test") for ex in read_split(shared / "competition" / f"{split}.csv", split)
-                         for text in (ex.dialogue, ex.summary) if text]
+                texts = [
+                    text
+                    for split in ("dev", "test")
+                    for ex in read_split(shared / "competition" / f"{split}.csv", split)
+                    for text in (ex.dialogue, ex.summary)
+                    if text
+                ]
                 standin.llama3(reference, texts, folder)
             built[profile] = folder
         return built[profile]

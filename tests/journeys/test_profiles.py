@@ -42,8 +42,10 @@ STEPS = ["training.epochs=1", "training.checkpoint_every=1", "generation.max_new
 # compute on the NF4 weights (bf16 rounds differently per batch shape, which flips AdamW's first steps on
 # near-zero gradients).
 EXACT = ["lora.dropout=0", "training.max_tokens_per_batch=null", "quantization.compute_dtype=float32"]
-PARALLEL = {"kobart": (["training.batch_size=8"], None),
-            "causal": ([*EXACT, "training.batch_size=4"], [*EXACT, "training.batch_size=8"])}
+PARALLEL = {
+    "kobart": (["training.batch_size=8"], None),
+    "causal": ([*EXACT, "training.batch_size=4"], [*EXACT, "training.batch_size=8"]),
+}
 RUNS: dict[str, Path] = {}
 
 
@@ -68,8 +70,21 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_train_kill_resume(profile, standins, journey_data, journey_bucket, fresh_env, tmp_path):
     run_id, storage_url = f"journey-{profile}", _storage(journey_bucket, profile)
-    command = [sys.executable, "-m", "dialsum.cli", "train", "--models", profile, *_sets(profile, standins),
-               "--data", str(journey_data), "--storage", storage_url, "--run-id", run_id]
+    command = [
+        sys.executable,
+        "-m",
+        "dialsum.cli",
+        "train",
+        "--models",
+        profile,
+        *_sets(profile, standins),
+        "--data",
+        str(journey_data),
+        "--storage",
+        storage_url,
+        "--run-id",
+        run_id,
+    ]
     log = tmp_path / "train.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=fresh_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -84,8 +99,23 @@ def test_train_kill_resume(profile, standins, journey_data, journey_bucket, fres
     assert read_manifest(run_id, profile, store) is None, "the killed run must not have finished"
     shutil.rmtree(get_settings().output_dir / run_id)  # resume on another machine: only storage remains
 
-    assert main(["train", "--models", profile, *_sets(profile, standins), "--data", str(journey_data),
-                 "--storage", storage_url, "--resume", run_id]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--models",
+                profile,
+                *_sets(profile, standins),
+                "--data",
+                str(journey_data),
+                "--storage",
+                storage_url,
+                "--resume",
+                run_id,
+            ]
+        )
+        == 0
+    )
     run_dir = get_settings().output_dir / run_id / profile
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["resumed_at_step"], metrics["train_steps"]) == (1, 2)
@@ -99,11 +129,18 @@ def test_predict_run_in_a_fresh_process(journey_data, fresh_env, tmp_path):
     folder (one process for all three: a Python start with torch costs seconds on a small CI machine)."""
     assert RUNS, "no journey run to predict with"
     jobs = {profile: [str(run_dir), str(tmp_path / profile)] for profile, run_dir in RUNS.items()}
-    code = ("import json, sys; from dialsum.cli.main import main; jobs = json.loads(sys.argv[1]); codes = "
-            "{p: main(['predict', '--run', r, '--data', sys.argv[2], '--out', o]) for p, (r, o) in jobs.items()}; "
-            "print(json.dumps(codes))")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(jobs), str(journey_data)],
-                          env=fresh_env, capture_output=True, text=True, timeout=600)
+    code = (
+        "import json, sys; from dialsum.cli.main import main; jobs = json.loads(sys.argv[1]); codes = "
+        "{p: main(['predict', '--run', r, '--data', sys.argv[2], '--out', o]) for p, (r, o) in jobs.items()}; "
+        "print(json.dumps(codes))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(jobs), str(journey_data)],
+        env=fresh_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     codes = json.loads(done.stdout.strip().splitlines()[-1])
     for profile, run_dir in RUNS.items():
@@ -114,8 +151,20 @@ def test_predict_run_in_a_fresh_process(journey_data, fresh_env, tmp_path):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_fetch_and_predict(profile, journey_data, journey_bucket, tmp_path):
     fetched = tmp_path / "fetched"
-    assert main(["artifacts", "get", f"journey-{profile}", profile, str(fetched),
-                 "--storage", _storage(journey_bucket, profile)]) == 0
+    assert (
+        main(
+            [
+                "artifacts",
+                "get",
+                f"journey-{profile}",
+                profile,
+                str(fetched),
+                "--storage",
+                _storage(journey_bucket, profile),
+            ]
+        )
+        == 0
+    )
     assert main(["predict", "--run", str(fetched), "--data", str(journey_data), "--out", str(tmp_path / "out")]) == 0
     assert _predictions(tmp_path / "out") == _predictions(RUNS[profile])
 
@@ -124,8 +173,22 @@ def test_fetch_and_predict(profile, journey_data, journey_bucket, tmp_path):
 def test_champion(profile, shared, journey_data, journey_bucket, tmp_path):
     storage_url = _storage(journey_bucket, profile)
     assert main(["champion", "promote", f"journey-{profile}/{profile}", "--storage", storage_url]) == 0
-    assert main(["predict", "--run", "champion", "--data", str(journey_data), "--out", str(tmp_path),
-                 "--storage", storage_url]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                "champion",
+                "--data",
+                str(journey_data),
+                "--out",
+                str(tmp_path),
+                "--storage",
+                storage_url,
+            ]
+        )
+        == 0
+    )
     assert _predictions(tmp_path) == _predictions(RUNS[profile])
     with open(shared / "competition" / "sample_submission.csv", encoding="utf-8", newline="") as fh:
         header = next(csv.reader(fh))
@@ -142,17 +205,39 @@ def test_two_gpus_on_gloo(profile, standins, journey_data, tmp_path):
     from dialsum.pipeline import run_model
 
     parallel, reference = PARALLEL["kobart" if profile == "kobart" else "causal"]
-    assert main(["train", "--gpus", "2", "--eval-before", "--models", profile, *_sets(profile, standins, *parallel),
-                 "--data", str(journey_data), "--storage", str(tmp_path / "store"),
-                 "--run-id", f"journey-{profile}-gpus2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--gpus",
+                "2",
+                "--eval-before",
+                "--models",
+                profile,
+                *_sets(profile, standins, *parallel),
+                "--data",
+                str(journey_data),
+                "--storage",
+                str(tmp_path / "store"),
+                "--run-id",
+                f"journey-{profile}-gpus2",
+            ]
+        )
+        == 0
+    )
     run_dir = get_settings().output_dir / f"journey-{profile}-gpus2" / profile
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dev_score_before"] is not None and metrics["train_steps"] == 2
     if reference is None:  # the journey's own run is the one process with twice the batch
         single = RUNS[profile]
     else:
-        single = run_model(profile, run_id=f"journey-{profile}-one", data_dir=journey_data, publish=False,
-                           overrides=[f"model={standins(profile)}", *STEPS, *reference]).run_dir
+        single = run_model(
+            profile,
+            run_id=f"journey-{profile}-one",
+            data_dir=journey_data,
+            publish=False,
+            overrides=[f"model={standins(profile)}", *STEPS, *reference],
+        ).run_dir
     ours, theirs = _weights(run_dir), _weights(single)
     assert ours.keys() == theirs.keys()
     assert any(not torch.equal(ours[k], theirs[k]) for k in ours), "identical to the bit: suspicious for two processes"

@@ -117,7 +117,10 @@ def test_prompts_are_the_same_bytes_when_the_clock_moves(shared_data, name, samp
         assert b"Today Date: 26 Jul 2024" in prompts[0][0]
         raw = (shared_data / "reference" / "llama-3.2-korean-bllossom-3b" / "chat_template.jinja").read_text()
         with _clock("2031-12-31T23:59:00"):  # the unpinned template does follow the clock
-            assert "31 Dec 2031" in _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=raw)[0][0]
+            assert (
+                "31 Dec 2031"
+                in _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=raw)[0][0]
+            )
 
 
 def test_pinned_strftime_now_answers_with_the_fixed_date():
@@ -126,8 +129,10 @@ def test_pinned_strftime_now_answers_with_the_fixed_date():
     template = "{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now(\"%d %b %Y\") }}"
     pinned = causal_lm.pin_template_clock(template, date(2024, 7, 26))
     with _clock("2031-12-31T23:59:00"):
-        assert _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=pinned)[0][0] == \
-            "2024-07-26|26 Jul 2024"
+        assert (
+            _ctu.render_jinja_template([[{"role": "user", "content": "x"}]], chat_template=pinned)[0][0]
+            == "2024-07-26|26 Jul 2024"
+        )
 
 
 def test_a_run_saved_with_the_bllossom_template_loads_again_with_the_same_prompts(shared_data, sample, tmp_path):
@@ -141,7 +146,9 @@ def test_a_run_saved_with_the_bllossom_template_loads_again_with_the_same_prompt
     causal_lm.save(SimpleNamespace(save_pretrained=lambda folder: None), tok, tmp_path)
     assert (tmp_path / "chat_template.jinja").read_text(encoding="utf-8") == raw
     with _clock("2031-12-31T23:59:00"):
-        again, _ = causal_lm.load_tokenizer(cfg.model_copy(update={"chat_template": None}), source, [], adapter=tmp_path)
+        again, _ = causal_lm.load_tokenizer(
+            cfg.model_copy(update={"chat_template": None}), source, [], adapter=tmp_path
+        )
     feats = [causal_lm.build_features(cfg, t, sample["dev"][:2], with_labels=False) for t in (tok, again)]
     assert feats[0] == feats[1] and b"Today Date: 26 Jul 2024" in again.decode(feats[1][0]["input_ids"]).encode()
     pinned = tok.chat_template
@@ -153,9 +160,19 @@ def test_a_run_saved_with_the_bllossom_template_loads_again_with_the_same_prompt
 def qwen_vocab_model():
     """A 1-layer, 8-wide random Qwen3 with the real vocabulary size and the checkpoint's declared end tokens."""
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=4, intermediate_size=16, tie_word_embeddings=False,
-                         eos_token_id=151645, pad_token_id=151643, bos_token_id=151643)
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=4,
+        intermediate_size=16,
+        tie_word_embeddings=False,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        bos_token_id=151643,
+    )
     model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=[151645, 151643], pad_token_id=151643)
     return model
@@ -175,8 +192,10 @@ def test_new_placeholder_rows_start_at_the_mean_of_their_pieces(shared_data, qwe
         assert len(old_ids) > 1 and max(old_ids) < 151669
         text = tok.convert_ids_to_tokens(new_id)
         assert tok(text, add_special_tokens=False)["input_ids"] == [new_id]
-        for weight, before in ((model.get_input_embeddings().weight, before_in),
-                               (model.get_output_embeddings().weight, before_out)):
+        for weight, before in (
+            (model.get_input_embeddings().weight, before_in),
+            (model.get_output_embeddings().weight, before_out),
+        ):
             torch.testing.assert_close(weight[new_id], before[old_ids].mean(0), rtol=0, atol=1e-6)
     untouched = [i for i in range(151600, 151936) if i not in pieces]
     assert torch.equal(model.get_input_embeddings().weight[untouched], before_in[untouched])
@@ -198,8 +217,9 @@ def test_max_target_length_is_honoured_and_cuts_are_reported(sample, caplog):
     long = [ex for ex in sample["train"][:40] if len(tok(ex.summary, add_special_tokens=False)["input_ids"]) >= 8]
     with caplog.at_level("WARNING", logger="dialsum"):
         feats = causal_lm.build_features(cfg, tok, long, with_labels=True)
-    assert all(sum(x != -100 for x in f["labels"]) == 8 and f["labels"][-1] == causal_lm.stop_ids(cfg, tok)[0]
-               for f in feats)
+    assert all(
+        sum(x != -100 for x in f["labels"]) == 8 and f["labels"][-1] == causal_lm.stop_ids(cfg, tok)[0] for f in feats
+    )
     assert f"{len(long)} of {len(long)} summaries exceed max_target_length=8" in caplog.text
 
 
@@ -232,24 +252,33 @@ def test_label_only_loss_equals_full_logits_loss(sample):
     plain_cfg, plain, plain_tok = _load("tiny-llama", sample)
     qcfg, qlora, qtok = _adapted("tiny-llama-qlora", sample)
     assert {n for n, p in qlora.named_parameters() if p.requires_grad and "lora_" not in n} == {
-        "base_model.model.model.embed_tokens.delta"}  # one small delta, tied to the output layer
+        "base_model.model.model.embed_tokens.delta"
+    }  # one small delta, tied to the output layer
     for cfg, model, tok, tol in ((plain_cfg, plain, plain_tok, 1e-5), (qcfg, qlora, qtok, 2e-3)):
         model.eval()  # no LoRA dropout: both computations must see the same function
         rows = [Example(e.fname, e.dialogue + " " + NEW[0], e.summary + " " + NEW[1]) for e in sample["train"][:6]]
         batch = causal_lm.collate(tok, causal_lm.build_features(cfg, tok, rows, with_labels=True))
         grads = []
-        for compute in (lambda: causal_lm.loss(model, batch),
-                        lambda: token_loss_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1],
-                                               batch["labels"][:, 1:])):
+        for compute in (
+            lambda: causal_lm.loss(model, batch),  # noqa: B023
+            lambda: token_loss_sum(
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1],  # noqa: B023
+                batch["labels"][:, 1:],  # noqa: B023
+            ),
+        ):
             model.zero_grad(set_to_none=True)
             value = compute()
             value.backward()
-            grads.append((value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+            grads.append(
+                (value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            )
         (ours, g_ours), (full, g_full) = grads
         torch.testing.assert_close(ours, full, rtol=tol, atol=tol)
         assert g_ours.keys() == g_full.keys() and g_ours
         for n in g_full:
-            torch.testing.assert_close(g_ours[n], g_full[n], rtol=20 * tol, atol=20 * tol * float(g_full[n].abs().max()), msg=n)
+            torch.testing.assert_close(
+                g_ours[n], g_full[n], rtol=20 * tol, atol=20 * tol * float(g_full[n].abs().max()), msg=n
+            )
 
 
 @pytest.mark.parametrize("quantized", [True, False])
@@ -282,8 +311,13 @@ def test_generating_leaves_4bit_weights_in_their_canonical_layout(sample):
     copy (PEFT's dequantization) and training after an evaluation must still read the canonical layout."""
     import bitsandbytes as bnb
 
-    cfg, model, tok = _adapted("tiny-llama-qlora", sample, quantization={"compute_dtype": "float32"},
-                               training={"precision": "fp32"}, generation={"max_new_tokens": 4, "batch_size": 4})
+    cfg, model, tok = _adapted(
+        "tiny-llama-qlora",
+        sample,
+        quantization={"compute_dtype": "float32"},
+        training={"precision": "fp32"},
+        generation={"max_new_tokens": 4, "batch_size": 4},
+    )
     before = {n: w.detach().clone() for n, w in causal_lm.inference_model(cfg, model).state_dict().items()}
     rows = [Example(e.fname, e.dialogue) for e in sample["dev"][:4]]
     causal_lm.generate(cfg, model, tok, causal_lm.build_features(cfg, tok, rows, with_labels=False))

@@ -15,8 +15,15 @@ from dialsum.models import chat_api, families
 from dialsum.models.chat_api.prompt import ShotSelector, clean
 from dialsum.models.protocols import Summarizer, Trainable
 
-FAST = ["few_shot.method=first", "few_shot.k=1", "limits.backoff_seconds=0.01", "limits.max_backoff_seconds=0.5",
-        "limits.timeout_seconds=1", "limits.max_retries=3", "limits.requests_per_minute=null"]
+FAST = [
+    "few_shot.method=first",
+    "few_shot.k=1",
+    "limits.backoff_seconds=0.01",
+    "limits.max_backoff_seconds=0.5",
+    "limits.timeout_seconds=1",
+    "limits.max_retries=3",
+    "limits.requests_per_minute=null",
+]
 
 
 @pytest.fixture
@@ -99,8 +106,13 @@ def test_cache_answers_a_rerun_and_the_prompt_version_is_part_of_the_key(server,
 
 
 def test_budget_stops_before_it_is_passed(server, dev, train, tmp_path):
-    cfg = profile(server, "price.input_per_million=1000", "price.output_per_million=1000", "max_cost_usd=2",
-                  "limits.concurrency=1")
+    cfg = profile(
+        server,
+        "price.input_per_million=1000",
+        "price.output_per_million=1000",
+        "max_cost_usd=2",
+        "limits.concurrency=1",
+    )
     session = chat_api.open_session(cfg, train, tmp_path / "c.jsonl")
     texts = chat_api.summarize(cfg, session, dev)
     assert session.budget_reached and session.stats.cost_usd <= 2
@@ -109,9 +121,11 @@ def test_budget_stops_before_it_is_passed(server, dev, train, tmp_path):
 
 
 def test_similar_examples_are_chosen_on_morphemes():
-    train = [Example("t0", "#Person1#: 비행기 표를 예약하고 싶어요.\n#Person2#: 어느 공항에서 출발하시나요?", "예약"),
-             Example("t1", "#Person1#: 감기에 걸려서 병원에 왔어요.\n#Person2#: 열이 있나요?", "병원"),
-             Example("t2", "#Person1#: 이 셔츠 얼마예요?\n#Person2#: 만 원입니다.", "쇼핑")]
+    train = [
+        Example("t0", "#Person1#: 비행기 표를 예약하고 싶어요.\n#Person2#: 어느 공항에서 출발하시나요?", "예약"),
+        Example("t1", "#Person1#: 감기에 걸려서 병원에 왔어요.\n#Person2#: 열이 있나요?", "병원"),
+        Example("t2", "#Person1#: 이 셔츠 얼마예요?\n#Person2#: 만 원입니다.", "쇼핑"),
+    ]
     query = Example("d0", "#Person1#: 병원 예약을 하려고요. 감기 증상이 있어요.\n#Person2#: 열은 없나요?")
     chosen = ShotSelector(train, 2, "similar", 1500).choose([query])[0]
     assert [ex.fname for ex in chosen] == ["t1", "t0"]

@@ -31,10 +31,20 @@ def served(tmp_path_factory):
     """`transformers serve` on the fixed-summary model; its base URL."""
     folder = build(tmp_path_factory.mktemp("fixed-summary"), checkpoint_source(load_model_config("tiny-qwen3")))
     port = free_port()
-    serve = [str(Path(sys.executable).parent / "transformers"), "serve", str(folder), "--host", "127.0.0.1",
-             "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    serve = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -53,13 +63,25 @@ def served(tmp_path_factory):
 @pytest.mark.slow
 def test_faults_in_front_of_transformers_serve_all_recover(served, tmp_path: Path) -> None:
     url, model = served
-    proxy = ChatServer(upstream=url, retry_after="0.2",
-                       faults={1: "429", 2: "500", 3: "drop", 4: "malformed", 6: "500"}).start()
+    proxy = ChatServer(
+        upstream=url, retry_after="0.2", faults={1: "429", 2: "500", 3: "drop", 4: "malformed", 6: "500"}
+    ).start()
     try:
-        cfg = load_model_config("openai-compatible", [
-            f"base_url={proxy.url}", f"model={model}", "few_shot.method=first", "few_shot.k=1",
-            "generation.num_candidates=2", "generation.max_tokens=32", "limits.concurrency=2",
-            "limits.backoff_seconds=0.05", "limits.timeout_seconds=60", "limits.requests_per_minute=null"])
+        cfg = load_model_config(
+            "openai-compatible",
+            [
+                f"base_url={proxy.url}",
+                f"model={model}",
+                "few_shot.method=first",
+                "few_shot.k=1",
+                "generation.num_candidates=2",
+                "generation.max_tokens=32",
+                "limits.concurrency=2",
+                "limits.backoff_seconds=0.05",
+                "limits.timeout_seconds=60",
+                "limits.requests_per_minute=null",
+            ],
+        )
         splits = load_splits(None)
         session = chat_api.open_session(cfg, splits["train"][:10], tmp_path / "responses.jsonl")
         texts, candidates = chat_api.summarize_candidates(cfg, session, splits["dev"][:4])

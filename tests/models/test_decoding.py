@@ -107,15 +107,20 @@ def _tiny(name: str, **generation):
 
 
 def test_beam_candidates_carry_the_beams_log_probabilities_and_the_best_is_the_prediction():
-    cfg, fam, model, tok, feats = _tiny("tiny-bart", num_beams=4, num_candidates=4, candidate_method="beam",
-                                        max_new_tokens=10)
+    cfg, fam, model, tok, feats = _tiny(
+        "tiny-bart", num_beams=4, num_candidates=4, candidate_method="beam", max_new_tokens=10
+    )
     preds, candidates = fam.generate_candidates(cfg, model, tok, feats)
     assert preds == fam.generate(cfg, model, tok, feats)
     assert all(len(c) == 4 and c[0]["text"] == p for c, p in zip(candidates, preds))
     batch = fam.collate(tok, feats)
     scorer = decoding.SequenceLogprobs(fam.stop_ids(cfg, tok, model), beams=4)
-    out = model.generate(**batch, generation_config=fam.candidate_generation_config(cfg, model, tok),
-                         logits_processor=[scorer], output_scores=True)
+    out = model.generate(
+        **batch,
+        generation_config=fam.candidate_generation_config(cfg, model, tok),
+        logits_processor=[scorer],
+        output_scores=True,
+    )
     ours = scorer.totals(out.sequences, out.beam_indices)
     stock = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices).sum(-1)
     assert [lp for lp, _ in ours] == pytest.approx(stock.tolist(), abs=1e-4)
@@ -123,8 +128,9 @@ def test_beam_candidates_carry_the_beams_log_probabilities_and_the_best_is_the_p
 
 
 def test_sampled_candidates_are_seeded_and_scored_under_the_model_before_sampling_warpers():
-    cfg, fam, model, tok, feats = _tiny("tiny-llama", num_candidates=3, candidate_method="temperature",
-                                        candidate_temperature=1.5, max_new_tokens=8)
+    cfg, fam, model, tok, feats = _tiny(
+        "tiny-llama", num_candidates=3, candidate_method="temperature", candidate_temperature=1.5, max_new_tokens=8
+    )
     preds, candidates = fam.generate_candidates(cfg, model, tok, feats)
     assert preds == fam.generate(cfg, model, tok, feats)  # the prediction stays greedy
     assert fam.generate_candidates(cfg, model, tok, feats) == (preds, candidates)  # seeded by training.seed
@@ -136,10 +142,15 @@ def test_sampled_candidates_are_seeded_and_scored_under_the_model_before_samplin
     gen = fam.candidate_generation_config(cfg, model, tok)
     scorer = decoding.SequenceLogprobs(fam.stop_ids(cfg, tok, model))
     with decoding.seeded(0):
-        out = model.generate(**batch, generation_config=gen, logits_processor=[scorer], output_logits=True,
-                             suppress_tokens=list(range(len(tok), rows)))
+        out = model.generate(
+            **batch,
+            generation_config=gen,
+            logits_processor=[scorer],
+            output_logits=True,
+            suppress_tokens=list(range(len(tok), rows)),
+        )
     logits = torch.stack(out.logits, 1).float()  # raw logits, before suppression and temperature
-    logits[..., len(tok):] = -float("inf")
+    logits[..., len(tok) :] = -float("inf")
     expected = torch.log_softmax(logits, -1).gather(2, out.sequences[:, width:, None]).squeeze(2)
     stops = torch.tensor(fam.stop_ids(cfg, tok, model))
     ended = torch.isin(out.sequences[:, width:], stops).long().cumsum(1)
@@ -154,8 +165,7 @@ def test_sampled_candidates_count_in_the_token_budget():
 
     feats = [{"input_ids": [0] * n} for n in (10, 20, 30, 40)]
     seen = []
-    batched_generate(feats, 8, lambda b: seen.append(len(b)) or [""] * len(b), max_tokens=200, new_tokens=10,
-                     copies=4)
+    batched_generate(feats, 8, lambda b: seen.append(len(b)) or [""] * len(b), max_tokens=200, new_tokens=10, copies=4)
     assert seen == [1, 1, 1, 1]  # (40 + 10) x 4 copies fills the budget alone
     seen.clear()
     batched_generate(feats, 8, lambda b: seen.append(len(b)) or [""] * len(b), max_tokens=200, new_tokens=10)

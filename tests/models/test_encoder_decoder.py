@@ -25,8 +25,17 @@ def test_kobart_settings_are_explicit_not_inherited(shared_data):
     assert json.loads((ref / "generation_config.json").read_text())["forced_eos_token_id"] == 2
     cfg = load_model_config("kobart").model_copy(update={"tokenizer": str(ref)})
     config = AutoConfig.from_pretrained(ref)
-    config.update(dict(d_model=8, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=8, decoder_ffn_dim=8,
-                       encoder_attention_heads=1, decoder_attention_heads=1))
+    config.update(
+        dict(
+            d_model=8,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_ffn_dim=8,
+            decoder_ffn_dim=8,
+            encoder_attention_heads=1,
+            decoder_attention_heads=1,
+        )
+    )
     model = BartForConditionalGeneration(config)
     model.generation_config = GenerationConfig.from_pretrained(ref)
     tok, _ = encoder_decoder.load_tokenizer(cfg, cfg.model, [])
@@ -57,8 +66,9 @@ def test_long_dialogues_are_cut_and_reported(tiny, caplog):
 
 def test_generation_uses_the_exempt_rule(tiny):
     cfg, model, tok, splits = tiny
-    cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"no_repeat_ngram_size": 1,
-                                                                                 "max_new_tokens": 12})})
+    cfg = cfg.model_copy(
+        update={"generation": cfg.generation.model_copy(update={"no_repeat_ngram_size": 1, "max_new_tokens": 12})}
+    )
     feats = encoder_decoder.build_features(cfg, tok, splits["dev"][:4], with_labels=False)
     torch.manual_seed(0)
     outs = encoder_decoder.generate(cfg, model, tok, feats)

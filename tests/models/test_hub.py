@@ -1,5 +1,6 @@
-"""Pinned bases, offline (a LoRA profile on a hub-layout cache): a run records the hub commit its base resolved to, a retry keeps it, and `predict --run`
-and the champion load that commit even after the hub's `main` moved to other weights."""
+"""Pinned bases, offline (a LoRA profile on a hub-layout cache): a run records the hub commit its base resolved
+to, a retry keeps it, and `predict --run` and the champion load that commit even after the hub's `main` moved to
+other weights."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ COMMITS = ("a" * 40, "b" * 40)  # what main points at when the run trains, and a
 
 
 def _hub_cache(root: Path) -> Path:
-    """A hub-layout cache of REPO: snapshots of two commits (the same tokenizer, different weights), main at the first."""
+    """A hub-layout cache of REPO: snapshots of two commits (the same tokenizer, different weights), main at the
+    first."""
     base = checkpoint_source(load_model_config("tiny-llama"))
     repo = root / f"models--{REPO.replace('/', '--')}"
     for i, commit in enumerate(COMMITS):
@@ -33,8 +35,11 @@ def _hub_cache(root: Path) -> Path:
         shutil.copytree(base, snapshot)
         weights = load_file(snapshot / "model.safetensors")
         generator = torch.Generator().manual_seed(i)
-        save_file({k: torch.randn(v.shape, generator=generator) * 0.05 if v.ndim == 2 else v for k, v in weights.items()},
-                  snapshot / "model.safetensors", metadata={"format": "pt"})
+        save_file(
+            {k: torch.randn(v.shape, generator=generator) * 0.05 if v.ndim == 2 else v for k, v in weights.items()},
+            snapshot / "model.safetensors",
+            metadata={"format": "pt"},
+        )
     _move_main(root, COMMITS[0])
     return root
 
@@ -73,11 +78,13 @@ def test_a_hub_revision_resolves_to_its_snapshot_commit_offline(hub_cache):
 @pytest.mark.slow
 def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_cache, tmp_path, monkeypatch):
     profile = tmp_path / "pinned.yaml"
-    profile.write_text(f"type: causal_lm\nmodel: {REPO}\nrevision: main\nstop_tokens: ['<|eot_id|>']\n"
-                       "max_prompt_length: 320\nquantization: null\ntraining: {epochs: 1, batch_size: 8, learning_rate: 5.0e-3, "
-                       "precision: fp32, gradient_checkpointing: false, eval_score_rows: 2}\n"
-                       "generation: {batch_size: 8, max_new_tokens: 16}\n",
-                       encoding="utf-8")
+    profile.write_text(
+        f"type: causal_lm\nmodel: {REPO}\nrevision: main\nstop_tokens: ['<|eot_id|>']\n"
+        "max_prompt_length: 320\nquantization: null\ntraining: {epochs: 1, batch_size: 8, learning_rate: 5.0e-3, "
+        "precision: fp32, gradient_checkpointing: false, eval_score_rows: 2}\n"
+        "generation: {batch_size: 8, max_new_tokens: 16}\n",
+        encoding="utf-8",
+    )
     data, store = _small_data(tmp_path), tmp_path / "store"
     real_predict = phases.predict
 
@@ -92,7 +99,10 @@ def test_a_run_predicts_on_the_base_commit_it_trained_on_after_main_moved(hub_ca
     result = pipeline.run_model(str(profile), run_id="pinned", data_dir=data, storage_url=str(store), force=True)
 
     assert result.metrics["base"] == {"model": REPO, "revision": "main", "commit": COMMITS[0]}  # the retry kept it
-    assert storage.read_manifest("pinned", "pinned", storage.open_storage(str(store)))["extra"]["base_commit"] == COMMITS[0]
+    assert (
+        storage.read_manifest("pinned", "pinned", storage.open_storage(str(store)))["extra"]["base_commit"]
+        == COMMITS[0]
+    )
     trained = {s: (result.run_dir / "predictions" / f"{s}.csv").read_bytes() for s in ("dev", "test")}
 
     pipeline.predict_run(result.run_dir, data_dir=data, out_dir=tmp_path / "later")

@@ -20,8 +20,9 @@ _CACHE = {}
 
 def _report(shared, name):
     if name not in _CACHE:
-        reports, problems = run([name], data_dir=shared / "competition",
-                                tokenizers=[str(shared / "reference" / REAL[name])])
+        reports, problems = run(
+            [name], data_dir=shared / "competition", tokenizers=[str(shared / "reference" / REAL[name])]
+        )
         _CACHE[name] = reports[0], problems
     return _CACHE[name]
 
@@ -48,10 +49,19 @@ def test_no_dev_or_test_dialogue_is_cut_for_kobart(shared_data):
 
 def test_blocking_setting_fails_with_one_line_and_force_goes_on(shared_data, tmp_path, capsys):
     bad = tmp_path / "kobart-nr2.yaml"
-    bad.write_text("type: encoder_decoder\nmodel: digit82/kobart-summarization\n"
-                   "generation: {no_repeat_ngram_size: 2, max_new_tokens: 40}\n")
-    args = ["preflight", "--models", str(bad), "--data", str(shared_data / "competition"),
-            "--tokenizer", str(shared_data / "reference" / "kobart-tokenizer")]
+    bad.write_text(
+        "type: encoder_decoder\nmodel: digit82/kobart-summarization\n"
+        "generation: {no_repeat_ngram_size: 2, max_new_tokens: 40}\n"
+    )
+    args = [
+        "preflight",
+        "--models",
+        str(bad),
+        "--data",
+        str(shared_data / "competition"),
+        "--tokenizer",
+        str(shared_data / "reference" / "kobart-tokenizer"),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -90,9 +100,13 @@ def test_preflight_reports_the_other_models_when_a_tokenizer_cannot_load():
 
 
 def test_percentiles_and_cuts_are_counted(shared_data):
-    cfg = load_model_config("qwen3-4b").model_copy(update={
-        "tokenizer": str(shared_data / "reference" / "qwen3-4b-instruct-2507"), "max_prompt_length": 300,
-        "max_target_length": 40})
+    cfg = load_model_config("qwen3-4b").model_copy(
+        update={
+            "tokenizer": str(shared_data / "reference" / "qwen3-4b-instruct-2507"),
+            "max_prompt_length": 300,
+            "max_target_length": 40,
+        }
+    )
     dev = read_split(shared_data / "competition" / "dev.csv", "dev")
     tok = load_checked_tokenizer(cfg, cfg.model, placeholders_in(dev))
     report = check(cfg, tok, {"dev": dev}, "qwen3")

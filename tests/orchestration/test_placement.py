@@ -22,7 +22,12 @@ def test_assign_round_robins_over_gpu_queues() -> None:
 
 def test_assign_reads_gpu_count_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(placement.NUM_GPUS_ENV, "3")
-    assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == ["gpu-0", "gpu-1", "gpu-2", "gpu-0"]
+    assert [p.work_queue_name for p in assign(["a", "b", "c", "d"], "docker-gpu")] == [
+        "gpu-0",
+        "gpu-1",
+        "gpu-2",
+        "gpu-0",
+    ]
 
 
 @pytest.mark.parametrize("env_value", [None, "", "0", "two"])
@@ -58,10 +63,14 @@ def test_sweep_slots_are_one_gpu_queue_each_or_interchangeable() -> None:
 
     gpu = slots("m", "docker-gpu", parallel=4, num_gpus=2)
     assert {name: (p.work_queue_name, p.job_variables) for name, p in gpu.items()} == {
-        "gpu-0": ("gpu-0", {"gpu_ids": ["0"]}), "gpu-1": ("gpu-1", {"gpu_ids": ["1"]})}
+        "gpu-0": ("gpu-0", {"gpu_ids": ["0"]}),
+        "gpu-1": ("gpu-1", {"gpu_ids": ["1"]}),
+    }
     process = slots("m", "process-gpu", parallel=2, num_gpus=4)
-    assert [p.job_variables for p in process.values()] == [{"env": {"CUDA_VISIBLE_DEVICES": "0"}},
-                                                           {"env": {"CUDA_VISIBLE_DEVICES": "1"}}]
+    assert [p.job_variables for p in process.values()] == [
+        {"env": {"CUDA_VISIBLE_DEVICES": "0"}},
+        {"env": {"CUDA_VISIBLE_DEVICES": "1"}},
+    ]
     assert process["gpu-1"].deployment == "train-model/process-gpu"
     plain = slots("m", "process", parallel=3)
     assert list(plain) == ["slot-0", "slot-1", "slot-2"] and all(p.work_queue_name is None for p in plain.values())

@@ -38,8 +38,18 @@ def upload_data(client, bucket: str, folder: Path) -> None:
 
 def night(env: dict[str, str], run_id: str, params: dict, worker_log: Path) -> None:
     try:
-        prefect("deployment", "run", "train-all/local", "--params", json.dumps({**params, "run_id": run_id}),
-                "--watch", "--watch-timeout", "420", env=env, timeout=480)
+        prefect(
+            "deployment",
+            "run",
+            "train-all/local",
+            "--params",
+            json.dumps({**params, "run_id": run_id}),
+            "--watch",
+            "--watch-timeout",
+            "420",
+            env=env,
+            timeout=480,
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nworker log:\n{worker_log.read_text()[-6000:]}") from None
 
@@ -68,17 +78,33 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
     create_pools(api_url)
     prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml", env=env, timeout=180)
     storage_url = f"s3://{bucket}/dialsum"
-    runner_env = env | CREDENTIALS | {
-        "DIALSUM_S3_ENDPOINT_URL": moto_endpoint, "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
-        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "DIALSUM_CACHE_DIR": str(tmp_path / "cache"),
-        "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }
+    runner_env = (
+        env
+        | CREDENTIALS
+        | {
+            "DIALSUM_S3_ENDPOINT_URL": moto_endpoint,
+            "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
+            "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+            "DIALSUM_CACHE_DIR": str(tmp_path / "cache"),
+            "WANDB_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+    )
     worker_log = tmp_path / "worker.log"
-    worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process",
-                          "--type", "process"], runner_env, worker_log)
-    params = {"models": ["tiny-bart"], "debug": True, "storage_url": storage_url,
-              "data_dir": f"s3://{bucket}/data", "promote": "if-better"}
+    worker = start_group(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process", "--type", "process"],
+        runner_env,
+        worker_log,
+    )
+    params = {
+        "models": ["tiny-bart"],
+        "debug": True,
+        "storage_url": storage_url,
+        "data_dir": f"s3://{bucket}/data",
+        "promote": "if-better",
+    }
     try:
         night(env, "night-1", params, worker_log)
         night(env, "night-2", params, worker_log)
@@ -116,7 +142,9 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
     champion = registry.current(store).champion["run_id"]
     third = found[slug("report-night-3")].data
     # nightly decisions use the 99% interval (`registry.NIGHTLY_CONFIDENCE`)
-    low = float(re.search(r"Challenger - champion: [+-][0-9.]+ \(99% CI ([+-][0-9.]+) to [+-][0-9.]+\)", third).group(1))
+    low = float(
+        re.search(r"Challenger - champion: [+-][0-9.]+ \(99% CI ([+-][0-9.]+) to [+-][0-9.]+\)", third).group(1)
+    )
     if low > 0:
         assert champion == "night-3" and "**Decision: promoted.**" in third
     else:
@@ -124,9 +152,27 @@ def test_nightly_runs_skip_unchanged_data_promote_and_serve_the_champion(
 
     # Serving: predict with the champion, fetched from storage.
     out = tmp_path / "served"
-    proc = subprocess.run([sys.executable, "-m", "dialsum.cli", "predict", "--run", "champion", "--data", str(data),
-                           "--out", str(out), "--storage", storage_url], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=runner_env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dialsum.cli",
+            "predict",
+            "--run",
+            "champion",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--storage",
+            storage_url,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=runner_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     submission = rows(out / "predictions" / "test.csv")
     test_rows = rows(data / "test.csv")

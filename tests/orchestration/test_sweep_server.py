@@ -39,10 +39,14 @@ from dialsum.tuning.study import StudyJournal
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = POOLS["dialsum-process-gpu"]
-SPACE = {"objective": "dev_score",
-         "params": {"training.learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
-                    "training.warmup_steps": {"low": 0.0, "high": 0.2}},
-         "pruner": {"type": "none"}}
+SPACE = {
+    "objective": "dev_score",
+    "params": {
+        "training.learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "training.warmup_steps": {"low": 0.0, "high": 0.2},
+    },
+    "pruner": {"type": "none"},
+}
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +55,12 @@ def trial_profile(folder: Path) -> Path:
     """tiny-bart cut to two optimizer steps on eight rows, a dev loss at each step and a short greedy decode."""
     base = (REPO / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
     path = folder / "sweep-bart.yaml"
-    path.write_text(base + "\ntraining: {epochs: 1, batch_size: 4, length_group_batches: 2, debug_rows: 8, "
-                    "debug_steps: 2, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
-                    "generation: {batch_size: 8, max_new_tokens: 24, num_beams: 1}\n", encoding="utf-8")
+    path.write_text(
+        base + "\ntraining: {epochs: 1, batch_size: 4, length_group_batches: 2, debug_rows: 8, "
+        "debug_steps: 2, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
+        "generation: {batch_size: 8, max_new_tokens: 24, num_beams: 1}\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -65,16 +72,23 @@ def deploy_train_model(api_url: str, name: str) -> None:
     from dialsum.orchestration.train_model import train_model
 
     spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text(encoding="utf-8"))
-    (deployment,) = [d for d in spec["deployments"]
-                     if d["name"] == name and d["entrypoint"] == "flows/train_model.py:train_model"]
+    (deployment,) = [
+        d for d in spec["deployments"] if d["name"] == name and d["entrypoint"] == "flows/train_model.py:train_model"
+    ]
     pool = deployment["work_pool"]
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         client.create_deployment(
-            flow_id=client.create_flow_from_name("train-model"), name=name, entrypoint=deployment["entrypoint"],
-            work_pool_name=pool["name"], work_queue_name=pool.get("work_queue_name"),
-            job_variables=pool.get("job_variables"), tags=deployment.get("tags"), path=str(REPO),
+            flow_id=client.create_flow_from_name("train-model"),
+            name=name,
+            entrypoint=deployment["entrypoint"],
+            work_pool_name=pool["name"],
+            work_queue_name=pool.get("work_queue_name"),
+            job_variables=pool.get("job_variables"),
+            tags=deployment.get("tags"),
+            path=str(REPO),
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
-            parameter_openapi_schema=parameter_schema(train_model).model_dump_for_openapi())
+            parameter_openapi_schema=parameter_schema(train_model).model_dump_for_openapi(),
+        )
 
 
 @dataclass
@@ -88,9 +102,29 @@ class Setup:
 
     def sweep(self, study: str, trials: int, parent: str, space: bool = True) -> subprocess.Popen:
         """`dialsum sweep` as its own process (its own output folder: a parent on another machine)."""
-        command = [sys.executable, "-m", "dialsum.cli", "sweep", "--models", str(self.profile), "--trials", str(trials),
-                   "--parallel", "2", "--gpus", "2", "--target", "process-gpu", "--study", study, "--debug",
-                   "--storage", str(self.store), "--poll-seconds", "1"]
+        command = [
+            sys.executable,
+            "-m",
+            "dialsum.cli",
+            "sweep",
+            "--models",
+            str(self.profile),
+            "--trials",
+            str(trials),
+            "--parallel",
+            "2",
+            "--gpus",
+            "2",
+            "--target",
+            "process-gpu",
+            "--study",
+            study,
+            "--debug",
+            "--storage",
+            str(self.store),
+            "--poll-seconds",
+            "1",
+        ]
         command += ["--space", str(self.space)] if space else []
         env = self.env | {"DIALSUM_OUTPUT_DIR": str(self.folder / parent)}
         log = open(self.folder / f"{study}-{parent}.log", "ab")
@@ -124,13 +158,33 @@ def setup(prefect_session_server: PrefectServer, tmp_path_factory: pytest.TempPa
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         asyncio.run(setup_pool(POOL, 2, REPO / "infra"))
     deploy_train_model(api_url, "process-gpu")
-    run_env = env | {"DIALSUM_CONFIG_DIR": str(REPO / "configs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                     "TOKENIZERS_PARALLELISM": "false", "DIALSUM_CACHE_DIR": str(folder / "cache"),
-                     "OMP_NUM_THREADS": "1"}  # two children share the two cores
-    worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL.name, "--type", "process",
-                          "--work-queue", "gpu-0", "--work-queue", "gpu-1"],
-                         run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
-                         folder / "worker.log")
+    run_env = env | {
+        "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DIALSUM_CACHE_DIR": str(folder / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }  # two children share the two cores
+    worker = start_group(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            POOL.name,
+            "--type",
+            "process",
+            "--work-queue",
+            "gpu-0",
+            "--work-queue",
+            "gpu-1",
+        ],
+        run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "DIALSUM_OUTPUT_DIR": str(folder / "worker")},
+        folder / "worker.log",
+    )
     try:
         space = folder / "space.yaml"
         space.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
@@ -143,7 +197,7 @@ def setup(prefect_session_server: PrefectServer, tmp_path_factory: pytest.TempPa
 def wait_for(predicate, timeout: float, what: str, parent: subprocess.Popen | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (value := predicate()):
+        if value := predicate():
             return value
         if parent is not None and parent.poll() is not None:
             raise AssertionError(f"the parent exited ({parent.returncode}) before {what}")
@@ -239,7 +293,8 @@ def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> N
 
     folder = setup.store / "sweeps" / "s8"
     assert {"journal.log", "space.yaml", "trials.csv", "best.yaml", "history.png", "importance.png"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     table = (folder / "trials.csv").read_text()
     assert len(table.strip().splitlines()) == 1 + 8 and "Crashed" in table
     overlay = overlay_overrides(folder / "best.yaml")
@@ -274,12 +329,39 @@ def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: S
 
     data = small_data(setup.folder / "kfold-data")
     profile = setup.folder / "kfold-bart.yaml"  # not a debug run: every held-out row is predicted
-    profile.write_text(setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1", "eval_every: null"))
-    command = [sys.executable, "-m", "dialsum.cli", "kfold", "--models", str(profile), "--k", "2", "--gpus", "2",
-               "--target", "process-gpu", "--data", str(data), "--storage", str(setup.store), "--run-id", "kf2",
-               "--poll-seconds", "1"]
-    done = subprocess.run(command, cwd=REPO, env=setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / "kfold")},
-                          capture_output=True, text=True, timeout=400)
+    profile.write_text(
+        setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1", "eval_every: null")
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "dialsum.cli",
+        "kfold",
+        "--models",
+        str(profile),
+        "--k",
+        "2",
+        "--gpus",
+        "2",
+        "--target",
+        "process-gpu",
+        "--data",
+        str(data),
+        "--storage",
+        str(setup.store),
+        "--run-id",
+        "kf2",
+        "--poll-seconds",
+        "1",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env=setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / "kfold")},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     folder = setup.store / "kfold" / "kf2"
@@ -290,7 +372,9 @@ def test_kfold_over_two_gpu_queues_predicts_every_train_row_out_of_fold(setup: S
     assert [r["fname"] for r in oof] == train and all(int(r["fold"]) == folds[r["fname"]] for r in oof)
     summary = json.loads((folder / "kfold.json").read_text())
     assert summary["oof_rows"] == summary["train_rows"] == 12 and summary["oof_interval"] is not None
-    assert [f["oof_rows"] for f in summary["folds"]] == [6, 6] and all(f["dev_score"] is not None for f in summary["folds"])
+    assert [f["oof_rows"] for f in summary["folds"]] == [6, 6] and all(
+        f["dev_score"] is not None for f in summary["folds"]
+    )
     assert summary["ensemble"]["test_rows"] == 4 and summary["ensemble"]["full_dev_score"] is not None
     assert summary["ensemble"]["held_out_score"] is not None and summary["ensemble"]["split"]["held_out_rows"]
     test = list(csv.DictReader(open(folder / "predictions" / "test.csv", encoding="utf-8")))
@@ -306,34 +390,66 @@ def test_a_study_name_or_kfold_run_id_reused_in_another_storage_is_another_run(s
     its own results, and A's runs and files are left as they were."""
     data = small_data(setup.folder / "scoped-data")
     profile = setup.folder / "kfold-bart.yaml"
-    profile.write_text(setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1",
-                                                         "eval_every: null"))
+    profile.write_text(
+        setup.profile.read_text().replace("debug_rows: 8, debug_steps: 2, eval_every: 1", "eval_every: null")
+    )
     stores = {name: setup.folder / f"scoped-{name}" for name in "abc"}
 
     def start(name: str, what: str, parent: str = "scoped-parent") -> subprocess.Popen:
         store = ["--storage", str(stores[name]), "--poll-seconds", "1"]
-        command = {"sweep": ["sweep", "--models", str(setup.profile), "--space", str(setup.space), "--trials", "1",
-                             "--study", "same", "--debug", *store],
-                   "kfold": ["kfold", "--models", str(profile), "--k", "2", "--gpus", "2", "--target", "process-gpu",
-                             "--data", str(data), "--run-id", "kfsame", *store]}[what]
+        command = {
+            "sweep": [
+                "sweep",
+                "--models",
+                str(setup.profile),
+                "--space",
+                str(setup.space),
+                "--trials",
+                "1",
+                "--study",
+                "same",
+                "--debug",
+                *store,
+            ],
+            "kfold": [
+                "kfold",
+                "--models",
+                str(profile),
+                "--k",
+                "2",
+                "--gpus",
+                "2",
+                "--target",
+                "process-gpu",
+                "--data",
+                str(data),
+                "--run-id",
+                "kfsame",
+                *store,
+            ],
+        }[what]
         log = open(setup.folder / f"scoped-{name}-{what}.log", "ab")
         env = setup.env | {"DIALSUM_OUTPUT_DIR": str(setup.folder / parent)}
-        return subprocess.Popen([sys.executable, "-m", "dialsum.cli", *command], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dialsum.cli", *command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
 
     def children(name: str) -> list[Any]:
         with temporary_settings(updates={PREFECT_API_URL: setup.api_url}), get_client(sync_client=True) as client:
             tags = FlowRunFilterTags(any_=["sweep:same", "kfold:kfsame"])
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=tags))
-        return sorted((r.name, r.state.type.value) for r in runs
-                      if r.parameters.get("storage_url") == str(stores[name]))
+        return sorted(
+            (r.name, r.state.type.value) for r in runs if r.parameters.get("storage_url") == str(stores[name])
+        )
 
     def files(store: Path) -> dict[str, int]:
         return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
 
     for parents in ([("a", "sweep"), ("a", "kfold")], [("b", "sweep"), ("b", "kfold"), ("c", "sweep")]):
-        started = {(name, what): start(name, what, "scoped-parent-c" if name == "c" else "scoped-parent")
-                   for name, what in parents}
+        started = {
+            (name, what): start(name, what, "scoped-parent-c" if name == "c" else "scoped-parent")
+            for name, what in parents
+        }
         try:
             for (name, what), parent in started.items():
                 finish(setup, parent, f"scoped-{name}-{what}.log", timeout=500)

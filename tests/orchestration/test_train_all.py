@@ -1,4 +1,5 @@
-"""The train-all and train-model flows: the train-all logic with stand-in children, embedded runs, and a real server with a process worker."""
+"""The train-all and train-model flows: the train-all logic with stand-in children, embedded runs, and a real
+server with a process worker."""
 
 from __future__ import annotations
 
@@ -71,9 +72,13 @@ def local_prefect(prefect_api: str) -> Iterator[None]:
 @pytest.fixture
 def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Offline, untracked training with outputs in a temp folder; returns the folder."""
-    for name, value in {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
-                        "DIALSUM_CONFIG_DIR": str(REPO / "configs")}.items():
+    for name, value in {
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+        "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
+    }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     yield tmp_path
@@ -83,12 +88,15 @@ def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 # ---------------------------------------------------------------- helpers and train-all logic
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("train-all-20250101-120000-ab12cd", "train-all-20250101-120000-ab12cd"),
-    ("Train_All 2025.01.01/Run#1", "train-all-2025-01-01-run-1"),
-    ("--ensemble--", "ensemble"),
-    ("한국어", "run"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train-all-20250101-120000-ab12cd", "train-all-20250101-120000-ab12cd"),
+        ("Train_All 2025.01.01/Run#1", "train-all-2025-01-01-run-1"),
+        ("--ensemble--", "ensemble"),
+        ("한국어", "run"),
+    ],
+)
 def test_slug(text: str, expected: str) -> None:
     assert slug(text) == expected
 
@@ -119,13 +127,32 @@ def test_a_completed_run_read_back_from_storage_reports_its_held_out_score(tmp_p
     from dialsum.orchestration.train_all import published_ensemble
     from dialsum.storage import publish
 
-    strategies = {BEST_SINGLE: {"selection": 40.0, "held_out": 41.0, "held_out_low": 38.0, "held_out_high": 44.0,
-                                "full": 40.5},
-                  "consensus": {"selection": 42.0, "held_out": 43.25, "held_out_low": 40.0, "held_out_high": 46.5,
-                                "vs_best_single": 2.25, "vs_best_single_low": 0.5, "vs_best_single_high": 4.0,
-                                "full": 42.6}}
-    result = EnsembleResult("consensus", "m1", {}, {"m1": 40.5}, {}, {}, {BEST_SINGLE: 40.5, "consensus": 42.6}, {},
-                            {"dev_scored": 24}, strategies, {"selection": 12, "held_out": 12})
+    strategies = {
+        BEST_SINGLE: {"selection": 40.0, "held_out": 41.0, "held_out_low": 38.0, "held_out_high": 44.0, "full": 40.5},
+        "consensus": {
+            "selection": 42.0,
+            "held_out": 43.25,
+            "held_out_low": 40.0,
+            "held_out_high": 46.5,
+            "vs_best_single": 2.25,
+            "vs_best_single_low": 0.5,
+            "vs_best_single_high": 4.0,
+            "full": 42.6,
+        },
+    }
+    result = EnsembleResult(
+        "consensus",
+        "m1",
+        {},
+        {"m1": 40.5},
+        {},
+        {},
+        {BEST_SINGLE: 40.5, "consensus": 42.6},
+        {},
+        {"dev_scored": 24},
+        strategies,
+        {"selection": 12, "held_out": 12},
+    )
     folder = tmp_path / "ensemble"
     folder.mkdir()
     (folder / "ensemble.json").write_text(json.dumps(result.summary()), encoding="utf-8")
@@ -176,8 +203,9 @@ class FakeChildren:
     def published_row(self, run_id: str, model: str, store, seconds: float, overrides=None, name=None) -> ModelRow:
         return ModelRow(model, "completed", "causal_lm", dev_score=10.0, seconds=seconds, location=f"{run_id}/{model}")
 
-    def publish_ensemble(self, run_id: str, store, models: list[str], data_dir, sources=None,
-                         attachments=None) -> PublishedEnsemble:
+    def publish_ensemble(
+        self, run_id: str, store, models: list[str], data_dir, sources=None, attachments=None
+    ) -> PublishedEnsemble:
         self.ensembled = models
         result = EnsembleResult(BEST_SINGLE, models[0], {}, {}, {}, {}, {BEST_SINGLE: 10.0}, {}, {})
         return PublishedEnsemble(result, "# report\n", f"{run_id}/ensemble")
@@ -195,25 +223,40 @@ def fake_children(monkeypatch: pytest.MonkeyPatch) -> FakeChildren:
 def test_train_all_places_children_and_fails_after_the_ensemble(
     local_prefect: None, fake_children: FakeChildren, tmp_path: Path
 ) -> None:
-    state = train_all(["m0", "m1", "m2"], target="docker-gpu", num_gpus=2, run_id="r-1",
-                      storage_url=str(tmp_path), return_state=True)
+    state = train_all(
+        ["m0", "m1", "m2"], target="docker-gpu", num_gpus=2, run_id="r-1", storage_url=str(tmp_path), return_state=True
+    )
 
     assert state.is_failed() and "1 of 3 models failed: m2 (Failed: m2 broke)" in state.message
     launches = {where.model: (where, params) for where, params in fake_children.launches}
     assert [launches[m][0].work_queue_name for m in ("m0", "m1", "m2")] == ["gpu-0", "gpu-1", "gpu-0"]
     assert launches["m1"][0].deployment == "train-model/docker-gpu"
     assert launches["m1"][0].job_variables == {"gpu_ids": ["1"]}
-    assert launches["m1"][1] == {"model": "m1", "run_id": "r-1", "data_dir": None, "storage_url": str(tmp_path),
-                                 "debug": False, "group": "r-1", "eval_before": False}
+    assert launches["m1"][1] == {
+        "model": "m1",
+        "run_id": "r-1",
+        "data_dir": None,
+        "storage_url": str(tmp_path),
+        "debug": False,
+        "group": "r-1",
+        "eval_before": False,
+    }
     assert sorted(fake_children.ensembled) == ["m0", "m1"]
     summary = state.result(raise_on_failure=False).summary
     assert [r["status"] for r in summary["rows"]] == ["completed", "completed", "failed"]
     assert summary["ensemble"]["location"] == "r-1/ensemble"
 
 
-def test_train_all_passes_overrides_to_every_child(local_prefect: None, fake_children: FakeChildren, tmp_path: Path) -> None:
-    train_all(["m0", "m1"], target="process", run_id="r-3", storage_url=str(tmp_path),
-              overrides=["training.learning_rate=1e-4"])
+def test_train_all_passes_overrides_to_every_child(
+    local_prefect: None, fake_children: FakeChildren, tmp_path: Path
+) -> None:
+    train_all(
+        ["m0", "m1"],
+        target="process",
+        run_id="r-3",
+        storage_url=str(tmp_path),
+        overrides=["training.learning_rate=1e-4"],
+    )
     assert [params["overrides"] for _, params in fake_children.launches] == [["training.learning_rate=1e-4"]] * 2
 
 
@@ -282,8 +325,9 @@ def test_a_run_stopped_by_ctrl_c_returns_its_summary_from_the_cancelled_state() 
     assert train_all_module.summary_of(Cancelled(message="stopped by Ctrl-C", data=summary)) is summary
 
 
-def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(run_env: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_a_stop_before_any_model_saved_anything_gives_no_resume_hint(
+    run_env: Path, capsys: pytest.CaptureFixture
+) -> None:
     from dialsum.cli.train import print_stopped
     from dialsum.state.runs import state_dir
 
@@ -309,8 +353,9 @@ def test_a_resumed_run_reuses_nothing_from_other_runs(
     fresh = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), return_state=True)
     assert fresh.is_completed() and [w.model for w, _ in fake_children.launches] == ["m1"]
     fake_children.launches.clear()
-    resumed = train_all(["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), resume=True,
-                        return_state=True)
+    resumed = train_all(
+        ["m0", "m1"], target="docker-cpu", run_id="r-new", storage_url=str(tmp_path), resume=True, return_state=True
+    )
     assert resumed.is_completed() and sorted(w.model for w, _ in fake_children.launches) == ["m0", "m1"]
 
 
@@ -324,8 +369,14 @@ def test_a_broken_model_fails_alone(local_prefect: None, run_env: Path) -> None:
     store = run_env / "store"
 
     started = time.monotonic()
-    state = train_all(["tiny-bart", str(broken), "tiny-qwen3"], debug=True, storage_url=str(store),
-                      run_id="iso-1", embedded=True, return_state=True)
+    state = train_all(
+        ["tiny-bart", str(broken), "tiny-qwen3"],
+        debug=True,
+        storage_url=str(store),
+        run_id="iso-1",
+        embedded=True,
+        return_state=True,
+    )
 
     assert state.is_failed()
     assert "1 of 3 models failed: broken (" in state.message and "not_a_field" in state.message
@@ -401,21 +452,49 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     s3_client(moto_endpoint).create_bucket(Bucket=bucket)
     create_pools(api_url)
     prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml", env=env, timeout=180)
-    worker_env = env | CREDENTIALS | {
-        "DIALSUM_S3_ENDPOINT_URL": moto_endpoint, "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
-        "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }
-    worker = start_group([sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process",
-                          "--type", "process"], worker_env, tmp_path / "worker.log")
+    worker_env = (
+        env
+        | CREDENTIALS
+        | {
+            "DIALSUM_S3_ENDPOINT_URL": moto_endpoint,
+            "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
+            "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
+            "WANDB_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+    )
+    worker = start_group(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dialsum-process", "--type", "process"],
+        worker_env,
+        tmp_path / "worker.log",
+    )
     try:
         params = {"models": models, "debug": True, "storage_url": f"s3://{bucket}/dialsum", "run_id": run_id}
         parent = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "deployment", "run", "train-all/local", "--params", json.dumps(params),
-             "--watch", "--watch-timeout", "540"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        kill_child_after_checkpoint(api_url, long, s3_client(moto_endpoint), bucket,
-                                    f"dialsum/{run_id}/long-bart/checkpoints/", parent)
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "deployment",
+                "run",
+                "train-all/local",
+                "--params",
+                json.dumps(params),
+                "--watch",
+                "--watch-timeout",
+                "540",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        kill_child_after_checkpoint(
+            api_url, long, s3_client(moto_endpoint), bucket, f"dialsum/{run_id}/long-bart/checkpoints/", parent
+        )
         output, _ = parent.communicate(timeout=600)
         assert parent.returncode == 0, f"train-all failed:\n{output[-4000:]}"
     except AssertionError as exc:
@@ -425,8 +504,11 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
 
     attempts = child_runs(api_url, long)
     assert [r.state.type.value for r in attempts] == ["CRASHED", "COMPLETED"]
-    metrics = json.loads(s3_client(moto_endpoint).get_object(
-        Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"].read())
+    metrics = json.loads(
+        s3_client(moto_endpoint)
+        .get_object(Bucket=bucket, Key=f"dialsum/{run_id}/long-bart/metrics.json")["Body"]
+        .read()
+    )
     assert 0 < metrics["resumed_at_step"] < 30 and metrics["train_steps"] == 30
     relaunched = run_logs(api_url, attempts[-1].id)  # our lines reach the UI from a worker's flow-run process
     assert any(m.startswith("resumed long-bart at step") for m in relaunched), relaunched
@@ -436,8 +518,11 @@ def test_train_all_on_a_prefect_server_with_a_process_worker(
     names = ["long-bart", "tiny-llama", "tiny-qwen3"]
     for model in [*names, "ensemble"]:
         assert f"dialsum/{run_id}/{model}/manifest.json" in keys, model
-    ensembled = json.loads(s3_client(moto_endpoint).get_object(
-        Bucket=bucket, Key=f"dialsum/{run_id}/ensemble/manifest.json")["Body"].read())
+    ensembled = json.loads(
+        s3_client(moto_endpoint)
+        .get_object(Bucket=bucket, Key=f"dialsum/{run_id}/ensemble/manifest.json")["Body"]
+        .read()
+    )
     assert sorted(ensembled["extra"]["models"]) == names
     found = artifacts(api_url, [slug(f"train-all-{run_id}"), slug(f"ensemble-{run_id}")])
     table = json.loads(found[slug(f"train-all-{run_id}")].data)

@@ -55,7 +55,9 @@ def test_a_socket_of_another_group_says_to_set_docker_gid(engine: str, tmp_path:
         pytest.skip("needs root to run the check as another user")
     status, exc = call_as(uid, lambda: check_docker_socket(engine))
     assert status == "error" and isinstance(exc, DialsumError), exc
-    assert "permission denied" in str(exc) and "DOCKER_GID" in str(exc) and "stat -c %g /var/run/docker.sock" in str(exc)
+    assert (
+        "permission denied" in str(exc) and "DOCKER_GID" in str(exc) and "stat -c %g /var/run/docker.sock" in str(exc)
+    )
 
 
 def test_no_engine_is_an_error_naming_the_socket(tmp_path: Path) -> None:

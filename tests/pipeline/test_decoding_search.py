@@ -12,11 +12,16 @@ import yaml
 
 from dialsum.config import load_model_config, overlay_overrides
 from dialsum.data import holdout, load_splits, sample_dir
-from dialsum.pipeline.decoding_search import format_summary, recommendation, rounded, tune_decoding
 from dialsum.pipeline import run_model
+from dialsum.pipeline.decoding_search import format_summary, recommendation, rounded, tune_decoding
 
-SPACE = {"params": {"generation.num_beams": {"choices": [1, 2]}, "generation.max_new_tokens": {"choices": [8, 16]},
-                    "generation.length_penalty": {"low": 0.8, "high": 1.2}}}
+SPACE = {
+    "params": {
+        "generation.num_beams": {"choices": [1, 2]},
+        "generation.max_new_tokens": {"choices": [8, 16]},
+        "generation.length_penalty": {"low": 0.8, "high": 1.2},
+    }
+}
 
 
 def small_dev(folder: Path) -> Path:
@@ -31,8 +36,9 @@ def small_dev(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_tune_decoding_searches_on_one_part_of_dev_and_reports_on_the_other(tmp_path: Path) -> None:
-    run = run_model("tiny-bart", run_id="dec-1", debug=True, publish=False, force=True,
-                    overrides=["generation.max_new_tokens=8"])  # short summaries: a cheap search
+    run = run_model(
+        "tiny-bart", run_id="dec-1", debug=True, publish=False, force=True, overrides=["generation.max_new_tokens=8"]
+    )  # short summaries: a cheap search
     data = small_dev(tmp_path / "data")
     summary = tune_decoding(run.run_dir, data_dir=data, space=SPACE, trials=3, rows=4, seed=1, out_dir=tmp_path / "dec")
 
@@ -65,11 +71,19 @@ def test_a_setting_is_recommended_only_with_a_held_out_gain_beyond_the_noise() -
     assert recommendation(True, -0.4)["use"] == "own"
     assert recommendation(True, 0.3)["use"] == "best"
     assert rounded({"generation.length_penalty": 1.1448831829968968, "generation.num_beams": 4}) == {
-        "generation.length_penalty": 1.14, "generation.num_beams": 4}
-    summary = {"trials": 3, "search_rows": 4, "heldout_rows": 6, "location": "dec",
-               "best": {"trial": 2, "params": {"generation.length_penalty": 1.14}, "heldout_score": 10.0},
-               "own": {"params": {"generation.length_penalty": 1.0}, "search_score": 9.0, "heldout_score": 10.0},
-               "gain": {"mean": 0.0, "interval": [0.0, 0.0]}, "recommended": recommendation(True, 0.0)}
+        "generation.length_penalty": 1.14,
+        "generation.num_beams": 4,
+    }
+    summary = {
+        "trials": 3,
+        "search_rows": 4,
+        "heldout_rows": 6,
+        "location": "dec",
+        "best": {"trial": 2, "params": {"generation.length_penalty": 1.14}, "heldout_score": 10.0},
+        "own": {"params": {"generation.length_penalty": 1.0}, "search_score": 9.0, "heldout_score": 10.0},
+        "gain": {"mean": 0.0, "interval": [0.0, 0.0]},
+        "recommended": recommendation(True, 0.0),
+    }
     text = format_summary(summary)
     assert "gain +0.00 (95% CI [+0.00, +0.00])" in text
     assert "recommended: keep the run's own setting: the best setting found gains nothing beyond the noise" in text

@@ -20,9 +20,12 @@ pytestmark = pytest.mark.slow  # both train a tiny model end to end
 def profile(folder: Path) -> Path:
     base = (ROOT / "configs" / "models" / "tiny-bart.yaml").read_text(encoding="utf-8").split("\ntraining:")[0]
     path = folder / "live-bart.yaml"
-    path.write_text(base + "\ntraining: {epochs: 1, batch_size: 4, length_group_batches: 2, debug_rows: 16, "
-                    "debug_steps: 4, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
-                    "generation: {batch_size: 16, max_new_tokens: 24, num_beams: 1}\n", encoding="utf-8")
+    path.write_text(
+        base + "\ntraining: {epochs: 1, batch_size: 4, length_group_batches: 2, debug_rows: 16, "
+        "debug_steps: 4, eval_every: 1, eval_score_rows: 4, checkpoint_every: null}\n"
+        "generation: {batch_size: 16, max_new_tokens: 24, num_beams: 1}\n",
+        encoding="utf-8",
+    )
     return path
 
 

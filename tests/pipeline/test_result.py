@@ -31,9 +31,17 @@ def test_a_published_row_serializes_as_the_table_always_had_it_and_reads_back(tm
     row = published_row("r1", "m1", store, 12.34)
     serialized = row.to_dict()
     assert list(serialized) == ROW_KEYS
-    assert serialized == {"model": "m1", "type": "encoder_decoder", "status": "completed", "dev_score_before": 2.0,
-                          "dev_score": 41.5, "dev_rows": 3, "seconds": 12.3, "location": store.location("r1/m1"),
-                          "error": None}
+    assert serialized == {
+        "model": "m1",
+        "type": "encoder_decoder",
+        "status": "completed",
+        "dev_score_before": 2.0,
+        "dev_score": 41.5,
+        "dev_rows": 3,
+        "seconds": 12.3,
+        "location": store.location("r1/m1"),
+        "error": None,
+    }
     assert ModelRow.from_dict(json.loads(json.dumps(serialized))) == row
 
 
@@ -41,8 +49,16 @@ def test_failed_stopped_and_unchanged_rows_keep_their_own_keys() -> None:
     failed = ModelRow.failed("m2", "Failed: broke", 1.0).to_dict()
     assert list(failed) == [k for k in ROW_KEYS if k != "dev_rows"] and failed["error"] == "Failed: broke"
     stopped = stopped_row("m3", "m3: stopped after step 7", 3.21).to_dict()
-    assert stopped == {"model": "m3", "type": None, "status": "stopped", "dev_score_before": None, "dev_score": None,
-                       "seconds": 3.2, "location": None, "error": "stopped after step 7"}
+    assert stopped == {
+        "model": "m3",
+        "type": None,
+        "status": "stopped",
+        "dev_score_before": None,
+        "dev_score": None,
+        "seconds": 3.2,
+        "location": None,
+        "error": "stopped after step 7",
+    }
     unchanged = ModelRow("m4", "unchanged", dev_score=1.0, seconds=0.0, source_run="older").to_dict()
     assert list(unchanged) == [*ROW_KEYS, "source_run"] and unchanged["source_run"] == "older"
     assert ModelRow.from_dict(unchanged).source_run == "older"
@@ -52,16 +68,28 @@ def test_a_stopped_summary_serializes_with_resumable_and_reads_back(tmp_path: Pa
     rows = [ModelRow.stopped("m1", "not started"), ModelRow.failed("m2", "broke")]
     state = stopped_summary("r9", rows, LocalStorage(tmp_path / "store"))
     serialized = state.result(raise_on_failure=False)
-    assert serialized == {"run_id": "r9", "status": "stopped", "rows": [r.to_dict() for r in rows], "ensemble": None,
-                          "promotion": None, "plot": None, "resumable": False}
+    assert serialized == {
+        "run_id": "r9",
+        "status": "stopped",
+        "rows": [r.to_dict() for r in rows],
+        "ensemble": None,
+        "promotion": None,
+        "plot": None,
+        "resumable": False,
+    }
     summary = TrainAllSummary.from_dict(json.loads(json.dumps(serialized)))
     assert summary == TrainAllSummary("r9", "stopped", rows, resumable=False) and summary.failed == {"m2": "broke"}
 
 
 def test_a_trained_summary_carries_the_ensemble_plot_and_no_resumable() -> None:
     ensemble = {"choice": "best_single", "dev_score": 41.5, "plot": "file:///r1/ensemble/report.png"}
-    summary = TrainAllSummary("r1", "trained", [ModelRow("m1", "completed", dev_score=41.5)], ensemble,
-                              {"promoted": False, "reason": "promotion policy is `never`"})
+    summary = TrainAllSummary(
+        "r1",
+        "trained",
+        [ModelRow("m1", "completed", dev_score=41.5)],
+        ensemble,
+        {"promoted": False, "reason": "promotion policy is `never`"},
+    )
     serialized = summary.to_dict()
     assert list(serialized) == ["run_id", "status", "rows", "ensemble", "promotion", "plot"]
     assert serialized["plot"] == ensemble["plot"] and TrainAllSummary.from_dict(serialized) == summary

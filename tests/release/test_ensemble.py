@@ -9,13 +9,13 @@ import pytest
 
 from dialsum import metric
 from dialsum.data import (
+    holdout,
     load_splits,
     read_submission,
     write_candidates,
     write_submission,
 )
 from dialsum.errors import StorageError
-from dialsum.data import holdout
 from dialsum.release import stats
 from dialsum.release.ensemble import (
     BEST_SINGLE,
@@ -55,10 +55,13 @@ def test_consensus_picks_the_majority_like_summary() -> None:
     assert consensus_pick(options, weights) in {"a", "c"}
 
 
-@pytest.mark.parametrize(("scores", "winners"), [
-    ({"a": 40, "b": 40, "c": 10, "d": 10}, {"a", "b"}),
-    ({"a": 10, "b": 10, "c": 40, "d": 40}, {"c", "d"}),
-])
+@pytest.mark.parametrize(
+    ("scores", "winners"),
+    [
+        ({"a": 40, "b": 40, "c": 10, "d": 10}, {"a", "b"}),
+        ({"a": 10, "b": 10, "c": 40, "d": 40}, {"c", "d"}),
+    ],
+)
 def test_weights_change_the_choice(scores: dict[str, float], winners: set[str]) -> None:
     options = {"a": MEETING, "b": MEETING_2, "c": TRIP, "d": TRIP_2}
     assert consensus_pick(options, normalised_weights(scores)) in winners
@@ -123,13 +126,22 @@ def test_the_choice_is_reported_on_rows_that_did_not_make_it() -> None:
     selection, held = stats.split_halves(list(SAMPLE))
     lucky = {f: SAMPLE[f] if f in selection else NOISE[f] for f in SAMPLE}
     steady = {f: " ".join(SAMPLE[f].split()[:-2]) for f in SAMPLE}  # good everywhere, perfect nowhere
-    nbest = {"steady": {"dev": {f: [steady[f], lucky[f]] for f in SAMPLE}},
-             "lucky": {"dev": {f: [lucky[f], lucky[f], NOISE[f]] for f in SAMPLE}}}
-    result = build_ensemble(dev_only({"steady": steady, "lucky": dict(NOISE)}), {"steady": 50, "lucky": 50}, SAMPLE,
-                            nbest=nbest)
-    assert result.split == {"seed": 0, "held_out_fraction": holdout.dev_split().fraction, "selection_rows": len(selection),
-                            "held_out_rows": len(held), "held_out_sha256": holdout.fnames_hash(held),
-                            "selection": len(selection), "held_out": len(held)}
+    nbest = {
+        "steady": {"dev": {f: [steady[f], lucky[f]] for f in SAMPLE}},
+        "lucky": {"dev": {f: [lucky[f], lucky[f], NOISE[f]] for f in SAMPLE}},
+    }
+    result = build_ensemble(
+        dev_only({"steady": steady, "lucky": dict(NOISE)}), {"steady": 50, "lucky": 50}, SAMPLE, nbest=nbest
+    )
+    assert result.split == {
+        "seed": 0,
+        "held_out_fraction": holdout.dev_split().fraction,
+        "selection_rows": len(selection),
+        "held_out_rows": len(held),
+        "held_out_sha256": holdout.fnames_hash(held),
+        "selection": len(selection),
+        "held_out": len(held),
+    }
     assert result.held_out == held and set(result.held_out).isdisjoint(selection)
     assert result.choice == "mbr:lucky" and result.strategies["mbr:lucky"]["selection"] == pytest.approx(100)
     rows = metric.row_scores([NOISE[f] for f in held], [SAMPLE[f] for f in held])
@@ -137,14 +149,17 @@ def test_the_choice_is_reported_on_rows_that_did_not_make_it() -> None:
     assert result.best_model == "steady"  # best single is chosen on the selection half as well
     for name, row in result.strategies.items():
         assert row["held_out_low"] <= row["held_out"] <= row["held_out_high"], name
-    assert result.row_scores == pytest.approx(dict(zip(SAMPLE, metric.row_scores(
-        [result.predictions["dev"][f] for f in SAMPLE], list(SAMPLE.values())))))
+    assert result.row_scores == pytest.approx(
+        dict(zip(SAMPLE, metric.row_scores([result.predictions["dev"][f] for f in SAMPLE], list(SAMPLE.values()))))
+    )
 
 
 def test_mbr_strategies_use_the_candidates_and_are_deterministic() -> None:
     words = {f: SAMPLE[f].split() for f in SAMPLE}
-    nbest = {m: {"dev": {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 4)] for f, w in words.items()}}
-             for m, shift in (("x", 0), ("y", 1))}
+    nbest = {
+        m: {"dev": {f: [" ".join(w[:k] + w[k + 1 :]) for k in range(shift, shift + 4)] for f, w in words.items()}}
+        for m, shift in (("x", 0), ("y", 1))
+    }
     preds = {m: {"dev": {f: c[-1] for f, c in nbest[m]["dev"].items()}} for m in nbest}
     first = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest)
     assert list(first.strategies) == [BEST_SINGLE, CONSENSUS, "mbr:x", "mbr:y", MBR]
@@ -153,11 +168,22 @@ def test_mbr_strategies_use_the_candidates_and_are_deterministic() -> None:
     assert build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest) == first
     other = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, seed=7)
     assert other.split != first.split or other.held_out != first.held_out
-    weighted = build_ensemble(preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, model_weights={"x": 1, "y": 3},
-                              metric_weights=[0, 1, 0])
+    weighted = build_ensemble(
+        preds, {"x": 40, "y": 30}, SAMPLE, nbest=nbest, model_weights={"x": 1, "y": 3}, metric_weights=[0, 1, 0]
+    )
     assert weighted.weights == {"x": 0.25, "y": 0.75} and weighted.metric_weights == [0, 1, 0]
-    assert combine(weighted.choice, preds, {"x": 40, "y": 30}, nbest, best=weighted.best_model,
-                   metric_weights=[0, 1, 0], weights={"x": 1, "y": 3})["dev"] == weighted.predictions["dev"]
+    assert (
+        combine(
+            weighted.choice,
+            preds,
+            {"x": 40, "y": 30},
+            nbest,
+            best=weighted.best_model,
+            metric_weights=[0, 1, 0],
+            weights={"x": 1, "y": 3},
+        )["dev"]
+        == weighted.predictions["dev"]
+    )
 
 
 def test_one_model_is_trivially_the_best_single() -> None:
@@ -186,8 +212,15 @@ def test_an_ensemble_needs_dev_predictions() -> None:
 # ---------------------------------------------------------------- storage
 
 
-def publish_model(store: LocalStorage, root: Path, run_id: str, model: str, dev: dict[str, str], score: float,
-                  nbest: dict[str, list[str]] | None = None) -> None:
+def publish_model(
+    store: LocalStorage,
+    root: Path,
+    run_id: str,
+    model: str,
+    dev: dict[str, str],
+    score: float,
+    nbest: dict[str, list[str]] | None = None,
+) -> None:
     folder = root / model
     write_submission(folder / "predictions" / "dev.csv", list(dev), list(dev.values()))
     if nbest:
@@ -214,7 +247,7 @@ def test_published_candidates_are_read_back_and_ensembled_by_mbr(tmp_path: Path)
     store = LocalStorage(tmp_path / "store")
     words = {f: SAMPLE[f].split() for f in SAMPLE}
     for model, shift in (("x", 0), ("y", 1)):
-        nbest = {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 3)] for f, w in words.items()}
+        nbest = {f: [" ".join(w[:k] + w[k + 1 :]) for k in range(shift, shift + 3)] for f, w in words.items()}
         publish_model(store, tmp_path / "runs", "r1", model, {f: c[0] for f, c in nbest.items()}, 40.0, nbest)
     assert read_outputs("r1", "x", store).candidates["dev"]["dev_0"][0] == " ".join(words["dev_0"][1:])
 

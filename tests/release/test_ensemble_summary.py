@@ -13,15 +13,27 @@ from dialsum.release import ensemble
 from dialsum.release.ensemble import EnsembleSummary, published_summary, summary_of
 from dialsum.storage import LocalStorage
 
-KEYS = ["choice", "best_model", "dev_score", "dev_rows", "held_out_score", "strategies", "split", "scores",
-        "location", "model_scores", "dev_sha256", "plot"]
+KEYS = [
+    "choice",
+    "best_model",
+    "dev_score",
+    "dev_rows",
+    "held_out_score",
+    "strategies",
+    "split",
+    "scores",
+    "location",
+    "model_scores",
+    "dev_sha256",
+    "plot",
+]
 
 
 def test_the_summary_just_published_equals_the_one_read_back(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "store")
     words = {f: SAMPLE[f].split() for f in SAMPLE}
     for model, shift in (("x", 0), ("y", 1)):
-        nbest = {f: [" ".join(w[:k] + w[k + 1:]) for k in range(shift, shift + 3)] for f, w in words.items()}
+        nbest = {f: [" ".join(w[:k] + w[k + 1 :]) for k in range(shift, shift + 3)] for f, w in words.items()}
         publish_model(store, tmp_path / "runs", "r1", model, {f: c[0] for f, c in nbest.items()}, 40.0, nbest)
     published = ensemble.publish_ensemble("r1", store, ["x", "y"], None)
     facts = {**published.result.summary(), "dev_sha256": source.dev_fingerprint(None)}

@@ -9,15 +9,20 @@ import io
 from dialsum.release.ensemble import ModelOutputs
 from dialsum.release.kfold import assemble, oof_csv
 
-REFS = {"t0": "#Person1#이 책을 산다.", "t1": "#Person2#가 비를 걱정한다.", "t2": "두 사람이 저녁을 먹는다.",
-        "t3": "#Person1#이 버스를 기다린다."}
+REFS = {
+    "t0": "#Person1#이 책을 산다.",
+    "t1": "#Person2#가 비를 걱정한다.",
+    "t2": "두 사람이 저녁을 먹는다.",
+    "t3": "#Person1#이 버스를 기다린다.",
+}
 DEV = {"d0": "#Person1#이 은행에 간다.", "d1": "#Person2#가 회의를 연다."}
 
 
 def outputs(fold: int, held: list[str], dev_score: float) -> ModelOutputs:
     test = {f: REFS[f] if fold == 0 else "아무 말" for f in held} | {"x0": f"시험 {fold}", "x1": "시험"}
-    return ModelOutputs(f"fold-{fold}", {"dev": {"score": dev_score}}, {"dev": dict(DEV), "test": test},
-                        f"store/r-f{fold}/m")
+    return ModelOutputs(
+        f"fold-{fold}", {"dev": {"score": dev_score}}, {"dev": dict(DEV), "test": test}, f"store/r-f{fold}/m"
+    )
 
 
 def test_every_train_row_gets_its_out_of_fold_prediction_and_scores_add_up() -> None:

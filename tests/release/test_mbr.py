@@ -31,7 +31,7 @@ def _groups(summaries: list[str], n_groups: int, size: int, seed: int = 0) -> li
     groups = []
     for g in range(n_groups):
         at = rng.randrange(len(ranked) - 4)
-        band = ranked[at: at + 4]
+        band = ranked[at : at + 4]
         group = [_drop(rng.choice(band), rng.choice([0.0, 0.1, 0.3, 0.6]), rng) for _ in range(size)]
         group[rng.randrange(size)] = group[0]  # a repeated candidate
         if g % 5 == 0:
@@ -94,8 +94,13 @@ def test_mbr_over_identical_candidates_returns_that_candidate() -> None:
 
 def test_mbr_picks_the_candidate_closest_to_the_rest() -> None:
     base = "#Person2#는 주말에 가족과 함께 부산으로 여행을 간다."
-    group = ["완전히 다른 이야기: 날씨가 맑고 하늘이 푸르다.", base.replace("가족과", "친구와"), base,
-             base.replace("부산으로", "제주로"), base.replace(" 함께", "")]
+    group = [
+        "완전히 다른 이야기: 날씨가 맑고 하늘이 푸르다.",
+        base.replace("가족과", "친구와"),
+        base,
+        base.replace("부산으로", "제주로"),
+        base.replace(" 함께", ""),
+    ]
     assert mbr.select([group]) == [2]
 
 
@@ -110,11 +115,17 @@ def test_weights_decide_between_two_camps() -> None:
 def test_with_one_candidate_per_model_pooled_mbr_picks_what_consensus_picks() -> None:
     dev = load_splits(None, splits=("dev",))["dev"]
     rng = random.Random(3)
-    models = {m: {ex.fname: _drop(ex.summary, rate, rng) for ex in dev} for m, rate in
-              (("a", 0.15), ("b", 0.3), ("c", 0.45), ("d", 0.3))}
+    models = {
+        m: {ex.fname: _drop(ex.summary, rate, rng) for ex in dev}
+        for m, rate in (("a", 0.15), ("b", 0.3), ("c", 0.45), ("d", 0.3))
+    }
     models["d"] = {f: (t if i % 3 else models["a"][f]) for i, (f, t) in enumerate(models["d"].items())}  # ties
     fnames = [ex.fname for ex in dev]
-    for scores in ({"a": 40, "b": 35, "c": 20, "d": 35}, {"a": 10, "b": 10, "c": 60, "d": 10}, dict.fromkeys("abcd", 0)):
+    for scores in (
+        {"a": 40, "b": 35, "c": 20, "d": 35},
+        {"a": 10, "b": 10, "c": 60, "d": 10},
+        dict.fromkeys("abcd", 0),
+    ):
         weights = normalised_weights(scores)
         picks = consensus(models, fnames, weights)
         pool = build_pool(models, {}, fnames)

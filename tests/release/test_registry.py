@@ -39,22 +39,37 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     return open_storage(f"s3://{request.getfixturevalue('s3_bucket')}/team")
 
 
-def publish_run(store: Storage, tmp: Path, run_id: str, predictions: dict[str, str] = DEV, dev_sha: str = "dev-a",
-                references: dict[str, str] | None = DEV, held_out: list[str] | None = None) -> dict:
+def publish_run(
+    store: Storage,
+    tmp: Path,
+    run_id: str,
+    predictions: dict[str, str] = DEV,
+    dev_sha: str = "dev-a",
+    references: dict[str, str] | None = DEV,
+    held_out: list[str] | None = None,
+) -> dict:
     """A published run with one model and an ensemble, as train-all leaves it; returns its champion entry.
     `references`: what its per-row dev scores were measured against (None: a run from before they were published)."""
     rows = {f: metric.similarity(predictions[f], ref) for f, ref in references.items()} if references else None
     score = sum(rows.values()) / len(rows) if rows else 50.0
     model = tmp / run_id / "m1"
     write_submission(model / "predictions" / "dev.csv", list(predictions), list(predictions.values()))
-    (model / "metrics.json").write_text(json.dumps({"model": "m1", "dev": {"score": score}}
-                                                   | ({"dev_row_scores": rows} if rows else {})))
+    (model / "metrics.json").write_text(
+        json.dumps({"model": "m1", "dev": {"score": score}} | ({"dev_row_scores": rows} if rows else {}))
+    )
     extra = {"config_sha256": "cfg", "data_sha256": f"data-{dev_sha}", "dev_sha256": dev_sha, "code_sha256": "code"}
     publish(model, run_id, "m1", storage=store, extra=extra)
     ens = tmp / run_id / "ensemble"
     write_submission(ens / "predictions" / "dev.csv", list(predictions), list(predictions.values()))
-    summary = {"run_id": run_id, "choice": "best_single", "dev_score": score, "weights": {"m1": 1.0},
-               "dev_scores": {"m1": score}, "dev_sha256": dev_sha, "rows": {"dev_scored": len(predictions)}}
+    summary = {
+        "run_id": run_id,
+        "choice": "best_single",
+        "dev_score": score,
+        "weights": {"m1": 1.0},
+        "dev_scores": {"m1": score},
+        "dev_sha256": dev_sha,
+        "rows": {"dev_scored": len(predictions)},
+    }
     summary |= {"row_scores": rows, "held_out": held_out} if rows else {}
     (ens / "ensemble.json").write_text(json.dumps(summary))
     publish(ens, run_id, "ensemble", storage=store)
@@ -86,8 +101,9 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_is_not(store: Storage, 
     assert registry.promote(store, registry.describe(store, "run-3"), policy="always").promoted
 
 
-def test_a_gain_within_the_noise_is_not_promoted_and_one_that_clears_the_margin_is(store: Storage,
-                                                                                     tmp_path: Path) -> None:
+def test_a_gain_within_the_noise_is_not_promoted_and_one_that_clears_the_margin_is(
+    store: Storage, tmp_path: Path
+) -> None:
     registry.promote(store, publish_run(store, tmp_path, "champ", degraded(0.3, seed=10)))
     champion = registry.current(store).champion
 
@@ -133,8 +149,10 @@ def test_champion_show_prints_the_difference_with_its_interval(tmp_path: Path, c
     out = capsys.readouterr().out
     diff = registry.current(store).comparison
     assert diff["confidence"] == registry.PROMOTION_CONFIDENCE == 0.95
-    assert f"vs the champion it replaced: {diff['mean']:+.2f} (95% CI {diff['low']:+.2f} to {diff['high']:+.2f}) " \
-           "on 48 dev rows, paired bootstrap" in out
+    assert (
+        f"vs the champion it replaced: {diff['mean']:+.2f} (95% CI {diff['low']:+.2f} to {diff['high']:+.2f}) "
+        "on 48 dev rows, paired bootstrap" in out
+    )
     assert "b/ensemble: ensemble (best_single) of m1; dev score 100.00" in out
 
 
@@ -171,8 +189,11 @@ def test_concurrent_promotions_have_exactly_one_winner(
     winners = [run for run, d in decisions.items() if d.promoted]
     assert len(winners) == 1, decisions
     losers = [d for d in decisions.values() if not d.promoted]
-    assert all(("became generation 2 first" in d.reason and winners[0] in d.reason)
-               or d.reason.endswith("it does not beat the champion") for d in losers)
+    assert all(
+        ("became generation 2 first" in d.reason and winners[0] in d.reason)
+        or d.reason.endswith("it does not beat the champion")
+        for d in losers
+    )
     assert any("became generation 2 first" in d.reason for d in losers)
     records = registry.history(store)
     assert [r.generation for r in records] == [1, 2]
@@ -191,7 +212,12 @@ def test_rollback_restores_the_previous_champion(store: Storage, tmp_path: Path)
     with pytest.raises(DialsumError, match="no predecessor"):
         registry.rollback(store)
     assert [(r.action, r.champion["run_id"]) for r in registry.history(store)] == [
-        ("promote", "r1"), ("promote", "r2"), ("promote", "r3"), ("rollback", "r2"), ("rollback", "r1")]
+        ("promote", "r1"),
+        ("promote", "r2"),
+        ("promote", "r3"),
+        ("rollback", "r2"),
+        ("rollback", "r1"),
+    ]
 
 
 def test_a_different_dev_set_rescores_the_champion_or_says_why_not(store: Storage, tmp_path: Path) -> None:
@@ -210,8 +236,10 @@ def test_a_different_dev_set_rescores_the_champion_or_says_why_not(store: Storag
     newest = publish_run(store, tmp_path, "newest", more_rows, dev_sha="dev-c", references=more_rows)
     refused = registry.promote(store, newest, references=more_rows)
     assert not refused.promoted
-    assert refused.reason == ("cannot compare: the dev data differs from the champion's, and the champion's saved dev "
-                              "predictions cover 48 of the 49 dialogues of the new dev set (missing e.g. dev_99)")
+    assert refused.reason == (
+        "cannot compare: the dev data differs from the champion's, and the champion's saved dev "
+        "predictions cover 48 of the 49 dialogues of the new dev set (missing e.g. dev_99)"
+    )
 
 
 def test_runs_without_per_row_scores_are_compared_on_the_dev_data_or_not_at_all(store: Storage, tmp_path: Path) -> None:
@@ -245,8 +273,15 @@ def test_an_ensemble_that_reuses_an_unchanged_model_names_where_it_was_trained(s
     publish_run(store, tmp_path, "run-1", DEV)
     ens = tmp_path / "run-2" / "ensemble"
     write_submission(ens / "predictions" / "dev.csv", list(DEV), list(DEV.values()))
-    summary = {"run_id": "run-2", "choice": "best_single", "dev_score": 40.0, "weights": {"m1": 1.0},
-               "dev_scores": {"m1": 40.0}, "dev_sha256": "dev-a", "sources": {"m1": "run-1"}}
+    summary = {
+        "run_id": "run-2",
+        "choice": "best_single",
+        "dev_score": 40.0,
+        "weights": {"m1": 1.0},
+        "dev_scores": {"m1": 40.0},
+        "dev_sha256": "dev-a",
+        "sources": {"m1": "run-1"},
+    }
     (ens / "ensemble.json").write_text(json.dumps(summary))
     publish(ens, "run-2", "ensemble", storage=store)
     entry = registry.describe(store, "run-2")

@@ -13,15 +13,25 @@ ROWS = [
     {"model": "qwen3-4b", "status": "unchanged", "dev_score": 44.0, "seconds": 0.0},
     {"model": "llama", "status": "failed", "dev_score": None, "seconds": 3.0},
 ]
-CHAMPION = {"run_id": "night-1", "model": "ensemble", "dev_score": 43.0, "dev_sha256": "d1",
-            "member_scores": {"kobart": 40.0, "qwen3-4b": 44.0}}
+CHAMPION = {
+    "run_id": "night-1",
+    "model": "ensemble",
+    "dev_score": 43.0,
+    "dev_sha256": "d1",
+    "member_scores": {"kobart": 40.0, "qwen3-4b": 44.0},
+}
 ENSEMBLE = {"choice": "consensus", "dev_score": 45.25, "dev_sha256": "d1"}
 
 
 def test_the_plot_is_a_png_with_curves_and_bars(tmp_path: Path) -> None:
     losses = {"kobart": [3.0 - 0.01 * i for i in range(200)], "qwen3-4b": [2.5 - 0.005 * i for i in range(120)]}
-    path = report.plot(tmp_path / "ensemble" / report.PLOT, losses, {"kobart": 41.5, "qwen3-4b": 44.0, "ensemble": 45.25},
-                       {"kobart": 40.0, "qwen3-4b": 44.0, "ensemble": 43.0}, "train-all r1")
+    path = report.plot(
+        tmp_path / "ensemble" / report.PLOT,
+        losses,
+        {"kobart": 41.5, "qwen3-4b": 44.0, "ensemble": 45.25},
+        {"kobart": 40.0, "qwen3-4b": 44.0, "ensemble": 43.0},
+        "train-all r1",
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (1200, 450)
@@ -36,8 +46,14 @@ def test_every_score_bar_has_its_interval_on_an_axis_zoomed_to_the_scores() -> N
     rows = {"kobart": [80.0, 91.6, 85.8], "qwen3-4b": [84.0, 88.2, 86.1], "ensemble": [85.0, 87.8, 86.4]}
     intervals = report.intervals_of(rows)
     assert all(low <= sum(rows[n]) / 3 <= high for n, (low, high) in intervals.items())
-    fig = report.figure({}, scores, {"kobart": 85.0, "ensemble": 86.0}, "r1", intervals,
-                        {"kobart": (84.0, 86.0), "ensemble": (85.5, 86.5)})
+    fig = report.figure(
+        {},
+        scores,
+        {"kobart": 85.0, "ensemble": 86.0},
+        "r1",
+        intervals,
+        {"kobart": (84.0, 86.0), "ensemble": (85.5, 86.5)},
+    )
     bars = fig.axes[1]
     errorbars = [c for c in bars.containers if type(c).__name__ == "ErrorbarContainer"]
     assert len(errorbars) == 5  # three of this run, two of the champion's
@@ -47,10 +63,12 @@ def test_every_score_bar_has_its_interval_on_an_axis_zoomed_to_the_scores() -> N
 
 def test_a_model_keeps_its_colour_in_every_figure_of_a_run() -> None:
     colors = report.model_colors(["qwen3-4b", "kobart", "llama"])
-    fig = report.figure({"kobart": [1.0, 0.9], "qwen3-4b": [2.0, 1.5]}, {"kobart": 40.0, "qwen3-4b": 44.0}, None,
-                        "r1", colors=colors)
-    scaling = report.scaling_figure({**SCALING, "series": {k: v for k, v in SCALING["series"].items()
-                                                           if k != "kobart"}}, "r1", colors=colors)
+    fig = report.figure(
+        {"kobart": [1.0, 0.9], "qwen3-4b": [2.0, 1.5]}, {"kobart": 40.0, "qwen3-4b": 44.0}, None, "r1", colors=colors
+    )
+    scaling = report.scaling_figure(
+        {**SCALING, "series": {k: v for k, v in SCALING["series"].items() if k != "kobart"}}, "r1", colors=colors
+    )
     from matplotlib.colors import to_hex
 
     lines = {line.get_label(): to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
@@ -80,9 +98,17 @@ def test_the_markdown_says_when_the_champion_was_scored_on_other_dev_data() -> N
     assert "**Unchanged**" in unchanged and "No champion yet." in unchanged
 
 
-SCALING = {"sizes": [1, 2, 4, 8, 16], "rows": 499, "series": {
-    name: [{"n": n, "score": base + k, "low": base + k - 0.7, "high": base + k + 0.7} for k, n in enumerate([1, 2, 4, 8, 16])]
-    for name, base in (("mbr", 46.0), ("kobart", 43.0), ("qwen3-4b", 45.0))}}
+SCALING = {
+    "sizes": [1, 2, 4, 8, 16],
+    "rows": 499,
+    "series": {
+        name: [
+            {"n": n, "score": base + k, "low": base + k - 0.7, "high": base + k + 0.7}
+            for k, n in enumerate([1, 2, 4, 8, 16])
+        ]
+        for name, base in (("mbr", 46.0), ("kobart", 43.0), ("qwen3-4b", 45.0))
+    },
+}
 
 
 def test_the_n_scaling_plot_draws_every_series_with_its_intervals(tmp_path: Path) -> None:

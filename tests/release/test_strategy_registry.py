@@ -26,8 +26,10 @@ def longest(monkeypatch: pytest.MonkeyPatch):
 
 def _models(refs: dict[str, str]) -> dict[str, dict[str, str]]:
     """Three models, each right (the reference) on every third row and a short, shared wrong summary elsewhere."""
-    return {m: {f: ref if i % 3 == k else WRONG for i, (f, ref) in enumerate(refs.items())}
-            for k, m in enumerate(["a", "b", "c"])}
+    return {
+        m: {f: ref if i % 3 == k else WRONG for i, (f, ref) in enumerate(refs.items())}
+        for k, m in enumerate(["a", "b", "c"])
+    }
 
 
 def test_one_registered_function_is_offered_chosen_on_selection_and_reported_on_held_out(longest) -> None:

@@ -26,8 +26,11 @@ def test_a_second_taker_is_refused_naming_the_holder_and_release_leaves_nothing(
     store = LocalStorage(tmp_path / "store")
     first = Lease(store, "r1", "m", ttl=30).acquire()
     try:
-        with pytest.raises(LeaseHeld, match=rf"run r1/m is being trained by pid {os.getpid()} on host "
-                                            rf"{socket.gethostname()} \(since .* UTC\)"):
+        with pytest.raises(
+            LeaseHeld,
+            match=rf"run r1/m is being trained by pid {os.getpid()} on host "
+            rf"{socket.gethostname()} \(since .* UTC\)",
+        ):
             Lease(store, "r1", "m", ttl=30).acquire()
         held = record(store)
         assert (held["pid"], held["token"]) == (os.getpid(), first.token)
@@ -62,8 +65,15 @@ def test_a_lease_whose_local_holder_died_is_taken_over_at_once(tmp_path: Path) -
     store = LocalStorage(tmp_path / "store")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = {"host": socket.gethostname(), "pid": dead.pid, "pid_start": 1, "token": "gone", "started_at": time.time(),
-             "renewed_at": time.time(), "ttl": 3600}
+    stale = {
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "pid_start": 1,
+        "token": "gone",
+        "started_at": time.time(),
+        "renewed_at": time.time(),
+        "ttl": 3600,
+    }
     store.write_bytes(f"r1/m/{LEASE}", json.dumps(stale).encode())
     assert parse_holder(store.read_bytes(f"r1/m/{LEASE}")).gone()
     started = time.monotonic()
@@ -73,8 +83,15 @@ def test_a_lease_whose_local_holder_died_is_taken_over_at_once(tmp_path: Path) -
 
 def test_a_live_holder_on_another_host_is_waited_for_until_it_expires(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "store")
-    other = {"host": "elsewhere", "pid": 1, "pid_start": None, "token": "t", "started_at": time.time(),
-             "renewed_at": time.time(), "ttl": 1.0}
+    other = {
+        "host": "elsewhere",
+        "pid": 1,
+        "pid_start": None,
+        "token": "t",
+        "started_at": time.time(),
+        "renewed_at": time.time(),
+        "ttl": 1.0,
+    }
     store.write_bytes(f"r1/m/{LEASE}", json.dumps(other).encode())
     with pytest.raises(LeaseHeld, match="pid 1 on host elsewhere"):
         Lease(store, "r1", "m", ttl=30).acquire()
@@ -85,8 +102,15 @@ def test_a_live_holder_on_another_host_is_waited_for_until_it_expires(tmp_path: 
 
 def test_of_many_takers_of_an_expired_lease_exactly_one_wins(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "store")
-    expired = {"host": "elsewhere", "pid": 1, "pid_start": None, "token": "t", "started_at": 0.0, "renewed_at": 0.0,
-               "ttl": 1.0}
+    expired = {
+        "host": "elsewhere",
+        "pid": 1,
+        "pid_start": None,
+        "token": "t",
+        "started_at": 0.0,
+        "renewed_at": 0.0,
+        "ttl": 1.0,
+    }
     store.write_bytes(f"r1/m/{LEASE}", json.dumps(expired).encode())
     winners, barrier = [], threading.Barrier(6)
 

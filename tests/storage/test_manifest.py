@@ -66,7 +66,10 @@ def test_publish_list_fetch_round_trip(storage: Storage, tmp_path: Path, monkeyp
     assert sorted(storage.list_keys("20250101-1200/kobart/")) == sorted(
         f"20250101-1200/kobart/{rel}" for rel in [*RUN_FILES, MANIFEST]
     )
-    assert [(r.run_id, r.model) for r in list_runs(storage)] == [("20250101-1200", "ensemble"), ("20250101-1200", "kobart")]
+    assert [(r.run_id, r.model) for r in list_runs(storage)] == [
+        ("20250101-1200", "ensemble"),
+        ("20250101-1200", "kobart"),
+    ]
     assert read_manifest("20250101-1200", "kobart", storage) == manifest
 
     dest = fetch("20250101-1200", "kobart", tmp_path / "out" / "kobart", storage)
@@ -151,7 +154,9 @@ def test_invalid_run_and_model_names_are_rejected(name: str, tmp_path: Path) -> 
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a\\b", "a//b", "", "a/../b", "./a", "a/", "bad name", "ü.txt"])
+@pytest.mark.parametrize(
+    "path", ["../x", "/etc/passwd", "a\\b", "a//b", "", "a/../b", "./a", "a/", "bad name", "ü.txt"]
+)
 def test_invalid_relative_paths_are_rejected(path: str) -> None:
     with pytest.raises(StorageError, match="invalid file path"):
         check_relpath(path)
@@ -180,7 +185,9 @@ def test_odd_file_names_in_run_folder_are_rejected(tmp_path: Path) -> None:
 
 def test_unserialisable_extra_is_refused_before_upload(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="JSON"):
-        publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=LocalStorage(tmp_path / "s"), extra={"x": object()})
+        publish(
+            make_run(tmp_path / "run"), "run-1", "kobart", storage=LocalStorage(tmp_path / "s"), extra={"x": object()}
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -198,7 +205,9 @@ def test_git_commit_is_null_outside_a_repository(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("size", [1000, 20 * 1024 * 1024], ids=["single-part", "multipart"])
-def test_file_changed_after_hashing_fails_verification(storage: Storage, size: int, tmp_path: Path, monkeypatch) -> None:
+def test_file_changed_after_hashing_fails_verification(
+    storage: Storage, size: int, tmp_path: Path, monkeypatch
+) -> None:
     run = make_run(tmp_path / "run", {"adapter_model.safetensors": os.urandom(size)})
 
     def digest_then_change(path: Path) -> FileDigest:
@@ -211,5 +220,3 @@ def test_file_changed_after_hashing_fails_verification(storage: Storage, size: i
     with pytest.raises(StorageError, match="adapter_model.safetensors failed verification"):
         publish(run, "run-1", "kobart", storage=storage)
     assert read_manifest("run-1", "kobart", storage) is None
-
-

@@ -31,7 +31,9 @@ def test_secrets_never_appear(s3_bucket: str, monkeypatch: pytest.MonkeyPatch, c
     caplog.set_level("DEBUG", logger="dialsum")
     storage = open_storage(f"s3://{s3_bucket}/team")
     result = publish(make_run(tmp_path / "run"), "run-1", "kobart", storage=storage)
-    shown = " ".join([repr(storage), str(storage), repr(get_settings()), str(get_settings()), repr(result), caplog.text])
+    shown = " ".join(
+        [repr(storage), str(storage), repr(get_settings()), str(get_settings()), repr(result), caplog.text]
+    )
     assert "AKIDsecretid12345" not in shown and "s3cr3t-v4lue-xyz" not in shown
     assert s3_bucket in repr(storage)
 
@@ -65,7 +67,9 @@ def own_server(monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
 
 
-def test_server_stopped_mid_upload_then_retry_succeeds(own_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_server_stopped_mid_upload_then_retry_succeeds(
+    own_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     run = make_run(tmp_path / "run", RUN_FILES | {"adapter_model.safetensors": os.urandom(40 * 1024 * 1024)})
     s3_client(own_server.endpoint).create_bucket(Bucket="runs")
     written: list[str] = []

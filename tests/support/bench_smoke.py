@@ -57,8 +57,11 @@ def main(out_dir: Path, scripts: list[Path], jobs: int) -> dict[str, dict]:
         if pid not in running:
             continue
         script, started = running.pop(pid)
-        results[script.stem] = {"rc": os.waitstatus_to_exitcode(status), "seconds": round(time.monotonic() - started, 1),
-                                "log": str(out_dir / f"{script.stem}.log")}
+        results[script.stem] = {
+            "rc": os.waitstatus_to_exitcode(status),
+            "seconds": round(time.monotonic() - started, 1),
+            "log": str(out_dir / f"{script.stem}.log"),
+        }
     return results
 
 

@@ -49,9 +49,17 @@ class _Quiet(ThreadingHTTPServer):
 
 
 class ChatServer:
-    def __init__(self, faults: dict[int, str] | None = None, latency: float = 0.0, retry_after: str = "1",
-                 fail_matching: str | None = None, upstream: str | None = None, log_path=None,
-                 delay_seconds: float = 3.0, port: int = 0) -> None:
+    def __init__(
+        self,
+        faults: dict[int, str] | None = None,
+        latency: float = 0.0,
+        retry_after: str = "1",
+        fail_matching: str | None = None,
+        upstream: str | None = None,
+        log_path=None,
+        delay_seconds: float = 3.0,
+        port: int = 0,
+    ) -> None:
         self.faults, self.latency, self.retry_after = dict(faults or {}), latency, retry_after
         self.fail_matching, self.upstream, self.log_path = fail_matching, upstream, log_path
         self.delay_seconds = delay_seconds
@@ -63,7 +71,7 @@ class ChatServer:
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -74,8 +82,13 @@ class ChatServer:
     def record(self, body: dict, fault: str | None) -> int:
         digest = hashlib.sha256(json.dumps(body.get("messages"), ensure_ascii=False).encode()).hexdigest()[:16]
         with self._lock:
-            entry = {"n": len(self.requests) + 1, "messages": digest, "seed": body.get("seed"), "fault": fault,
-                     "t": time.time()}
+            entry = {
+                "n": len(self.requests) + 1,
+                "messages": digest,
+                "seed": body.get("seed"),
+                "fault": fault,
+                "t": time.time(),
+            }
             self.requests.append(entry)
             if self.log_path:
                 with open(self.log_path, "a", encoding="utf-8") as fh:
@@ -116,8 +129,9 @@ class ChatServer:
                 if server.latency:
                     time.sleep(server.latency)
                 if fault == "429":
-                    return self._send(429, b'{"error": {"message": "rate limited"}}',
-                                      {"Retry-After": server.retry_after})
+                    return self._send(
+                        429, b'{"error": {"message": "rate limited"}}', {"Retry-After": server.retry_after}
+                    )
                 if fault == "500":
                     return self._send(500, b'{"error": {"message": "internal error"}}')
                 if fault == "drop":
@@ -135,12 +149,20 @@ class ChatServer:
                     return self._forward(raw)
                 text = "" if fault == "empty" else summary_for(body.get("messages") or [])
                 prompt = sum(len(m.get("content", "")) for m in body.get("messages") or [])
-                reply = {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
-                         "model": body.get("model", "fake"),
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                      "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": prompt, "completion_tokens": len(text),
-                                   "total_tokens": prompt + len(text)}}
+                reply = {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model", "fake"),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": len(text),
+                        "total_tokens": prompt + len(text),
+                    },
+                }
                 return self._send(200, json.dumps(reply, ensure_ascii=False).encode())
 
             def _forward(self, raw: bytes) -> None:

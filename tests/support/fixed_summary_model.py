@@ -24,10 +24,20 @@ def build(folder: Path, tiny_source: str) -> Path:
     if len(set(chain)) != len(chain):
         raise ValueError(f"the summary repeats a token: {chain}")
     hidden = 32
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
-                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model = Qwen3ForCausalLM(cfg)
     with torch.no_grad():
         layer = model.model.layers[0]

@@ -65,8 +65,9 @@ def validate_strictly(resource: dict[str, Any]) -> None:
         meta = resource.get("metadata", {})
         name = meta.get("name") or meta.get("generateName", "")
         where = ".".join(map(str, exc.path)) or "(top level)"
-        raise AssertionError(f"{resource['kind']} {name}: {where}: {exc.message} "
-                             f"(Kubernetes {exc.version}, strict)") from None
+        raise AssertionError(
+            f"{resource['kind']} {name}: {where}: {exc.message} (Kubernetes {exc.version}, strict)"
+        ) from None
 
 
 def pod_spec(resource: dict[str, Any]) -> dict[str, Any] | None:
@@ -84,8 +85,9 @@ def enum_errors(resource: dict[str, Any]) -> list[str]:
     errors = []
     allowed = RESTART_POLICIES[resource["kind"]]
     if spec.get("restartPolicy", "Always") not in allowed:
-        errors.append(f"restartPolicy: {spec.get('restartPolicy', 'Always')!r} (a {resource['kind']} allows "
-                      f"{sorted(allowed)})")
+        errors.append(
+            f"restartPolicy: {spec.get('restartPolicy', 'Always')!r} (a {resource['kind']} allows {sorted(allowed)})"
+        )
     for i, container in enumerate(spec.get("initContainers", []) + spec["containers"]):
         if "imagePullPolicy" in container and container["imagePullPolicy"] not in IMAGE_PULL_POLICIES:
             errors.append(f"containers[{i}].imagePullPolicy: {container['imagePullPolicy']!r}")

@@ -56,8 +56,12 @@ class PrefectServer:
 def base_env(home: Path) -> dict[str, str]:
     """This process's environment without Prefect, dialsum or AWS settings, with its own PREFECT_HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIALSUM_", "AWS_"))}
-    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                  "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
@@ -76,8 +80,15 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
 
 def prefect(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """The `prefect` CLI; asserts that it succeeded."""
-    result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -85,8 +96,9 @@ def prefect(*args: str, env: dict[str, str], timeout: float) -> subprocess.Compl
 def flow_runs(api_url: str, flow_run_filter: FlowRunFilter | None = None, limit: int = 200) -> list[Any]:
     """The latest `limit` flow runs on the server (of those `flow_run_filter` selects), oldest first."""
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                                     limit=limit)
+        runs = client.read_flow_runs(
+            flow_run_filter=flow_run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit
+        )
     return sorted(runs, key=lambda r: r.created)
 
 
@@ -121,8 +133,9 @@ def prefect_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     folder = tmp_path_factory.mktemp("prefect-server")
     port, log = free_port(), folder / "server.log"
     env = base_env(folder / "home") | {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no nightly runs
-    process = start_group([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                           "--port", str(port)], env, log)
+    process = start_group(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_healthy(url, process, log)

@@ -13,10 +13,15 @@ from dialsum.tuning.loop import COMPLETED, FAILED, RUNNING, STOPPED, Status, Stu
 from dialsum.tuning.space import SearchSpace
 from dialsum.tuning.study import StudyJournal
 
-SPACE = SearchSpace.model_validate({
-    "params": {"training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
-               "training.warmup_steps": {"low": 0.0, "high": 0.2}},
-    "pruner": {"type": "none"}})
+SPACE = SearchSpace.model_validate(
+    {
+        "params": {
+            "training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+            "training.warmup_steps": {"low": 0.0, "high": 0.2},
+        },
+        "pruner": {"type": "none"},
+    }
+)
 
 
 class FakeExecutor:
@@ -67,8 +72,12 @@ class FakeExecutor:
     def result(self, run: TrialRun) -> dict[str, Any]:
         steps = min(self.polls[run.run_id], self.duration)
         value = self.value(run.run_id, steps)  # the full-dev score is another figure: trials rank on the selection part
-        return {"dev": {"score": -value}, "dev_selection": {"score": value}, "train_steps": steps,
-                "training": {"stop_requested": run.run_id in self.stopped}}
+        return {
+            "dev": {"score": -value},
+            "dev_selection": {"score": value},
+            "train_steps": steps,
+            "training": {"stop_requested": run.run_id in self.stopped},
+        }
 
     def stop(self, run: TrialRun, reason: str) -> None:
         self.stopped[run.run_id] = self.polls[run.run_id]
@@ -78,8 +87,15 @@ class Killed(Exception):
     """The parent dies here (kill -9): nothing after this point runs."""
 
 
-def make_loop(store: LocalStorage, folder: Path, executor: FakeExecutor, budget: int = 8, space: SearchSpace = SPACE,
-              die_after: int | None = None, check=lambda params: None) -> tuple[StudyLoop, StudyJournal]:
+def make_loop(
+    store: LocalStorage,
+    folder: Path,
+    executor: FakeExecutor,
+    budget: int = 8,
+    space: SearchSpace = SPACE,
+    die_after: int | None = None,
+    check=lambda params: None,
+) -> tuple[StudyLoop, StudyJournal]:
     journal = StudyJournal("st", store, folder)
     journal.restore()
     study = journal.open(journal.check_space(space), seed=3)
@@ -91,8 +107,18 @@ def make_loop(store: LocalStorage, folder: Path, executor: FakeExecutor, budget:
         if die_after is not None and calls["n"] >= die_after:
             raise Killed
 
-    loop = StudyLoop(study, space, executor, budget=budget, parallel=2, seed=3, run_prefix="st", check=check,
-                     on_change=on_change, poll_seconds=0)
+    loop = StudyLoop(
+        study,
+        space,
+        executor,
+        budget=budget,
+        parallel=2,
+        seed=3,
+        run_prefix="st",
+        check=check,
+        on_change=on_change,
+        poll_seconds=0,
+    )
     return loop, journal
 
 
@@ -116,8 +142,13 @@ def test_the_budget_counts_every_trial_and_two_slots_run_two_at_once(tmp_path: P
 def test_a_failed_child_is_queued_once_more_and_a_config_failure_is_not(tmp_path: Path) -> None:
     # trial 1 crashes; its parameters come back as trial 2 (queued at once), which crashes too: no third try.
     # trial 4 fails on its config: running it again would fail the same way.
-    executor = FakeExecutor(fail={"st-t0001": "Crashed: killed", "st-t0002": "Crashed: again",
-                                  "st-t0004": "Failed: ConfigError: lora.r too big"})
+    executor = FakeExecutor(
+        fail={
+            "st-t0001": "Crashed: killed",
+            "st-t0002": "Crashed: again",
+            "st-t0004": "Failed: ConfigError: lora.r too big",
+        }
+    )
     loop, _ = make_loop(LocalStorage(tmp_path / "store"), tmp_path / "a", executor, budget=6)
     loop.run()
     trials = loop.study.get_trials()
@@ -131,7 +162,11 @@ def test_parameters_that_do_not_configure_the_model_fail_that_trial_without_a_ch
     executor = FakeExecutor()
 
     def check(params: dict) -> str | None:
-        return "tiny-bart.yaml: --set training.warmup_steps=...: too much" if params["training.warmup_steps"] > 0.1 else None
+        return (
+            "tiny-bart.yaml: --set training.warmup_steps=...: too much"
+            if params["training.warmup_steps"] > 0.1
+            else None
+        )
 
     loop, _ = make_loop(LocalStorage(tmp_path / "store"), tmp_path / "a", executor, budget=6, check=check)
     loop.run()
@@ -181,8 +216,10 @@ def test_trials_of_different_batch_sizes_report_at_equal_progress() -> None:
     assert progress_points(small, "dev_score") == progress_points(large, "dev_score")
     assert [p for p, _ in progress_points(small, "dev_score")] == list(range(10, 55, 5))  # none before the first
     assert dict(progress_points(small, "dev_score"))[25] == 2.0  # the last value measured by then
-    scored_at_epoch_ends = [{"step": 10, "progress": 0.5, "dev_loss": 1.0},
-                            {"step": 20, "progress": 1.0, "dev_loss": 0.9, "dev_score": 7.0}]
+    scored_at_epoch_ends = [
+        {"step": 10, "progress": 0.5, "dev_loss": 1.0},
+        {"step": 20, "progress": 1.0, "dev_loss": 0.9, "dev_score": 7.0},
+    ]
     assert progress_points(scored_at_epoch_ends, "dev_score") == [(100, 7.0)]
     assert progress_points([{"step": 3, "dev_score": 1.0}], "dev_score") == [(3, 1.0)]  # an older curve: raw steps
 

@@ -32,8 +32,11 @@ def _legend(ax) -> list[str]:
 def test_history_tells_completed_final_values_from_pruned_partial_ones() -> None:
     fig = history_figure(_study([40.0, 42.5, 41.0], pruned=[12.0, 8.0]), "dev_score")
     ax = fig.axes[0]
-    assert sorted(_legend(ax)) == ["best so far (completed only)", "completed (final value)",
-                                   "pruned (partial value, not final)"]
+    assert sorted(_legend(ax)) == [
+        "best so far (completed only)",
+        "completed (final value)",
+        "pruned (partial value, not final)",
+    ]
     assert ax.get_ylabel() == "dev_score (higher is better)" and "value" != ax.get_ylabel()
     assert all(float(tick).is_integer() for tick in ax.get_xticks())
     assert any("partial" in text.get_text() for text in fig.texts)

@@ -30,14 +30,19 @@ def test_every_shipped_space_loads_against_its_model(path: Path) -> None:
     assert space.params and space.direction == "maximize"
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"training.learning_rte": {"low": 1e-5, "high": 1e-3}},
-     "params.training.learning_rte: unknown key `training.learning_rte`; did you mean `training.learning_rate`?"),
-    ({"lora.dropout": {"low": 0.0, "high": 1.0}}, "params.lora.dropout: Input should be less than 1"),
-    ({"lora.r": {"low": 32, "high": 8}}, "params.lora.r: low (32) must be below high (8)"),
-    ({"lora.r": {"choices": [8, 8]}}, "params.lora.r: choices repeat a value"),
-    ({"training.learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}, "log ranges need low > 0"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"training.learning_rte": {"low": 1e-5, "high": 1e-3}},
+            "params.training.learning_rte: unknown key `training.learning_rte`; did you mean `training.learning_rate`?",
+        ),
+        ({"lora.dropout": {"low": 0.0, "high": 1.0}}, "params.lora.dropout: Input should be less than 1"),
+        ({"lora.r": {"low": 32, "high": 8}}, "params.lora.r: low (32) must be below high (8)"),
+        ({"lora.r": {"choices": [8, 8]}}, "params.lora.r: choices repeat a value"),
+        ({"training.learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}, "log ranges need low > 0"),
+    ],
+)
 def test_a_bad_key_or_range_is_one_line_naming_the_file_and_the_key(tmp_path: Path, params: dict, message: str) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({"params": params}), encoding="utf-8")
@@ -48,9 +53,15 @@ def test_a_bad_key_or_range_is_one_line_naming_the_file_and_the_key(tmp_path: Pa
 
 
 def test_ranges_infer_their_type_and_overrides_round_trip_through_an_overlay() -> None:
-    space = load_space({"params": {"lora.r": {"low": 8, "high": 32, "step": 8},
-                                   "training.learning_rate": {"low": "1e-5", "high": 1e-3, "log": True}}},
-                       "tiny-llama-qlora")
+    space = load_space(
+        {
+            "params": {
+                "lora.r": {"low": 8, "high": 32, "step": 8},
+                "training.learning_rate": {"low": "1e-5", "high": 1e-3, "log": True},
+            }
+        },
+        "tiny-llama-qlora",
+    )
     assert space.params["lora.r"].type == "int" and space.params["training.learning_rate"].type == "float"
     overrides = to_overrides({"lora.r": 16, "training.learning_rate": 3.0e-4})
     assert overrides == ["lora.r=16", "training.learning_rate=0.0003"]
@@ -106,7 +117,9 @@ def test_folds_are_disjoint_cover_every_row_and_are_byte_identical_for_a_seed(tm
     assert folding.assign(train, 5, seed=8).to_json() != folds.to_json()
     assert folding.Folds.from_json(folds.to_json()) == folds
     # stratified: every fold holds short and long dialogues alike
-    lengths = {ex: len(d) for ex, d in ((r["fname"], r["dialogue"]) for r in csv.DictReader(open(train, encoding="utf-8")))}
+    lengths = {
+        ex: len(d) for ex, d in ((r["fname"], r["dialogue"]) for r in csv.DictReader(open(train, encoding="utf-8")))
+    }
     means = [sum(lengths[f] for f in m) / len(m) for m in members]
     assert max(means) / min(means) < 1.1
 
@@ -132,7 +145,7 @@ def test_fold_data_holds_the_other_folds_the_real_dev_and_the_held_out_fold_then
     train = [r["fname"] for r in csv.DictReader(io.StringIO(files["train.csv"].decode()))]
     test = [r["fname"] for r in csv.DictReader(io.StringIO(files["test.csv"].decode()))]
     assert set(train) == set(folds.members(0)) | set(folds.members(2))
-    assert test[: len(folds.members(1))] == folds.members(1) and test[len(folds.members(1)):][0].startswith("test")
+    assert test[: len(folds.members(1))] == folds.members(1) and test[len(folds.members(1)) :][0].startswith("test")
     assert files["dev.csv"] == (data / "dev.csv").read_bytes()
     with pytest.raises(DataError, match="cannot fill 61 folds"):
         folding.assign(data / "train.csv", 61, seed=0)

@@ -63,9 +63,17 @@ def _ls(args: argparse.Namespace) -> int:
     for run in runs:
         count, size = _summary(run.manifest)
         kept, kept_size = checkpoint_sizes(run.run_id, run.model, storage)
-        rows.append((run.run_id, run.model, str(count), human_size(size),
-                     f"{kept} ({human_size(kept_size)})" if kept else "-", human_size(size + kept_size),
-                     run.manifest.get("created_at", "?")))
+        rows.append(
+            (
+                run.run_id,
+                run.model,
+                str(count),
+                human_size(size),
+                f"{kept} ({human_size(kept_size)})" if kept else "-",
+                human_size(size + kept_size),
+                run.manifest.get("created_at", "?"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

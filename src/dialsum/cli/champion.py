@@ -26,11 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote = commands.add_parser("promote", help="make a published run the champion if it beats the current one")
     promote.add_argument("run", metavar="RUN_ID", help="a run id (its ensemble) or RUN_ID/MODEL for one model")
     promote.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
-    promote.add_argument("--margin", type=float, default=0.0,
-                         help="promote only when the 95%% lower bound of its paired dev-score gain is above this "
-                              "(default 0)")
-    promote.add_argument("--data", help="dev data folder or storage URL: both runs' saved dev predictions are "
-                                        "re-scored on it (needed when the champion was scored on other dev data)")
+    promote.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="promote only when the 95%% lower bound of its paired dev-score gain is above this (default 0)",
+    )
+    promote.add_argument(
+        "--data",
+        help="dev data folder or storage URL: both runs' saved dev predictions are "
+        "re-scored on it (needed when the champion was scored on other dev data)",
+    )
     _storage_arg(promote)
     promote.set_defaults(func=_promote)
 
@@ -44,12 +50,18 @@ def _storage_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_line(champion: dict[str, Any]) -> str:
-    what = (f"ensemble ({champion['strategy']}) of {', '.join(champion['members'])}"
-            if champion["kind"] == "ensemble" else f"model {champion['model']}")
+    what = (
+        f"ensemble ({champion['strategy']}) of {', '.join(champion['members'])}"
+        if champion["kind"] == "ensemble"
+        else f"model {champion['model']}"
+    )
     held = champion.get("held_out_score")
     split = champion.get("split") or {}
-    on = (f" on {split['held_out_rows']} rows, split seed {split['seed']}, held-out fraction "
-          f"{split['held_out_fraction']}" if split.get("held_out_rows") is not None else "")
+    on = (
+        f" on {split['held_out_rows']} rows, split seed {split['seed']}, held-out fraction {split['held_out_fraction']}"
+        if split.get("held_out_rows") is not None
+        else ""
+    )
     held = f" (held-out {held:.2f}{on})" if held is not None else ""
     return f"{champion['run_id']}/{champion['model']}: {what}; dev score {champion['dev_score']:.2f}{held}"
 
@@ -65,10 +77,14 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  reason: {record.reason}")
     if record.comparison:
         diff = record.comparison
-        print(f"  vs the champion it replaced: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} to "
-              f"{diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap")
-    print(f"  dev data {(c.get('dev_sha256') or '?')[:12]}  data {(c.get('data_sha256') or '?')[:12]}  "
-          f"code {(c.get('code_sha256') or '?')[:12]}  commit {(c.get('commit') or '?')[:12]}")
+        print(
+            f"  vs the champion it replaced: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} to "
+            f"{diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap"
+        )
+    print(
+        f"  dev data {(c.get('dev_sha256') or '?')[:12]}  data {(c.get('data_sha256') or '?')[:12]}  "
+        f"code {(c.get('code_sha256') or '?')[:12]}  commit {(c.get('commit') or '?')[:12]}"
+    )
     if args.history:
         for past in registry.history(store):
             print(f"  {past.generation:>4}  {past.at}  {past.action:<8}  {describe_line(past.champion)}")
@@ -88,8 +104,9 @@ def _promote(args: argparse.Namespace) -> int:
     store = storage.open_storage(args.storage)
     run_id, _, model = args.run.partition("/")
     challenger = registry.describe(store, run_id, model or None)
-    decision = registry.promote(store, challenger, "always" if args.force else "if-better", args.margin,
-                                _references(args.data))
+    decision = registry.promote(
+        store, challenger, "always" if args.force else "if-better", args.margin, _references(args.data)
+    )
     verdict = "promoted" if decision.promoted else "not promoted"
     print(f"{challenger['run_id']}/{challenger['model']} {verdict}: {decision.reason}")
     return 0 if decision.promoted else 1
@@ -125,13 +142,22 @@ def predict_champion(data_dir: Path | None, out_dir: Path, storage_url: str | No
             predict_run(run_dir, data_dir=data_dir, out_dir=Path(tmp) / "out" / member)
             candidates[member] = ensemble.read_predictions(Path(tmp) / "out" / member / "predictions")
             nbest[member] = ensemble.read_nbest(Path(tmp) / "out" / member / "predictions")
-        combined = ensemble.combine(champ.get("strategy") or ensemble.BEST_SINGLE, candidates, champ["member_scores"],
-                                    nbest, best=champ.get("best_model"), metric_weights=champ.get("metric_weights"),
-                                    weights=champ.get("weights"))
+        combined = ensemble.combine(
+            champ.get("strategy") or ensemble.BEST_SINGLE,
+            candidates,
+            champ["member_scores"],
+            nbest,
+            best=champ.get("best_model"),
+            metric_weights=champ.get("metric_weights"),
+            weights=champ.get("weights"),
+        )
     for split, preds in combined.items():
         write_submission(out_dir / "predictions" / f"{split}.csv", list(preds), list(preds.values()))
-    return {"champion": f"{champ['run_id']}/{champ['model']}", "generation": record.generation,
-            "predictions": {split: str(out_dir / "predictions" / f"{split}.csv") for split in combined}}
+    return {
+        "champion": f"{champ['run_id']}/{champ['model']}",
+        "generation": record.generation,
+        "predictions": {split: str(out_dir / "predictions" / f"{split}.csv") for split in combined},
+    }
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from dialsum.cli.profiles import overrides_of
 from dialsum.errors import ConfigError, FolderError
@@ -109,8 +109,9 @@ def leases(args: argparse.Namespace, names: list[str]) -> Iterator[None]:
     store = opened_storage(args)
     with ExitStack() as held:
         for name in names:
-            held.enter_context(storage.hold(store, storage.check_name(args.run_id, "run id"), name,
-                                            get_settings().lease_seconds))
+            held.enter_context(
+                storage.hold(store, storage.check_name(args.run_id, "run id"), name, get_settings().lease_seconds)
+            )
         yield
 
 
@@ -144,14 +145,17 @@ def _hub_checkpoint(cfg, repo: str, probe: str) -> None:
 
     key = "model" if repo == cfg.model else "tokenizer"
     if _looks_like_path(repo):
-        raise ConfigError(f"{cfg.name}: {key} {repo}: no such folder (a local checkpoint is a folder with "
-                          f"{probe}; a hub id is ORG/NAME)")
+        raise ConfigError(
+            f"{cfg.name}: {key} {repo}: no such folder (a local checkpoint is a folder with "
+            f"{probe}; a hub id is ORG/NAME)"
+        )
     try:
         if isinstance(try_to_load_from_cache(repo, probe, revision=cfg.revision), str):
             return
     except HFValidationError:
-        raise ConfigError(f"{cfg.name}: {key} {repo!r} is neither a local folder nor a valid hub id "
-                          "(ORG/NAME)") from None
+        raise ConfigError(
+            f"{cfg.name}: {key} {repo!r} is neither a local folder nor a valid hub id (ORG/NAME)"
+        ) from None
     where = f"{cfg.name}: {repo} is not a local folder and not in the Hugging Face cache {constants.HF_HUB_CACHE}"
     fix = "pass --set model=<local folder> (and --set tokenizer=<folder>) with a copy of the checkpoint"
     if constants.HF_HUB_OFFLINE:

@@ -62,8 +62,7 @@ def _preflight(args: argparse.Namespace) -> int:
     from dialsum.models.preflight import PreflightFailed, format_report, run
 
     try:
-        reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (),
-                                overrides=overrides)
+        reports, problems = run(args.models, data_dir=args.data, tokenizers=args.tokenizer or (), overrides=overrides)
     except PreflightFailed as exc:
         print("\n\n".join(format_report(r) for r in exc.reports))
         raise
@@ -79,12 +78,18 @@ def _preflight(args: argparse.Namespace) -> int:
 def _add_preflight_parser(sub) -> None:
     p = sub.add_parser("preflight", help="check lengths, cuts, reachable references and round trips (tokenizer only)")
     p.add_argument("--models", nargs="+", required=True, help="config stems in configs/models/ or YAML paths")
-    p.add_argument("--data", type=checks.location,
-                   help="folder or storage URL with train/dev/test CSVs, any present (default: bundled sample)")
+    p.add_argument(
+        "--data",
+        type=checks.location,
+        help="folder or storage URL with train/dev/test CSVs, any present (default: bundled sample)",
+    )
     p.add_argument("--tokenizer", nargs="+", metavar="[MODEL=]PATH", help="use a local tokenizer folder for a model")
     p.add_argument("--force", action="store_true", help="exit 0 even when references are unreachable")
-    p.add_argument("--max-cost-usd", type=float, metavar="USD",
-                   help="API profiles: exit 1 when the estimated cost passes this (default: the profile's "
-                        "max_cost_usd)")
+    p.add_argument(
+        "--max-cost-usd",
+        type=float,
+        metavar="USD",
+        help="API profiles: exit 1 when the estimated cost passes this (default: the profile's max_cost_usd)",
+    )
     add_override_args(p)
     p.set_defaults(func=_preflight)

@@ -20,8 +20,19 @@ from dialsum.engine import lifeline
 from dialsum.errors import DialsumError
 from dialsum.state import stop
 
-USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
-               errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
+USER_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ENOTEMPTY,
+}
 
 
 def version() -> str:
@@ -46,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (train, predict, data, profiles, artifacts, champion, sweep):
         group.register(sub)
-    p = sub.add_parser("worker", add_help=False, help="Create a work pool from infra/ and start a Prefect worker on it.")
+    p = sub.add_parser(
+        "worker", add_help=False, help="Create a work pool from infra/ and start a Prefect worker on it."
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_worker)
-    p = sub.add_parser("completion", help="print a shell completion script: eval \"$(dialsum completion bash)\"")
+    p = sub.add_parser("completion", help='print a shell completion script: eval "$(dialsum completion bash)"')
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     p.set_defaults(func=_completion)
     return parser
@@ -68,8 +81,10 @@ def _worker(args: argparse.Namespace) -> int:
 def _completion(args: argparse.Namespace) -> int:
     import shtab
 
-    preamble = {"bash": "_dialsum_models() { compgen -W \"$(dialsum models --names 2>/dev/null)\" -- \"$1\"; }",
-                "zsh": "_dialsum_models() { compadd -- ${(f)\"$(dialsum models --names 2>/dev/null)\"}; }"}
+    preamble = {
+        "bash": '_dialsum_models() { compgen -W "$(dialsum models --names 2>/dev/null)" -- "$1"; }',
+        "zsh": '_dialsum_models() { compadd -- ${(f)"$(dialsum models --names 2>/dev/null)"}; }',
+    }
     print(shtab.complete(build_parser(), args.shell, preamble=preamble))
     return 0
 

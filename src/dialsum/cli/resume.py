@@ -22,8 +22,14 @@ def data_value(data) -> str | None:
 
 def record_of(args: argparse.Namespace, mode: str) -> dict:
     """What a new run records about the command that starts it (after `checks.training` resolved the overrides)."""
-    return {"mode": mode, "models": list(args.models), "overrides": list(args.overrides),
-            "data": data_value(args.data), "debug": bool(args.debug), "eval_before": bool(args.eval_before)}
+    return {
+        "mode": mode,
+        "models": list(args.models),
+        "overrides": list(args.overrides),
+        "data": data_value(args.data),
+        "debug": bool(args.debug),
+        "eval_before": bool(args.eval_before),
+    }
 
 
 def _keyed(overrides: list[str]) -> dict[str, str]:
@@ -44,9 +50,11 @@ def _override_conflict(run_id: str, recorded: list[str], given: list[str]) -> st
         if _run_control(key):
             continue
         if old.get(key) != new.get(key):
-            return (f"--resume {run_id}: --set {key} was {old.get(key, '(not set)')} when the run started, "
-                    f"{new.get(key, '(not set)')} now; drop the --set/--overlay options to continue with the "
-                    "run's own, or start a new run")
+            return (
+                f"--resume {run_id}: --set {key} was {old.get(key, '(not set)')} when the run started, "
+                f"{new.get(key, '(not set)')} now; drop the --set/--overlay options to continue with the "
+                "run's own, or start a new run"
+            )
     return None
 
 
@@ -71,13 +79,17 @@ def fill(args: argparse.Namespace, command: str) -> None:
     run_id, mode = args.resume, record.get("mode", "single")
     wanted = getattr(args, "mode", None) or ("multi_model" if command == "train-all" else mode)
     if wanted != mode:
-        raise ConfigError(f"--resume {run_id}: the run was started with --mode {mode}, not {wanted}; continue it "
-                          f"with `dialsum train --resume {run_id}`")
+        raise ConfigError(
+            f"--resume {run_id}: the run was started with --mode {mode}, not {wanted}; continue it "
+            f"with `dialsum train --resume {run_id}`"
+        )
     if hasattr(args, "mode"):
         args.mode = mode
     if args.models and list(args.models) != record["models"]:
-        raise ConfigError(f"--resume {run_id}: --models was {' '.join(record['models'])} when the run started, "
-                          f"{' '.join(args.models)} now; drop --models to continue the run's own")
+        raise ConfigError(
+            f"--resume {run_id}: --models was {' '.join(record['models'])} when the run started, "
+            f"{' '.join(args.models)} now; drop --models to continue the run's own"
+        )
     args.models = list(record["models"])
     given = overrides_of(args)
     asked = [o for o in given if not _run_control(o)]  # a larger budget alone needs no other --set repeated
@@ -86,8 +98,10 @@ def fill(args: argparse.Namespace, command: str) -> None:
     recorded = [o for o in record.get("overrides", []) if not _run_control(o)]
     args.overrides, args.overlays = recorded + [o for o in given if _run_control(o)], []
     if args.data is not None and data_value(args.data) != record.get("data"):
-        raise ConfigError(f"--resume {run_id}: --data was {record.get('data') or '(the bundled sample)'} when the "
-                          f"run started, {args.data} now; drop --data to continue with the run's own")
+        raise ConfigError(
+            f"--resume {run_id}: --data was {record.get('data') or '(the bundled sample)'} when the "
+            f"run started, {args.data} now; drop --data to continue with the run's own"
+        )
     if record.get("data") is not None:
         args.data = record["data"] if "://" in record["data"] else Path(record["data"])
     for flag, key in (("--debug", "debug"), ("--eval-before", "eval_before")):

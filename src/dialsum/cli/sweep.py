@@ -48,43 +48,67 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, metavar="MODEL", help="config stem in configs/models/ or a YAML path")
-    p.add_argument("--data", type=checks.location,
-                   help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument(
+        "--data",
+        type=checks.location,
+        help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)",
+    )
     p.add_argument("--storage", help="storage URL or folder (default DIALSUM_STORAGE_URL)")
     p.add_argument("--debug", action="store_true", help="each child runs a few steps on a small slice")
     p.add_argument("--parallel", type=int, default=None, help="children running at once (default: --gpus, else 1)")
-    p.add_argument("--gpus", type=int, default=None,
-                   help="GPUs on this box: one child per GPU (embedded: CUDA_VISIBLE_DEVICES; targets: GPU queues)")
-    p.add_argument("--target", default=None,
-                   help="run children on this target's train-model deployment (process, process-gpu, docker-gpu, "
-                        "docker-cpu, k8s) through PREFECT_API_URL; default: local processes")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs on this box: one child per GPU (embedded: CUDA_VISIBLE_DEVICES; targets: GPU queues)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="run children on this target's train-model deployment (process, process-gpu, docker-gpu, "
+        "docker-cpu, k8s) through PREFECT_API_URL; default: local processes",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler or the fold assignment (default 0)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     add_override_args(p)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="an Optuna study over one model's config, one train-model child per trial",
-                       description="Search a model's config keys with Optuna (TPE, pruned on the evaluation curve).",
-                       epilog=SWEEP_EXAMPLE, formatter_class=_formatter)
+    p = sub.add_parser(
+        "sweep",
+        help="an Optuna study over one model's config, one train-model child per trial",
+        description="Search a model's config keys with Optuna (TPE, pruned on the evaluation curve).",
+        epilog=SWEEP_EXAMPLE,
+        formatter_class=_formatter,
+    )
     _add_common(p)
-    p.add_argument("--space", type=Path, help="search-space YAML (configs/sweeps/*.yaml); not needed to continue a study")
+    p.add_argument(
+        "--space", type=Path, help="search-space YAML (configs/sweeps/*.yaml); not needed to continue a study"
+    )
     p.add_argument("--trials", type=int, default=8, help="trials in the study, whatever their outcome (default 8)")
     p.add_argument("--study", help="study name: continue it if it exists in the storage (default: model and time)")
     p.set_defaults(func=_sweep)
 
-    p = sub.add_parser("kfold", help="K-fold cross-validation: one child per fold, OOF predictions, fold ensemble",
-                       description="Train one child per fold of train.csv (stratified by dialogue length, grouped "
-                                   "by a `group` column when present) and score the out-of-fold predictions.",
-                       epilog=KFOLD_EXAMPLE, formatter_class=_formatter)
+    p = sub.add_parser(
+        "kfold",
+        help="K-fold cross-validation: one child per fold, OOF predictions, fold ensemble",
+        description="Train one child per fold of train.csv (stratified by dialogue length, grouped "
+        "by a `group` column when present) and score the out-of-fold predictions.",
+        epilog=KFOLD_EXAMPLE,
+        formatter_class=_formatter,
+    )
     _add_common(p)
     p.add_argument("--k", type=int, default=5, help="folds (default 5)")
     p.add_argument("--run-id", help="K-fold run id (default: time-based); the same id continues it")
     p.set_defaults(func=_kfold)
 
-    p = sub.add_parser("tune-decoding", help="search generation settings on a saved model, scored on dev",
-                       description="A cheap study over decoding settings of a saved run: no retraining.",
-                       epilog=TUNE_EXAMPLE, formatter_class=_formatter)
+    p = sub.add_parser(
+        "tune-decoding",
+        help="search generation settings on a saved model, scored on dev",
+        description="A cheap study over decoding settings of a saved run: no retraining.",
+        epilog=TUNE_EXAMPLE,
+        formatter_class=_formatter,
+    )
     p.add_argument("--run", type=Path, required=True, help="a saved run folder (outputs/<run-id>/<model>)")
     p.add_argument("--data", type=checks.location, help="folder or storage URL with dev.csv (default: bundled sample)")
     p.add_argument("--space", type=Path, help="YAML of generation.* keys to search (default: the built-in space)")
@@ -109,8 +133,10 @@ def _placement_options(args: argparse.Namespace) -> dict:
 
         get_target(args.target)
         if not get_settings().prefect_api_url:
-            raise DialsumError(f"--target {args.target} launches deployments: set PREFECT_API_URL to the Prefect "
-                               "server, or leave out --target to run the children as local processes")
+            raise DialsumError(
+                f"--target {args.target} launches deployments: set PREFECT_API_URL to the Prefect "
+                "server, or leave out --target to run the children as local processes"
+            )
     return {"target": args.target or "process", "num_gpus": args.gpus, "embedded": args.target is None}
 
 
@@ -130,9 +156,20 @@ def _sweep(args: argparse.Namespace) -> int:
     from dialsum.orchestration.sweep import run_embedded
     from dialsum.tuning.outputs import format_table
 
-    summary = run_embedded(args.models, space=space, trials=args.trials, parallel=args.parallel, study=args.study,
-                           data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
-                           seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
+    summary = run_embedded(
+        args.models,
+        space=space,
+        trials=args.trials,
+        parallel=args.parallel,
+        study=args.study,
+        data_dir=str(args.data) if args.data else None,
+        storage_url=args.storage,
+        debug=args.debug,
+        seed=args.seed,
+        overrides=args.overrides,
+        poll_seconds=args.poll_seconds,
+        **options,
+    )
     if summary.get("status") == "stopped":
         lines = [f"trial {t['trial']} ({t['run_id']}): {t['where']}" for t in summary["stopped"]]
         return _print_stopped(lines, ["sweep", "--study", summary["study"], "--trials", str(args.trials)], args)
@@ -157,9 +194,19 @@ def _kfold(args: argparse.Namespace) -> int:
     options = _placement_options(args)
     from dialsum.orchestration.kfold import format_summary, run_embedded
 
-    summary = run_embedded(args.models, k=args.k, parallel=args.parallel, run_id=args.run_id,
-                           data_dir=str(args.data) if args.data else None, storage_url=args.storage, debug=args.debug,
-                           seed=args.seed, overrides=args.overrides, poll_seconds=args.poll_seconds, **options)
+    summary = run_embedded(
+        args.models,
+        k=args.k,
+        parallel=args.parallel,
+        run_id=args.run_id,
+        data_dir=str(args.data) if args.data else None,
+        storage_url=args.storage,
+        debug=args.debug,
+        seed=args.seed,
+        overrides=args.overrides,
+        poll_seconds=args.poll_seconds,
+        **options,
+    )
     if summary.get("status") == "stopped":
         lines = [f"{run_id}: {where}" for run_id, where in summary["stopped"].items()]
         return _print_stopped(lines, ["kfold", "--k", str(args.k), "--run-id", summary["run_id"]], args)
@@ -177,8 +224,14 @@ def _print_stopped(lines: list[str], command: list[str], args: argparse.Namespac
     for line in lines:
         print(f"dialsum: {line}", file=sys.stderr)
     command = ["dialsum", command[0], "--models", args.models, *command[1:]]
-    for flag, value in (("--parallel", args.parallel), ("--gpus", args.gpus), ("--target", args.target),
-                        ("--data", args.data), ("--storage", args.storage), ("--seed", args.seed or None)):
+    for flag, value in (
+        ("--parallel", args.parallel),
+        ("--gpus", args.gpus),
+        ("--target", args.target),
+        ("--data", args.data),
+        ("--storage", args.storage),
+        ("--seed", args.seed or None),
+    ):
         command += [flag, str(value)] if value is not None else []
     command += ["--debug"] if args.debug else []
     command += [arg for override in args.overrides for arg in ("--set", override)]
@@ -202,7 +255,14 @@ def _tune_decoding(args: argparse.Namespace) -> int:
     checks.data(args.data, splits=("dev",), optional=())
     from dialsum.pipeline.decoding_search import format_summary, tune_decoding
 
-    summary = tune_decoding(args.run, data_dir=args.data, space=args.space, trials=args.trials, rows=args.rows,
-                            seed=args.seed, out_dir=args.out)
+    summary = tune_decoding(
+        args.run,
+        data_dir=args.data,
+        space=args.space,
+        trials=args.trials,
+        rows=args.rows,
+        seed=args.seed,
+        out_dir=args.out,
+    )
     print(format_summary(summary))
     return 0

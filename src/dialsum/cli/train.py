@@ -10,14 +10,19 @@ from collections.abc import Sequence
 from dialsum.cli import checks, resume
 from dialsum.cli.profiles import add_override_args
 from dialsum.errors import DialsumError
-from dialsum.state import stop
 from dialsum.pipeline.result import ModelRow, TrainAllSummary, rows_of
+from dialsum.state import stop
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train, predict, score and publish one or more models")
     p.add_argument("--mode", choices=["single", "multi_model"], help="single (default) or multi_model")
-    p.add_argument("--gpus", type=int, default=1, help="train one model data-parallel on this many GPUs (on a CPU-only machine: this many gloo processes)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="train one model data-parallel on this many GPUs (on a CPU-only machine: this many gloo processes)",
+    )
     _add_train_args(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("train-all", help="run the train-all flow embedded (no server): one child per model + ensemble")
@@ -26,25 +31,45 @@ def register(sub) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+",
-                   help="config stems in configs/models/ or YAML paths (with --resume: the run's)")
-    p.add_argument("--data", type=checks.location,
-                   help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)")
+    p.add_argument(
+        "--models", nargs="+", help="config stems in configs/models/ or YAML paths (with --resume: the run's)"
+    )
+    p.add_argument(
+        "--data",
+        type=checks.location,
+        help="folder or storage URL with train.csv, dev.csv, test.csv (default: bundled sample)",
+    )
     p.add_argument("--debug", action="store_true", help="a few steps on a small slice")
     p.add_argument("--eval-before", action="store_true", help="also score the untrained model on dev")
-    p.add_argument("--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL")
+    p.add_argument(
+        "--storage", help="publish to this URL (s3://bucket/prefix or a folder); default DIALSUM_STORAGE_URL"
+    )
     p.add_argument("--run-id", help="run id (default: time-based)")
-    p.add_argument("--force", action="store_true",
-                   help="single: go on when preflight finds unreachable references, overwrite a published run with "
-                        "different content; multi_model/train-all: also retrain when data, config and code are unchanged")
-    p.add_argument("--resume", metavar="RUN_ID",
-                   help="continue that run from its finished phases and newest checkpoint (local or in storage), with "
-                        "the models, overrides and data it was started with")
-    p.add_argument("--promote", choices=["never", "if-better", "always"], default="never",
-                   help="make the run's ensemble the champion: never (default), if-better, always")
-    p.add_argument("--margin", type=float, default=0.0,
-                   help="if-better: the 99%% lower bound of the ensemble's paired dev-score gain over the champion "
-                        "must be above this (default 0)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="single: go on when preflight finds unreachable references, overwrite a published run with "
+        "different content; multi_model/train-all: also retrain when data, config and code are unchanged",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue that run from its finished phases and newest checkpoint (local or in storage), with "
+        "the models, overrides and data it was started with",
+    )
+    p.add_argument(
+        "--promote",
+        choices=["never", "if-better", "always"],
+        default="never",
+        help="make the run's ensemble the champion: never (default), if-better, always",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="if-better: the 99%% lower bound of the ensemble's paired dev-score gain over the champion "
+        "must be above this (default 0)",
+    )
     add_override_args(p)
 
 
@@ -65,8 +90,10 @@ def _train(args: argparse.Namespace) -> int:
     if len(args.models) != 1:
         raise DialsumError(f"--mode single takes one model, got {len(args.models)}; use --mode multi_model")
     if args.promote != "never":
-        raise DialsumError("--promote applies to --mode multi_model and train-all (the run's ensemble); "
-                           "promote a single run with `dialsum champion promote RUN_ID/MODEL`")
+        raise DialsumError(
+            "--promote applies to --mode multi_model and train-all (the run's ensemble); "
+            "promote a single run with `dialsum champion promote RUN_ID/MODEL`"
+        )
     _resume_run_id(args)
     names = checks.training(args)
     with checks.leases(args, names):
@@ -80,10 +107,18 @@ def _train(args: argparse.Namespace) -> int:
         from dialsum.pipeline import run_model
 
         try:
-            result = run_model(args.models[0], run_id=args.run_id, data_dir=checks.fetched(args.data),
-                               debug=args.debug, eval_before=args.eval_before, storage_url=args.storage,
-                               force=args.force, resume=bool(args.resume), overrides=args.overrides,
-                               store=checks.opened_storage(args))
+            result = run_model(
+                args.models[0],
+                run_id=args.run_id,
+                data_dir=checks.fetched(args.data),
+                debug=args.debug,
+                eval_before=args.eval_before,
+                storage_url=args.storage,
+                force=args.force,
+                resume=bool(args.resume),
+                overrides=args.overrides,
+                store=checks.opened_storage(args),
+            )
         except stop.Interrupted as exc:
             return _print_interrupted(args, names[0], exc)
     if result.metrics:  # data-parallel ranks other than 0 report nothing
@@ -118,9 +153,21 @@ def _train_data_parallel(args: argparse.Namespace) -> int:
 
     run_id = args.run_id or storage.new_run_id()
     if not torch.cuda.is_available():
-        print(f"dialsum: no GPU found: --gpus {args.gpus} runs {args.gpus} data-parallel CPU processes", file=sys.stderr)
-    code = launch_on_gpus(args.models[0], args.gpus, run_id, args.data, args.debug, args.eval_before, args.storage,
-                          args.overrides, force=args.force, verbose=args.verbose)
+        print(
+            f"dialsum: no GPU found: --gpus {args.gpus} runs {args.gpus} data-parallel CPU processes", file=sys.stderr
+        )
+    code = launch_on_gpus(
+        args.models[0],
+        args.gpus,
+        run_id,
+        args.data,
+        args.debug,
+        args.eval_before,
+        args.storage,
+        args.overrides,
+        force=args.force,
+        verbose=args.verbose,
+    )
     if stop.requested():
         print(f"dialsum: stopped; continue with --resume {run_id}", file=sys.stderr)
         return stop.exit_code()
@@ -134,10 +181,19 @@ def _train_all(args: argparse.Namespace) -> int:
     with checks.leases(args, checks.training(args)):
         from dialsum.orchestration.train_all import run_embedded
 
-        summary = run_embedded(args.models, data_dir=args.data, debug=args.debug, storage_url=args.storage,
-                               run_id=args.run_id, eval_before=args.eval_before, promote=args.promote,
-                               margin=args.margin, force=args.force, resume=bool(args.resume),
-                               overrides=args.overrides)
+        summary = run_embedded(
+            args.models,
+            data_dir=args.data,
+            debug=args.debug,
+            storage_url=args.storage,
+            run_id=args.run_id,
+            eval_before=args.eval_before,
+            promote=args.promote,
+            margin=args.margin,
+            force=args.force,
+            resume=bool(args.resume),
+            overrides=args.overrides,
+        )
     summary = TrainAllSummary.from_dict(summary)
     if summary.status == "stopped":
         return print_stopped(summary)
@@ -165,8 +221,10 @@ def print_stopped(summary: TrainAllSummary | dict) -> int:
     if summary.resumable is not False:
         print(f"dialsum: stopped; continue with --resume {summary.run_id}", file=sys.stderr)
     else:
-        print("dialsum: stopped before any model saved anything: nothing to resume; run the command again",
-              file=sys.stderr)
+        print(
+            "dialsum: stopped before any model saved anything: nothing to resume; run the command again",
+            file=sys.stderr,
+        )
     return stop.exit_code()
 
 
@@ -212,7 +270,8 @@ def format_table(rows: Sequence[ModelRow | dict]) -> str:
         text = cell(getattr(r, c))
         return text + (f" ({r.dev_rows} rows)" if not shared and getattr(r, c) is not None and r.dev_rows else "")
 
-    table = [header] + [[score_cell(r, c) if c.startswith("dev_score") else cell(getattr(r, c)) for c in cols]
-                        for r in rows]
+    table = [header] + [
+        [score_cell(r, c) if c.startswith("dev_score") else cell(getattr(r, c)) for c in cols] for r in rows
+    ]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)

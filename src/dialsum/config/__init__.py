@@ -5,6 +5,7 @@
 imports only settings and errors.
 """
 
+from dialsum.config.chat_api import ChatAPIConfig  # noqa: I001  (after schema, which it builds on)
 from dialsum.config.overrides import apply_overrides, parse_override
 from dialsum.config.profiles import (
     available_models,
@@ -34,12 +35,33 @@ from dialsum.config.schema import (
     TinySpec,
     TrainingConfig,
 )
-from dialsum.config.chat_api import ChatAPIConfig  # noqa: I001  (after schema, which it builds on)
 
 __all__ = [
-    "FAMILIES", "NAME_PATTERN", "NAME_RE", "CausalLMConfig", "ChatAPIConfig", "EncoderDecoderConfig", "GenerationConfig",
+    "FAMILIES",
+    "NAME_PATTERN",
+    "NAME_RE",
+    "CausalLMConfig",
+    "ChatAPIConfig",
+    "EncoderDecoderConfig",
+    "GenerationConfig",
     "LoraConfig",
-    "ModelConfig", "ModelConfigBase", "QuantizationConfig", "Strict", "TinySpec", "TrainingConfig", "apply_overrides",
-    "available_models", "check_listed_once", "config_dirs", "deep_merge", "did_you_mean", "dump_config", "find_config",
-    "load_model_config", "overlay_overrides", "packaged_configs", "parse_override", "resolve_model_path",
+    "ModelConfig",
+    "ModelConfigBase",
+    "QuantizationConfig",
+    "Strict",
+    "TinySpec",
+    "TrainingConfig",
+    "apply_overrides",
+    "available_models",
+    "check_listed_once",
+    "config_dirs",
+    "deep_merge",
+    "did_you_mean",
+    "dump_config",
+    "find_config",
+    "load_model_config",
+    "overlay_overrides",
+    "packaged_configs",
+    "parse_override",
+    "resolve_model_path",
 ]

@@ -28,8 +28,9 @@ class PriceConfig(Strict):
 class FewShotConfig(Strict):
     k: int = Field(3, ge=0, le=16, description="Example (dialogue, summary) pairs from train.csv before each dialogue.")
     method: Literal["similar", "first"] = Field(
-        "similar", description="similar: the k train dialogues closest to this one (cosine over Kiwi morpheme counts); "
-        "first: the first k train rows, the same for every dialogue."
+        "similar",
+        description="similar: the k train dialogues closest to this one (cosine over Kiwi morpheme counts); "
+        "first: the first k train rows, the same for every dialogue.",
     )
     max_dialogue_chars: int = Field(1500, ge=100, description="Example dialogues longer than this are not chosen.")
 
@@ -37,11 +38,17 @@ class FewShotConfig(Strict):
 class LimitsConfig(Strict):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     requests_per_minute: int | None = Field(100, ge=1, description="Requests started per minute; null: no limit.")
-    tokens_per_minute: int | None = Field(None, ge=1, description="Estimated tokens (in + max out) a minute; null: none.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Estimated tokens (in + max out) a minute; null: none."
+    )
     timeout_seconds: float = Field(60.0, gt=0, description="Longest wait for one response.")
     max_retries: int = Field(6, ge=0, description="Retries after a 429, a 5xx, a timeout or a dropped connection.")
-    backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubled each retry (with jitter), "
-                                   "unless the server's Retry-After says otherwise.")
+    backoff_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="First retry delay; doubled each retry (with jitter), "
+        "unless the server's Retry-After says otherwise.",
+    )
     max_backoff_seconds: float = Field(60.0, ge=0, description="Longest delay between retries.")
 
 
@@ -51,8 +58,11 @@ class ChatGenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(42, description="Seed sent with the prediction; candidate i is sent seed + i.")
     num_candidates: int = Field(
-        1, ge=1, le=64, description="Summaries kept per dialogue for MBR: one request each, with distinct seeds "
-        "(candidate 0 is the prediction)."
+        1,
+        ge=1,
+        le=64,
+        description="Summaries kept per dialogue for MBR: one request each, with distinct seeds "
+        "(candidate 0 is the prediction).",
     )
     candidate_temperature: float = Field(0.7, ge=0, le=2, description="Temperature of candidates 1..N-1.")
     batch_size: int = Field(64, ge=1, description="Dialogues handed to the caller at a time (progress granularity).")
@@ -64,10 +74,13 @@ class ChatAPIConfig(Strict):
     model: str = Field(description="The model name the API serves, e.g. solar-pro2.")
     base_url: str = Field(description="The API's base URL, e.g. https://api.upstage.ai/v1.")
     api_key_env: str | None = Field(
-        "UPSTAGE_API_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$",
-        description="Environment variable holding the API key; null: the endpoint needs none."
+        "UPSTAGE_API_KEY",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the API key; null: the endpoint needs none.",
     )
-    api_key_block: str | None = Field(None, description="Prefect Secret block holding the key if the variable is unset.")
+    api_key_block: str | None = Field(
+        None, description="Prefect Secret block holding the key if the variable is unset."
+    )
     price: PriceConfig = Field(default_factory=PriceConfig, description="Price per million tokens.")
     max_cost_usd: float | None = Field(None, gt=0, description="Stop before the run's cost would pass this (USD).")
     max_failed_rows: int = Field(0, ge=0, description="Rows allowed to fail after retries; more fails the run.")

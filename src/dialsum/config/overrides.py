@@ -5,7 +5,8 @@ and then validated with the rest of the profile.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel

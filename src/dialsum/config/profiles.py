@@ -7,8 +7,9 @@ package; a `./configs` folder and then `DIALSUM_CONFIG_DIR` add to them or overr
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -67,8 +68,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     path = find_config(f"models/{name_or_path}.yaml") if NAME_RE.fullmatch(name_or_path) else None
     if path is None:
         available = available_models()
-        raise ConfigError(f"unknown model {name_or_path!r}{did_you_mean(name_or_path, available)}; "
-                          f"available: {', '.join(available)}")
+        raise ConfigError(
+            f"unknown model {name_or_path!r}{did_you_mean(name_or_path, available)}; available: {', '.join(available)}"
+        )
     return path
 
 
@@ -129,7 +131,9 @@ def check_listed_once(names: Sequence[str]) -> None:
         raise ConfigError(f"models are listed more than once: {', '.join(repeated)}")
 
 
-def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> EncoderDecoderConfig | CausalLMConfig | ChatAPIConfig:
+def load_model_config(
+    name_or_path: str, overrides: Sequence[str] = ()
+) -> EncoderDecoderConfig | CausalLMConfig | ChatAPIConfig:
     """A model profile: its family's base defaults, then the model YAML, then `overrides` (`KEY=VALUE` strings, see
     `apply_overrides`), validated as one config."""
     path = resolve_model_path(name_or_path)

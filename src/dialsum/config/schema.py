@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -29,13 +29,17 @@ class TrainingConfig(Strict):
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="Share of each training target's probability spread over the vocabulary (0: off); "
-        "the dev loss is always plain cross-entropy."
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each training target's probability spread over the vocabulary (0: off); "
+        "the dev loss is always plain cross-entropy.",
     )
     warmup_steps: float = Field(0.05, ge=0, description="Warmup: a fraction of all steps if < 1, else a step count.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw", description="adamw (fused where available), or bitsandbytes' 8-bit AdamW (paged: states spill to host memory)."
+        "adamw",
+        description="adamw (fused where available), or bitsandbytes' 8-bit AdamW (paged: states spill to host memory).",
     )
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Learning rate after warmup: linear or cosine decay to zero, or constant."
@@ -44,18 +48,24 @@ class TrainingConfig(Strict):
     max_bad_steps: int = Field(
         5, ge=1, description="Non-finite losses or gradients in a row (each such step is skipped) that stop the run."
     )
-    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between dev-loss evaluations; None: each epoch end only.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between dev-loss evaluations; None: each epoch end only."
+    )
     eval_loss_rows: int | None = Field(None, ge=1, description="Dev rows used for the dev loss; None: all of them.")
     eval_score_rows: int | None = Field(
         200, ge=1, description="Dev rows generated and scored at each epoch end; None: all of them."
     )
     best_metric: Literal["dev_score", "dev_loss"] = Field(
-        "dev_score", description="What picks the best evaluation (higher score, lower loss) for the shipped model and early stopping."
+        "dev_score",
+        description="What picks the best evaluation (higher score, lower loss) for the shipped model and early "
+        "stopping.",
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations of best_metric without improvement; None: never."
     )
-    load_best_model: bool = Field(True, description="End training with the weights of the best evaluation, not the last step.")
+    load_best_model: bool = Field(
+        True, description="End training with the weights of the best evaluation, not the last step."
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Autocast dtype; auto is bf16 on GPUs that support it, else fp32."
     )
@@ -70,7 +80,9 @@ class TrainingConfig(Strict):
     debug_rows: int = Field(32, ge=1, description="Rows per split kept by --debug.")
     debug_steps: int = Field(4, ge=1, description="Optimizer steps run by --debug.")
     checkpoint_every: int | None = Field(
-        250, ge=1, description="Optimizer steps between checkpoints (also one at each epoch end); null: epoch ends only."
+        250,
+        ge=1,
+        description="Optimizer steps between checkpoints (also one at each epoch end); null: epoch ends only.",
     )
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept locally and in storage.")
 
@@ -80,26 +92,34 @@ class GenerationConfig(Strict):
     max_tokens_per_batch: int | None = Field(
         None, ge=16, description="Prompt plus new tokens per generate() call; None: batch_size rows."
     )
-    merge_adapter: bool = Field(True, description="Predict with LoRA (and new token rows) merged into a dense base when memory allows.")
+    merge_adapter: bool = Field(
+        True, description="Predict with LoRA (and new token rows) merged into a dense base when memory allows."
+    )
     static_cache: bool = Field(False, description="Static KV cache with torch.compile'd decoding (GPU).")
     max_new_tokens: int = Field(100, ge=1, description="Longest summary generated.")
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy.")
     no_repeat_ngram_size: int = Field(
-        0, ge=0, description="Block repeating a generated n-gram of this size (0: off); n-grams holding a placeholder "
-        "or a whitespace piece are exempt. `dialsum preflight` shows how many references a value blocks."
+        0,
+        ge=0,
+        description="Block repeating a generated n-gram of this size (0: off); n-grams holding a placeholder "
+        "or a whitespace piece are exempt. `dialsum preflight` shows how many references a value blocks.",
     )
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeated tokens (1.0: off).")
     length_penalty: float = Field(1.0, description="Beam score exponent on length (>1 favours longer summaries).")
     early_stopping: bool = Field(False, description="Beam search stops once num_beams candidates have ended.")
     forced_eos: bool = Field(False, description="Force the end token when max_new_tokens is reached.")
     num_candidates: int = Field(
-        1, ge=1, le=64, description="Summaries kept per dialogue for MBR ensembling (predictions/<split>_candidates.jsonl); "
-        "1: only the prediction."
+        1,
+        ge=1,
+        le=64,
+        description="Summaries kept per dialogue for MBR ensembling (predictions/<split>_candidates.jsonl); "
+        "1: only the prediction.",
     )
     candidate_method: Literal["beam", "epsilon", "temperature"] | None = Field(
-        None, description="How candidates are drawn: beam (the n best beams; needs num_beams >= num_candidates), "
+        None,
+        description="How candidates are drawn: beam (the n best beams; needs num_beams >= num_candidates), "
         "epsilon (ε-sampling) or temperature (plain sampling), seeded by training.seed; null: the family's default "
-        "(beam for encoder_decoder, epsilon for causal_lm)."
+        "(beam for encoder_decoder, epsilon for causal_lm).",
     )
     candidate_epsilon: float = Field(
         0.02, gt=0, lt=1, description="ε-sampling: tokens below this probability are never drawn."
@@ -111,7 +131,9 @@ class QuantizationConfig(Strict):
     load_in_4bit: bool = Field(True, description="Load base weights in 4-bit with bitsandbytes.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
     double_quant: bool = Field(True, description="Quantize the quantization constants too.")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Matmul dtype for 4-bit layers.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Matmul dtype for 4-bit layers."
+    )
 
 
 class LoraConfig(Strict):
@@ -142,14 +164,17 @@ class ModelConfigBase(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Short model name; defaults to the YAML file stem.")
     model: str = Field(description="Hub id or local path of the pretrained checkpoint (a label for tiny models).")
     revision: str | None = Field(
-        None, description="Hub revision of `model` (commit, tag or branch); a run resolves it to a commit when it starts "
-        "and loads that commit for retries and predictions."
+        None,
+        description="Hub revision of `model` (commit, tag or branch); a run resolves it to a commit when it starts "
+        "and loads that commit for retries and predictions.",
     )
     tokenizer: str | None = Field(None, description="Tokenizer id or path if it differs from `model`.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless needed.")
     tiny: TinySpec | None = Field(None, description="Build this model locally with random weights instead of loading.")
     max_target_length: int = Field(
-        128, ge=8, description="Summary tokens kept for training, end token included; longer summaries are cut and reported."
+        128,
+        ge=8,
+        description="Summary tokens kept for training, end token included; longer summaries are cut and reported.",
     )
     quantization: QuantizationConfig | None = Field(None, description="4-bit loading (causal_lm only).")
     lora: LoraConfig | None = Field(None, description="LoRA adapters (causal_lm only).")
@@ -160,7 +185,9 @@ class ModelConfigBase(Strict):
     def _precision_matches_compute_dtype(self):
         q = self.quantization
         if q and q.compute_dtype == "bfloat16" and self.training.precision == "fp16":
-            raise ValueError("training.precision fp16 with quantization.compute_dtype bfloat16 mixes dtypes; use bf16 or auto")
+            raise ValueError(
+                "training.precision fp16 with quantization.compute_dtype bfloat16 mixes dtypes; use bf16 or auto"
+            )
         return self
 
 
@@ -168,11 +195,15 @@ def _check_candidates(cfg):
     """Reject candidate settings the family cannot run: a method it does not offer, or fewer beams than candidates."""
     g, method = cfg.generation, cfg.candidate_method
     if method not in cfg.CANDIDATE_METHODS:
-        raise ValueError(f"generation.candidate_method {method!r} is not available for type {cfg.type}; "
-                         f"use one of {', '.join(cfg.CANDIDATE_METHODS)}")
+        raise ValueError(
+            f"generation.candidate_method {method!r} is not available for type {cfg.type}; "
+            f"use one of {', '.join(cfg.CANDIDATE_METHODS)}"
+        )
     if g.num_candidates > 1 and method == "beam" and g.num_beams < g.num_candidates:
-        raise ValueError(f"generation.candidate_method beam keeps the num_beams best beams: num_beams {g.num_beams} "
-                         f"cannot give num_candidates {g.num_candidates}; raise num_beams or sample (epsilon)")
+        raise ValueError(
+            f"generation.candidate_method beam keeps the num_beams best beams: num_beams {g.num_beams} "
+            f"cannot give num_candidates {g.num_candidates}; raise num_beams or sample (epsilon)"
+        )
     return cfg
 
 
@@ -210,15 +241,21 @@ class CausalLMConfig(ModelConfigBase):
     )
     system_prompt: str | None = Field(None, description="System message, if the template takes one.")
     instruction: str = Field(description="User instruction placed before the dialogue.")
-    chat_template: str | None = Field(None, description="Jinja file (relative to the YAML) overriding the tokenizer's template.")
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra template variables, e.g. enable_thinking.")
+    chat_template: str | None = Field(
+        None, description="Jinja file (relative to the YAML) overriding the tokenizer's template."
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra template variables, e.g. enable_thinking."
+    )
     stop_tokens: list[str] = Field(
-        default_factory=list, description="End-of-turn tokens: the first ends training targets; all stop generation, "
-        "as do the checkpoint's own end tokens."
+        default_factory=list,
+        description="End-of-turn tokens: the first ends training targets; all stop generation, "
+        "as do the checkpoint's own end tokens.",
     )
     template_date: date = Field(
-        date(2024, 7, 26), description="The date a chat template sees (date_string, strftime_now), "
-        "so prompts are the same bytes on every day."
+        date(2024, 7, 26),
+        description="The date a chat template sees (date_string, strftime_now), "
+        "so prompts are the same bytes on every day.",
     )
     CANDIDATE_METHODS: ClassVar[tuple[str, ...]] = ("epsilon", "temperature")
 
@@ -242,8 +279,11 @@ class CausalLMConfig(ModelConfigBase):
 
 from dialsum.config.chat_api import ChatAPIConfig  # noqa: E402  (it builds on Strict, above)
 
-ModelConfig = Annotated[Union[EncoderDecoderConfig, CausalLMConfig, ChatAPIConfig], Field(discriminator="type")]
+ModelConfig = Annotated[EncoderDecoderConfig | CausalLMConfig | ChatAPIConfig, Field(discriminator="type")]
 ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
 # The config schema of each family, keyed by `type`: a generate-only family has its own (no training sections).
-FAMILIES: dict[str, type[Strict]] = {"encoder_decoder": EncoderDecoderConfig, "causal_lm": CausalLMConfig,
-                                     "chat_api": ChatAPIConfig}
+FAMILIES: dict[str, type[Strict]] = {
+    "encoder_decoder": EncoderDecoderConfig,
+    "causal_lm": CausalLMConfig,
+    "chat_api": ChatAPIConfig,
+}

@@ -22,7 +22,20 @@ from dialsum.data.splits import (
 )
 
 __all__ = [
-    "candidates_path", "read_candidates", "write_candidates",
-    "KNOWN_PLACEHOLDERS", "PLACEHOLDER_RE", "SPLITS", "Example", "load_splits", "normalize", "placeholders_in",
-    "first_few", "read_references", "read_split", "read_submission", "sample_dir", "write_submission",
+    "candidates_path",
+    "read_candidates",
+    "write_candidates",
+    "KNOWN_PLACEHOLDERS",
+    "PLACEHOLDER_RE",
+    "SPLITS",
+    "Example",
+    "load_splits",
+    "normalize",
+    "placeholders_in",
+    "first_few",
+    "read_references",
+    "read_split",
+    "read_submission",
+    "sample_dir",
+    "write_submission",
 ]

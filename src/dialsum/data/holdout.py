@@ -19,11 +19,12 @@ processes) sees every such read with the choice it fed, so a test can assert tha
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-_SCALE = float(2 ** 64)
+_SCALE = float(2**64)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,13 @@ class DevSplit:
     def record(self, fnames: Sequence[str]) -> dict[str, Any]:
         """What an output records about the split of `fnames`: seed, fraction, both sizes and the held-out hash."""
         selection, held = self.parts(fnames)
-        return {"seed": self.seed, "held_out_fraction": self.fraction, "selection_rows": len(selection),
-                "held_out_rows": len(held), "held_out_sha256": fnames_hash(held)}
+        return {
+            "seed": self.seed,
+            "held_out_fraction": self.fraction,
+            "selection_rows": len(selection),
+            "held_out_rows": len(held),
+            "held_out_sha256": fnames_hash(held),
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> DevSplit | None:
@@ -78,8 +84,10 @@ def dev_split(seed: int | None = None, fraction: float | None = None) -> DevSpli
     from dialsum.settings import get_settings
 
     settings = get_settings()
-    return DevSplit(settings.split_seed if seed is None else int(seed),
-                    settings.held_out_fraction if fraction is None else float(fraction))
+    return DevSplit(
+        settings.split_seed if seed is None else int(seed),
+        settings.held_out_fraction if fraction is None else float(fraction),
+    )
 
 
 def same_split(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

@@ -108,8 +108,9 @@ def resolve(data: str | Path | None) -> Path | None:
     return final
 
 
-def read_splits(data: str | Path | None, splits: tuple[str, ...] | None = None,
-                optional: tuple[str, ...] = ("test",)) -> dict:
+def read_splits(
+    data: str | Path | None, splits: tuple[str, ...] | None = None, optional: tuple[str, ...] = ("test",)
+) -> dict:
     """The data's CSVs read and validated, by split (a storage URL's fetched first, its errors naming the URL); a
     data location with none of `splits` is one line naming it."""
     from dialsum.data import load_splits

@@ -17,8 +17,14 @@ SPLITS = ("train", "dev", "test")
 PLACEHOLDER_RE = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 # Speaker tags and the PII placeholders of the competition data; more are discovered from the data.
 KNOWN_PLACEHOLDERS = [f"#Person{i}#" for i in range(1, 8)] + [
-    "#PhoneNumber#", "#Address#", "#DateOfBirth#", "#PassportNumber#", "#SSN#",
-    "#CardNumber#", "#CarNumber#", "#Email#",
+    "#PhoneNumber#",
+    "#Address#",
+    "#DateOfBirth#",
+    "#PassportNumber#",
+    "#SSN#",
+    "#CardNumber#",
+    "#CarNumber#",
+    "#Email#",
 ]
 _BR_RE = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
 _SPACES_RE = re.compile(r"[ \t\u00a0\u3000]+")

@@ -22,49 +22,78 @@ CITIES = ["부산", "제주", "서울", "대구", "광주", "강릉"]
 
 # Small talk mixed into dialogues so that length says little about the topic.
 FILLERS = [
-    "{a}: 오늘 날씨 정말 좋네요.", "{b}: 그러게요, 요즘 많이 따뜻해졌어요.", "{a}: 잠깐만요, 메모 좀 할게요.",
-    "{b}: 천천히 하세요.", "{a}: 아, 그렇군요.", "{b}: 혹시 더 궁금한 점 있으세요?", "{a}: 아니요, 괜찮아요.",
+    "{a}: 오늘 날씨 정말 좋네요.",
+    "{b}: 그러게요, 요즘 많이 따뜻해졌어요.",
+    "{a}: 잠깐만요, 메모 좀 할게요.",
+    "{b}: 천천히 하세요.",
+    "{a}: 아, 그렇군요.",
+    "{b}: 혹시 더 궁금한 점 있으세요?",
+    "{a}: 아니요, 괜찮아요.",
     "{b}: 요즘 일이 많아서 정신이 없네요.",
 ]
 
 # (topic, dialogue turns, summary); {a}/{b} are the speakers' tags, other fields are slots.
 TEMPLATES = [
-    ("예약", [
-        "{a}: 안녕하세요, {time}에 {place} 예약하고 싶어요.",
-        "{b}: 네, 성함이 어떻게 되세요?",
-        "{a}: {name}입니다. 연락처는 #PhoneNumber#예요.",
-        "{b}: {time}에 {place} 예약 완료되었습니다.",
-    ], "{a}는 {name}의 이름으로 {time}에 {place}을(를) 예약합니다."),
-    ("쇼핑", [
-        "{a}: 이 {item} 얼마예요?",
-        "{b}: {price}입니다.",
-        "{a}: 조금 비싸네요. 그래도 {item} 살게요.",
-        "{b}: 감사합니다. 포장해 드릴게요.",
-    ], "{a}는 {price}에 {item}을(를) 삽니다."),
-    ("의사 상담", [
-        "{a}: 어디가 불편하세요?",
-        "{b}: 며칠째 {symptom} 때문에 힘들어요.",
-        "{a}: 약을 처방해 드릴게요. {time}에 다시 오세요.",
-        "{b}: 감사합니다, 선생님.",
-    ], "{b}는 {symptom} 때문에 진료를 받고 {time}에 다시 방문하기로 합니다."),
-    ("여행", [
-        "{a}: 이번 휴가에 어디 갈 거야?",
-        "{b}: {city}에 가려고 해. {name}도 같이 가.",
-        "{a}: 좋겠다. 언제 출발해?",
-        "{b}: {time}에 출발해.",
-    ], "{b}는 {name}과(와) 함께 {time}에 {city}로 여행을 갑니다."),
-    ("분실물", [
-        "{a}: 실례합니다, 제 {item}을(를) 잃어버렸어요.",
-        "{b}: 어디에서 잃어버리셨어요?",
-        "{a}: {place}에서요. 주소는 #Address#입니다.",
-        "{b}: 찾으면 #PhoneNumber#로 연락드릴게요.",
-    ], "{a}는 {place}에서 {item}을(를) 잃어버려 {b}에게 도움을 요청합니다."),
-    ("약속", [
-        "{a}: {name}, 오늘 {place}에서 만날래?",
-        "{b}: 좋아. 몇 시에 볼까?",
-        "{a}: {time} 어때?",
-        "{b}: 그래, 그때 보자.",
-    ], "{a}와 {b}는 {time}에 {place}에서 만나기로 합니다."),
+    (
+        "예약",
+        [
+            "{a}: 안녕하세요, {time}에 {place} 예약하고 싶어요.",
+            "{b}: 네, 성함이 어떻게 되세요?",
+            "{a}: {name}입니다. 연락처는 #PhoneNumber#예요.",
+            "{b}: {time}에 {place} 예약 완료되었습니다.",
+        ],
+        "{a}는 {name}의 이름으로 {time}에 {place}을(를) 예약합니다.",
+    ),
+    (
+        "쇼핑",
+        [
+            "{a}: 이 {item} 얼마예요?",
+            "{b}: {price}입니다.",
+            "{a}: 조금 비싸네요. 그래도 {item} 살게요.",
+            "{b}: 감사합니다. 포장해 드릴게요.",
+        ],
+        "{a}는 {price}에 {item}을(를) 삽니다.",
+    ),
+    (
+        "의사 상담",
+        [
+            "{a}: 어디가 불편하세요?",
+            "{b}: 며칠째 {symptom} 때문에 힘들어요.",
+            "{a}: 약을 처방해 드릴게요. {time}에 다시 오세요.",
+            "{b}: 감사합니다, 선생님.",
+        ],
+        "{b}는 {symptom} 때문에 진료를 받고 {time}에 다시 방문하기로 합니다.",
+    ),
+    (
+        "여행",
+        [
+            "{a}: 이번 휴가에 어디 갈 거야?",
+            "{b}: {city}에 가려고 해. {name}도 같이 가.",
+            "{a}: 좋겠다. 언제 출발해?",
+            "{b}: {time}에 출발해.",
+        ],
+        "{b}는 {name}과(와) 함께 {time}에 {city}로 여행을 갑니다.",
+    ),
+    (
+        "분실물",
+        [
+            "{a}: 실례합니다, 제 {item}을(를) 잃어버렸어요.",
+            "{b}: 어디에서 잃어버리셨어요?",
+            "{a}: {place}에서요. 주소는 #Address#입니다.",
+            "{b}: 찾으면 #PhoneNumber#로 연락드릴게요.",
+        ],
+        "{a}는 {place}에서 {item}을(를) 잃어버려 {b}에게 도움을 요청합니다.",
+    ),
+    (
+        "약속",
+        [
+            "{a}: {name}, 오늘 {place}에서 만날래?",
+            "{b}: 좋아. 몇 시에 볼까?",
+            "{a}: {time} 어때?",
+            "{b}: 그래, 그때 보자.",
+        ],
+        "{a}와 {b}는 {time}에 {place}에서 만나기로 합니다.",
+    ),
 ]
 _JOSA_RE = re.compile(r"(\S)(을\(를\)|과\(와\))")
 SPLIT_SIZES = {"train": 400, "dev": 48, "test": 48}
@@ -85,9 +114,15 @@ def _row(rng: random.Random, index: int) -> tuple[str, str, str]:
     topic, turns, summary = TEMPLATES[index % len(TEMPLATES)]
     speakers = rng.sample(["#Person1#", "#Person2#"], 2) if rng.random() < 0.2 else ["#Person1#", "#Person2#"]
     slots = {
-        "a": speakers[0], "b": speakers[1], "name": rng.choice(NAMES), "place": rng.choice(PLACES),
-        "time": rng.choice(TIMES), "item": rng.choice(ITEMS), "price": rng.choice(PRICES),
-        "symptom": rng.choice(SYMPTOMS), "city": rng.choice(CITIES),
+        "a": speakers[0],
+        "b": speakers[1],
+        "name": rng.choice(NAMES),
+        "place": rng.choice(PLACES),
+        "time": rng.choice(TIMES),
+        "item": rng.choice(ITEMS),
+        "price": rng.choice(PRICES),
+        "symptom": rng.choice(SYMPTOMS),
+        "city": rng.choice(CITIES),
     }
     turns = list(turns)
     for filler in rng.sample(FILLERS, rng.randrange(4)):
@@ -113,4 +148,6 @@ def write_sample(out_dir: Path, seed: int = 13) -> None:
             writer.writerow(["fname", "dialogue", "summary", "topic"] if split != "test" else ["fname", "dialogue"])
             for i in range(size):
                 dialogue, summary, topic = _row(rng, i + rng.randrange(len(TEMPLATES)))
-                writer.writerow([f"{split}_{i}", dialogue, summary, topic] if split != "test" else [f"{split}_{i}", dialogue])
+                writer.writerow(
+                    [f"{split}_{i}", dialogue, summary, topic] if split != "test" else [f"{split}_{i}", dialogue]
+                )

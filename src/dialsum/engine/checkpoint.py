@@ -22,10 +22,10 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -66,9 +66,17 @@ def rng_state() -> dict:
     import numpy as np
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype("int64")),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -100,19 +108,30 @@ def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
             param.copy_(tensors[name])
 
 
-def write(folder: Path, position: Position, fingerprint: str, model, optimizer, scheduler, scaler,
-          extras: dict | None = None) -> Path:
+def write(
+    folder: Path, position: Position, fingerprint: str, model, optimizer, scheduler, scaler, extras: dict | None = None
+) -> Path:
     """Write one checkpoint folder atomically (temp folder, then rename); returns its path."""
     name = checkpoint_name(position.step)
     final, temp = folder / name, folder / f".{name}.tmp"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    payload = {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-               "rng": rng_state(), "extras": {k: obj.state_dict() for k, obj in (extras or {}).items()}}
+    payload = {
+        "model": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "rng": rng_state(),
+        "extras": {k: obj.state_dict() for k, obj in (extras or {}).items()},
+    }
     torch.save(payload, temp / STATE_FILE)
-    meta = {"step": position.step, "epoch": position.epoch, "window": position.window, "losses": position.losses,
-            "fingerprint": fingerprint}
+    meta = {
+        "step": position.step,
+        "epoch": position.epoch,
+        "window": position.window,
+        "losses": position.losses,
+        "fingerprint": fingerprint,
+    }
     (temp / META_FILE).write_text(json.dumps(meta))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temp, final)
@@ -134,8 +153,16 @@ class Checkpointer:
     (with `run_id` and `model`) also publishes each checkpoint and lets `restore` resume on another machine.
     """
 
-    def __init__(self, folder: Path, every: int | None, keep: int, fingerprint: str, run_id: str | None = None,
-                 model: str | None = None, storage: store.Storage | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        every: int | None,
+        keep: int,
+        fingerprint: str,
+        run_id: str | None = None,
+        model: str | None = None,
+        storage: store.Storage | None = None,
+    ) -> None:
         self.folder, self.every, self.keep, self.fingerprint = Path(folder), every, keep, fingerprint
         self.run_id, self.model, self.storage = run_id, model, storage
         self.stop = threading.Event()
@@ -182,8 +209,14 @@ class Checkpointer:
             if key in payload.get("extras", {}):
                 obj.load_state_dict(payload["extras"][key])
         self.resumed_at = meta["step"]
-        log.info("resumed %s at step %d (epoch %d, window %d) from %s", self.model or "training", meta["step"],
-                 meta["epoch"], meta["window"], path.name)
+        log.info(
+            "resumed %s at step %d (epoch %d, window %d) from %s",
+            self.model or "training",
+            meta["step"],
+            meta["epoch"],
+            meta["window"],
+            path.name,
+        )
         return Position(meta["step"], meta["epoch"], meta["window"], list(meta["losses"]))
 
     def _asked_here(self) -> bool:
@@ -204,25 +237,44 @@ class Checkpointer:
         epoch_end = window + 1 == n_windows
         return self._stop_asked() or epoch_end or steps >= total or bool(self.every and steps % self.every == 0)
 
-    def after_step(self, steps: int, losses: list[float], epoch: int, window: int, n_windows: int, total: int,
-                   model, optimizer, scheduler, scaler, extras: dict | None = None) -> None:
+    def after_step(
+        self,
+        steps: int,
+        losses: list[float],
+        epoch: int,
+        window: int,
+        n_windows: int,
+        total: int,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        extras: dict | None = None,
+    ) -> None:
         """Checkpoint when due (see `due`); after SIGTERM raise `Preempted`, after Ctrl-C `stop.Interrupted`, once
         the checkpoint is out."""
         if not self.due(steps, window, n_windows, total):
             return
         epoch_end = window + 1 == n_windows
         stopping = self._stop_asked()
-        position = Position(steps, epoch + 1, 0, list(losses)) if epoch_end else Position(steps, epoch, window + 1, list(losses))
+        position = (
+            Position(steps, epoch + 1, 0, list(losses))
+            if epoch_end
+            else Position(steps, epoch, window + 1, list(losses))
+        )
         if distributed.is_main():  # one writer; every rank resumes from the same files
             self.save(position, model, optimizer, scheduler, scaler, extras)
         if stopping and not stop.requested():  # SIGTERM, here or on another rank
-            raise Preempted(f"stopped by SIGTERM after step {steps}; checkpoint {checkpoint_name(steps)} is saved"
-                            + (f" and published to {self.storage.url}" if self.storage else "")
-                            + "; rerun the same run id to resume")
+            raise Preempted(
+                f"stopped by SIGTERM after step {steps}; checkpoint {checkpoint_name(steps)} is saved"
+                + (f" and published to {self.storage.url}" if self.storage else "")
+                + "; rerun the same run id to resume"
+            )
         if stopping and steps < total:  # Ctrl-C
-            raise stop.Interrupted(f"{self.model or 'training'}: stopped at step {steps} of {total}; checkpoint "
-                                   f"{checkpoint_name(steps)} saved" + (f" and published to {self.storage.url}"
-                                                                        if self.storage else ""))
+            raise stop.Interrupted(
+                f"{self.model or 'training'}: stopped at step {steps} of {total}; checkpoint "
+                f"{checkpoint_name(steps)} saved" + (f" and published to {self.storage.url}" if self.storage else "")
+            )
 
     def save(self, position: Position, model, optimizer, scheduler, scaler, extras: dict | None = None) -> Path:
         started = time.perf_counter()
@@ -232,8 +284,13 @@ class Checkpointer:
         self._prune()
         self.saved += 1
         self.seconds += time.perf_counter() - started
-        log.debug("%s: checkpoint %s saved%s in %.1f s", self.model or "training", path.name,
-                  " and published" if self.storage else "", time.perf_counter() - started)
+        log.debug(
+            "%s: checkpoint %s saved%s in %.1f s",
+            self.model or "training",
+            path.name,
+            " and published" if self.storage else "",
+            time.perf_counter() - started,
+        )
         return path
 
     def _prune(self) -> None:
@@ -260,6 +317,7 @@ def stop_on_sigterm(checkpointer: Checkpointer, grace: float) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or stop.handling():
         yield
         return
+
     def handler(signum, frame) -> None:
         if checkpointer.stop.is_set():
             return

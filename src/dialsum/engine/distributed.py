@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -87,7 +88,9 @@ def on_main(fn: Callable[[], T]) -> T:
             outcome[0] = ("ok", fn())
         except BaseException as exc:  # the other ranks must hear of it, then it propagates here
             failure = exc
-            shared = exc if isinstance(exc, DialsumError) else DialsumError(f"rank 0 failed: {type(exc).__name__}: {exc}")
+            shared = (
+                exc if isinstance(exc, DialsumError) else DialsumError(f"rank 0 failed: {type(exc).__name__}: {exc}")
+            )
             outcome[0] = ("error", shared)
     dist.broadcast_object_list(outcome, src=0)
     if failure is not None:
@@ -166,7 +169,9 @@ def wrap(model: torch.nn.Module, family, label_smoothing: float = 0.0) -> torch.
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
-    return DistributedDataParallel(FamilyLoss(family, model, label_smoothing), device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(
+        FamilyLoss(family, model, label_smoothing), device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def is_wrapped(model: torch.nn.Module) -> bool:
@@ -188,8 +193,20 @@ def launch_command(argv: Sequence[str], processes: int) -> list[str]:
     if processes < 2:
         raise ConfigError(f"--gpus must be at least 2 to launch data-parallel training, got {processes}")
     if torch.cuda.is_available():
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--multi_gpu",
+        ]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return launcher + ["-m", "dialsum.cli", *argv]
@@ -203,8 +220,9 @@ def launch(argv: Sequence[str], processes: int) -> int:
 
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
-    process = subprocess.Popen(lifeline.wrap(launch_command(argv, processes)),
-                               env={**launch_env(processes), **lifeline.child_env()})
+    process = subprocess.Popen(
+        lifeline.wrap(launch_command(argv, processes)), env={**launch_env(processes), **lifeline.child_env()}
+    )
     passed_on = False
     with stop.cooperative():
         while True:

@@ -3,8 +3,10 @@ weights by a configured metric, and early stopping.
 
 `Evaluator.after_step` is what the training loop calls after every optimizer step; it decides whether an
 evaluation is due and returns True to stop early. An optional `on_evaluation` hook sees the curve after each
-evaluation and may ask training to stop there (a sweep pruning the run); the stop is recorded as requested. `Evaluator.finish` puts the best weights back and returns the
-curve for `metrics.json`. `BestTracker` holds everything a checkpoint must keep to resume the same decisions.
+evaluation and may ask training to stop there (a sweep pruning the run); the stop is recorded as requested.
+`Evaluator.finish` puts the best weights back and returns the curve for `metrics.json`. `BestTracker` holds
+everything a checkpoint must keep to resume the same decisions.
+
 Every choice reads the selection part of the one dev split (`data.holdout`): `eval_score_rows` and
 `eval_loss_rows` are its first rows. `held_out` scores a finished run on the held-out part, `selection_score` on
 the selection part (a sweep's objective). Each evaluation records `progress`, its share of the planned steps.
@@ -13,10 +15,10 @@ the selection part (a sweep's objective). Each evaluation records `progress`, it
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable, Sequence
 
 import torch
 
@@ -79,8 +81,14 @@ class BestTracker:
         return True
 
     def state_dict(self) -> dict:
-        return {"curve": list(self.curve), "best_value": self.best_value, "best_step": self.best_step,
-                "since_best": self.since_best, "weights": dict(self.weights), "deferred": self.deferred}
+        return {
+            "curve": list(self.curve),
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "since_best": self.since_best,
+            "weights": dict(self.weights),
+            "deferred": self.deferred,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.curve, self.best_value, self.best_step = list(state["curve"]), state["best_value"], state["best_step"]
@@ -91,8 +99,15 @@ class BestTracker:
 class Evaluator:
     """Dev loss (family.loss / target_count) and dev score (family.generate + metric) on configured dev subsets."""
 
-    def __init__(self, cfg, family: ModuleType, tok, dev: Sequence[Example], on_log: Callable[[dict], None] | None = None,
-                 on_evaluation: Callable[[list[dict]], bool] | None = None):
+    def __init__(
+        self,
+        cfg,
+        family: ModuleType,
+        tok,
+        dev: Sequence[Example],
+        on_log: Callable[[dict], None] | None = None,
+        on_evaluation: Callable[[list[dict]], bool] | None = None,
+    ):
         t = cfg.training
         self.cfg, self.family, self.tok, self.t, self.on_log = cfg, family, tok, t, on_log
         self.on_evaluation = on_evaluation
@@ -137,8 +152,9 @@ class Evaluator:
         holdout.read([ex.fname for ex in self.score_rows], f"{self.t.best_metric}: best step")
         return distributed.on_main(lambda: metric.score(predictions, references)["score"])
 
-    def after_step(self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool,
-                   stopping: bool = False) -> bool:
+    def after_step(
+        self, model, step: int, epoch: float, loss: torch.Tensor | None, epoch_end: bool, stopping: bool = False
+    ) -> bool:
         """Record the step's training loss; evaluate when due. True: stop training early. `stopping` (SIGTERM):
         a due evaluation is deferred to the resumed run (kept in the tracker, which the checkpoint saves)."""
         if loss is not None:
@@ -190,8 +206,9 @@ class Evaluator:
 
     def _log(self, record: dict, stop: bool, requested: bool = False) -> None:
         rows = f" on {len(self.score_rows)} selection rows of {self.dev_rows} dev rows"
-        shown = ", ".join(f"{k} {v:.4f}" + (rows if k == "dev_score" else "")
-                          for k, v in record.items() if isinstance(v, float))
+        shown = ", ".join(
+            f"{k} {v:.4f}" + (rows if k == "dev_score" else "") for k, v in record.items() if isinstance(v, float)
+        )
         best = " (best)" if self.tracker.best_step == record["step"] else ""
         why = "; stopping early" if stop else ("; stopping as requested" if requested else "")
         log.info("%s: eval at step %d: %s%s%s", self.cfg.name, record["step"], shown, best, why)
@@ -202,13 +219,26 @@ class Evaluator:
         """Restore the best weights (when configured) and return the curve and the winner for metrics.json."""
         restored = self.t.load_best_model and self.tracker.restore(model)
         if restored:
-            on = (f" on {len(self.score_rows)} selection rows of {self.dev_rows} dev rows"
-                  if self.tracker.metric == "dev_score" else "")
-            log.info("%s: restored the best weights (step %s, %s %.4f%s)", self.cfg.name, self.tracker.best_step,
-                     self.tracker.metric, self.tracker.best_value, on)
-        return {"curve": self.tracker.curve, "best": {"metric": self.tracker.metric, "value": self.tracker.best_value,
-                "step": self.tracker.best_step}, "restored_best": bool(restored), "stopped_early": self.stopped_early,
-                "stop_requested": self.stop_requested}
+            on = (
+                f" on {len(self.score_rows)} selection rows of {self.dev_rows} dev rows"
+                if self.tracker.metric == "dev_score"
+                else ""
+            )
+            log.info(
+                "%s: restored the best weights (step %s, %s %.4f%s)",
+                self.cfg.name,
+                self.tracker.best_step,
+                self.tracker.metric,
+                self.tracker.best_value,
+                on,
+            )
+        return {
+            "curve": self.tracker.curve,
+            "best": {"metric": self.tracker.metric, "value": self.tracker.best_value, "step": self.tracker.best_step},
+            "restored_best": bool(restored),
+            "stopped_early": self.stopped_early,
+            "stop_requested": self.stop_requested,
+        }
 
 
 def held_out(cfg, dev: Sequence[Example], predictions: Sequence[str], training: dict | None) -> dict:
@@ -219,9 +249,14 @@ def held_out(cfg, dev: Sequence[Example], predictions: Sequence[str], training: 
     value = metric.score([predictions[i] for i in rest], [dev[i].summary for i in rest])["score"] if rest else None
     training = training or {}
     chose = training.get("restored_best") or training.get("stopped_early")
-    chosen_by = (f"{cfg.training.best_metric} on selection rows" if chose else "nothing chosen on dev by training")
-    return {"score": value, "rows": len(rest), "selection_rows": len(dev) - len(rest), "selected_by": chosen_by,
-            "split": split.record([ex.fname for ex in dev])}
+    chosen_by = f"{cfg.training.best_metric} on selection rows" if chose else "nothing chosen on dev by training"
+    return {
+        "score": value,
+        "rows": len(rest),
+        "selection_rows": len(dev) - len(rest),
+        "selected_by": chosen_by,
+        "split": split.record([ex.fname for ex in dev]),
+    }
 
 
 def selection_score(dev: Sequence[Example], predictions: Sequence[str]) -> dict:

@@ -10,8 +10,8 @@ transformers' trainer, peft and bitsandbytes (seconds of CPU in every process th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from functools import partial
-from typing import Iterable
 
 import torch
 
@@ -60,7 +60,9 @@ def build_optimizer(t: TrainingConfig, groups: Iterable[dict]) -> torch.optim.Op
     """The configured optimizer over parameter groups (each group may set its own weight_decay)."""
     groups = [dict(g) for g in groups]
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay, fused=_fused_ok(groups) or None)
+        return torch.optim.AdamW(
+            groups, lr=t.learning_rate, weight_decay=t.weight_decay, fused=_fused_ok(groups) or None
+        )
     return _bnb_optimizer(t.optimizer, groups, t)
 
 

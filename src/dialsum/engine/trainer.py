@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -64,8 +64,14 @@ def _batches(features: Sequence[dict], t: TrainingConfig, epoch: int, multiple_o
     `batch_size` rows. The budget is per rank: each data-parallel rank's share of a batch stays within it."""
     if t.max_tokens_per_batch:
         lengths = [len(f["input_ids"]) for f in features]
-        return token_budget_batches(lengths, t.max_tokens_per_batch, seed=t.seed + epoch, mega=t.length_group_batches,
-                                    multiple_of=multiple_of, ranks=distributed.world_size())
+        return token_budget_batches(
+            lengths,
+            t.max_tokens_per_batch,
+            seed=t.seed + epoch,
+            mega=t.length_group_batches,
+            multiple_of=multiple_of,
+            ranks=distributed.world_size(),
+        )
     if t.group_by_length:
         lengths = [len(f["input_ids"]) for f in features]
         return length_grouped_batches(lengths, t.batch_size, seed=t.seed + epoch, mega=t.length_group_batches)
@@ -77,8 +83,13 @@ def windows(batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
     return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
-def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None,
-                features: Sequence[dict] | None = None, multiple_of: int = 1) -> int:
+def total_steps(
+    n_features: int,
+    t: TrainingConfig,
+    max_steps: int | None,
+    features: Sequence[dict] | None = None,
+    multiple_of: int = 1,
+) -> int:
     """Optimizer steps of the whole run. Token-budget epochs differ in batch count, so with a budget (and
     `features`) each epoch's batches are counted exactly; the last, fractional epoch is rounded up."""
     if max_steps:
@@ -87,7 +98,9 @@ def total_steps(n_features: int, t: TrainingConfig, max_steps: int | None,
         per_epoch = math.ceil(math.ceil(n_features / t.batch_size) / t.grad_accum)
         return max(1, math.ceil(per_epoch * t.epochs))
     whole, part = int(t.epochs), t.epochs - int(t.epochs)
-    per_epoch = [math.ceil(len(_batches(features, t, e, multiple_of)) / t.grad_accum) for e in range(math.ceil(t.epochs))]
+    per_epoch = [
+        math.ceil(len(_batches(features, t, e, multiple_of)) / t.grad_accum) for e in range(math.ceil(t.epochs))
+    ]
     return max(1, sum(per_epoch[:whole]) + (math.ceil(part * per_epoch[whole]) if part else 0))
 
 
@@ -105,11 +118,16 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and "norm" not in name.lower() else keep).append(param)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}) if g["params"]]
+    return [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0})
+        if g["params"]
+    ]
 
 
-def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch.dtype | None, scaler=None,
-                    label_smoothing: float = 0.0) -> torch.Tensor:
+def backward_window(
+    family: ModuleType, model, micro: Sequence[dict], amp: torch.dtype | None, scaler=None, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Forward and backward every micro-batch of one optimizer step; returns the window's mean token loss.
 
     Each micro-batch's summed loss is divided by the label tokens of the whole window (counted on the host
@@ -127,14 +145,17 @@ def backward_window(family: ModuleType, model, micro: Sequence[dict], amp: torch
         with nullcontext() if i == len(micro) - 1 else distributed.no_sync(model):
             with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
                 wrapped = distributed.is_wrapped(model)
-                loss = (model(batch) if wrapped else family.loss(model, batch, label_smoothing=label_smoothing)) / n_tokens
+                loss = (
+                    model(batch) if wrapped else family.loss(model, batch, label_smoothing=label_smoothing)
+                ) / n_tokens
             (scaler.scale(loss * world) if scaler else loss * world).backward()
         total += loss.detach()
     return total
 
 
-def resume(checkpoints: Checkpointer | None, result: FitResult, model, optimizer, scheduler, scaler,
-           extras: dict) -> tuple[int, int]:
+def resume(
+    checkpoints: Checkpointer | None, result: FitResult, model, optimizer, scheduler, scaler, extras: dict
+) -> tuple[int, int]:
     """Restore the newest checkpoint (if any) into the training objects and `result`; returns (epoch, window)."""
     position = checkpoints.restore(model, optimizer, scheduler, scaler, extras) if checkpoints else None
     if position is None:
@@ -230,7 +251,9 @@ def fit(
     first_epoch, skip = resume(checkpoints, result, model, optimizer, scheduler, scaler, extras)
     if evaluation is not None and evaluation.run_deferred(model):  # due when the run it resumes was stopped
         result.stopped_early = True
-    bar = tqdm(total=steps, initial=result.steps, desc=label, unit="step", disable=None if show_progress else True, leave=False)
+    bar = tqdm(
+        total=steps, initial=result.steps, desc=label, unit="step", disable=None if show_progress else True, leave=False
+    )
     model.train()
     start, epoch = time.perf_counter(), first_epoch
     while result.steps < steps and not result.stopped_early:
@@ -260,17 +283,33 @@ def fit(
             bar.update(1)
             position = epoch + (w + 1) / len(epoch_windows)
             if result.steps % t.log_every == 0 or result.steps >= steps:
-                _log_losses(result, pending, bar, on_log, {"train/lr": scheduler.get_last_lr()[0], "train/epoch": position})
+                _log_losses(
+                    result, pending, bar, on_log, {"train/lr": scheduler.get_last_lr()[0], "train/epoch": position}
+                )
             end = w == len(epoch_windows) - 1 or result.steps >= steps
-            stopping = checkpoints is not None and checkpoints.stopping()  # SIGTERM or Ctrl-C: checkpoint now, evaluate later
-            if evaluation is not None and evaluation.after_step(model, result.steps, position, loss if ok else None, end,
-                                                                stopping=stopping):
+            stopping = (
+                checkpoints is not None and checkpoints.stopping()
+            )  # SIGTERM or Ctrl-C: checkpoint now, evaluate later
+            if evaluation is not None and evaluation.after_step(
+                model, result.steps, position, loss if ok else None, end, stopping=stopping
+            ):
                 result.stopped_early = True
             if checkpoints and checkpoints.due(result.steps, w, len(epoch_windows), steps):
                 if pending:
                     _log_losses(result, pending, bar, None, {})
-                checkpoints.after_step(result.steps, result.losses, epoch, w, len(epoch_windows), steps,
-                                       model, optimizer, scheduler, scaler, extras)
+                checkpoints.after_step(
+                    result.steps,
+                    result.losses,
+                    epoch,
+                    w,
+                    len(epoch_windows),
+                    steps,
+                    model,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    extras,
+                )
             if result.stopped_early:
                 break
             if result.steps >= steps:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -51,8 +51,11 @@ def quantization_config(cfg: CausalLMConfig) -> BitsAndBytesConfig | None:
     if q is None or not q.load_in_4bit:
         return None
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=_DTYPES[q.compute_dtype], bnb_4bit_quant_storage=torch.uint8,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=_DTYPES[q.compute_dtype],
+        bnb_4bit_quant_storage=torch.uint8,
     )
 
 
@@ -61,8 +64,12 @@ def lora_config(cfg: CausalLMConfig) -> PeftLoraConfig | None:
     if cfg.lora is None:
         return None
     return PeftLoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM",
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -78,8 +85,12 @@ def base_dtype(cfg: CausalLMConfig) -> torch.dtype:
 def load_tokenizer(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter: Path | None = None):
     """The tokenizer with its (date-pinned) chat template and placeholder tokens; returns (tok, {new id: pieces})."""
     source = str(adapter) if adapter else cfg.tokenizer or source
-    tok = AutoTokenizer.from_pretrained(source, revision=None if adapter else cfg.revision,
-                                        token=get_settings().hub_token(), trust_remote_code=cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        source,
+        revision=None if adapter else cfg.revision,
+        token=get_settings().hub_token(),
+        trust_remote_code=cfg.trust_remote_code,
+    )
     if cfg.chat_template:
         tok.chat_template = Path(cfg.chat_template).read_text(encoding="utf-8")
     if tok.chat_template is None:
@@ -100,8 +111,12 @@ def load(cfg: CausalLMConfig, source: str, placeholders: Sequence[str], adapter:
     qconf = quantization_config(cfg)
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
-        source, revision=cfg.revision, token=token, trust_remote_code=cfg.trust_remote_code,
-        quantization_config=qconf, dtype=base_dtype(cfg),
+        source,
+        revision=cfg.revision,
+        token=token,
+        trust_remote_code=cfg.trust_remote_code,
+        quantization_config=qconf,
+        dtype=base_dtype(cfg),
         device_map={"": _local_device()} if (qconf and cuda) else None,
     )
     _keep_4bit_layout(model)
@@ -209,8 +224,13 @@ def build_features(cfg: CausalLMConfig, tok, examples: Sequence[Example], with_l
     if room < 16:
         raise ConfigError(f"{cfg.name}: max_prompt_length {cfg.max_prompt_length} leaves no room for the dialogue")
     dialogues = tok([ex.dialogue for ex in examples], add_special_tokens=False)["input_ids"]
-    report_cut(cfg.name, "prompts", [len(d) + len(prefix) + len(suffix) for d in dialogues], cfg.max_prompt_length,
-               "max_prompt_length")
+    report_cut(
+        cfg.name,
+        "prompts",
+        [len(d) + len(prefix) + len(suffix) for d in dialogues],
+        cfg.max_prompt_length,
+        "max_prompt_length",
+    )
     features = [{"input_ids": prefix + ids[:room] + suffix} for ids in dialogues]
     if with_labels:
         targets = target_ids(cfg, tok, [ex.summary or "" for ex in examples])
@@ -248,8 +268,9 @@ def loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
     rows, cols = (labels != -100).nonzero(as_tuple=True)  # before the forward: the only wait on the device is here
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     logits = head(hidden.last_hidden_state[rows, cols])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols], reduction="sum",
-                                             label_smoothing=label_smoothing)
+    return torch.nn.functional.cross_entropy(
+        logits.float(), labels[rows, cols], reduction="sum", label_smoothing=label_smoothing
+    )
 
 
 def inference_model(cfg: CausalLMConfig, model):
@@ -310,13 +331,20 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
             out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
         return decoding.decode(tok, out[:, start:])
 
-    return batched_generate([{"input_ids": f["input_ids"]} for f in features], g.batch_size, run, progress,
-                            max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens)
+    return batched_generate(
+        [{"input_ids": f["input_ids"]} for f in features],
+        g.batch_size,
+        run,
+        progress,
+        max_tokens=g.max_tokens_per_batch,
+        new_tokens=g.max_new_tokens,
+    )
 
 
 @torch.inference_mode()
-def generate_candidates(cfg: CausalLMConfig, model, tok, features: Sequence[dict],
-                        progress=None) -> tuple[list[str], list[list[dict]]]:
+def generate_candidates(
+    cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress=None
+) -> tuple[list[str], list[list[dict]]]:
     """The summaries `generate` returns, and `generation.num_candidates` seeded samples per dialogue
     (ε-sampling by default), each {"text", "logprob", "tokens"}; token budgets count every sample."""
     g = cfg.generation
@@ -332,9 +360,15 @@ def generate_candidates(cfg: CausalLMConfig, model, tok, features: Sequence[dict
             return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops, start, **extra)
 
     with decoding.seeded(cfg.training.seed):
-        pairs = batched_generate([{"input_ids": f["input_ids"]} for f in features], g.batch_size, run, progress,
-                                 max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens,
-                                 copies=g.num_candidates)
+        pairs = batched_generate(
+            [{"input_ids": f["input_ids"]} for f in features],
+            g.batch_size,
+            run,
+            progress,
+            max_tokens=g.max_tokens_per_batch,
+            new_tokens=g.max_new_tokens,
+            copies=g.num_candidates,
+        )
     return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 
@@ -364,5 +398,6 @@ def save(model, tok, out_dir: Path) -> None:
 # the (model, tokenizer) pair.
 TRAINABLE = True
 summarize, summarize_candidates, generation_settings, generation_config, candidate_generation_config = trained.bind(
-    sys.modules[__name__])
+    sys.modules[__name__]
+)
 no_repeat_exempt_ids = trained.no_repeat_exempt_ids

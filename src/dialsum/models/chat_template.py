@@ -22,8 +22,12 @@ def pin_template_clock(template: str, day) -> str:
     if "strftime_now" not in template:
         return template
     formats = {a or b for a, b in _STRFTIME_RE.findall(template)}
-    if template.count("strftime_now") - template.count("strftime_now is defined") != len(_STRFTIME_RE.findall(template)):
-        raise ConfigError("the chat template calls strftime_now with a computed format; set chat_template to a fixed one")
+    if template.count("strftime_now") - template.count("strftime_now is defined") != len(
+        _STRFTIME_RE.findall(template)
+    ):
+        raise ConfigError(
+            "the chat template calls strftime_now with a computed format; set chat_template to a fixed one"
+        )
     table = ", ".join(f"{f!r}: {day.strftime(f)!r}" for f in sorted(formats))
     return "{%- macro strftime_now(format) -%}{{ {" + table + "}[format] }}{%- endmacro -%}" + template
 
@@ -31,4 +35,4 @@ def pin_template_clock(template: str, day) -> str:
 def unpin_template_clock(template: str) -> str:
     """The template as it was before `pin_template_clock` (what a run folder saves)."""
     pinned = _PIN_RE.match(template)
-    return template[pinned.end():] if pinned else template
+    return template[pinned.end() :] if pinned else template

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -98,8 +98,16 @@ def report_cut(name: str, what: str, lengths: Sequence[int], limit: int, setting
     """Log how many rows exceed `limit` tokens (they will be cut); returns the count."""
     cut = sum(1 for n in lengths if n > limit)
     if cut:
-        log.warning("%s: %d of %d %s exceed %s=%d tokens and are cut (longest %d)",
-                    name, cut, len(lengths), what, setting, limit, max(lengths))
+        log.warning(
+            "%s: %d of %d %s exceed %s=%d tokens and are cut (longest %d)",
+            name,
+            cut,
+            len(lengths),
+            what,
+            setting,
+            limit,
+            max(lengths),
+        )
     return cut
 
 
@@ -146,7 +154,9 @@ def pad_batch(
     return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int | None, mega: int = 50) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int | None, mega: int = 50
+) -> list[list[int]]:
     """Batches of indices with similar lengths.
 
     Shuffled into mega-batches of `mega * batch_size`, each sorted by length and cut into batches, then the
@@ -172,8 +182,13 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int | 
 
 
 def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, seed: int | None, mega: int = 50, multiple_of: int = 1,
-    max_rows: int | None = None, ranks: int = 1,
+    lengths: Sequence[int],
+    max_tokens: int,
+    seed: int | None,
+    mega: int = 50,
+    multiple_of: int = 1,
+    max_rows: int | None = None,
+    ranks: int = 1,
 ) -> list[list[int]]:
     """Length-grouped batches whose padded size (rows x longest row, rounded up to `multiple_of`) stays within
     `max_tokens`: many short rows or a few long ones per batch, so every micro-batch costs about the same.
@@ -207,14 +222,19 @@ def token_budget_batches(
     return [first] + batches
 
 
-def _cut_budget(ordered: list[int], padded: Sequence[int], max_tokens: int, max_rows: int | None = None,
-                ranks: int = 1) -> list[list[int]]:
+def _cut_budget(
+    ordered: list[int], padded: Sequence[int], max_tokens: int, max_rows: int | None = None, ranks: int = 1
+) -> list[list[int]]:
     """Cut a longest-first order greedily: a batch grows while each rank's share (ceil(rows / ranks) rows of
     at most its first row's length) fits the budget."""
     batches: list[list[int]] = []
     cap = max_rows or len(ordered)
     for i in ordered:
-        if batches and len(batches[-1]) < cap and -(-(len(batches[-1]) + 1) // ranks) * padded[batches[-1][0]] <= max_tokens:
+        if (
+            batches
+            and len(batches[-1]) < cap
+            and -(-(len(batches[-1]) + 1) // ranks) * padded[batches[-1][0]] <= max_tokens
+        ):
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -236,8 +256,11 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: 
     the same whatever micro-batch it lands in.
     """
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
-        ignore_index=-100, reduction="sum", label_smoothing=label_smoothing,
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1).to(logits.device),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
 
 
@@ -248,8 +271,13 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
 
 
 def batched_generate(
-    features: Sequence[dict], batch_size: int, run: Callable[[list[dict]], list], progress=None,
-    max_tokens: int | None = None, new_tokens: int = 0, copies: int = 1,
+    features: Sequence[dict],
+    batch_size: int,
+    run: Callable[[list[dict]], list],
+    progress=None,
+    max_tokens: int | None = None,
+    new_tokens: int = 0,
+    copies: int = 1,
 ) -> list:
     """Generate in length-sorted batches and return outputs in the input order.
 

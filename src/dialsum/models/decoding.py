@@ -10,8 +10,8 @@ The no-repeat rule here differs from the stock one in two ways that matter for t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Sequence
 
 import torch
 from transformers import GenerationConfig as HFGenerationConfig
@@ -111,8 +111,9 @@ def resolve_generation_config(model, settings: dict) -> HFGenerationConfig:
     resolved = HFGenerationConfig.from_dict(checkpoint.to_dict()) if checkpoint is not None else HFGenerationConfig()
     for key in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
         setattr(resolved, key, None)  # sampling is off; stale sampling values only trigger warnings
-    defaults = dict(do_sample=False, min_length=0, no_repeat_ngram_size=0,
-                    encoder_no_repeat_ngram_size=0, num_return_sequences=1)
+    defaults = dict(
+        do_sample=False, min_length=0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, num_return_sequences=1
+    )
     settings = {**defaults, **settings}
     if settings.get("num_beams", resolved.num_beams) == 1:  # beam-only settings would only draw warnings
         settings.update(early_stopping=False, length_penalty=1.0)
@@ -153,8 +154,15 @@ def candidate_settings(method: str, g) -> dict:
     are never drawn) at `candidate_temperature`, with no top-k or top-p cut."""
     if method == "beam":
         return {"num_return_sequences": g.num_candidates, "return_dict_in_generate": True}
-    settings = {"do_sample": True, "num_beams": 1, "num_return_sequences": g.num_candidates, "top_k": 0,
-                "top_p": 1.0, "temperature": g.candidate_temperature, "return_dict_in_generate": True}
+    settings = {
+        "do_sample": True,
+        "num_beams": 1,
+        "num_return_sequences": g.num_candidates,
+        "top_k": 0,
+        "top_p": 1.0,
+        "temperature": g.candidate_temperature,
+        "return_dict_in_generate": True,
+    }
     if method == "epsilon":
         settings["epsilon_cutoff"] = g.candidate_epsilon
     return settings
@@ -220,21 +228,32 @@ class SequenceLogprobs(LogitsProcessor):
                 return [(0.0, 0)] * len(sequences)
             return list(zip(self._sum.tolist(), self._count.tolist()))
         steps = beam_indices.shape[1]
-        tokens = sequences[:, sequences.shape[1] - steps:]
+        tokens = sequences[:, sequences.shape[1] - steps :]
         values = torch.stack([v for v, _ in self.steps[:steps]])  # [steps, rows, keep]
         ids = torch.stack([i for _, i in self.steps[:steps]])
         live = beam_indices >= 0
         at = torch.arange(steps, device=tokens.device).expand_as(beam_indices)
         rows = beam_indices.clamp(min=0)
         match = ids[at, rows] == tokens[..., None]  # [sequences, steps, keep]
-        found = torch.where(match, values[at, rows].double(), torch.zeros((), dtype=torch.float64, device=tokens.device))
+        found = torch.where(
+            match, values[at, rows].double(), torch.zeros((), dtype=torch.float64, device=tokens.device)
+        )
         per_token = torch.where(match.any(-1), found.sum(-1), torch.full_like(found[..., 0], float("nan")))
         total = torch.where(live, per_token, torch.zeros_like(per_token)).sum(-1)
         return list(zip(total.tolist(), live.sum(-1).tolist()))
 
 
-def draw_candidates(model, tok, inputs: dict, prediction, candidate, processors: list, stops: Sequence[int],
-                    prompt_width: int = 0, **extra) -> list[tuple[str, list[dict]]]:
+def draw_candidates(
+    model,
+    tok,
+    inputs: dict,
+    prediction,
+    candidate,
+    processors: list,
+    stops: Sequence[int],
+    prompt_width: int = 0,
+    **extra,
+) -> list[tuple[str, list[dict]]]:
     """(prediction, candidates) per input row; generated text starts after `prompt_width` columns (a causal LM's
     padded prompt; 0 for an encoder-decoder). With beam candidates (`candidate.do_sample` off), one beam search
     gives both: the n best beams, the best first, which is exactly the prediction. Sampled candidates come from a
@@ -246,9 +265,13 @@ def draw_candidates(model, tok, inputs: dict, prediction, candidate, processors:
     beams = out.beam_indices if scorer.beams > 1 else None
     texts = decode(tok, out.sequences[:, prompt_width:])
     scores = scorer.totals(out.sequences, beams)
-    rows = [[{"text": texts[i], "logprob": round(lp, 4), "tokens": int(count)}
-             for i, (lp, count) in enumerate(scores[r * n:(r + 1) * n], start=r * n)]
-            for r in range(len(texts) // n)]
+    rows = [
+        [
+            {"text": texts[i], "logprob": round(lp, 4), "tokens": int(count)}
+            for i, (lp, count) in enumerate(scores[r * n : (r + 1) * n], start=r * n)
+        ]
+        for r in range(len(texts) // n)
+    ]
     if not candidate.do_sample:
         return [(row[0]["text"], row) for row in rows]
     greedy = model.generate(**inputs, generation_config=prediction, logits_processor=processors, **extra)

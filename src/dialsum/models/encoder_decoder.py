@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -30,8 +30,9 @@ def load_tokenizer(cfg: EncoderDecoderConfig, source: str, placeholders: Sequenc
     """The tokenizer with placeholder tokens; returns (tokenizer, {new id: former piece ids})."""
     revision = None if adapter else cfg.revision
     tok_source = str(adapter) if adapter else cfg.tokenizer or source
-    tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, token=get_settings().hub_token(),
-                                        trust_remote_code=cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        tok_source, revision=revision, token=get_settings().hub_token(), trust_remote_code=cfg.trust_remote_code
+    )
     return tok, add_placeholder_tokens(tok, placeholders)
 
 
@@ -40,13 +41,17 @@ def load(cfg: EncoderDecoderConfig, source: str, placeholders: Sequence[str], ad
     seed_everything(cfg.training.seed)
     tok, pieces = load_tokenizer(cfg, source, placeholders, adapter)
     model = AutoModelForSeq2SeqLM.from_pretrained(
-        str(adapter or source), revision=None if adapter else cfg.revision, token=get_settings().hub_token(),
-        trust_remote_code=cfg.trust_remote_code, dtype=torch.float32,
+        str(adapter or source),
+        revision=None if adapter else cfg.revision,
+        token=get_settings().hub_token(),
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=torch.float32,
     )
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and cfg.max_source_length > positions:
-        raise ConfigError(f"{cfg.name}: max_source_length {cfg.max_source_length} exceeds the checkpoint's "
-                          f"{positions} positions")
+        raise ConfigError(
+            f"{cfg.name}: max_source_length {cfg.max_source_length} exceeds the checkpoint's {positions} positions"
+        )
     fit_embeddings(model, tok, pieces)
     model.generation_config = generation_config(cfg, model, tok)
     return model, tok
@@ -72,8 +77,9 @@ def build_features(cfg: EncoderDecoderConfig, tok, examples: Sequence[Example], 
     eos = [tok.eos_token_id]
     room = cfg.max_source_length - len(bos) - 1
     dialogues = tok([ex.dialogue for ex in examples], add_special_tokens=False)["input_ids"]
-    report_cut(cfg.name, "dialogues", [len(d) + len(bos) + 1 for d in dialogues], cfg.max_source_length,
-               "max_source_length")
+    report_cut(
+        cfg.name, "dialogues", [len(d) + len(bos) + 1 for d in dialogues], cfg.max_source_length, "max_source_length"
+    )
     features = [{"input_ids": bos + ids[:room] + eos} for ids in dialogues]
     if with_labels:
         targets = target_ids(cfg, tok, [ex.summary or "" for ex in examples])
@@ -105,8 +111,12 @@ def loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
     """Teacher-forced cross-entropy summed over the summary tokens of the batch (optionally label-smoothed)."""
     labels = batch["labels"]
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=decoder_input_ids, use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+        use_cache=False,
+    ).logits
     return token_loss_sum(logits, labels, label_smoothing)
 
 
@@ -130,13 +140,15 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
         out = model.generate(**inputs, generation_config=gen, logits_processor=processors)
         return decoding.decode(tok, out)
 
-    return batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
-                            new_tokens=g.max_new_tokens)
+    return batched_generate(
+        features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens
+    )
 
 
 @torch.inference_mode()
-def generate_candidates(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict],
-                        progress=None) -> tuple[list[str], list[list[dict]]]:
+def generate_candidates(
+    cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], progress=None
+) -> tuple[list[str], list[list[dict]]]:
     """The summaries `generate` returns, and `generation.num_candidates` candidates per dialogue (beam n-best by
     default, or seeded sampling), each {"text", "logprob", "tokens"}; in length-sorted batches, in order."""
     model.eval()
@@ -153,8 +165,15 @@ def generate_candidates(cfg: EncoderDecoderConfig, model, tok, features: Sequenc
 
     copies = 1 if cfg.candidate_method == "beam" else g.num_candidates
     with decoding.seeded(cfg.training.seed):
-        pairs = batched_generate(features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch,
-                                 new_tokens=g.max_new_tokens, copies=copies)
+        pairs = batched_generate(
+            features,
+            g.batch_size,
+            run,
+            progress,
+            max_tokens=g.max_tokens_per_batch,
+            new_tokens=g.max_new_tokens,
+            copies=copies,
+        )
     return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 
@@ -167,5 +186,6 @@ def save(model, tok, out_dir: Path) -> None:
 # the (model, tokenizer) pair.
 TRAINABLE = True
 summarize, summarize_candidates, generation_settings, generation_config, candidate_generation_config = trained.bind(
-    sys.modules[__name__])
+    sys.modules[__name__]
+)
 no_repeat_exempt_ids = trained.no_repeat_exempt_ids

@@ -8,9 +8,10 @@ Torch-free: the CLI's checks and the orchestration read this table before anythi
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from dialsum.errors import ConfigError
 
@@ -35,17 +36,23 @@ def describe_trained(cfg) -> str:
 def describe_api(cfg) -> str:
     """An API profile: the served model, the endpoint, the price and the prompt's examples."""
     price = cfg.price
-    cost = (f"${price.input_per_million:g}/${price.output_per_million:g} per M tokens in/out"
-            if price.input_per_million or price.output_per_million else "no price per token")
-    return (f"{cfg.model} at {cfg.base_url}; no training, {cfg.few_shot.k}-shot ({cfg.few_shot.method}), {cost}")
+    cost = (
+        f"${price.input_per_million:g}/${price.output_per_million:g} per M tokens in/out"
+        if price.input_per_million or price.output_per_million
+        else "no price per token"
+    )
+    return f"{cfg.model} at {cfg.base_url}; no training, {cfg.few_shot.k}-shot ({cfg.few_shot.method}), {cost}"
 
 
 def hub_checkpoints(cfg) -> list[tuple[str, str]]:
     """(repo, file that proves it is cached) for each hub checkpoint a trained profile loads."""
     if cfg.tiny is not None:
         return []
-    return [(repo, probe) for repo, probe in ((cfg.model, "config.json"), (cfg.tokenizer, "tokenizer_config.json"))
-            if repo is not None]
+    return [
+        (repo, probe)
+        for repo, probe in ((cfg.model, "config.json"), (cfg.tokenizer, "tokenizer_config.json"))
+        if repo is not None
+    ]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ def resolve_commit(source: str, revision: str | None, token: str | None = None) 
         path = Path(hf_hub_download(source, "config.json", revision=revision, token=token))
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"cannot resolve {source}@{revision or 'main'} on the hub or in its cache ({first})") from None
+        raise ConfigError(
+            f"cannot resolve {source}@{revision or 'main'} on the hub or in its cache ({first})"
+        ) from None
     commit = path.parent.name  # <cache>/models--org--name/snapshots/<commit>/config.json
     return commit if COMMIT_RE.fullmatch(commit) else None
 

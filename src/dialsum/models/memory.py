@@ -26,7 +26,7 @@ HEADROOM = 0.8
 
 def _dims(config) -> tuple[int, int, int, int, int]:
     """(hidden, query width, key/value width, MLP width, layers) of a decoder (or encoder-decoder) config."""
-    h = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+    h = getattr(config, "hidden_size", None) or config.d_model
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "decoder_attention_heads", 1)
     head_dim = getattr(config, "head_dim", None) or h // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -9,9 +9,9 @@ encode → decode. A setting that makes references unreachable is an error unles
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from dialsum.config import load_model_config
 from dialsum.data import SPLITS, Example, load_splits, placeholders_in, sample_dir
@@ -58,11 +58,15 @@ class Report:
         """One line per setting that makes dev references unreachable."""
         out = []
         if self.too_long:
-            out.append(f"{self.model}: generation.max_new_tokens={self.max_new_tokens} is shorter than {self.too_long} "
-                       f"of {self.references} dev references (longest {self.longest} tokens)")
+            out.append(
+                f"{self.model}: generation.max_new_tokens={self.max_new_tokens} is shorter than {self.too_long} "
+                f"of {self.references} dev references (longest {self.longest} tokens)"
+            )
         if self.blocked:
-            out.append(f"{self.model}: generation.no_repeat_ngram_size={self.no_repeat} blocks {self.blocked} "
-                       f"of {self.references} dev references")
+            out.append(
+                f"{self.model}: generation.no_repeat_ngram_size={self.no_repeat} blocks {self.blocked} "
+                f"of {self.references} dev references"
+            )
         return out
 
 
@@ -110,8 +114,16 @@ def check(cfg, tok, splits: dict[str, list[Example]], tokenizer_name: str) -> Re
     fam = family(cfg)
     setting, limit = fam.input_limit(cfg)
     g = cfg.generation
-    report = Report(cfg.name, cfg.type, tokenizer_name, setting, limit, cfg.max_target_length, g.max_new_tokens,
-                    g.no_repeat_ngram_size)
+    report = Report(
+        cfg.name,
+        cfg.type,
+        tokenizer_name,
+        setting,
+        limit,
+        cfg.max_target_length,
+        g.max_new_tokens,
+        g.no_repeat_ngram_size,
+    )
     for split in SPLITS:
         if split in splits:
             report.splits.append(split_stats(cfg, fam, tok, split, splits[split]))
@@ -121,21 +133,45 @@ def check(cfg, tok, splits: dict[str, list[Example]], tokenizer_name: str) -> Re
 
 
 def format_report(r: Report) -> str:
-    head = (f"{r.model} ({r.type}; tokenizer {r.tokenizer}; {r.input_setting}={r.input_limit}, "
-            f"max_target_length={r.max_target_length}, max_new_tokens={r.max_new_tokens}, "
-            f"no_repeat_ngram_size={r.no_repeat})")
-    rows = [["split", "rows", "dialogue p50/p90/p99/max", "prompt p50/p90/p99/max", "summary p50/p90/p99/max",
-             "inputs cut", "targets cut", "round trip"]]
+    head = (
+        f"{r.model} ({r.type}; tokenizer {r.tokenizer}; {r.input_setting}={r.input_limit}, "
+        f"max_target_length={r.max_target_length}, max_new_tokens={r.max_new_tokens}, "
+        f"no_repeat_ngram_size={r.no_repeat})"
+    )
+    rows = [
+        [
+            "split",
+            "rows",
+            "dialogue p50/p90/p99/max",
+            "prompt p50/p90/p99/max",
+            "summary p50/p90/p99/max",
+            "inputs cut",
+            "targets cut",
+            "round trip",
+        ]
+    ]
     for s in r.splits:
         rt = f"{s.round_trip}/{len(s.summary)}" if s.summary is not None else "-"
-        rows.append([s.split, str(s.rows), percentiles(s.dialogue), percentiles(s.prompt),
-                     percentiles(s.summary or []), str(s.inputs_cut), "-" if s.targets_cut is None else str(s.targets_cut), rt])
+        rows.append(
+            [
+                s.split,
+                str(s.rows),
+                percentiles(s.dialogue),
+                percentiles(s.prompt),
+                percentiles(s.summary or []),
+                str(s.inputs_cut),
+                "-" if s.targets_cut is None else str(s.targets_cut),
+                rt,
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     if r.references:
-        lines.append(f"  dev references reachable: {r.reachable}/{r.references} ({100 * r.reachable / r.references:.1f}%)"
-                     f"; longer than max_new_tokens: {r.too_long} (longest {r.longest}); "
-                     f"blocked by no-repeat: {r.blocked}")
+        lines.append(
+            f"  dev references reachable: {r.reachable}/{r.references} ({100 * r.reachable / r.references:.1f}%)"
+            f"; longer than max_new_tokens: {r.too_long} (longest {r.longest}); "
+            f"blocked by no-repeat: {r.blocked}"
+        )
     else:
         lines.append("  dev references reachable: - (no dev split)")
     return "\n".join(lines)
@@ -157,8 +193,9 @@ def load_checked_tokenizer(cfg, source: str, placeholders: list[str], hint: str 
         tok, _ = family(cfg).load_tokenizer(cfg, source, placeholders)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{cfg.name}: cannot load the tokenizer from {cfg.tokenizer or source} ({first}); "
-                          f"{hint}") from None
+        raise ConfigError(
+            f"{cfg.name}: cannot load the tokenizer from {cfg.tokenizer or source} ({first}); {hint}"
+        ) from None
     return tok
 
 
@@ -169,8 +206,12 @@ def gate(cfg, splits: dict[str, list[Example]], source: str, force: bool = False
     report = check(cfg, tok, splits, cfg.tokenizer or cfg.model)
     log.debug("preflight\n%s", format_report(report))
     problems = report.problems()
-    log.info("%s: preflight: %d/%d dev references reachable under the generation settings (-v for the report)",
-             cfg.name, report.reachable, report.references)
+    log.info(
+        "%s: preflight: %d/%d dev references reachable under the generation settings (-v for the report)",
+        cfg.name,
+        report.reachable,
+        report.references,
+    )
     if problems and not force:
         raise PreflightError("; ".join(problems) + " (use --force to go on)")
     for line in problems:
@@ -195,8 +236,9 @@ def tokenizer_overrides(values: Sequence[str], models: Sequence[str]) -> dict[st
     return out
 
 
-def run(models: Sequence[str], data_dir: Path | None = None, tokenizers: Sequence[str] = (),
-        overrides: Sequence[str] = ()) -> tuple[list[Report], list[str]]:
+def run(
+    models: Sequence[str], data_dir: Path | None = None, tokenizers: Sequence[str] = (), overrides: Sequence[str] = ()
+) -> tuple[list[Report], list[str]]:
     """Check each model against the data; returns the reports and every problem line."""
     splits = load_splits(data_dir, optional=SPLITS)
     if not splits:

@@ -8,7 +8,8 @@ Trainable)` checks them at run time, as the registry's tests do).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -22,8 +23,9 @@ class Summarizer(Protocol):
 
     def summarize(self, cfg: Any, session: Any, examples: Sequence[Any], progress: Any = None) -> list[str]: ...
 
-    def summarize_candidates(self, cfg: Any, session: Any, examples: Sequence[Any],
-                             progress: Any = None) -> tuple[list[str], list[list[dict]]]: ...
+    def summarize_candidates(
+        self, cfg: Any, session: Any, examples: Sequence[Any], progress: Any = None
+    ) -> tuple[list[str], list[list[dict]]]: ...
 
     def generation_settings(self, cfg: Any, session: Any) -> dict: ...
 
@@ -46,8 +48,9 @@ class Trainable(Summarizer, Protocol):
 
     def generate(self, cfg: Any, model: Any, tok: Any, features: list[dict], progress: Any = None) -> list[str]: ...
 
-    def generate_candidates(self, cfg: Any, model: Any, tok: Any, features: list[dict],
-                            progress: Any = None) -> tuple[list[str], list[list[dict]]]: ...
+    def generate_candidates(
+        self, cfg: Any, model: Any, tok: Any, features: list[dict], progress: Any = None
+    ) -> tuple[list[str], list[list[dict]]]: ...
 
     def save(self, model: Any, tok: Any, folder: Any) -> None: ...
 

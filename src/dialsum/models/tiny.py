@@ -32,8 +32,14 @@ from dialsum.settings import get_settings
 # Special tokens per architecture: (bos, eos, pad, unk, extra specials, chat template file).
 _ARCH_TOKENS = {
     "bart": ("<s>", "</s>", "<pad>", "<unk>", ["<mask>"], None),
-    "llama": ("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", None,
-              ["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"], "llama3.jinja"),
+    "llama": (
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+        None,
+        ["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"],
+        "llama3.jinja",
+    ),
     "qwen3": (None, "<|im_end|>", "<|endoftext|>", None, ["<|im_start|>", "<think>", "</think>"], "qwen3.jinja"),
 }
 
@@ -51,8 +57,13 @@ def _train_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
-        additional_special_tokens=extra, model_max_length=spec.max_positions,
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        additional_special_tokens=extra,
+        model_max_length=spec.max_positions,
     )
     fast.add_tokens(KNOWN_PLACEHOLDERS, special_tokens=False)
     if template:
@@ -64,19 +75,32 @@ def _build_model(spec: TinySpec, tok: PreTrainedTokenizerFast):
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if spec.arch == "bart":
         config = BartConfig(
-            d_model=spec.hidden_size, encoder_layers=spec.num_layers, decoder_layers=spec.num_layers,
-            encoder_attention_heads=spec.num_heads, decoder_attention_heads=spec.num_heads,
-            encoder_ffn_dim=spec.intermediate_size, decoder_ffn_dim=spec.intermediate_size,
-            max_position_embeddings=spec.max_positions, bos_token_id=tok.bos_token_id,
-            decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=tok.eos_token_id, **common,
+            d_model=spec.hidden_size,
+            encoder_layers=spec.num_layers,
+            decoder_layers=spec.num_layers,
+            encoder_attention_heads=spec.num_heads,
+            decoder_attention_heads=spec.num_heads,
+            encoder_ffn_dim=spec.intermediate_size,
+            decoder_ffn_dim=spec.intermediate_size,
+            max_position_embeddings=spec.max_positions,
+            bos_token_id=tok.bos_token_id,
+            decoder_start_token_id=tok.eos_token_id,
+            forced_eos_token_id=tok.eos_token_id,
+            **common,
         )
         return BartForConditionalGeneration(config)
     cls_config, cls_model = (LlamaConfig, LlamaForCausalLM) if spec.arch == "llama" else (Qwen3Config, Qwen3ForCausalLM)
     config = cls_config(
-        hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads, intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_positions, head_dim=spec.hidden_size // spec.num_heads,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, **common,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_positions,
+        head_dim=spec.hidden_size // spec.num_heads,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        **common,
     )
     return cls_model(config)
 

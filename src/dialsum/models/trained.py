@@ -4,9 +4,10 @@ pair. A family takes them with `bind`, so each is written here once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from dialsum.models import decoding
 
@@ -17,8 +18,9 @@ def summarize(fam: ModuleType, cfg, session: tuple[Any, Any], examples: Sequence
     return fam.generate(cfg, model, tok, features, progress=progress)
 
 
-def summarize_candidates(fam: ModuleType, cfg, session: tuple[Any, Any], examples: Sequence,
-                         progress=None) -> tuple[list[str], list[list[dict]]]:
+def summarize_candidates(
+    fam: ModuleType, cfg, session: tuple[Any, Any], examples: Sequence, progress=None
+) -> tuple[list[str], list[list[dict]]]:
     model, tok = session
     features = fam.build_features(cfg, tok, examples, with_labels=False)
     return fam.generate_candidates(cfg, model, tok, features, progress=progress)
@@ -33,12 +35,18 @@ def generation_settings(fam: ModuleType, cfg, session: tuple[Any, Any]) -> dict:
     model, tok = session
     g = cfg.generation
     exempt = fam.no_repeat_exempt_ids(cfg, tok) if g.no_repeat_ngram_size else []
-    record = {"generate": _set(fam.generation_config(cfg, model, tok)), "batch_size": g.batch_size,
-              "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt}}
+    record = {
+        "generate": _set(fam.generation_config(cfg, model, tok)),
+        "batch_size": g.batch_size,
+        "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt},
+    }
     if g.num_candidates > 1:
-        record["candidates"] = {"method": cfg.candidate_method, "num_candidates": g.num_candidates,
-                                "seed": cfg.training.seed,
-                                "generate": _set(fam.candidate_generation_config(cfg, model, tok))}
+        record["candidates"] = {
+            "method": cfg.candidate_method,
+            "num_candidates": g.num_candidates,
+            "seed": cfg.training.seed,
+            "generate": _set(fam.candidate_generation_config(cfg, model, tok)),
+        }
     return record
 
 
@@ -46,9 +54,13 @@ def generate_kwargs(g, stops: Sequence[int], forced_eos_id: int | None, pad_toke
     """The `generate()` settings of a trainable family from its `generation` block: generation ends at any of
     `stops`, and `forced_eos_id` is forced at the length limit when `g.forced_eos`."""
     return {
-        "max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams, "repetition_penalty": g.repetition_penalty,
-        "length_penalty": g.length_penalty, "early_stopping": g.early_stopping,
-        "forced_eos_token_id": forced_eos_id if g.forced_eos else None, "eos_token_id": stops,
+        "max_new_tokens": g.max_new_tokens,
+        "num_beams": g.num_beams,
+        "repetition_penalty": g.repetition_penalty,
+        "length_penalty": g.length_penalty,
+        "early_stopping": g.early_stopping,
+        "forced_eos_token_id": forced_eos_id if g.forced_eos else None,
+        "eos_token_id": stops,
         "pad_token_id": pad_token_id,
     }
 

@@ -4,8 +4,8 @@
 The server is Prefect's own (`SubprocessASGIServer`: uvicorn on a free local port), with three differences: it
 starts with SIGINT blocked, since Ctrl-C at a terminal reaches every process of the group and the children must
 still report while they stop; it runs under `engine.lifeline`, so it exits when the command is gone, however
-the command ended (`kill -9` included); and it gets `STOP_SECONDS` to shut down. Prefect's own lookups (`SubprocessASGIServer()`, used by its
-ephemeral client) find this server: instances are shared per port.
+the command ended (`kill -9` included); and it gets `STOP_SECONDS` to shut down. Prefect's own lookups
+(`SubprocessASGIServer()`, used by its ephemeral client) find this server: instances are shared per port.
 """
 
 from __future__ import annotations
@@ -30,12 +30,31 @@ class TemporaryServer(SubprocessASGIServer):
     """Prefect's subprocess API server, run under `engine.lifeline` with SIGINT blocked."""
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--log-level", "error", "--lifespan", "on"]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True),
-               **lifeline.child_env()}
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            **lifeline.child_env(),
+        }
         with stop.blocked(signal.SIGINT):
             return subprocess.Popen(lifeline.wrap(command), env=env)
 

@@ -89,9 +89,17 @@ class DeploymentLauncher:
 
     def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
         where = self.places[slot]
-        child = run_deployment(where.deployment, parameters=parameters, job_variables=where.job_variables or None,
-                               work_queue_name=where.work_queue_name, timeout=0, as_subflow=True, tags=tags,
-                               idempotency_key=scoped(key, self.scope), flow_run_name=key)
+        child = run_deployment(
+            where.deployment,
+            parameters=parameters,
+            job_variables=where.job_variables or None,
+            work_queue_name=where.work_queue_name,
+            timeout=0,
+            as_subflow=True,
+            tags=tags,
+            idempotency_key=scoped(key, self.scope),
+            flow_run_name=key,
+        )
         return str(child.id)
 
     def status(self, handle: str) -> Status:
@@ -124,8 +132,9 @@ class ProcessLauncher:
         """The child already started for `key`, unless it ended without completing (it is started again)."""
         with get_client(sync_client=True) as client:
             found = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{key}"])))
-        return next((run for run in found if run.state is None or not run.state.is_final() or run.state.is_completed()),
-                    None)
+        return next(
+            (run for run in found if run.state is None or not run.state.is_final() or run.state.is_completed()), None
+        )
 
     def launch(self, key: str, parameters: dict[str, Any], slot: str, tags: list[str]) -> str:
         from prefect.flow_engine import run_flow_in_subprocess
@@ -139,8 +148,9 @@ class ProcessLauncher:
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = slot.rsplit("-", 1)[-1]
         with get_client(sync_client=True) as client:
-            flow_run = client.create_flow_run(train_model, name=key, parameters=parameters,
-                                              tags=[*tags, f"run:{scoped(key, self.scope)}"])
+            flow_run = client.create_flow_run(
+                train_model, name=key, parameters=parameters, tags=[*tags, f"run:{scoped(key, self.scope)}"]
+            )
         with stop.blocked(), lifeline.as_parent():  # the child handles signals once it runs (`stop.as_child`)
             process = run_flow_in_subprocess(train_model, flow_run=flow_run, parameters=parameters, env=env)
         self.processes[str(flow_run.id)] = process
@@ -199,8 +209,9 @@ class ProcessLauncher:
             process.join(timeout=2)
 
 
-def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool,
-                  scope: str) -> Launcher:
+def make_launcher(
+    model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool, scope: str
+) -> Launcher:
     """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment.
     `scope`: the scope of the storage the children publish to (`storage.storage_scope`)."""
     if embedded:
@@ -210,8 +221,15 @@ def make_launcher(model: str, target: str | None, parallel: int, num_gpus: int |
     return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus), scope)
 
 
-def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, relaunches: int, tags: list[str],
-            poll_seconds: float, logger: Any) -> dict[str, Status]:
+def run_all(
+    launcher: Launcher,
+    jobs: dict[str, dict[str, Any]],
+    parallel: int,
+    relaunches: int,
+    tags: list[str],
+    poll_seconds: float,
+    logger: Any,
+) -> dict[str, Status]:
     """Run every job (run id -> child parameters), at most `parallel` at once on free slots; a child that ends
     Crashed is launched again (same run id: it resumes) up to `relaunches` times. Returns each job's last status.
     After a stop request no job starts, the running ones are asked to stop and waited for; they are `STOPPED`."""
@@ -241,8 +259,9 @@ def run_all(launcher: Launcher, jobs: dict[str, dict[str, Any]], parallel: int, 
             if status.state == FAILED and status.message.startswith("Crashed") and attempts[run_id] < relaunches:
                 attempts[run_id] += 1
                 pending.insert(0, run_id)
-                logger.warning("%s: %s; relaunching it (%d of %d) to resume", run_id, status.message,
-                               attempts[run_id], relaunches)
+                logger.warning(
+                    "%s: %s; relaunching it (%d of %d) to resume", run_id, status.message, attempts[run_id], relaunches
+                )
                 continue
             done[run_id] = status
             logger.info("%s: %s", run_id, status.state if status.state == COMPLETED else status.message)

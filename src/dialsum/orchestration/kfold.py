@@ -14,6 +14,7 @@ Ctrl-C or SIGTERM no fold starts and running folds stop at their next step with 
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,12 @@ def _write_once(store: storage.Storage, key: str, data: bytes, what: str) -> Non
 def prepare(run_id: str, root: Path, k: int, seed: int, store: storage.Storage) -> folding.Folds:
     """Assign the folds, record folds.json and publish each fold's data folder (once per run id)."""
     folds = folding.assign(root / "train.csv", k, seed)
-    _write_once(store, kfold_key(run_id, "folds.json"), folds.to_json().encode(),
-                "this run id was started with other folds (seed, k or train.csv)")
+    _write_once(
+        store,
+        kfold_key(run_id, "folds.json"),
+        folds.to_json().encode(),
+        "this run id was started with other folds (seed, k or train.csv)",
+    )
     for fold in range(k):
         for name, data in folding.fold_data(root, folds, fold).items():
             _write_once(store, kfold_key(run_id, f"data/fold-{fold}/{name}"), data, "the fold's data changed")
@@ -77,8 +82,9 @@ def prepare(run_id: str, root: Path, k: int, seed: int, store: storage.Storage) 
 
 def _publish_results(run_id: str, result: results.KFoldResult, store: storage.Storage) -> None:
     store.write_bytes(kfold_key(run_id, "oof.csv"), results.oof_csv(result))
-    store.write_bytes(kfold_key(run_id, "kfold.json"),
-                      (json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n").encode())
+    store.write_bytes(
+        kfold_key(run_id, "kfold.json"), (json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n").encode()
+    )
     if result.ensemble is not None:
         import tempfile
 
@@ -93,10 +99,20 @@ def _publish_results(run_id: str, result: results.KFoldResult, store: storage.St
 
 @flow(name="kfold")
 def kfold(
-    model: str, k: int = 5, parallel: int = 1, run_id: str | None = None, target: str = "process",
-    num_gpus: int | None = None, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
-    seed: int = 0, overrides: list[str] | None = None, embedded: bool = False,
-    crash_relaunches: int = CRASH_RELAUNCHES, poll_seconds: float = 2.0,
+    model: str,
+    k: int = 5,
+    parallel: int = 1,
+    run_id: str | None = None,
+    target: str = "process",
+    num_gpus: int | None = None,
+    data_dir: str | None = None,
+    storage_url: str | None = None,
+    debug: bool = False,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    embedded: bool = False,
+    crash_relaunches: int = CRASH_RELAUNCHES,
+    poll_seconds: float = 2.0,
 ) -> dict[str, Any]:
     """Cross-validate `model` (with `overrides`) over `k` folds of train.csv, `parallel` children at once."""
     stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does
@@ -111,14 +127,25 @@ def kfold(
     logger = get_run_logger()
     logger.info("kfold %s: %s, %d folds of %s rows, %d at once", run_id, name, k, folds.sizes(), parallel)
     common = {"model": model, "storage_url": storage_url, "debug": debug, "group": run_id, "overrides": base}
-    jobs = {f"{run_id}-f{i}": {**common, "run_id": f"{run_id}-f{i}",
-                               "data_dir": store.location(kfold_key(run_id, f"data/fold-{i}"))}
-            for i in range(k) if storage.read_manifest(f"{run_id}-f{i}", name, store) is None}
+    jobs = {
+        f"{run_id}-f{i}": {
+            **common,
+            "run_id": f"{run_id}-f{i}",
+            "data_dir": store.location(kfold_key(run_id, f"data/fold-{i}")),
+        }
+        for i in range(k)
+        if storage.read_manifest(f"{run_id}-f{i}", name, store) is None
+    }
     launcher = make_launcher(model, target, parallel, num_gpus, embedded, storage.storage_scope(store))
     statuses = run_all(launcher, jobs, parallel, crash_relaunches, [f"kfold:{run_id}"], poll_seconds, logger)
     if stop.requested():
-        return {"run_id": run_id, "model": name, "status": "stopped", "location": store.location(kfold_key(run_id)),
-                "stopped": {r: s.message for r, s in statuses.items() if s.state == "stopped"}}
+        return {
+            "run_id": run_id,
+            "model": name,
+            "status": "stopped",
+            "location": store.location(kfold_key(run_id)),
+            "stopped": {r: s.message for r, s in statuses.items() if s.state == "stopped"},
+        }
     outputs, failed = {}, {}
     for i in range(k):
         status = statuses.get(f"{run_id}-f{i}")
@@ -132,8 +159,13 @@ def kfold(
     dev = {ex.fname: ex.summary for ex in load_splits(root, splits=("dev",))["dev"]}
     result = results.assemble(folds.assignment, outputs, folding.references(root), dev, seed)
     _publish_results(run_id, result, store)
-    summary = {"run_id": run_id, "model": name, **result.summary, "failed": failed,
-               "location": store.location(kfold_key(run_id))}
+    summary = {
+        "run_id": run_id,
+        "model": name,
+        **result.summary,
+        "failed": failed,
+        "location": store.location(kfold_key(run_id)),
+    }
     create_table_artifact(summary["folds"], key=slug(f"kfold-{run_id}"), description=f"Folds of K-fold run {run_id}")
     if failed:
         raise FoldsFailed(failed, summary)
@@ -142,9 +174,9 @@ def kfold(
 
 def _new_run_id() -> str:
     import secrets
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def run_embedded(model: str, **options: Any) -> dict[str, Any]:
@@ -171,13 +203,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     interval = summary.get("oof_interval")
     pooled = f"{summary['oof_score']:.2f}" if summary.get("oof_score") is not None else "-"
     ci = f" (95% CI [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else ""
-    lines.append(f"pooled OOF score {pooled}{ci}"
-                 + f" on {summary['oof_rows']} of {summary['train_rows']} train rows")
+    lines.append(f"pooled OOF score {pooled}{ci}" + f" on {summary['oof_rows']} of {summary['train_rows']} train rows")
     if summary.get("ensemble"):
         ens = summary["ensemble"]
         held = "-" if ens["held_out_score"] is None else f"{ens['held_out_score']:.2f}"
-        lines.append(f"fold ensemble ({ens['choice']}): held-out dev score {held} on {ens['split']['held_out']} rows "
-                     f"(chosen on {ens['split']['selection']} others); full dev {ens['full_dev_score']:.2f}")
+        lines.append(
+            f"fold ensemble ({ens['choice']}): held-out dev score {held} on {ens['split']['held_out']} rows "
+            f"(chosen on {ens['split']['selection']} others); full dev {ens['full_dev_score']:.2f}"
+        )
     for fold, reason in summary.get("failed", {}).items():
         lines.append(f"fold {fold} failed: {reason}")
     lines.append(f"kfold {summary['run_id']}: {summary['location']}")

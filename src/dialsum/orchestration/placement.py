@@ -5,8 +5,8 @@ process), `process-gpu` (a process per run on a GPU box without Docker, pinned t
 queue and `CUDA_VISIBLE_DEVICES`), `docker-gpu` (one container per run on a local GPU box, pinned to one GPU through a
 per-GPU work queue), `docker-cpu` (one container per run on a Docker host without GPUs) and `k8s`
 (one Kubernetes Job per run). Runs on a per-GPU pool only ever run from a per-GPU queue: its
-deployment defaults to the first one (`gpu-0`, GPU 0) and its worker polls no other queue. Work pool base job templates live in
-`infra/` and are rendered here with Prefect's own templating, so tests see what a worker will run.
+deployment defaults to the first one (`gpu-0`, GPU 0) and its worker polls no other queue. Work pool base job
+templates live in `infra/` and are rendered here with Prefect's own templating, so tests see what a worker will run.
 """
 
 from __future__ import annotations
@@ -149,8 +149,12 @@ def slots(model: str, target: str, parallel: int, num_gpus: int | None = None) -
         job_variables = {"gpu_count": 1} if spec.gpu else {}
         return {f"slot-{i}": Placement(model, spec.deployment, None, dict(job_variables)) for i in range(parallel)}
     count = min(parallel, resolve_num_gpus(num_gpus))
-    return {f"{spec.queue_prefix}-{i}": Placement(model, spec.deployment, f"{spec.queue_prefix}-{i}",
-                                                   gpu_job_variables(spec, [str(i)])) for i in range(count)}
+    return {
+        f"{spec.queue_prefix}-{i}": Placement(
+            model, spec.deployment, f"{spec.queue_prefix}-{i}", gpu_job_variables(spec, [str(i)])
+        )
+        for i in range(count)
+    }
 
 
 def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1) -> list[Placement]:
@@ -177,8 +181,14 @@ def assign(models: list[str], target: str, num_gpus: int | None = None, gpus_per
     return placed
 
 
-def assign_by_family(models: list[str], target: str, num_gpus: int | None = None, gpus_per_model: int = 1,
-                     overrides: list[str] | tuple[str, ...] = (), profiles: dict | None = None) -> list[Placement]:
+def assign_by_family(
+    models: list[str],
+    target: str,
+    num_gpus: int | None = None,
+    gpus_per_model: int = 1,
+    overrides: list[str] | tuple[str, ...] = (),
+    profiles: dict | None = None,
+) -> list[Placement]:
     """`assign`, except that a model whose family needs no GPU (a chat model behind an API) runs without one: on
     `target` when it is a CPU target, else on the worker's own process (`process`), beside the GPU children.
     `profiles`: model -> its config as the run resolved it (None: it does not load), else each is resolved here."""

@@ -5,9 +5,10 @@ artifact and W&B run).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -29,12 +30,17 @@ def check_policy(policy: str) -> None:
 
 def _fingerprints(cfg: ModelConfig, data: Path | None, debug: bool) -> dict[str, Any]:
     """The hashes a published run of the model `cfg` must carry to be reused."""
-    return {"config_sha256": datasource.config_fingerprint(cfg), "data_sha256": datasource.data_fingerprint(data),
-            "code_sha256": datasource.code_fingerprint(), "debug": debug}
+    return {
+        "config_sha256": datasource.config_fingerprint(cfg),
+        "data_sha256": datasource.data_fingerprint(data),
+        "code_sha256": datasource.code_fingerprint(),
+        "debug": debug,
+    }
 
 
-def find_unchanged(cfg: ModelConfig | None, data: Path | None, debug: bool, store: storage.Storage,
-                   base: registry.Record | None) -> str | None:
+def find_unchanged(
+    cfg: ModelConfig | None, data: Path | None, debug: bool, store: storage.Storage, base: registry.Record | None
+) -> str | None:
     """The run id of a published run of the model `cfg` (None: its config does not load) identical in data, config
     and code: the champion's, else the latest."""
     if cfg is None:
@@ -51,9 +57,15 @@ def find_unchanged(cfg: ModelConfig | None, data: Path | None, debug: bool, stor
     return None
 
 
-def unchanged_models(models: list[str], data: Path | None, debug: bool, store: storage.Storage,
-                     base: registry.Record | None, overrides: Sequence[str] = (),
-                     profiles: dict[str, ModelConfig | None] | None = None) -> dict[str, ModelRow]:
+def unchanged_models(
+    models: list[str],
+    data: Path | None,
+    debug: bool,
+    store: storage.Storage,
+    base: registry.Record | None,
+    overrides: Sequence[str] = (),
+    profiles: dict[str, ModelConfig | None] | None = None,
+) -> dict[str, ModelRow]:
     """model -> its table row, for the models that need no retraining (config compared with `overrides` applied;
     `profiles`: the configs as the run resolved them, else each is resolved here)."""
     profiles = resolve_profiles(models, overrides) if profiles is None else profiles
@@ -76,16 +88,27 @@ def unchanged_summary(run_id: str, rows: list[ModelRow], base: registry.Record |
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: float, data: Path | None,
-                     failed: dict[str, str], score: float, store: storage.Storage | None = None) -> dict[str, Any]:
+def decide_promotion(
+    run_id: str,
+    storage_url: str | None,
+    policy: str,
+    margin: float,
+    data: Path | None,
+    failed: dict[str, str],
+    score: float,
+    store: storage.Storage | None = None,
+) -> dict[str, Any]:
     """Apply the promotion policy to this run's ensemble; a run with failed models is not promoted."""
     if policy == "never":
         return registry.Decision(False, "promotion policy is `never`", score).as_dict()
     store = store or storage.open_storage(storage_url)
     challenger = registry.describe(store, run_id, ensemble.ENSEMBLE)
     if failed:
-        decision = registry.Decision(False, f"{len(failed)} model(s) failed ({', '.join(failed)}); "
-                                            "a partial ensemble is not promoted", challenger["dev_score"])
+        decision = registry.Decision(
+            False,
+            f"{len(failed)} model(s) failed ({', '.join(failed)}); a partial ensemble is not promoted",
+            challenger["dev_score"],
+        )
     else:
         from dialsum.data import load_splits
 
@@ -99,8 +122,15 @@ def decide_promotion(run_id: str, storage_url: str | None, policy: str, margin: 
 def publish_summary(summary: TrainAllSummary, base: registry.Record | None) -> str:
     """The markdown artifact `report-<run-id>` (challenger vs champion, decision, plot) and its W&B copy."""
     run_id, serialized = summary.run_id, summary.to_dict()
-    text = report.markdown(run_id, serialized["rows"], summary.ensemble, base.champion if base else None,
-                           summary.promotion, summary.plot, summary.status)
+    text = report.markdown(
+        run_id,
+        serialized["rows"],
+        summary.ensemble,
+        base.champion if base else None,
+        summary.promotion,
+        summary.plot,
+        summary.status,
+    )
     create_markdown_artifact(text, key=slug(f"report-{run_id}"), description=f"Challenger vs champion, run {run_id}")
     tracking.publish_report(run_id, text, serialized)
     return text

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +40,34 @@ OUTPUT_FILES = ("trials.csv", "best.yaml", "history.png", "importance.png")
 
 
 def new_study_name(model: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{model_name(model)[:24]}-{stamp}-{secrets.token_hex(2)}"
 
 
 class TrialExecutor:
     """The study loop's executor: a launcher for the children, storage for their curves, results and stop markers."""
 
-    def __init__(self, launcher: Launcher, store: storage.Storage, model: str, name: str, study: str,
-                 common: dict[str, Any], base: list[str]) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        store: storage.Storage,
+        model: str,
+        name: str,
+        study: str,
+        common: dict[str, Any],
+        base: list[str],
+    ) -> None:
         self.launcher, self.store, self.model, self.name, self.study = launcher, store, model, name, study
         self.common, self.base = common, base
         self.slots = launcher.slots
 
     def launch(self, run: TrialRun) -> str:
-        parameters = {"model": self.model, "run_id": run.run_id, **self.common, "overrides": [*self.base, *run.overrides]}
+        parameters = {
+            "model": self.model,
+            "run_id": run.run_id,
+            **self.common,
+            "overrides": [*self.base, *run.overrides],
+        }
         return self.launcher.launch(run.run_id, parameters, run.slot, [f"sweep:{self.study}", f"trial:{run.number}"])
 
     def status(self, handle: str):
@@ -76,8 +89,9 @@ class TrialExecutor:
         return self.launcher.interrupt(handle)
 
 
-def publish_outputs(journal: StudyJournal, study: Any, space, profile: str, base: list[str],
-                    debug: bool = False) -> dict[str, Any]:
+def publish_outputs(
+    journal: StudyJournal, study: Any, space, profile: str, base: list[str], debug: bool = False
+) -> dict[str, Any]:
     """Write the sweep's outputs for the model published as `profile` and upload them to `sweeps/<study>/`."""
     with tempfile.TemporaryDirectory(prefix="dialsum-sweep-") as tmp:
         facts = outputs.write_outputs(Path(tmp), study, space, profile, base, debug)
@@ -98,10 +112,20 @@ def _report(study_name: str, rows: list[dict[str, Any]], params: list[str]) -> N
 
 @flow(name="sweep")
 def sweep(
-    model: str, space: str | dict[str, Any] | None = None, trials: int = 8, parallel: int = 1,
-    study: str | None = None, target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
-    storage_url: str | None = None, debug: bool = False, seed: int = 0, overrides: list[str] | None = None,
-    embedded: bool = False, poll_seconds: float = 2.0,
+    model: str,
+    space: str | dict[str, Any] | None = None,
+    trials: int = 8,
+    parallel: int = 1,
+    study: str | None = None,
+    target: str = "process",
+    num_gpus: int | None = None,
+    data_dir: str | None = None,
+    storage_url: str | None = None,
+    debug: bool = False,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    embedded: bool = False,
+    poll_seconds: float = 2.0,
 ) -> dict[str, Any]:
     """Run (or continue) the study `study` of `trials` trials over `space` (a YAML path or its mapping; omitted
     when continuing), at most `parallel` at once. `overrides` (`KEY=VALUE`) apply to every trial; `target` and
@@ -121,25 +145,56 @@ def sweep(
     profile = model_name(model, base)  # resolved once with the study's settings, for every step below
     optuna_study = journal.open(searched, seed)
     logger = get_run_logger()
-    logger.info("sweep %s: %s %s trials of %s, %d at once", name, "continuing" if resumed else "starting", trials,
-                profile, parallel)
+    logger.info(
+        "sweep %s: %s %s trials of %s, %d at once",
+        name,
+        "continuing" if resumed else "starting",
+        trials,
+        profile,
+        parallel,
+    )
     common = {"data_dir": data_dir, "storage_url": storage_url, "debug": debug, "group": name}
-    executor = TrialExecutor(make_launcher(model, target, parallel, num_gpus, embedded, scope), store, model,
-                             profile, name, common, base)
-    loop = StudyLoop(optuna_study, searched, executor, budget=trials, parallel=parallel, seed=seed, run_prefix=name,
-                     check=lambda params: check_trial(model, base, params), on_change=journal.snapshot,
-                     poll_seconds=poll_seconds, logger=logger, stopping=stop.requested)
+    executor = TrialExecutor(
+        make_launcher(model, target, parallel, num_gpus, embedded, scope), store, model, profile, name, common, base
+    )
+    loop = StudyLoop(
+        optuna_study,
+        searched,
+        executor,
+        budget=trials,
+        parallel=parallel,
+        seed=seed,
+        run_prefix=name,
+        check=lambda params: check_trial(model, base, params),
+        on_change=journal.snapshot,
+        poll_seconds=poll_seconds,
+        logger=logger,
+        stopping=stop.requested,
+    )
     loop.run()
     journal.snapshot()
     if stop.requested():
-        return {"study": name, "model": profile, "status": "stopped", "stopped": loop.stopped,
-                "location": store.location(study_key(name))}
+        return {
+            "study": name,
+            "model": profile,
+            "status": "stopped",
+            "stopped": loop.stopped,
+            "location": store.location(study_key(name)),
+        }
     facts = publish_outputs(journal, optuna_study, searched, profile, base, debug)
     _report(name, facts["rows"], list(searched.params))
-    return {"study": name, "model": profile, "trials": len(facts["rows"]), "rows": facts["rows"],
-            "best": facts["best"], "importance": facts["importance"], "peak_parallel": loop.peak,
-            "location": store.location(study_key(name)), "params": list(searched.params),
-            "best_yaml": store.location(study_key(name, "best.yaml")) if facts["best"] else None}
+    return {
+        "study": name,
+        "model": profile,
+        "trials": len(facts["rows"]),
+        "rows": facts["rows"],
+        "best": facts["best"],
+        "importance": facts["importance"],
+        "peak_parallel": loop.peak,
+        "location": store.location(study_key(name)),
+        "params": list(searched.params),
+        "best_yaml": store.location(study_key(name, "best.yaml")) if facts["best"] else None,
+    }
 
 
 def run_embedded(model: str, **options: Any) -> dict[str, Any]:

@@ -80,16 +80,21 @@ class ModelsFailed(OrchestrationError):
 
 @task(name="ensemble", cache_policy=NO_CACHE)
 def build_ensemble(
-    run_id: str, models: list[str], storage_url: str | None, data_dir: str | None,
-    sources: dict[str, str] | None = None, champion: dict[str, Any] | None = None,
+    run_id: str,
+    models: list[str],
+    storage_url: str | None,
+    data_dir: str | None,
+    sources: dict[str, str] | None = None,
+    champion: dict[str, Any] | None = None,
     store: storage.Storage | None = None,
 ) -> dict[str, Any]:
     """Ensemble the published models (and the reused ones, from `sources`), with the report PNG; publish it (to
     `store` when the run has it open, else to `storage_url`)."""
     store = store or storage.open_storage(storage_url)
     data = Path(data_dir) if data_dir else None
-    published = ensemble.publish_ensemble(run_id, store, models, data, sources,
-                                          attachments=_plot_attachment(run_id, champion, store))
+    published = ensemble.publish_ensemble(
+        run_id, store, models, data, sources, attachments=_plot_attachment(run_id, champion, store)
+    )
     create_markdown_artifact(published.report, key=slug(f"ensemble-{run_id}"), description=f"Ensemble of run {run_id}")
     facts = {**published.result.summary(), "dev_sha256": datasource.dev_fingerprint(data)}
     return ensemble.summary_of(run_id, store, facts, published.location).as_dict()
@@ -98,6 +103,7 @@ def build_ensemble(
 def _plot_attachment(run_id: str, champion: dict[str, Any] | None, store: storage.Storage | None = None):
     """Writes report.png (loss curves, dev scores with intervals next to the champion's) into the ensemble folder,
     and with candidates n_scaling.png, each model in the same colour in both."""
+
     def attach(folder: Path, result: ensemble.EnsembleResult, outputs: list[ensemble.ModelOutputs]) -> None:
         losses = {o.model: o.metrics.get("train_losses") or [] for o in outputs}
         scores = {**result.dev_scores, "ensemble": result.dev_score}
@@ -109,8 +115,16 @@ def _plot_attachment(run_id: str, champion: dict[str, Any] | None, store: storag
             theirs_intervals = _champion_intervals(champion, store) if store is not None else {}
         who = f"champion {champion['run_id']}/{champion['model']}" if champion else "no champion yet"
         colors = report.model_colors([o.model for o in outputs])
-        report.plot(folder / report.PLOT, losses, scores, theirs, f"train-all {run_id} ({who})", intervals,
-                    theirs_intervals, colors=colors)
+        report.plot(
+            folder / report.PLOT,
+            losses,
+            scores,
+            theirs,
+            f"train-all {run_id} ({who})",
+            intervals,
+            theirs_intervals,
+            colors=colors,
+        )
         if result.scaling:
             report.plot_scaling(folder / report.SCALING_PLOT, result.scaling, f"train-all {run_id}", colors=colors)
 
@@ -120,8 +134,10 @@ def _plot_attachment(run_id: str, champion: dict[str, Any] | None, store: storag
 def _champion_intervals(champion: dict[str, Any], store: storage.Storage) -> dict[str, tuple[float, float]]:
     """The champion's per-row dev scores as it published them, as 95% intervals (none for what it did not publish)."""
     sources = champion.get("sources") or {}
-    entries = {"ensemble": {"run_id": champion["run_id"], "model": champion["model"]},
-               **{m: {"run_id": sources.get(m, champion["run_id"]), "model": m} for m in champion.get("members", [])}}
+    entries = {
+        "ensemble": {"run_id": champion["run_id"], "model": champion["model"]},
+        **{m: {"run_id": sources.get(m, champion["run_id"]), "model": m} for m in champion.get("members", [])},
+    }
     rows = {}
     for name, entry in entries.items():
         try:
@@ -137,13 +153,15 @@ def _report(run_id: str, rows: list[ModelRow]) -> None:
     """Log each model's outcome and attach the table artifact `train-all-<run-id>`."""
     logger = get_run_logger()
     for row in rows:
-        outcome = (f"{row.status}: {row.error}" if row.status in (FAILED, STOPPED)
-                   else f"dev score {row.dev_score:.2f}")
+        outcome = f"{row.status}: {row.error}" if row.status in (FAILED, STOPPED) else f"dev score {row.dev_score:.2f}"
         if row.status == UNCHANGED:
             outcome += f" (unchanged, from run {row.source_run})"
         logger.info("%s: %s after %s s", row.model, outcome, row.seconds if row.seconds is not None else "?")
-    create_table_artifact([row.to_dict() for row in rows], key=slug(f"train-all-{run_id}"),
-                          description=f"Models of train-all run {run_id}")
+    create_table_artifact(
+        [row.to_dict() for row in rows],
+        key=slug(f"train-all-{run_id}"),
+        description=f"Models of train-all run {run_id}",
+    )
 
 
 def check_models(models: list[str]) -> None:
@@ -178,10 +196,22 @@ class TrainAllRequest(BaseModel):
 
 @flow(name="train-all")
 def train_all(
-    models: list[str], target: str = "process", num_gpus: int | None = None, data_dir: str | None = None,
-    storage_url: str | None = None, debug: bool = False, run_id: str | None = None, eval_before: bool = False,
-    embedded: bool = False, crash_relaunches: int = CRASH_RELAUNCHES, promote: str = "never", margin: float = 0.0,
-    force: bool = False, gpus_per_model: int = 1, overrides: list[str] | None = None, resume: bool = False,
+    models: list[str],
+    target: str = "process",
+    num_gpus: int | None = None,
+    data_dir: str | None = None,
+    storage_url: str | None = None,
+    debug: bool = False,
+    run_id: str | None = None,
+    eval_before: bool = False,
+    embedded: bool = False,
+    crash_relaunches: int = CRASH_RELAUNCHES,
+    promote: str = "never",
+    margin: float = 0.0,
+    force: bool = False,
+    gpus_per_model: int = 1,
+    overrides: list[str] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any] | State:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
     on promotion, then fail if any model did not succeed.
@@ -191,8 +221,8 @@ def train_all(
     run reports "unchanged" and does nothing else. A child that crashes is launched again, up to
     `crash_relaunches` times, and resumes where it stopped. `gpus_per_model` > 1 trains each model
     data-parallel on that many GPUs of its placement. `promote`: never, if-better (the 99% lower bound, the
-    nightly level, of the paired dev-score gain over the champion above `margin`, see `registry`) or always. `overrides` (`KEY=VALUE`, as
-    `dialsum train --set`) apply to every model.
+    nightly level, of the paired dev-score gain over the champion above `margin`, see `registry`) or always.
+    `overrides` (`KEY=VALUE`, as `dialsum train --set`) apply to every model.
 
     `resume` continues the run `run_id`: no model is reused from other runs; each child finds its model
     already complete (published) or continues it from its finished phases and checkpoints. After Ctrl-C
@@ -205,10 +235,23 @@ def train_all(
     tracking.check_report_folder()
     send_to_prefect()
     request = TrainAllRequest(
-        models=models, run_id=run_id or storage.new_run_id(), target=target, num_gpus=num_gpus, data_dir=data_dir,
-        storage_url=storage_url, debug=debug, eval_before=eval_before, embedded=embedded,
-        crash_relaunches=crash_relaunches, promote=promote, margin=margin, force=force, gpus_per_model=gpus_per_model,
-        overrides=list(overrides or []), resume=resume)
+        models=models,
+        run_id=run_id or storage.new_run_id(),
+        target=target,
+        num_gpus=num_gpus,
+        data_dir=data_dir,
+        storage_url=storage_url,
+        debug=debug,
+        eval_before=eval_before,
+        embedded=embedded,
+        crash_relaunches=crash_relaunches,
+        promote=promote,
+        margin=margin,
+        force=force,
+        gpus_per_model=gpus_per_model,
+        overrides=list(overrides or []),
+        resume=resume,
+    )
     stop.continue_with(f"--resume {request.run_id}")
     summary = run_request(request)
     if isinstance(summary, State):
@@ -225,18 +268,25 @@ def run_request(request: TrainAllRequest) -> TrainAllSummary | State:
     base = registry.current(store)
     profiles = resolve_profiles(request.models, request.overrides)  # once, for every step of the run
     names = {m: profile_name(m, cfg) for m, cfg in profiles.items()}
-    reused = {} if request.force or request.resume else unchanged_models(request.models, local_data, request.debug,
-                                                                         store, base, request.overrides, profiles)
+    reused = (
+        {}
+        if request.force or request.resume
+        else unchanged_models(request.models, local_data, request.debug, store, base, request.overrides, profiles)
+    )
     futures = launch_children(request, [m for m in request.models if m not in reused], profiles, store)
-    rows = [reused[m] if m in reused else outcome_row(m, futures[m], request.overrides, names[m])
-            for m in request.models]
+    rows = [
+        reused[m] if m in reused else outcome_row(m, futures[m], request.overrides, names[m]) for m in request.models
+    ]
     _report(run_id, rows)
     if not futures:
         return unchanged_summary(run_id, rows, base)
     if stop.requested():
         return stopped_summary(run_id, rows, store)
-    if request.resume and all(r.status == "already complete" for r in rows) and \
-            (done := published_ensemble(run_id, store)):
+    if (
+        request.resume
+        and all(r.status == "already complete" for r in rows)
+        and (done := published_ensemble(run_id, store))
+    ):
         get_run_logger().info("run %s is already complete: its models and ensemble are published", run_id)
         return TrainAllSummary(run_id, "already complete", rows, done)
     summary = ensemble_and_promote(request, rows, list(futures.values()), store, local_data, base)
@@ -244,24 +294,40 @@ def run_request(request: TrainAllRequest) -> TrainAllSummary | State:
     return summary
 
 
-def launch_children(request: TrainAllRequest, models: list[str], profiles: dict[str, Any],
-                    store: storage.Storage) -> dict[str, PrefectFuture]:
+def launch_children(
+    request: TrainAllRequest, models: list[str], profiles: dict[str, Any], store: storage.Storage
+) -> dict[str, PrefectFuture]:
     """model -> its `launch-model` task, for the models to train, all submitted at once (`profiles`: their configs
     as the run resolved them)."""
     if request.embedded:
         plan_in_process(request.run_id, len(models))
     common = child_parameters(request)
-    placed = placement.assign_by_family(models, request.target, request.num_gpus, request.gpus_per_model,
-                                        request.overrides, profiles)
-    return {p.model: launch_model.submit(p, {"model": p.model, **common}, request.embedded, request.crash_relaunches,
-                                         name=profile_name(p.model, profiles[p.model]), store=store)
-            for p in placed}
+    placed = placement.assign_by_family(
+        models, request.target, request.num_gpus, request.gpus_per_model, request.overrides, profiles
+    )
+    return {
+        p.model: launch_model.submit(
+            p,
+            {"model": p.model, **common},
+            request.embedded,
+            request.crash_relaunches,
+            name=profile_name(p.model, profiles[p.model]),
+            store=store,
+        )
+        for p in placed
+    }
 
 
 def child_parameters(request: TrainAllRequest) -> dict[str, Any]:
     """The parameters every child of a run shares (besides its model)."""
-    common = {"run_id": request.run_id, "data_dir": request.data_dir, "storage_url": request.storage_url,
-              "debug": request.debug, "group": request.run_id, "eval_before": request.eval_before}
+    common = {
+        "run_id": request.run_id,
+        "data_dir": request.data_dir,
+        "storage_url": request.storage_url,
+        "debug": request.debug,
+        "group": request.run_id,
+        "eval_before": request.eval_before,
+    }
     if request.gpus_per_model > 1:
         common["gpus"] = request.gpus_per_model
     if request.overrides:  # only when given, so deployments registered before the parameter existed keep working
@@ -269,8 +335,14 @@ def child_parameters(request: TrainAllRequest) -> dict[str, Any]:
     return common
 
 
-def ensemble_and_promote(request: TrainAllRequest, rows: list[ModelRow], futures: list, store: storage.Storage,
-                         local_data: Path | None, base: registry.Record | None) -> TrainAllSummary:
+def ensemble_and_promote(
+    request: TrainAllRequest,
+    rows: list[ModelRow],
+    futures: list,
+    store: storage.Storage,
+    local_data: Path | None,
+    base: registry.Record | None,
+) -> TrainAllSummary:
     """The ensemble of the models that succeeded (once every child has ended) and the promotion decision; the
     run's summary."""
     run_id = request.run_id
@@ -279,11 +351,27 @@ def ensemble_and_promote(request: TrainAllRequest, rows: list[ModelRow], futures
     if not done:
         return summary
     sources = {r.model: r.source_run for r in rows if r.status == UNCHANGED}
-    result = build_ensemble(run_id, done, request.storage_url, str(local_data) if local_data else None, sources,
-                            base.champion if base else None, wait_for=[allow_failure(f) for f in futures], store=store)
+    result = build_ensemble(
+        run_id,
+        done,
+        request.storage_url,
+        str(local_data) if local_data else None,
+        sources,
+        base.champion if base else None,
+        wait_for=[allow_failure(f) for f in futures],
+        store=store,
+    )
     get_run_logger().info("ensemble (%s): %s", result["choice"], result["headline"])
-    decision = decide_promotion(run_id, request.storage_url, request.promote, request.margin, local_data,
-                                summary.failed, result["dev_score"], store=store)
+    decision = decide_promotion(
+        run_id,
+        request.storage_url,
+        request.promote,
+        request.margin,
+        local_data,
+        summary.failed,
+        result["dev_score"],
+        store=store,
+    )
     return replace(summary, ensemble=result, promotion=decision)
 
 
@@ -301,8 +389,11 @@ def stopped_summary(run_id: str, rows: list[ModelRow], store: storage.Storage) -
     resumable = any(runs.has_progress(run_id, row.model, store) for row in rows)
     summary = TrainAllSummary(run_id, STOPPED, rows, resumable=resumable)
     stopped = [row.model for row in rows if row.status == STOPPED]
-    return Cancelled(message=f"stopped by {stop.cause()}: {', '.join(stopped) or 'no model'} stopped; running the "
-                             "same run id again continues", data=summary.to_dict())
+    return Cancelled(
+        message=f"stopped by {stop.cause()}: {', '.join(stopped) or 'no model'} stopped; running the "
+        "same run id again continues",
+        data=summary.to_dict(),
+    )
 
 
 def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:

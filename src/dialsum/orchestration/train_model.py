@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -115,8 +116,15 @@ def _skip_retries() -> None:
 
 @flow(name="train-model", retries=1, retry_delay_seconds=10)
 def train_model(
-    model: str, run_id: str, data_dir: str | None = None, storage_url: str | None = None, debug: bool = False,
-    group: str | None = None, eval_before: bool = False, gpus: int = 1, overrides: list[str] | None = None,
+    model: str,
+    run_id: str,
+    data_dir: str | None = None,
+    storage_url: str | None = None,
+    debug: bool = False,
+    group: str | None = None,
+    eval_before: bool = False,
+    gpus: int = 1,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, score and publish one model (data-parallel when `gpus` > 1); config and data errors fail at once,
     other failures retry once. `overrides`: `KEY=VALUE` config overrides, as `dialsum train --set`. A run stopped
@@ -129,13 +137,25 @@ def train_model(
     try:
         if gpus > 1:
             result = pipeline_module().run_model_on_gpus(
-                model, gpus, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
-                eval_before=eval_before, storage_url=storage_url, overrides=overrides or (),
+                model,
+                gpus,
+                run_id=run_id,
+                data_dir=datasource.resolve(data_dir),
+                debug=debug,
+                eval_before=eval_before,
+                storage_url=storage_url,
+                overrides=overrides or (),
             )
         else:
             result = pipeline_module().run_model(
-                model, run_id=run_id, data_dir=datasource.resolve(data_dir), debug=debug,
-                eval_before=eval_before, storage_url=storage_url, group=group, overrides=overrides or (),
+                model,
+                run_id=run_id,
+                data_dir=datasource.resolve(data_dir),
+                debug=debug,
+                eval_before=eval_before,
+                storage_url=storage_url,
+                group=group,
+                overrides=overrides or (),
                 lease_wait=get_settings().lease_seconds * 1.25,
             )
     except PERMANENT_ERRORS:
@@ -146,8 +166,12 @@ def train_model(
     except stop.Interrupted as exc:
         _skip_retries()
         return Cancelled(message=str(exc))
-    return {"model": result.model, "dev_score": result.metrics["dev"]["score"], "location": result.location,
-            "status": result.status}
+    return {
+        "model": result.model,
+        "dev_score": result.metrics["dev"]["score"],
+        "location": result.location,
+        "status": result.status,
+    }
 
 
 def _preempted(exc: stop.Preempted) -> State:
@@ -162,8 +186,12 @@ def _preempted(exc: stop.Preempted) -> State:
 def _run_on_worker(where: placement.Placement, parameters: dict[str, Any]) -> tuple[State, float | None]:
     """Run the child on its deployment and wait for it; returns its final state and run time."""
     child = run_deployment(
-        where.deployment, parameters=parameters, job_variables=where.job_variables or None,
-        work_queue_name=where.work_queue_name, as_subflow=True, poll_interval=POLL_SECONDS,
+        where.deployment,
+        parameters=parameters,
+        job_variables=where.job_variables or None,
+        work_queue_name=where.work_queue_name,
+        as_subflow=True,
+        poll_interval=POLL_SECONDS,
     )
     return child.state, child.total_run_time.total_seconds()
 
@@ -183,14 +211,23 @@ def _run_in_process(parameters: dict[str, Any]) -> tuple[State, float]:
         if parameters["model"] not in plan["started"]:
             plan["started"].append(parameters["model"])
         started = time.monotonic()
-        with console.model_position(plan["started"].index(parameters["model"]) + 1, plan["total"]) \
-                if plan["total"] > 1 else nullcontext():
+        with (
+            console.model_position(plan["started"].index(parameters["model"]) + 1, plan["total"])
+            if plan["total"] > 1
+            else nullcontext()
+        ):
             state = train_model(**parameters, return_state=True)
         return state, time.monotonic() - started
 
 
-def published_row(run_id: str, model: str, store: storage.Storage, seconds: float | None,
-                  overrides: Sequence[str] | None = None, name: str | None = None) -> ModelRow:
+def published_row(
+    run_id: str,
+    model: str,
+    store: storage.Storage,
+    seconds: float | None,
+    overrides: Sequence[str] | None = None,
+    name: str | None = None,
+) -> ModelRow:
     """A table row for a child that completed, from what it published (`name`: the model's, when known)."""
     name = name or model_name(model, overrides)
     try:
@@ -218,16 +255,24 @@ def run_child(
         total = None if total is None or seconds is None else total + seconds
         if not state.is_crashed() or attempt == relaunches or stop.requested():
             break
-        get_run_logger().warning("%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest "
-                                 "checkpoint", name or model_name(where.model, parameters.get("overrides")),
-                                 state.message, attempt + 1, relaunches)
+        get_run_logger().warning(
+            "%s: child run crashed (%s); relaunching it (%d of %d) to resume from its newest checkpoint",
+            name or model_name(where.model, parameters.get("overrides")),
+            state.message,
+            attempt + 1,
+            relaunches,
+        )
     return state, total
 
 
 @task(name="launch-model", task_run_name="launch-{where.model}", cache_policy=NO_CACHE)
 def launch_model(
-    where: placement.Placement, parameters: dict[str, Any], embedded: bool, relaunches: int = CRASH_RELAUNCHES,
-    name: str | None = None, store: storage.Storage | None = None,
+    where: placement.Placement,
+    parameters: dict[str, Any],
+    embedded: bool,
+    relaunches: int = CRASH_RELAUNCHES,
+    name: str | None = None,
+    store: storage.Storage | None = None,
 ) -> ModelRow:
     """Run one model's child and check it: a child that did not complete raises `ModelRunFailed`. `name` and
     `store`: the model's name and the storage, as the run resolved and opened them (else found here)."""
@@ -248,8 +293,9 @@ def _reported_status(state: State) -> str:
     return result.get("status", "completed") if isinstance(result, dict) else "completed"
 
 
-def outcome_row(model: str, future: PrefectFuture, overrides: Sequence[str] | None = None,
-                name: str | None = None) -> ModelRow:
+def outcome_row(
+    model: str, future: PrefectFuture, overrides: Sequence[str] | None = None, name: str | None = None
+) -> ModelRow:
     """The launch task's row, or a `failed` row carrying the reason (`name`: the model's, when known)."""
     future.wait()
     if future.state.is_completed():

@@ -115,7 +115,8 @@ def check_docker_socket(path: str) -> None:
     except OSError as exc:
         raise DialsumError(
             f"cannot reach the Docker engine at {path} ({exc.strerror or exc}): mount the host's socket "
-            f"(-v /var/run/docker.sock:/var/run/docker.sock) and set DOCKER_GID to its group, `stat -c %g /var/run/docker.sock`"
+            "(-v /var/run/docker.sock:/var/run/docker.sock) and set DOCKER_GID to its group, "
+            "`stat -c %g /var/run/docker.sock`"
         ) from None
     if not reply.startswith(b"HTTP/1.") or b" 200 " not in reply.split(b"\r\n", 1)[0] + b" ":
         raise DialsumError(f"the Docker engine at {path} did not answer its ping: {reply[:40]!r}")
@@ -125,8 +126,16 @@ def worker_command(pool: Pool, queues: list[str] | None = None) -> list[str]:
     """The `prefect worker start` command line for `pool` (only `queues` when given), with :8080/health."""
     module = "dialsum.orchestration.docker_worker" if pool.type == "docker" else "prefect"
     command = [
-        sys.executable, "-m", module, "worker", "start",
-        "--pool", pool.name, "--with-healthcheck", "--install-policy", "never",
+        sys.executable,
+        "-m",
+        module,
+        "worker",
+        "start",
+        "--pool",
+        pool.name,
+        "--with-healthcheck",
+        "--install-policy",
+        "never",
     ]
     for queue in queues or []:
         command += ["--work-queue", queue]
@@ -151,8 +160,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worker", help="Create a work pool from infra/ and start a Prefect worker on it.")
     parser.add_argument("--pool", choices=sorted(POOLS), required=True, help="Work pool to create and serve.")
     parser.add_argument(
-        "--gpus", type=int, default=None, help="GPUs on this box, one queue each (GPU pools; default: $DIALSUM_NUM_GPUS)."
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs on this box, one queue each (GPU pools; default: $DIALSUM_NUM_GPUS).",
     )
-    parser.add_argument("--infra-dir", type=Path, default=None, help="Folder with the pool templates (default: ./infra).")
+    parser.add_argument(
+        "--infra-dir", type=Path, default=None, help="Folder with the pool templates (default: ./infra)."
+    )
     parser.add_argument("--setup-only", action="store_true", help="Create the pool and queues, then exit.")
     parser.set_defaults(func=run)

@@ -7,9 +7,19 @@ flows and the CLI call it. May import release, engine and everything below.
 from importlib import import_module
 
 # Imported on first use, so a generate-only run (an API model) never loads the torch of the training phases.
-_WHERE = {"RunContext": "phases", "device": "phases", "setup": "phases", "RunResult": "result",
-          "new_run_id": "result", "run_model": "run", "run_model_on_gpus": "run", "launch_on_gpus": "run",
-          "open_run": "serve", "predict_run": "serve", "recorded_base": "serve"}
+_WHERE = {
+    "RunContext": "phases",
+    "device": "phases",
+    "setup": "phases",
+    "RunResult": "result",
+    "new_run_id": "result",
+    "run_model": "run",
+    "run_model_on_gpus": "run",
+    "launch_on_gpus": "run",
+    "open_run": "serve",
+    "predict_run": "serve",
+    "recorded_base": "serve",
+}
 
 
 def __getattr__(name: str):
@@ -18,5 +28,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'dialsum.pipeline' has no attribute {name!r}")
 
 
-__all__ = ["RunContext", "RunResult", "device", "launch_on_gpus", "new_run_id", "open_run", "predict_run",
-           "recorded_base", "run_model", "run_model_on_gpus", "setup"]
+__all__ = [
+    "RunContext",
+    "RunResult",
+    "device",
+    "launch_on_gpus",
+    "new_run_id",
+    "open_run",
+    "predict_run",
+    "recorded_base",
+    "run_model",
+    "run_model_on_gpus",
+    "setup",
+]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -33,12 +34,16 @@ def default_space(cfg: Any) -> dict[str, Any]:
     """Beams, length penalty, the no-repeat guard and the summary length, around the run's own settings."""
     g = cfg.generation
     lengths = sorted({max(8, g.max_new_tokens // 2), max(8, (g.max_new_tokens * 3) // 4), g.max_new_tokens})
-    return {"objective": "dev_score", "pruner": {"type": "none"}, "params": {
-        "generation.num_beams": {"choices": sorted({1, 2, 4, g.num_beams})},
-        "generation.length_penalty": {"low": 0.6, "high": 1.6},
-        "generation.no_repeat_ngram_size": {"choices": sorted({0, 4, 8, 12, g.no_repeat_ngram_size})},
-        "generation.max_new_tokens": {"choices": lengths},
-    }}
+    return {
+        "objective": "dev_score",
+        "pruner": {"type": "none"},
+        "params": {
+            "generation.num_beams": {"choices": sorted({1, 2, 4, g.num_beams})},
+            "generation.length_penalty": {"low": 0.6, "high": 1.6},
+            "generation.no_repeat_ngram_size": {"choices": sorted({0, 4, 8, 12, g.no_repeat_ngram_size})},
+            "generation.max_new_tokens": {"choices": lengths},
+        },
+    }
 
 
 def current_params(cfg: Any, space: SearchSpace) -> dict[str, Any]:
@@ -76,8 +81,9 @@ def run_split(run_dir: Path) -> holdout.DevSplit:
     path = run_dir / "metrics.json"
     recorded = None
     if path.is_file():
-        recorded = holdout.DevSplit.from_record((json.loads(path.read_text(encoding="utf-8"))
-                                                 .get("dev_held_out") or {}).get("split"))
+        recorded = holdout.DevSplit.from_record(
+            (json.loads(path.read_text(encoding="utf-8")).get("dev_held_out") or {}).get("split")
+        )
     return recorded or holdout.dev_split()
 
 
@@ -89,8 +95,15 @@ def _study(space: SearchSpace, seed: int) -> Any:
     return optuna.create_study(direction="maximize", sampler=TPESampler(seed=seed))
 
 
-def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Mapping[str, Any] | None = None,
-                  trials: int = 16, rows: int | None = None, seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
+def tune_decoding(
+    run_dir: Path,
+    data_dir: Path | None = None,
+    space: Path | Mapping[str, Any] | None = None,
+    trials: int = 16,
+    rows: int | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
     """Search generation settings of the saved run at `run_dir` on dev; returns the summary written to decoding.json."""
     from dialsum.pipeline.serve import open_run  # loads torch
 
@@ -124,16 +137,29 @@ def tune_decoding(run_dir: Path, data_dir: Path | None = None, space: Path | Map
     gain = paired_bootstrap(best_rows, own_rows, seed=seed)
     interval = bootstrap_interval(best_rows, seed=seed)
     summary = {
-        "run": str(run_dir), "trials": len(study.trials), "search_rows": len(search), "heldout_rows": len(held),
-        "split": split.record(list(scorer.examples)), "sampler_seed": seed,
-        "best": {"trial": best.number if best_params != own else None, "params": best_params,
-                 "search_score": round(max(best.value, own_search), 4),
-                 "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),
-                 "heldout_interval": [round(interval.low, 4), round(interval.high, 4)]},
-        "own": {"params": own, "search_score": round(own_search, 4),
-                "heldout_score": round(metric.score(own_preds, held_refs)["score"], 4)},
-        "gain": {"mean": round(gain.mean, 4), "interval": [round(gain.low, 4), round(gain.high, 4)],
-                 "interval_kind": "95% paired bootstrap over rows"},
+        "run": str(run_dir),
+        "trials": len(study.trials),
+        "search_rows": len(search),
+        "heldout_rows": len(held),
+        "split": split.record(list(scorer.examples)),
+        "sampler_seed": seed,
+        "best": {
+            "trial": best.number if best_params != own else None,
+            "params": best_params,
+            "search_score": round(max(best.value, own_search), 4),
+            "heldout_score": round(metric.score(best_preds, held_refs)["score"], 4),
+            "heldout_interval": [round(interval.low, 4), round(interval.high, 4)],
+        },
+        "own": {
+            "params": own,
+            "search_score": round(own_search, 4),
+            "heldout_score": round(metric.score(own_preds, held_refs)["score"], 4),
+        },
+        "gain": {
+            "mean": round(gain.mean, 4),
+            "interval": [round(gain.low, 4), round(gain.high, 4)],
+            "interval_kind": "95% paired bootstrap over rows",
+        },
     }
     summary["recommended"] = recommendation(best_params != own, gain.low)
     _write(Path(out_dir) if out_dir else Path(run_dir) / "decoding", study, searched, summary)
@@ -161,9 +187,11 @@ def _write(folder: Path, study: Any, space: SearchSpace, summary: dict[str, Any]
     chosen = summary["best"] if summary["recommended"]["use"] == "best" else summary["own"]
     overlay = to_overlay(to_overrides(chosen["params"]))
     which = f"trial {summary['best']['trial']}" if chosen is summary["best"] else "the run's own setting"
-    header = (f"# Recommended decoding of {summary['run']} ({which}): {summary['recommended']['why']}. Held-out dev "
-              f"score {summary['best']['heldout_score']:.2f} for the best setting found vs "
-              f"{summary['own']['heldout_score']:.2f} for the run's own.\n")
+    header = (
+        f"# Recommended decoding of {summary['run']} ({which}): {summary['recommended']['why']}. Held-out dev "
+        f"score {summary['best']['heldout_score']:.2f} for the best setting found vs "
+        f"{summary['own']['heldout_score']:.2f} for the run's own.\n"
+    )
     (folder / "decoding.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=True), encoding="utf-8")
     (folder / "trials.csv").write_text(outputs.trials_csv(outputs.trial_rows(study, space)), encoding="utf-8")
     (folder / "decoding.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -174,14 +202,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     best, own, gain = summary["best"], summary["own"], summary["gain"]
     recommended = summary["recommended"]
     keep = recommended["use"] == "own"
-    return "\n".join([
-        f"{summary['trials']} settings tried on {summary['search_rows']} dev rows (the run's own scored "
-        f"{own['search_score']:.2f}); best: " + (f"trial {best['trial']}" if best["trial"] is not None else "the run's own")
-        + f" ({', '.join(to_overrides(best['params']))})",
-        f"held-out dev ({summary['heldout_rows']} rows): best {best['heldout_score']:.2f}, the run's own "
-        f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% CI [{gain['interval'][0]:+.2f}, "
-        f"{gain['interval'][1]:+.2f}])",
-        ("recommended: keep the run's own setting: " if keep else "recommended: the best setting found: ")
-        + recommended["why"],
-        f"overlay: {summary['location']}/decoding.yaml" + (" (the run's own setting)" if keep else ""),
-    ])
+    return "\n".join(
+        [
+            f"{summary['trials']} settings tried on {summary['search_rows']} dev rows (the run's own scored "
+            f"{own['search_score']:.2f}); best: "
+            + (f"trial {best['trial']}" if best["trial"] is not None else "the run's own")
+            + f" ({', '.join(to_overrides(best['params']))})",
+            f"held-out dev ({summary['heldout_rows']} rows): best {best['heldout_score']:.2f}, the run's own "
+            f"{own['heldout_score']:.2f}; gain {gain['mean']:+.2f} (95% CI [{gain['interval'][0]:+.2f}, "
+            f"{gain['interval'][1]:+.2f}])",
+            ("recommended: keep the run's own setting: " if keep else "recommended: the best setting found: ")
+            + recommended["why"],
+            f"overlay: {summary['location']}/decoding.yaml" + (" (the run's own setting)" if keep else ""),
+        ]
+    )

@@ -13,11 +13,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -83,8 +83,16 @@ def run_fingerprint(cfg, data_hash: str, debug: bool) -> str:
 state_dir = runs.state_dir
 
 
-def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, group: str | None,
-          force: bool = False, overrides: Sequence[str] = (), cfg: ModelConfig | None = None) -> RunContext:
+def setup(
+    model_name: str,
+    run_id: str,
+    data_dir: Path | None,
+    debug: bool,
+    group: str | None,
+    force: bool = False,
+    overrides: Sequence[str] = (),
+    cfg: ModelConfig | None = None,
+) -> RunContext:
     """Validate config and data, run preflight, then load (or build) the model; nothing heavy happens before.
 
     The base checkpoint is pinned to the hub commit its revision resolves to when the run starts; a retry
@@ -112,16 +120,49 @@ def setup(model_name: str, run_id: str, data_dir: Path | None, debug: bool, grou
                 shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True, exist_ok=True)
         saved = work_dir / "model" if phases.done("fit") else None
-        model, tok = fam.load(hub.pinned(cfg, commit), source, placeholders_in(splits["train"] + splits["dev"]), adapter=saved)
+        model, tok = fam.load(
+            hub.pinned(cfg, commit), source, placeholders_in(splits["train"] + splits["dev"]), adapter=saved
+        )
         if next(model.parameters()).device.type != device().type:
             model.to(device())
     if not distributed.is_main():  # data-parallel ranks other than 0 only train
-        return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, Tracker(), debug, phases,
-                          overrides=tuple(overrides), base_commit=commit)
-    tracker = start_tracking(cfg.model_dump(mode="json"), f"{cfg.name}-{run_id}", group or run_id,
-                             get_settings().output_dir / run_id / "wandb")
-    return RunContext(cfg, fam, model, tok, splits, run_id, work_dir, data_hash, tracker, debug, phases,
-                      dev_fingerprint(data_dir), tuple(overrides), commit)
+        return RunContext(
+            cfg,
+            fam,
+            model,
+            tok,
+            splits,
+            run_id,
+            work_dir,
+            data_hash,
+            Tracker(),
+            debug,
+            phases,
+            overrides=tuple(overrides),
+            base_commit=commit,
+        )
+    tracker = start_tracking(
+        cfg.model_dump(mode="json"),
+        f"{cfg.name}-{run_id}",
+        group or run_id,
+        get_settings().output_dir / run_id / "wandb",
+    )
+    return RunContext(
+        cfg,
+        fam,
+        model,
+        tok,
+        splits,
+        run_id,
+        work_dir,
+        data_hash,
+        tracker,
+        debug,
+        phases,
+        dev_fingerprint(data_dir),
+        tuple(overrides),
+        commit,
+    )
 
 
 def pinned_base(phases: Phases, resolved: str | None) -> str | None:
@@ -138,9 +179,15 @@ def checkpointer(ctx: RunContext, storage_url: str | None, publish: bool, store=
     from dialsum import storage
 
     t = ctx.cfg.training
-    return Checkpointer(ctx.phases.folder / "checkpoints", t.checkpoint_every, t.keep_checkpoints,
-                        ctx.phases.fingerprint, ctx.run_id, ctx.cfg.name,
-                        (store or storage.open_storage(storage_url)) if publish else None)
+    return Checkpointer(
+        ctx.phases.folder / "checkpoints",
+        t.checkpoint_every,
+        t.keep_checkpoints,
+        ctx.phases.fingerprint,
+        ctx.run_id,
+        ctx.cfg.name,
+        (store or storage.open_storage(storage_url)) if publish else None,
+    )
 
 
 def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
@@ -150,22 +197,44 @@ def fit_phase(ctx: RunContext, checkpoints: Checkpointer | None = None) -> dict:
         return done
     t = ctx.cfg.training
     features = ctx.family.build_features(ctx.cfg, ctx.tok, ctx.splits["train"], with_labels=True)
-    evaluator = Evaluator(ctx.cfg, ctx.family, ctx.tok, ctx.splits["dev"], on_log=ctx.tracker.log,
-                          on_evaluation=live_progress(ctx, checkpoints.storage if checkpoints else None))
-    with stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext(), \
-            stop.cooperative():
-        result = fit(t, ctx.family, ctx.model, ctx.tok, features, max_steps=t.debug_steps if ctx.debug else None,
-                     on_log=ctx.tracker.log, checkpoints=checkpoints, evaluation=evaluator,
-                     label=console.bar_label(ctx.cfg.name, "train"))
-    log.info("%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second)
+    evaluator = Evaluator(
+        ctx.cfg,
+        ctx.family,
+        ctx.tok,
+        ctx.splits["dev"],
+        on_log=ctx.tracker.log,
+        on_evaluation=live_progress(ctx, checkpoints.storage if checkpoints else None),
+    )
+    with (
+        stop_on_sigterm(checkpoints, get_settings().stop_grace_seconds) if checkpoints else nullcontext(),
+        stop.cooperative(),
+    ):
+        result = fit(
+            t,
+            ctx.family,
+            ctx.model,
+            ctx.tok,
+            features,
+            max_steps=t.debug_steps if ctx.debug else None,
+            on_log=ctx.tracker.log,
+            checkpoints=checkpoints,
+            evaluation=evaluator,
+            label=console.bar_label(ctx.cfg.name, "train"),
+        )
+    log.info(
+        "%s: %d steps in %.1fs (%.0f tokens/s)", ctx.cfg.name, result.steps, result.seconds, result.tokens_per_second
+    )
     if not distributed.is_main():
         return {}
     ctx.family.save(ctx.model, ctx.tok, ctx.work_dir / "model")
-    done = {"train_steps": result.steps, "train_seconds": round(result.seconds, 2),
-            "train_tokens_per_second": round(result.tokens_per_second, 1),
-            "resumed_at_step": checkpoints.resumed_at if checkpoints else None,
-            "training": {**result.evaluation, "skipped_steps": result.skipped_steps},
-            "train_losses": loss_curve(result.losses)}
+    done = {
+        "train_steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "train_tokens_per_second": round(result.tokens_per_second, 1),
+        "resumed_at_step": checkpoints.resumed_at if checkpoints else None,
+        "training": {**result.evaluation, "skipped_steps": result.skipped_steps},
+        "train_losses": loss_curve(result.losses),
+    }
     ctx.phases.mark("fit", done)
     return done
 
@@ -185,8 +254,11 @@ def live_progress(ctx: RunContext, store) -> Callable[[list[dict]], bool] | None
             log.warning("%s: cannot publish the evaluation curve or read a stop request: %s", ctx.cfg.name, exc)
             return False
         if request is not None:
-            log.info("%s: stop requested (%s); saving and publishing the best weights so far", ctx.cfg.name,
-                     request.get("reason") or "no reason given")
+            log.info(
+                "%s: stop requested (%s); saving and publishing the best weights so far",
+                ctx.cfg.name,
+                request.get("reason") or "no reason given",
+            )
         return request is not None
 
     return after_evaluation
@@ -195,11 +267,14 @@ def live_progress(ctx: RunContext, store) -> Callable[[list[dict]], bool] | None
 def generate_split(ctx: RunContext, split: str, model=None) -> list[str]:
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
-    with tqdm(total=len(examples), desc=console.bar_label(ctx.cfg.name, split), unit="dlg", leave=False,
-              disable=None) as bar:
-        progress = stop.StoppingProgress(bar, f"{ctx.cfg.name}: stopped while predicting {split}"
-                                         + (" (training finished; its model is saved)"
-                                            if ctx.phases is not None and ctx.phases.done("fit") else ""))
+    with tqdm(
+        total=len(examples), desc=console.bar_label(ctx.cfg.name, split), unit="dlg", leave=False, disable=None
+    ) as bar:
+        progress = stop.StoppingProgress(
+            bar,
+            f"{ctx.cfg.name}: stopped while predicting {split}"
+            + (" (training finished; its model is saved)" if ctx.phases is not None and ctx.phases.done("fit") else ""),
+        )
         return ctx.family.generate(ctx.cfg, model or ctx.model, ctx.tok, features, progress=progress)
 
 
@@ -215,8 +290,9 @@ def predict_split(ctx: RunContext, split: str, model, folder: Path) -> list[str]
         return generate_split(ctx, split, model)
     examples = ctx.splits[split]
     features = ctx.family.build_features(ctx.cfg, ctx.tok, examples, with_labels=False)
-    with tqdm(total=len(examples), desc=f"{ctx.cfg.name} {split} candidates", unit="dlg", leave=False,
-              disable=None) as bar:
+    with tqdm(
+        total=len(examples), desc=f"{ctx.cfg.name} {split} candidates", unit="dlg", leave=False, disable=None
+    ) as bar:
         texts, candidates = ctx.family.generate_candidates(ctx.cfg, model, ctx.tok, features, progress=bar)
     write_candidates(candidates_path(folder, split), [e.fname for e in examples], candidates)
     return texts
@@ -232,7 +308,9 @@ def predict(ctx: RunContext, out_dir: Path) -> dict[str, list[str]]:
     for split in ("dev", "test"):
         if split in ctx.splits:
             preds[split] = predict_split(ctx, split, model, out_dir / "predictions")
-            write_submission(out_dir / "predictions" / f"{split}.csv", [e.fname for e in ctx.splits[split]], preds[split])
+            write_submission(
+                out_dir / "predictions" / f"{split}.csv", [e.fname for e in ctx.splits[split]], preds[split]
+            )
     return preds
 
 
@@ -241,11 +319,18 @@ def score_phase(ctx: RunContext, preds: dict[str, list[str]], extra: dict) -> di
     of the one dev split (`data.holdout`), how many dev rows were scored, each dev row's score (for paired
     comparisons), plus `extra`."""
     dev = ctx.splits["dev"]
-    metrics = {"model": ctx.cfg.name, "type": ctx.cfg.type, "run_id": ctx.run_id, "dev": dev_score(ctx, preds["dev"]),
-               "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),
-               "dev_selection": selection_score(dev, preds["dev"]),
-               "dev_rows": len(preds["dev"]),
-               "dev_row_scores": dict(zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev])))}
+    metrics = {
+        "model": ctx.cfg.name,
+        "type": ctx.cfg.type,
+        "run_id": ctx.run_id,
+        "dev": dev_score(ctx, preds["dev"]),
+        "dev_held_out": held_out(ctx.cfg, dev, preds["dev"], extra.get("training")),
+        "dev_selection": selection_score(dev, preds["dev"]),
+        "dev_rows": len(preds["dev"]),
+        "dev_row_scores": dict(
+            zip([ex.fname for ex in dev], metric.row_scores(preds["dev"], [ex.summary for ex in dev]))
+        ),
+    }
     metrics.update(extra)
     (ctx.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     ctx.tracker.log({f"dev/{k}": v for k, v in metrics["dev"].items()})
@@ -278,13 +363,19 @@ def save_generation_config(ctx: RunContext) -> None:
     resolved = {k: v for k, v in resolved.items() if v is not None and not k.startswith("_")}
     g = ctx.cfg.generation
     exempt = ctx.family.no_repeat_exempt_ids(ctx.cfg, ctx.tok) if g.no_repeat_ngram_size else []
-    record = {"generate": resolved, "batch_size": g.batch_size,
-              "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt}}
+    record = {
+        "generate": resolved,
+        "batch_size": g.batch_size,
+        "no_repeat": {"ngram_size": g.no_repeat_ngram_size, "exempt_ids": exempt},
+    }
     if g.num_candidates > 1:
         drawn = ctx.family.candidate_generation_config(ctx.cfg, ctx.model, ctx.tok).to_dict()
-        record["candidates"] = {"method": ctx.cfg.candidate_method, "num_candidates": g.num_candidates,
-                                "seed": ctx.cfg.training.seed,
-                                "generate": {k: v for k, v in drawn.items() if v is not None and not k.startswith("_")}}
+        record["candidates"] = {
+            "method": ctx.cfg.candidate_method,
+            "num_candidates": g.num_candidates,
+            "seed": ctx.cfg.training.seed,
+            "generate": {k: v for k, v in drawn.items() if v is not None and not k.startswith("_")},
+        }
     (ctx.work_dir / "generation_config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
@@ -293,7 +384,7 @@ def loss_curve(losses: list[float], points: int = 500) -> list[float]:
     if len(losses) <= points:
         return [round(x, 5) for x in losses]
     size = len(losses) / points
-    buckets = [losses[int(i * size): int((i + 1) * size)] for i in range(points)]
+    buckets = [losses[int(i * size) : int((i + 1) * size)] for i in range(points)]
     return [round(sum(b) / len(b), 5) for b in buckets if b]
 
 
@@ -305,10 +396,20 @@ def run_facts(ctx: RunContext) -> dict:
 def publish_phase(ctx: RunContext, run_dir: Path, storage_url: str | None, force: bool, store=None) -> str:
     from dialsum import storage
 
-    result = storage.publish(run_dir, ctx.run_id, ctx.cfg.name, storage=store or storage.open_storage(storage_url),
-                             extra={"config_sha256": config_fingerprint(ctx.cfg), "data_sha256": ctx.data_hash, "type": ctx.cfg.type,
-                                    "base_commit": ctx.base_commit, **run_facts(ctx)},
-                             force=force)
+    result = storage.publish(
+        run_dir,
+        ctx.run_id,
+        ctx.cfg.name,
+        storage=store or storage.open_storage(storage_url),
+        extra={
+            "config_sha256": config_fingerprint(ctx.cfg),
+            "data_sha256": ctx.data_hash,
+            "type": ctx.cfg.type,
+            "base_commit": ctx.base_commit,
+            **run_facts(ctx),
+        },
+        force=force,
+    )
     return result.url
 
 
@@ -335,8 +436,13 @@ def train_and_save(ctx: RunContext, eval_before: bool, checkpoints: Checkpointer
     if (preds := ctx.phases.get("predict")) is None:
         preds = predict(ctx, ctx.work_dir)
         ctx.phases.mark("predict", preds)
-    extra = {"dev_score_before": before, **fitted, "debug": ctx.debug, "overrides": list(ctx.overrides),
-             "base": {"model": ctx.cfg.model, "revision": ctx.cfg.revision, "commit": ctx.base_commit},
-             "seconds": round(time.perf_counter() - started, 2)}
+    extra = {
+        "dev_score_before": before,
+        **fitted,
+        "debug": ctx.debug,
+        "overrides": list(ctx.overrides),
+        "base": {"model": ctx.cfg.model, "revision": ctx.cfg.revision, "commit": ctx.base_commit},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     metrics = score_phase(ctx, preds, extra)
     return metrics, save_phase(ctx, metrics)

@@ -51,11 +51,25 @@ class ModelRow:
     source_run: str | None = None
 
     @classmethod
-    def published(cls, model: str, metrics: Mapping[str, Any], location: str | None, seconds: float | None = None,
-                  status: str = "completed") -> ModelRow:
+    def published(
+        cls,
+        model: str,
+        metrics: Mapping[str, Any],
+        location: str | None,
+        seconds: float | None = None,
+        status: str = "completed",
+    ) -> ModelRow:
         """The row of a run that published `metrics` (its metrics.json) at `location`."""
-        return cls(model, status, metrics.get("type"), metrics.get("dev_score_before"), metrics["dev"]["score"],
-                   metrics.get("dev_rows"), seconds, location)
+        return cls(
+            model,
+            status,
+            metrics.get("type"),
+            metrics.get("dev_score_before"),
+            metrics["dev"]["score"],
+            metrics.get("dev_rows"),
+            seconds,
+            location,
+        )
 
     @classmethod
     def failed(cls, model: str, reason: str, seconds: float | None = None) -> ModelRow:
@@ -114,16 +128,28 @@ class TrainAllSummary:
         return {row.model: row.error for row in self.rows if row.status == FAILED}
 
     def to_dict(self) -> dict[str, Any]:
-        summary = {"run_id": self.run_id, "status": self.status, "rows": [row.to_dict() for row in self.rows],
-                   "ensemble": self.ensemble, "promotion": self.promotion, "plot": self.plot}
+        summary = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "rows": [row.to_dict() for row in self.rows],
+            "ensemble": self.ensemble,
+            "promotion": self.promotion,
+            "plot": self.plot,
+        }
         if self.status == STOPPED:
             summary["resumable"] = self.resumable
         return summary
 
     @classmethod
     def from_dict(cls, summary: Mapping[str, Any]) -> TrainAllSummary:
-        return cls(summary["run_id"], summary["status"], rows_of(summary.get("rows") or ()), summary.get("ensemble"),
-                   summary.get("promotion"), summary.get("resumable"))
+        return cls(
+            summary["run_id"],
+            summary["status"],
+            rows_of(summary.get("rows") or ()),
+            summary.get("ensemble"),
+            summary.get("promotion"),
+            summary.get("resumable"),
+        )
 
 
 def rows_of(rows: Iterable[Mapping[str, Any] | ModelRow]) -> tuple[ModelRow, ...]:

@@ -9,9 +9,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from dialsum.config import load_model_config
 from dialsum.errors import DialsumError
@@ -29,9 +30,18 @@ log = logging.getLogger(__name__)
 
 
 def run_model(
-    model_name: str, run_id: str | None = None, data_dir: Path | None = None, debug: bool = False,
-    eval_before: bool = False, storage_url: str | None = None, publish: bool = True, force: bool = False,
-    group: str | None = None, resume: bool = False, overrides: Sequence[str] = (), lease_wait: float = 0.0,
+    model_name: str,
+    run_id: str | None = None,
+    data_dir: Path | None = None,
+    debug: bool = False,
+    eval_before: bool = False,
+    storage_url: str | None = None,
+    publish: bool = True,
+    force: bool = False,
+    group: str | None = None,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    lease_wait: float = 0.0,
     store: Storage | None = None,
 ) -> RunResult:
     """Train, predict, score and publish one model; the single entry point every caller uses.
@@ -85,22 +95,37 @@ def run_model(
     return RunResult(ctx.cfg.name, ctx.cfg.type, run_id, run_dir, metrics, location)
 
 
-def run_generate_only(cfg, run_id: str, data_dir: Path | None, debug: bool, storage_url: str | None, publish: bool,
-                      force: bool, lease_wait: float, store: Storage | None = None) -> RunResult:
+def run_generate_only(
+    cfg,
+    run_id: str,
+    data_dir: Path | None,
+    debug: bool,
+    storage_url: str | None,
+    publish: bool,
+    force: bool,
+    lease_wait: float,
+    store: Storage | None = None,
+) -> RunResult:
     """`run_model` for a family that only generates (`pipeline.generate_only`): no weights, hub, checkpoints or fit."""
     from dialsum.pipeline import generate_only
 
     with run_lease(cfg.name, run_id, storage_url, publish, lease_wait, store):
         stop.check(f"{cfg.name}: not started")
         try:
-            metrics, run_dir, location, state = generate_only.run(cfg, run_id, data_dir, debug, publish, storage_url,
-                                                                  force, store)
+            metrics, run_dir, location, state = generate_only.run(
+                cfg, run_id, data_dir, debug, publish, storage_url, force, store
+            )
         except KeyboardInterrupt:
             raise stop.Interrupted(f"{cfg.name}: stopped while predicting; its cached responses are kept") from None
         except BaseException:
             if not runs.discard_if_unstarted(run_id, cfg.name):
-                log.warning("%s: run %s stopped; its cached responses are kept in %s, and running the same run id "
-                            "continues from there", cfg.name, run_id, runs.state_dir(run_id, cfg.name))
+                log.warning(
+                    "%s: run %s stopped; its cached responses are kept in %s, and running the same run id "
+                    "continues from there",
+                    cfg.name,
+                    run_id,
+                    runs.state_dir(run_id, cfg.name),
+                )
             raise
     state.clear()
     return RunResult(cfg.name, cfg.type, run_id, run_dir, metrics, location)
@@ -113,14 +138,19 @@ def failed(ctx: RunContext, exc: BaseException) -> BaseException:
     if isinstance(exc, KeyboardInterrupt):
         exc = stop.Interrupted(runs.stopped_where(ctx.run_id, ctx.cfg.name))
     if not runs.discard_if_unstarted(ctx.run_id, ctx.cfg.name) and not isinstance(exc, stop.Interrupted):
-        log.warning("%s: run %s stopped; finished phases are kept in %s, and running the same run id continues "
-                    "from there", ctx.cfg.name, ctx.run_id, ctx.phases.folder)
+        log.warning(
+            "%s: run %s stopped; finished phases are kept in %s, and running the same run id continues from there",
+            ctx.cfg.name,
+            ctx.run_id,
+            ctx.phases.folder,
+        )
     return exc
 
 
 @contextmanager
-def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wait: float,
-              store: Storage | None = None):
+def run_lease(
+    name: str, run_id: str, storage_url: str | None, publish: bool, wait: float, store: Storage | None = None
+):
     """Hold the run's lease (in `store`, else `storage_url`) while the block runs; none for unpublished runs and for
     data-parallel ranks (the process that launched them holds it)."""
     from dialsum import storage
@@ -128,13 +158,15 @@ def run_lease(name: str, run_id: str, storage_url: str | None, publish: bool, wa
     if not publish or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield None
         return
-    with storage.hold(store or storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds,
-                      wait) as lease:
+    with storage.hold(
+        store or storage.open_storage(storage_url), run_id, name, get_settings().lease_seconds, wait
+    ) as lease:
         yield lease
 
 
-def already_complete(cfg: ModelConfig, run_id: str, data_dir: Path | None, debug: bool, store: Storage,
-                     force: bool) -> RunResult | None:
+def already_complete(
+    cfg: ModelConfig, run_id: str, data_dir: Path | None, debug: bool, store: Storage, force: bool
+) -> RunResult | None:
     """The published result when `run_id` already holds this model with the same config, data and debug mode."""
     from dialsum import storage
 
@@ -142,8 +174,15 @@ def already_complete(cfg: ModelConfig, run_id: str, data_dir: Path | None, debug
         return None
     where = store.location(storage.run_key(run_id, cfg.name))
     log.info("%s: run %s is already complete (published to %s); nothing to do", cfg.name, run_id, where)
-    return RunResult(cfg.name, cfg.type, run_id, get_settings().output_dir / run_id / cfg.name, metrics, where,
-                     status="already complete")
+    return RunResult(
+        cfg.name,
+        cfg.type,
+        run_id,
+        get_settings().output_dir / run_id / cfg.name,
+        metrics,
+        where,
+        status="already complete",
+    )
 
 
 def _open(storage_url: str | None) -> Storage:
@@ -153,8 +192,15 @@ def _open(storage_url: str | None) -> Storage:
 
 
 def launch_on_gpus(
-    model_name: str, gpus: int, run_id: str, data_dir: str | Path | None = None, debug: bool = False,
-    eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (), force: bool = False,
+    model_name: str,
+    gpus: int,
+    run_id: str,
+    data_dir: str | Path | None = None,
+    debug: bool = False,
+    eval_before: bool = False,
+    storage_url: str | None = None,
+    overrides: Sequence[str] = (),
+    force: bool = False,
     verbose: bool = False,
 ) -> int:
     """The `train` command for one model once per GPU (`distributed.launch_command`; rank 0 saves and publishes),
@@ -172,8 +218,14 @@ def launch_on_gpus(
 
 
 def run_model_on_gpus(
-    model_name: str, gpus: int, run_id: str, data_dir: Path | None = None, debug: bool = False,
-    eval_before: bool = False, storage_url: str | None = None, overrides: Sequence[str] = (),
+    model_name: str,
+    gpus: int,
+    run_id: str,
+    data_dir: Path | None = None,
+    debug: bool = False,
+    eval_before: bool = False,
+    storage_url: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> RunResult:
     """`run_model` data-parallel on `gpus` GPUs (`launch_on_gpus`); returns what rank 0 left in the run folder."""
     code = launch_on_gpus(model_name, gpus, run_id, data_dir, debug, eval_before, storage_url, overrides)

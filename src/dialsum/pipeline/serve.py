@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dialsum.config import load_model_config
 from dialsum.data import load_splits, placeholders_in
@@ -24,7 +24,9 @@ def open_run(run_dir: Path, data_dir: Path | None = None, splits: Sequence[str] 
     cfg = load_model_config(str(run_dir / "config.yaml"))
     data = load_splits(data_dir, splits=tuple(splits))
     fam = family(cfg)
-    model, tok = fam.load(cfg, checkpoint_source(cfg), placeholders_in(sum(data.values(), [])), adapter=run_dir / "model")
+    model, tok = fam.load(
+        cfg, checkpoint_source(cfg), placeholders_in(sum(data.values(), [])), adapter=run_dir / "model"
+    )
     model.to(device())
     return RunContext(cfg, fam, model, tok, data, run_dir.parent.name, run_dir, "")
 
@@ -40,8 +42,12 @@ def predict_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | Non
     splits = read_splits(data_dir, splits=("dev", "test"), optional=("dev", "test"))
     fam = family(cfg)
     commit = recorded_base(run_dir)
-    model, tok = fam.load(hub.pinned(cfg, commit), checkpoint_source(cfg), placeholders_in(sum(splits.values(), [])),
-                          adapter=run_dir / "model")
+    model, tok = fam.load(
+        hub.pinned(cfg, commit),
+        checkpoint_source(cfg),
+        placeholders_in(sum(splits.values(), [])),
+        adapter=run_dir / "model",
+    )
     model.to(device())
     ctx = RunContext(cfg, fam, model, tok, splits, run_dir.parent.name, run_dir, "", base_commit=commit)
     preds = predict(ctx, out_dir or run_dir)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from dialsum import storage
 from dialsum.data import (
@@ -106,15 +107,24 @@ class EnsembleSummary:
 def summary_of(run_id: str, store: storage.Storage, data: Mapping[str, Any], location: str) -> EnsembleSummary:
     """The summary of the ensemble of `run_id` from its ensemble.json (`EnsembleResult.summary()` and the facts
     written beside it), published at `location`."""
+
     def share(name: str) -> str | None:
         return store.share_url(storage.run_key(run_id, ENSEMBLE, name))
 
     return EnsembleSummary(
-        choice=data.get("choice"), best_model=data.get("best_model"), dev_score=data.get("dev_score"),
-        dev_rows=(data.get("rows") or {}).get("dev_scored"), held_out_score=data.get("held_out_score"),
-        strategies=data.get("strategies") or {}, split=data.get("split") or {}, scores=data.get("strategy_scores"),
-        location=location, model_scores=data.get("dev_scores"), dev_sha256=data.get("dev_sha256"),
-        plot=share(plots.PLOT), scaling_plot=share(plots.SCALING_PLOT) if data.get("scaling") else None,
+        choice=data.get("choice"),
+        best_model=data.get("best_model"),
+        dev_score=data.get("dev_score"),
+        dev_rows=(data.get("rows") or {}).get("dev_scored"),
+        held_out_score=data.get("held_out_score"),
+        strategies=data.get("strategies") or {},
+        split=data.get("split") or {},
+        scores=data.get("strategy_scores"),
+        location=location,
+        model_scores=data.get("dev_scores"),
+        dev_sha256=data.get("dev_sha256"),
+        plot=share(plots.PLOT),
+        scaling_plot=share(plots.SCALING_PLOT) if data.get("scaling") else None,
     )
 
 
@@ -128,7 +138,9 @@ def published_summary(run_id: str, store: storage.Storage) -> EnsembleSummary | 
 
 def read_predictions(folder: Path) -> dict[str, Predictions]:
     """split -> predictions from `folder/<split>.csv`, for the splits present."""
-    return {s: read_submission(folder / f"{s}.csv", normalized=False) for s in SPLITS if (folder / f"{s}.csv").is_file()}
+    return {
+        s: read_submission(folder / f"{s}.csv", normalized=False) for s in SPLITS if (folder / f"{s}.csv").is_file()
+    }
 
 
 def read_nbest(folder: Path) -> dict[str, dict[str, list[str]]]:
@@ -150,7 +162,9 @@ def fetch_outputs(run_id: str, model: str, store: storage.Storage, dest: Path) -
     if manifest is None:
         raise StorageError(f"{run_id}/{model} is not published in {store.url}")
     entries = {e["path"]: e for e in manifest["files"]}
-    wanted = [METRICS_FILE] + [f"predictions/{split}{kind}" for split in SPLITS for kind in (".csv", "_candidates.jsonl")]
+    wanted = [METRICS_FILE] + [
+        f"predictions/{split}{kind}" for split in SPLITS for kind in (".csv", "_candidates.jsonl")
+    ]
     fetched = {}
     for rel in (r for r in wanted if r in entries):
         target = dest / rel
@@ -188,13 +202,18 @@ def headline(summary: dict[str, Any]) -> str:
     row = (summary.get("strategies") or {}).get(choice) or {}
     full = f"full-dev score {_num(summary['dev_score'])}"
     if row.get("held_out") is None:
-        return (f"{full}, measured on the rows that chose it (no held-out rows: {split.get('selection', '?')} dev "
-                "rows)")
-    gain = ("" if choice == BEST_SINGLE else f", {_num(row['vs_best_single'], True)} "
-            f"(95% CI {_ci(row['vs_best_single_low'], row['vs_best_single_high'], True)}) over best single")
-    return (f"held-out score {_num(row['held_out'])} (95% CI {_ci(row['held_out_low'], row['held_out_high'])}) on "
-            f"{split['held_out']} dev rows that did not choose it{gain}; chosen on {split['selection']} other rows; "
-            f"{full}")
+        return f"{full}, measured on the rows that chose it (no held-out rows: {split.get('selection', '?')} dev rows)"
+    gain = (
+        ""
+        if choice == BEST_SINGLE
+        else f", {_num(row['vs_best_single'], True)} "
+        f"(95% CI {_ci(row['vs_best_single_low'], row['vs_best_single_high'], True)}) over best single"
+    )
+    return (
+        f"held-out score {_num(row['held_out'])} (95% CI {_ci(row['held_out_low'], row['held_out_high'])}) on "
+        f"{split['held_out']} dev rows that did not choose it{gain}; chosen on {split['selection']} other rows; "
+        f"{full}"
+    )
 
 
 def strategy_lines(summary: dict[str, Any]) -> list[str]:
@@ -203,9 +222,16 @@ def strategy_lines(summary: dict[str, Any]) -> list[str]:
     for name, row in (summary.get("strategies") or {}).items():
         mark = " *" if name == summary["choice"] else ""
         label = f"{name} ({summary['best_model']})" if name == BEST_SINGLE else name
-        table.append([label + mark, _num(row["selection"]), _num(row["held_out"]),
-                      _ci(row.get("held_out_low"), row.get("held_out_high")),
-                      "-" if name == BEST_SINGLE else _num(row.get("vs_best_single"), True), _num(row["full"])])
+        table.append(
+            [
+                label + mark,
+                _num(row["selection"]),
+                _num(row["held_out"]),
+                _ci(row.get("held_out_low"), row.get("held_out_high")),
+                "-" if name == BEST_SINGLE else _num(row.get("vs_best_single"), True),
+                _num(row["full"]),
+            ]
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
 
@@ -213,9 +239,13 @@ def strategy_lines(summary: dict[str, Any]) -> list[str]:
 def _scaling_lines(scaling: dict[str, Any]) -> list[str]:
     series = scaling["series"]
     names = [MBR] + [m for m in series if m != MBR]
-    lines = ["", f"MBR over the first N candidates, dev score on {scaling['rows']} dev rows (95% CI):", "",
-             "| N | " + " | ".join("pooled mbr" if n == MBR else n for n in names) + " |",
-             "|---:|" + "---:|" * len(names)]
+    lines = [
+        "",
+        f"MBR over the first N candidates, dev score on {scaling['rows']} dev rows (95% CI):",
+        "",
+        "| N | " + " | ".join("pooled mbr" if n == MBR else n for n in names) + " |",
+        "|---:|" + "---:|" * len(names),
+    ]
     for n in scaling["sizes"]:
         cells = []
         for name in names:
@@ -229,10 +259,12 @@ def render_report(run_id: str, result: EnsembleResult) -> str:
     """A markdown report: the choice with its held-out score, each model, each strategy on both halves, N-scaling."""
     summary = result.summary()
     lines = [
-        f"# Ensemble for run `{run_id}`", "",
+        f"# Ensemble for run `{run_id}`",
+        "",
         f"Chosen strategy: **{result.choice}**. {headline(summary)}. Best single model: `{result.best_model}`; "
         f"{result.rows['dev_scored']} dev dialogues scored, split by fname (seed {result.split.get('seed')}) into "
-        f"{result.split.get('selection')} that choose and {result.split.get('held_out')} that report.", "",
+        f"{result.split.get('selection')} that choose and {result.split.get('held_out')} that report.",
+        "",
         "| model | reported dev score | dev score (scored rows) | weight | candidates | consensus picks |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -241,14 +273,21 @@ def render_report(run_id: str, result: EnsembleResult) -> str:
         f"| {result.candidates.get(m, 1)} | {result.consensus_picks[m]} |"
         for m in result.dev_scores
     ]
-    lines += ["", "| strategy | selection half | held-out half | held-out 95% CI | held-out vs best single (95% CI) "
-              "| full dev |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| strategy | selection half | held-out half | held-out 95% CI | held-out vs best single (95% CI) | full dev |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, row in result.strategies.items():
         label = f"**{name}**" if name == result.choice else name
-        diff = ("-" if name == BEST_SINGLE or row.get("vs_best_single") is None else
-                f"{_num(row['vs_best_single'], True)} ({_ci(row['vs_best_single_low'], row['vs_best_single_high'], True)})")
-        lines.append(f"| {label} | {_num(row['selection'])} | {_num(row['held_out'])} "
-                     f"| {_ci(row.get('held_out_low'), row.get('held_out_high'))} | {diff} | {_num(row['full'])} |")
+        diff = "-"
+        if name != BEST_SINGLE and row.get("vs_best_single") is not None:
+            interval = _ci(row["vs_best_single_low"], row["vs_best_single_high"], True)
+            diff = f"{_num(row['vs_best_single'], True)} ({interval})"
+        lines.append(
+            f"| {label} | {_num(row['selection'])} | {_num(row['held_out'])} "
+            f"| {_ci(row.get('held_out_low'), row.get('held_out_high'))} | {diff} | {_num(row['full'])} |"
+        )
     if result.scaling:
         lines += _scaling_lines(result.scaling)
     return "\n".join(lines) + "\n"
@@ -266,9 +305,14 @@ def write_ensemble(folder: Path, run_id: str, result: EnsembleResult, extra: dic
 
 
 def publish_ensemble(
-    run_id: str, store: storage.Storage, models: list[str], data_dir: Path | None = None,
-    sources: dict[str, str] | None = None, attachments: Callable[[Path, EnsembleResult, list[ModelOutputs]], None] | None = None,
-    metric_weights: list[float] | None = None, model_weights: dict[str, float] | None = None,
+    run_id: str,
+    store: storage.Storage,
+    models: list[str],
+    data_dir: Path | None = None,
+    sources: dict[str, str] | None = None,
+    attachments: Callable[[Path, EnsembleResult, list[ModelOutputs]], None] | None = None,
+    metric_weights: list[float] | None = None,
+    model_weights: dict[str, float] | None = None,
 ) -> PublishedEnsemble:
     """Ensemble the published runs of `models` and publish it under `<run_id>/ensemble/`.
 
@@ -281,14 +325,20 @@ def publish_ensemble(
     outputs = [read_outputs(sources.get(m, run_id), m, store) for m in models]
     references = {ex.fname: ex.summary for ex in load_splits(data_dir, splits=("dev",))["dev"]}
     result = build_ensemble(
-        {o.model: o.predictions for o in outputs}, {o.model: o.metrics["dev"]["score"] for o in outputs}, references,
-        nbest={o.model: o.candidates for o in outputs if o.candidates}, metric_weights=metric_weights,
+        {o.model: o.predictions for o in outputs},
+        {o.model: o.metrics["dev"]["score"] for o in outputs},
+        references,
+        nbest={o.model: o.candidates for o in outputs if o.candidates},
+        metric_weights=metric_weights,
         model_weights=model_weights,
     )
     with tempfile.TemporaryDirectory(prefix="dialsum-ensemble-") as tmp:
         from dialsum.data.source import dev_fingerprint
 
-        facts = {"dev_sha256": dev_fingerprint(data_dir), "sources": {o.model: sources.get(o.model, run_id) for o in outputs}}
+        facts = {
+            "dev_sha256": dev_fingerprint(data_dir),
+            "sources": {o.model: sources.get(o.model, run_id) for o in outputs},
+        }
         report = write_ensemble(Path(tmp), run_id, result, facts)
         if attachments is not None:
             attachments(Path(tmp), result, outputs)

@@ -23,8 +23,8 @@ The utility is computed for all pairs at once, without calling rouge-score per p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -50,15 +50,19 @@ def _encode(groups: Sequence[Sequence[str]]) -> list[_Group]:
     ids: dict[str, int] = {}
     out, at = [], 0
     for texts, group in zip(distinct, groups):
-        global_ids = [np.array([ids.setdefault(m, len(ids)) for m in analysed[at + k]], dtype=np.int64)
-                      for k in range(len(texts))]
+        global_ids = [
+            np.array([ids.setdefault(m, len(ids)) for m in analysed[at + k]], dtype=np.int64) for k in range(len(texts))
+        ]
         at += len(texts)
         flat = np.concatenate(global_ids) if global_ids else np.zeros(0, np.int64)
         vocab, local = np.unique(flat, return_inverse=True)
         cuts = np.cumsum([len(g) for g in global_ids])[:-1]
         where = {t: k for k, t in enumerate(texts)}
-        out.append(_Group(np.split(local.astype(np.int64), cuts), len(vocab),
-                          np.array([where[t] for t in group], dtype=np.int64)))
+        out.append(
+            _Group(
+                np.split(local.astype(np.int64), cuts), len(vocab), np.array([where[t] for t in group], dtype=np.int64)
+            )
+        )
     return out
 
 
@@ -109,8 +113,11 @@ def _lcs_chunk(groups: list[_Group], pairs: list[tuple[np.ndarray, np.ndarray]])
         owner = np.repeat(np.arange(len(g.tokens)), lengths)
         pos = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         flat = np.concatenate(g.tokens) if len(owner) else np.zeros(0, np.int64)
-        np.bitwise_or.at(table, (pos // _WORD, base + owner * stride + flat),
-                         np.left_shift(np.uint64(1), (pos % _WORD).astype(np.uint64)))
+        np.bitwise_or.at(
+            table,
+            (pos // _WORD, base + owner * stride + flat),
+            np.left_shift(np.uint64(1), (pos % _WORD).astype(np.uint64)),
+        )
         padded = np.full((len(g.tokens), max(int(lengths.max(initial=0)), steps, 1)), g.vocab, dtype=np.int64)
         padded[owner, pos] = flat
         swap = lengths[left] < lengths[right]  # bits on the longer side, iterate over the shorter one
@@ -132,7 +139,7 @@ def _lcs_chunk(groups: list[_Group], pairs: list[tuple[np.ndarray, np.ndarray]])
     lcs = words * _WORD - np.bitwise_count(v).sum(axis=0).astype(np.int64)
     out, at = [], 0
     for left, _ in pairs:
-        out.append(lcs[at: at + len(left)])
+        out.append(lcs[at : at + len(left)])
         at += len(left)
     return out
 
@@ -193,7 +200,9 @@ def utility(f1: np.ndarray, metric_weights: Sequence[float] | None = None) -> np
     mean of ROUGE-1/2/L."""
     w = [1.0, 1.0, 1.0] if metric_weights is None else [float(x) for x in metric_weights]
     if len(w) != len(METRICS) or min(w) < 0 or sum(w) <= 0:
-        raise ValueError(f"metric weights must be three non-negative numbers (ROUGE-1, -2, -L) with a positive sum, got {w}")
+        raise ValueError(
+            f"metric weights must be three non-negative numbers (ROUGE-1, -2, -L) with a positive sum, got {w}"
+        )
     return 100.0 * (w[0] * f1[0] + w[1] * f1[1] + w[2] * f1[2]) / sum(w)
 
 
@@ -222,8 +231,9 @@ def expected_utilities(matrix: np.ndarray, weights: Sequence[float], groups: Seq
         uniform = np.where(foreign | alone[:, None], uniform, 0.0)
     totals = others.sum(axis=1)
     counts = np.maximum(uniform.sum(axis=1), 1.0)
-    share = np.where(totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None],
-                     uniform / counts[:, None])
+    share = np.where(
+        totals[:, None] > 0, others / np.where(totals > 0, totals, 1.0)[:, None], uniform / counts[:, None]
+    )
     return (share * matrix).sum(axis=1)
 
 
@@ -233,8 +243,11 @@ def pick(matrix: np.ndarray, weights: Sequence[float], groups: Sequence[str] | N
     return max(range(len(eu)), key=lambda i: (eu[i], weights[i], -i))
 
 
-def select(groups: Sequence[Sequence[str]], weights: Sequence[Sequence[float]] | None = None,
-           metric_weights: Sequence[float] | None = None) -> list[int]:
+def select(
+    groups: Sequence[Sequence[str]],
+    weights: Sequence[Sequence[float]] | None = None,
+    metric_weights: Sequence[float] | None = None,
+) -> list[int]:
     """The MBR choice (an index) in each group; `weights` per candidate, uniform by default."""
     matrices = utilities(groups, metric_weights)
     if weights is None:

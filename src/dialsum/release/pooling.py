@@ -6,8 +6,9 @@ pairwise F1 (and, when scored, each against its reference); the N-scaling table 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,27 +83,36 @@ class Pool:
     scored: bool
 
 
-def build_pool(split: dict[str, Predictions], nbest: dict[str, dict[str, list[str]]], fnames: list[str],
-               references: dict[str, str] | None = None) -> Pool:
+def build_pool(
+    split: dict[str, Predictions],
+    nbest: dict[str, dict[str, list[str]]],
+    fnames: list[str],
+    references: dict[str, str] | None = None,
+) -> Pool:
     """Each model's candidates for each fname (its prediction where it has none), with all pairwise F1."""
     owners, texts = [], []
     for f in fnames:
-        row = [(m, k, text) for m in sorted(split)
-               for k, text in enumerate(nbest.get(m, {}).get(f) or [split[m][f]])]
+        row = [(m, k, text) for m in sorted(split) for k, text in enumerate(nbest.get(m, {}).get(f) or [split[m][f]])]
         owners.append([(m, k) for m, k, _ in row])
         texts.append([text for _, _, text in row])
     groups = [t + [references[f]] for t, f in zip(texts, fnames)] if references is not None else texts
     return Pool(fnames, owners, texts, mbr.pairwise_f1(groups), references is not None)
 
 
-def mbr_picks(pool: Pool, weights: dict[str, float], metric_weights: Sequence[float] | None = None,
-              models: Sequence[str] | None = None, limit: int | None = None) -> list[int]:
+def mbr_picks(
+    pool: Pool,
+    weights: dict[str, float],
+    metric_weights: Sequence[float] | None = None,
+    models: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[int]:
     """Per row, the pooled index MBR picks among the candidates of `models` (default: all) of rank < `limit`; a
     model's candidates share its weight equally (pass uniform weights for one model)."""
     picks = []
     for owners, f1 in zip(pool.owners, pool.f1):
-        keep = [i for i, (m, k) in enumerate(owners)
-                if (models is None or m in models) and (limit is None or k < limit)]
+        keep = [
+            i for i, (m, k) in enumerate(owners) if (models is None or m in models) and (limit is None or k < limit)
+        ]
         per_model = {m: sum(1 for i in keep if owners[i][0] == m) for m in {owners[i][0] for i in keep}}
         w = [weights[owners[i][0]] / per_model[owners[i][0]] for i in keep]
         utility = mbr.utility(f1[:, keep][:, :, keep], metric_weights)
@@ -115,16 +125,18 @@ def pool_row_scores(pool: Pool, picks: list[int]) -> list[float]:
     return [float(mbr.utility(f1[:, i, -1:])[0]) for f1, i in zip(pool.f1, picks)]
 
 
-def n_scaling(pool: Pool, weights: dict[str, float], counts: dict[str, int],
-              metric_weights: Sequence[float] | None = None) -> dict[str, Any]:
+def n_scaling(
+    pool: Pool, weights: dict[str, float], counts: dict[str, int], metric_weights: Sequence[float] | None = None
+) -> dict[str, Any]:
     """Dev score (all pooled rows, 95% interval) of MBR over the first N candidates, per model and pooled."""
     most = max(counts.values())
     sizes = [n for n in SCALING_N if n <= most] + ([most] if most not in SCALING_N and most > 1 else [])
     series: dict[str, list[dict[str, Any]]] = {MBR: []}
     uniform = dict.fromkeys(weights, 1.0)
     for n in sizes:
-        series[MBR].append({"n": n, **_interval(pool_row_scores(pool, mbr_picks(pool, weights, metric_weights,
-                                                                                limit=n)))})
+        series[MBR].append(
+            {"n": n, **_interval(pool_row_scores(pool, mbr_picks(pool, weights, metric_weights, limit=n)))}
+        )
         for m in sorted(counts):
             if counts[m] >= n:
                 rows = pool_row_scores(pool, mbr_picks(pool, uniform, metric_weights, models=[m], limit=n))

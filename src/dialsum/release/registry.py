@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dialsum import storage
@@ -61,8 +61,14 @@ class Decision:
     comparison: dict[str, Any] | None = None  # challenger - champion: mean, low, high, rows, confidence
 
     def as_dict(self) -> dict[str, Any]:
-        return {"promoted": self.promoted, "reason": self.reason, "challenger_score": self.challenger_score,
-                "champion_score": self.champion_score, "generation": self.generation, "comparison": self.comparison}
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "challenger_score": self.challenger_score,
+            "champion_score": self.champion_score,
+            "generation": self.generation,
+            "comparison": self.comparison,
+        }
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class Record:
     previous: int | None
     action: str
     reason: str
-    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     comparison: dict[str, Any] | None = None  # the promotion's challenger - champion difference and interval
 
     def to_json(self) -> bytes:
@@ -82,8 +88,15 @@ class Record:
     def from_json(cls, data: bytes, where: str) -> Record:
         try:
             raw = json.loads(data)
-            return cls(int(raw["generation"]), dict(raw["champion"]), raw.get("previous"), raw["action"],
-                       raw.get("reason", ""), raw.get("at", ""), raw.get("comparison"))
+            return cls(
+                int(raw["generation"]),
+                dict(raw["champion"]),
+                raw.get("previous"),
+                raw["action"],
+                raw.get("reason", ""),
+                raw.get("at", ""),
+                raw.get("comparison"),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise RegistryError(f"malformed champion record {where}: {exc}") from None
 
@@ -164,8 +177,10 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
         if model is None:
             models = sorted({r.model for r in storage.list_runs(store) if r.run_id == run_id})
             if len(models) != 1:
-                raise RegistryError(f"run {run_id} has no published ensemble; name one model with RUN_ID/MODEL "
-                                    f"(published: {', '.join(models) or 'none'})")
+                raise RegistryError(
+                    f"run {run_id} has no published ensemble; name one model with RUN_ID/MODEL "
+                    f"(published: {', '.join(models) or 'none'})"
+                )
             model = models[0]
     manifest = _manifest(store, run_id, model)
     if model == ENSEMBLE:
@@ -173,24 +188,42 @@ def describe(store: storage.Storage, run_id: str, model: str | None = None) -> d
         members = sorted(summary["dev_scores"])
         sources = {m: summary.get("sources", {}).get(m, run_id) for m in members}
         member_manifests = {m: _manifest(store, sources[m], m) for m in members}
-        entry = {"kind": "ensemble", "sources": sources, "dev_score": summary["dev_score"], "strategy": summary["choice"],
-                 "best_model": summary.get("best_model"), "held_out_score": summary.get("held_out_score"),
-                 "metric_weights": summary.get("metric_weights"),
-                 "weights": summary["weights"], "member_scores": summary["dev_scores"],
-                 "dev_sha256": summary.get("dev_sha256"), "dev_rows": summary.get("rows", {}).get("dev_scored"),
-                 "split": summary.get("split")}
+        entry = {
+            "kind": "ensemble",
+            "sources": sources,
+            "dev_score": summary["dev_score"],
+            "strategy": summary["choice"],
+            "best_model": summary.get("best_model"),
+            "held_out_score": summary.get("held_out_score"),
+            "metric_weights": summary.get("metric_weights"),
+            "weights": summary["weights"],
+            "member_scores": summary["dev_scores"],
+            "dev_sha256": summary.get("dev_sha256"),
+            "dev_rows": summary.get("rows", {}).get("dev_scored"),
+            "split": summary.get("split"),
+        }
     else:
         metrics = _read_json(store, run_id, model, "metrics.json", manifest)
         members, member_manifests = [model], {model: manifest}
-        entry = {"kind": "model", "sources": {model: run_id}, "dev_score": metrics["dev"]["score"], "strategy": None,
-                 "best_model": model, "held_out_score": (metrics.get("dev_held_out") or {}).get("score"),
-                 "weights": {model: 1.0},
-                 "member_scores": {model: metrics["dev"]["score"]},
-                 "dev_sha256": manifest.get("extra", {}).get("dev_sha256"), "dev_rows": None,
-                 "split": (metrics.get("dev_held_out") or {}).get("split")}
+        entry = {
+            "kind": "model",
+            "sources": {model: run_id},
+            "dev_score": metrics["dev"]["score"],
+            "strategy": None,
+            "best_model": model,
+            "held_out_score": (metrics.get("dev_held_out") or {}).get("score"),
+            "weights": {model: 1.0},
+            "member_scores": {model: metrics["dev"]["score"]},
+            "dev_sha256": manifest.get("extra", {}).get("dev_sha256"),
+            "dev_rows": None,
+            "split": (metrics.get("dev_held_out") or {}).get("split"),
+        }
     extras = {m: man.get("extra", {}) for m, man in member_manifests.items()}
     return {
-        "run_id": run_id, "model": model, "members": members, **entry,
+        "run_id": run_id,
+        "model": model,
+        "members": members,
+        **entry,
         "data_sha256": next((e.get("data_sha256") for e in extras.values() if e.get("data_sha256")), None),
         "config_sha256": {m: e.get("config_sha256") for m, e in extras.items()},
         "code_sha256": next((e.get("code_sha256") for e in extras.values() if e.get("code_sha256")), None),
@@ -215,8 +248,13 @@ def _saved_predictions(store: storage.Storage, entry: dict[str, Any]) -> dict[st
         return read_submission(Path(tmp) / "dev.csv")
 
 
-def rescore(store: storage.Storage, entry: dict[str, Any], references: dict[str, str], who: str = "champion",
-            require_all: bool = True) -> tuple[dict[str, float] | None, str]:
+def rescore(
+    store: storage.Storage,
+    entry: dict[str, Any],
+    references: dict[str, str],
+    who: str = "champion",
+    require_all: bool = True,
+) -> tuple[dict[str, float] | None, str]:
     """Each row's score of the entry's saved dev predictions against `references` (fname -> 0..100), for every
     reference row (`require_all`) or those it predicted; or why there is none."""
     from dialsum.metric import row_scores
@@ -226,8 +264,10 @@ def rescore(store: storage.Storage, entry: dict[str, Any], references: dict[str,
         return None, f"the {who} {entry['run_id']}/{entry['model']} has no saved dev predictions"
     missing = [f for f in references if f not in predictions]
     if require_all and missing:
-        return None, (f"the {who}'s saved dev predictions cover {len(references) - len(missing)} of the "
-                      f"{len(references)} dialogues of the new dev set (missing e.g. {missing[0]})")
+        return None, (
+            f"the {who}'s saved dev predictions cover {len(references) - len(missing)} of the "
+            f"{len(references)} dialogues of the new dev set (missing e.g. {missing[0]})"
+        )
     fnames = [f for f in references if f in predictions]
     return dict(zip(fnames, row_scores([predictions[f] for f in fnames], [references[f] for f in fnames]))), ""
 
@@ -249,18 +289,23 @@ def published_rows(store: storage.Storage, entry: dict[str, Any]) -> tuple[dict[
         return None, None
     split = DevSplit.from_record((data.get("dev_held_out") or {}).get("split"))
     if split is None:  # published before the one dev split: the rows after those that chose the best step
-        return rows, list(rows)[(data.get("dev_held_out") or {}).get("selection_rows", 0):] or None
+        return rows, list(rows)[(data.get("dev_held_out") or {}).get("selection_rows", 0) :] or None
     return rows, split.parts(list(rows))[1] or None
 
 
-def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, Any],
-          references: dict[str, str] | None) -> tuple[dict | None, dict | None, list[str] | None, str]:
+def _rows(
+    store: storage.Storage, challenger: dict[str, Any], champ: dict[str, Any], references: dict[str, str] | None
+) -> tuple[dict | None, dict | None, list[str] | None, str]:
     """Both sides' per-row dev scores, the challenger's held-out rows, and how they were obtained (or why not)."""
     _, held = published_rows(store, challenger)
     same = champ.get("dev_sha256") is not None and champ.get("dev_sha256") == challenger.get("dev_sha256")
     if not same and references is None:
-        return None, None, held, ("cannot compare: the dev data differs from the champion's and no references were "
-                                  "given to re-score it")
+        return (
+            None,
+            None,
+            held,
+            ("cannot compare: the dev data differs from the champion's and no references were given to re-score it"),
+        )
     if references is not None:  # the champion must cover a new dev set; on the same one, the rows both predicted
         theirs, why = rescore(store, champ, references, require_all=not same)
         if theirs is None:
@@ -274,14 +319,26 @@ def _rows(store: storage.Storage, challenger: dict[str, Any], champ: dict[str, A
     ours, theirs = published_rows(store, challenger)[0], published_rows(store, champ)[0]
     if ours is None or theirs is None:
         who = "challenger" if ours is None else "champion"
-        return None, None, held, (f"cannot compare row by row: the {who} published no per-row dev scores; give the "
-                                  "dev data to re-score both")
+        return (
+            None,
+            None,
+            held,
+            (
+                f"cannot compare row by row: the {who} published no per-row dev scores; give the "
+                "dev data to re-score both"
+            ),
+        )
     return ours, theirs, held, "on the same dev data"
 
 
 def decide(
-    store: storage.Storage, challenger: dict[str, Any], record: Record | None, policy: str, margin: float,
-    references: dict[str, str] | None = None, confidence: float = PROMOTION_CONFIDENCE,
+    store: storage.Storage,
+    challenger: dict[str, Any],
+    record: Record | None,
+    policy: str,
+    margin: float,
+    references: dict[str, str] | None = None,
+    confidence: float = PROMOTION_CONFIDENCE,
 ) -> Decision:
     """Apply `policy` to the challenger against the champion of `record` (no promotion happens here).
 
@@ -308,23 +365,28 @@ def decide(
     chosen = set(held or [])
     rows = [f for f in common if f in chosen]
     where = f"{len(rows)} held-out dev rows" if rows else f"{len(common)} dev rows"
-    return _by_interval([mine[f] for f in rows or common], [theirs[f] for f in rows or common], margin,
-                        f"{where}, {how}", confidence)
+    return _by_interval(
+        [mine[f] for f in rows or common], [theirs[f] for f in rows or common], margin, f"{where}, {how}", confidence
+    )
 
 
-def _by_interval(ours: list[float], theirs: list[float], margin: float, where: str,
-                 confidence: float = PROMOTION_CONFIDENCE) -> Decision:
+def _by_interval(
+    ours: list[float], theirs: list[float], margin: float, where: str, confidence: float = PROMOTION_CONFIDENCE
+) -> Decision:
     from dialsum.release.stats import paired_bootstrap
 
     if not ours:
         return Decision(False, f"cannot compare: the challenger and the champion share no scored dev row ({where})")
     diff = paired_bootstrap(ours, theirs, confidence=confidence)
     a, b = sum(ours) / len(ours), sum(theirs) / len(theirs)
-    said = (f"challenger {a:.2f} vs champion {b:.2f}: {diff.text(signed=True)} by paired bootstrap on {where}")
+    said = f"challenger {a:.2f} vs champion {b:.2f}: {diff.text(signed=True)} by paired bootstrap on {where}"
     if diff.low > margin:
         verdict, promoted = f"the lower bound is above the margin {margin:.2f}", True
     elif diff.mean > 0:
-        verdict, promoted = f"the lower bound {diff.low:+.2f} is not above the margin {margin:.2f}: within the noise", False
+        verdict, promoted = (
+            f"the lower bound {diff.low:+.2f} is not above the margin {margin:.2f}: within the noise",
+            False,
+        )
     else:
         verdict, promoted = "it does not beat the champion", False
     return Decision(promoted, f"{said}; {verdict}", a, b, comparison=diff.as_dict())
@@ -344,8 +406,12 @@ def _commit(store: storage.Storage, record: Record, base: Record | None) -> bool
 
 
 def promote(
-    store: storage.Storage, challenger: dict[str, Any], policy: str = "if-better", margin: float = 0.0,
-    references: dict[str, str] | None = None, confidence: float = PROMOTION_CONFIDENCE,
+    store: storage.Storage,
+    challenger: dict[str, Any],
+    policy: str = "if-better",
+    margin: float = 0.0,
+    references: dict[str, str] | None = None,
+    confidence: float = PROMOTION_CONFIDENCE,
 ) -> Decision:
     """Decide, then make the challenger the champion if the decision says so and no one else changed it first."""
     base = current(store)
@@ -353,18 +419,41 @@ def promote(
     if not decision.promoted:
         return Decision(**{**decision.__dict__, "champion": base.champion if base else None})
     generation = (base.generation if base else 0) + 1
-    record = Record(generation, challenger, base.generation if base else None, "promote", decision.reason,
-                    comparison=decision.comparison)
+    record = Record(
+        generation,
+        challenger,
+        base.generation if base else None,
+        "promote",
+        decision.reason,
+        comparison=decision.comparison,
+    )
     if not _commit(store, record, base):
         winner = _read_record(store, generation)
         who = f"{winner.champion['run_id']}/{winner.champion['model']}" if winner else "another run"
-        return Decision(False, f"another promotion ({who}) became generation {generation} first",
-                        decision.challenger_score, decision.champion_score, champion=winner.champion if winner else None,
-                        comparison=decision.comparison)
-    log.info("champion is now %s/%s (generation %d): %s", challenger["run_id"], challenger["model"], generation,
-             decision.reason)
-    return Decision(True, decision.reason, decision.challenger_score, decision.champion_score, generation, challenger,
-                    decision.comparison)
+        return Decision(
+            False,
+            f"another promotion ({who}) became generation {generation} first",
+            decision.challenger_score,
+            decision.champion_score,
+            champion=winner.champion if winner else None,
+            comparison=decision.comparison,
+        )
+    log.info(
+        "champion is now %s/%s (generation %d): %s",
+        challenger["run_id"],
+        challenger["model"],
+        generation,
+        decision.reason,
+    )
+    return Decision(
+        True,
+        decision.reason,
+        decision.challenger_score,
+        decision.champion_score,
+        generation,
+        challenger,
+        decision.comparison,
+    )
 
 
 def rollback(store: storage.Storage) -> Record:
@@ -373,12 +462,19 @@ def rollback(store: storage.Storage) -> Record:
     if base is None:
         raise RegistryError(f"no champion in {store.url}: nothing to roll back")
     if base.previous is None:
-        raise RegistryError(f"champion {base.champion['run_id']}/{base.champion['model']} has no predecessor to roll back to")
+        raise RegistryError(
+            f"champion {base.champion['run_id']}/{base.champion['model']} has no predecessor to roll back to"
+        )
     target = _read_record(store, base.previous)
     if target is None:
         raise RegistryError(f"history generation {base.previous} is missing from {store.url}")
-    record = Record(base.generation + 1, target.champion, target.previous, "rollback",
-                    f"rolled back from {base.champion['run_id']}/{base.champion['model']} (generation {base.generation})")
+    record = Record(
+        base.generation + 1,
+        target.champion,
+        target.previous,
+        "rollback",
+        f"rolled back from {base.champion['run_id']}/{base.champion['model']} (generation {base.generation})",
+    )
     if not _commit(store, record, base):
         raise RegistryError("the champion changed while rolling back; run `dialsum champion show` and try again")
     return record

@@ -11,8 +11,9 @@ decision with the challenger - champion difference and its interval, and links t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 PLOT = "report.png"
 SCALING_PLOT = "n_scaling.png"
@@ -51,8 +52,14 @@ def _zoomed(values: list[float]) -> tuple[float, float]:
     return max(low - pad, 0.0), min(high + pad * 1.4, 100.0)
 
 
-def _score_bars(ax, scores: dict[str, float], champion_scores: dict[str, float], colors: dict[str, str],
-                intervals: dict[str, tuple[float, float]], champion_intervals: dict[str, tuple[float, float]]) -> None:
+def _score_bars(
+    ax,
+    scores: dict[str, float],
+    champion_scores: dict[str, float],
+    colors: dict[str, str],
+    intervals: dict[str, tuple[float, float]],
+    champion_intervals: dict[str, tuple[float, float]],
+) -> None:
     """Each model's and the ensemble's dev score with its 95% interval, the champion's beside it (hatched)."""
     from matplotlib.patches import Patch
 
@@ -68,35 +75,64 @@ def _score_bars(ax, scores: dict[str, float], champion_scores: dict[str, float],
             value, span = values[name], spans.get(name)
             ax.bar(i + offset, value, width, color=colors.get(name, ENSEMBLE_COLOR), edgecolor="white", **style)
             if span:
-                ax.errorbar(i + offset, value, yerr=[[value - span[0]], [span[1] - value]], color="black",
-                            capsize=4, linewidth=1)
+                ax.errorbar(
+                    i + offset,
+                    value,
+                    yerr=[[value - span[0]], [span[1] - value]],
+                    color="black",
+                    capsize=4,
+                    linewidth=1,
+                )
             top = span[1] if span else value
-            ax.annotate(f"{value:.2f}", (i + offset, top), xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(
+                f"{value:.2f}",
+                (i + offset, top),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
             shown += [value, *(span or ())]
     ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
     ax.set_ylim(*_zoomed(shown))
     ax.set(title="Dev score (100 x mean ROUGE-1/2/L F1), 95% CI", ylabel="dev score")
     ax.grid(axis="y", alpha=0.3)
     if champion_scores:
-        ax.legend(handles=[Patch(facecolor="#888888", label="this run"),
-                           Patch(facecolor="#888888", alpha=0.45, hatch="//", label="champion")], fontsize=8)
+        ax.legend(
+            handles=[
+                Patch(facecolor="#888888", label="this run"),
+                Patch(facecolor="#888888", alpha=0.45, hatch="//", label="champion"),
+            ],
+            fontsize=8,
+        )
 
 
-def plot(path: Path, losses: dict[str, list[float]], scores: dict[str, float],
-         champion_scores: dict[str, float] | None, title: str,
-         intervals: dict[str, tuple[float, float]] | None = None,
-         champion_intervals: dict[str, tuple[float, float]] | None = None,
-         colors: dict[str, str] | None = None) -> Path:
+def plot(
+    path: Path,
+    losses: dict[str, list[float]],
+    scores: dict[str, float],
+    champion_scores: dict[str, float] | None,
+    title: str,
+    intervals: dict[str, tuple[float, float]] | None = None,
+    champion_intervals: dict[str, tuple[float, float]] | None = None,
+    colors: dict[str, str] | None = None,
+) -> Path:
     """Write the two-panel PNG to `path` and return it: loss curves, and dev scores (with 95% intervals where
     per-row scores are known) on an axis zoomed to them."""
     fig = figure(losses, scores, champion_scores, title, intervals, champion_intervals, colors)
     return _save(fig, path)
 
 
-def figure(losses: dict[str, list[float]], scores: dict[str, float], champion_scores: dict[str, float] | None,
-           title: str, intervals: dict[str, tuple[float, float]] | None = None,
-           champion_intervals: dict[str, tuple[float, float]] | None = None, colors: dict[str, str] | None = None):
+def figure(
+    losses: dict[str, list[float]],
+    scores: dict[str, float],
+    champion_scores: dict[str, float] | None,
+    title: str,
+    intervals: dict[str, tuple[float, float]] | None = None,
+    champion_intervals: dict[str, tuple[float, float]] | None = None,
+    colors: dict[str, str] | None = None,
+):
     """The report's matplotlib figure (see `plot`)."""
     import matplotlib
 
@@ -151,13 +187,25 @@ def scaling_figure(scaling: dict[str, Any], title: str, colors: dict[str, str] |
         score = [p["score"] for p in points]
         errors = [[s - p["low"] for s, p in zip(score, points)], [p["high"] - s for s, p in zip(score, points)]]
         label = "pooled MBR" if name == "mbr" else f"{name} MBR"
-        ax.errorbar(n, score, yerr=errors, marker="o", capsize=3, linewidth=2.2 if name == "mbr" else 1.4,
-                    elinewidth=1, label=label, color=colors[name])
+        ax.errorbar(
+            n,
+            score,
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            linewidth=2.2 if name == "mbr" else 1.4,
+            elinewidth=1,
+            label=label,
+            color=colors[name],
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(scaling["sizes"], [str(n) for n in scaling["sizes"]])
     ax.minorticks_off()
-    ax.set(title=f"MBR dev score by candidates per model ({scaling['rows']} dev rows, 95% CI)", xlabel="N candidates",
-           ylabel="dev score")
+    ax.set(
+        title=f"MBR dev score by candidates per model ({scaling['rows']} dev rows, 95% CI)",
+        xlabel="N candidates",
+        ylabel="dev score",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -169,17 +217,29 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(run_id: str, rows: list[dict[str, Any]], ensemble: dict[str, Any] | None,
-             champion: dict[str, Any] | None, decision: dict[str, Any] | None, plot_url: str | None,
-             status: str = "trained") -> str:
+def markdown(
+    run_id: str,
+    rows: list[dict[str, Any]],
+    ensemble: dict[str, Any] | None,
+    champion: dict[str, Any] | None,
+    decision: dict[str, Any] | None,
+    plot_url: str | None,
+    status: str = "trained",
+) -> str:
     """Challenger against champion per model and for the ensemble, the decision, and the plot link."""
     lines = [f"# train-all `{run_id}`", ""]
     if status == "unchanged":
-        lines += ["**Unchanged**: data, config and code match an earlier run; nothing was retrained (0 GPU seconds).", ""]
+        lines += [
+            "**Unchanged**: data, config and code match an earlier run; nothing was retrained (0 GPU seconds).",
+            "",
+        ]
     if champion:
         same = ensemble is None or champion.get("dev_sha256") == ensemble.get("dev_sha256")
         note = "" if same else " (scored on other dev data)"
-        lines += [f"Champion: `{champion['run_id']}/{champion['model']}`, dev score {champion['dev_score']:.2f}{note}.", ""]
+        lines += [
+            f"Champion: `{champion['run_id']}/{champion['model']}`, dev score {champion['dev_score']:.2f}{note}.",
+            "",
+        ]
     else:
         lines += ["No champion yet.", ""]
     champ_scores = (champion or {}).get("member_scores", {})
@@ -187,13 +247,17 @@ def markdown(run_id: str, rows: list[dict[str, Any]], ensemble: dict[str, Any] |
     for row in rows:
         ours, theirs = row.get("dev_score"), champ_scores.get(row["model"])
         change = _cell(ours - theirs) if ours is not None and theirs is not None else "-"
-        lines.append(f"| {row['model']} | {row['status']} | {_cell(ours)} | {_cell(theirs)} | {change} "
-                     f"| {row.get('seconds') if row.get('seconds') is not None else '-'} |")
+        lines.append(
+            f"| {row['model']} | {row['status']} | {_cell(ours)} | {_cell(theirs)} | {change} "
+            f"| {row.get('seconds') if row.get('seconds') is not None else '-'} |"
+        )
     if ensemble:
         theirs = (champion or {}).get("dev_score")
         change = _cell(ensemble["dev_score"] - theirs) if theirs is not None else "-"
-        lines.append(f"| **ensemble** ({ensemble['choice']}) | | **{_cell(ensemble['dev_score'])}** | {_cell(theirs)} "
-                     f"| {change} | |")
+        lines.append(
+            f"| **ensemble** ({ensemble['choice']}) | | **{_cell(ensemble['dev_score'])}** | {_cell(theirs)} "
+            f"| {change} | |"
+        )
         if ensemble.get("headline"):
             lines += ["", f"Ensemble ({ensemble['choice']}): {ensemble['headline']}."]
     if decision:
@@ -201,8 +265,11 @@ def markdown(run_id: str, rows: list[dict[str, Any]], ensemble: dict[str, Any] |
         lines += ["", f"**Decision: {verdict}.** {decision['reason']}"]
         diff = decision.get("comparison")
         if diff:
-            lines += ["", f"Challenger - champion: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} "
-                          f"to {diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap."]
+            lines += [
+                "",
+                f"Challenger - champion: {diff['mean']:+.2f} ({diff['confidence']:.0%} CI {diff['low']:+.2f} "
+                f"to {diff['high']:+.2f}) on {diff['rows']} dev rows, paired bootstrap.",
+            ]
     if plot_url:
         lines += ["", f"[Loss curves and dev scores (PNG)]({plot_url})", "", f"![report]({plot_url})"]
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ rows and its score is reported on others, and a comparison between two systems c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -41,8 +41,7 @@ class Interval:
     def text(self, signed: bool = False) -> str:
         """'+1.23 (95% CI +0.10 to +2.40)'; unsigned for scores."""
         fmt = "{:+.2f}" if signed else "{:.2f}"
-        return (f"{fmt.format(self.mean)} ({self.confidence:.0%} CI {fmt.format(self.low)} to "
-                f"{fmt.format(self.high)})")
+        return f"{fmt.format(self.mean)} ({self.confidence:.0%} CI {fmt.format(self.low)} to {fmt.format(self.high)})"
 
 
 def in_selection_half(fname: str, seed: int | None = None) -> bool:
@@ -61,7 +60,7 @@ def _resample_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     means = np.empty(resamples)
     for start in range(0, resamples, 100):  # bounded memory for long rows
         rows = rng.integers(0, len(values), size=(min(100, resamples - start), len(values)))
-        means[start:start + len(rows)] = values[rows].mean(axis=1)
+        means[start : start + len(rows)] = values[rows].mean(axis=1)
     return means
 
 
@@ -74,14 +73,20 @@ def _interval(values: np.ndarray, resamples: int, seed: int, confidence: float) 
     return Interval(float(values.mean()), float(low), float(high), len(values), confidence)
 
 
-def bootstrap_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
-                       confidence: float = CONFIDENCE) -> Interval:
+def bootstrap_interval(
+    values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE
+) -> Interval:
     """The mean of `values` (per-row scores) and its percentile bootstrap interval."""
     return _interval(np.asarray(values, dtype=float), resamples, seed, confidence)
 
 
-def paired_bootstrap(ours: Sequence[float], theirs: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
-                     confidence: float = CONFIDENCE) -> Interval:
+def paired_bootstrap(
+    ours: Sequence[float],
+    theirs: Sequence[float],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> Interval:
     """The mean of `ours - theirs` over the same rows and its interval: rows are resampled, each row's two scores
     together, so what both systems find hard does not widen the interval."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)

@@ -33,8 +33,9 @@ both halves of dev and how the champion applies it to new data all follow from t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,14 +143,18 @@ class Rows:
 
     def texts(self, picks: Sequence[Choice]) -> list[str]:
         """The summaries the picks stand for, row by row."""
-        return [self.predictions[c][f] if isinstance(c, str) else self.pool().texts[r][c]
-                for r, (f, c) in enumerate(zip(self.fnames, picks))]
+        return [
+            self.predictions[c][f] if isinstance(c, str) else self.pool().texts[r][c]
+            for r, (f, c) in enumerate(zip(self.fnames, picks))
+        ]
 
     def scores(self, picks: Sequence[Choice], model_rows: dict[str, dict[str, float]]) -> dict[str, float]:
         """fname -> the picked summary's competition score against its reference: a model's prediction as
         `model_rows` scored it, a pooled candidate from the pool's F1 (dev rows with references only)."""
-        return {f: model_rows[c][f] if isinstance(c, str) else float(mbr.utility(self.pool().f1[r][:, c, -1:])[0])
-                for r, (f, c) in enumerate(zip(self.fnames, picks))}
+        return {
+            f: model_rows[c][f] if isinstance(c, str) else float(mbr.utility(self.pool().f1[r][:, c, -1:])[0])
+            for r, (f, c) in enumerate(zip(self.fnames, picks))
+        }
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ STRATEGIES: dict[str, Strategy] = {}
 def strategy(name: str, needs_candidates: bool = False) -> Callable[[Callable[[Rows], list[Choice]]], Callable]:
     """Register `pick` as the strategy `name` (decorator); `name` ending in `:<model>` offers it once per model
     that drew several candidates, with `Rows.model` naming that model."""
+
     def register(pick: Callable[[Rows], list[Choice]]) -> Callable[[Rows], list[Choice]]:
         STRATEGIES[name] = Strategy(name, pick, needs_candidates)
         return pick
@@ -252,9 +258,15 @@ def _split(candidates: Candidates, name: str) -> dict[str, Predictions]:
     return {m: splits[name] for m, splits in candidates.items() if name in splits}
 
 
-def combine(choice: str, candidates: Candidates, dev_scores: dict[str, float], nbest: NBest | None = None,
-            best: str | None = None, metric_weights: Sequence[float] | None = None,
-            weights: dict[str, float] | None = None) -> dict[str, Predictions]:
+def combine(
+    choice: str,
+    candidates: Candidates,
+    dev_scores: dict[str, float],
+    nbest: NBest | None = None,
+    best: str | None = None,
+    metric_weights: Sequence[float] | None = None,
+    weights: dict[str, float] | None = None,
+) -> dict[str, Predictions]:
     """Apply a chosen strategy to new predictions and candidates (e.g. the champion's members on new data), per
     split, on the fnames every model predicted; `best` names best single's model (default: the best dev score),
     `weights` the model weights the ensemble used (default: the normalised dev scores)."""
@@ -280,30 +292,43 @@ def _mean(rows: dict[str, float], fnames: Sequence[str]) -> float | None:
 def _report(rows: dict[str, float], selection: list[str], held: list[str], base: dict[str, float]) -> dict[str, Any]:
     """One strategy's selection-half, held-out and full-dev scores, the held-out interval and its paired
     held-out difference from best single."""
-    out: dict[str, Any] = {"selection": _mean(rows, selection), "held_out": _mean(rows, held),
-                           "full": _mean(rows, list(rows))}
+    out: dict[str, Any] = {
+        "selection": _mean(rows, selection),
+        "held_out": _mean(rows, held),
+        "full": _mean(rows, list(rows)),
+    }
     if held:
         interval = stats.bootstrap_interval([rows[f] for f in held])
         diff = stats.paired_bootstrap([rows[f] for f in held], [base[f] for f in held])
-        out.update(held_out_low=interval.low, held_out_high=interval.high, vs_best_single=diff.mean,
-                   vs_best_single_low=diff.low, vs_best_single_high=diff.high)
+        out.update(
+            held_out_low=interval.low,
+            held_out_high=interval.high,
+            vs_best_single=diff.mean,
+            vs_best_single_low=diff.low,
+            vs_best_single_high=diff.high,
+        )
     return out
 
 
-def _selection_weights(dev: dict[str, Predictions], fnames: list[str], references: dict[str, str],
-                       selection: list[str]) -> dict[str, float]:
+def _selection_weights(
+    dev: dict[str, Predictions], fnames: list[str], references: dict[str, str], selection: list[str]
+) -> dict[str, float]:
     """The models' weights for consensus and pooled MBR: their scores on the selection rows only."""
     with holdout.choosing("pooled MBR model weights"):
         holdout.read(selection)
         refs = [references[f] for f in selection]
-        return normalised_weights({m: metric.score([dev[m][f] for f in selection], refs)["score"]
-                                   for m in sorted(dev)})
+        return normalised_weights({m: metric.score([dev[m][f] for f in selection], refs)["score"] for m in sorted(dev)})
 
 
-def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], references: dict[str, str],
-                   nbest: NBest | None = None, seed: int | None = stats.SPLIT_SEED,
-                   metric_weights: Sequence[float] | None = None,
-                   model_weights: dict[str, float] | None = None) -> EnsembleResult:
+def build_ensemble(
+    candidates: Candidates,
+    dev_scores: dict[str, float],
+    references: dict[str, str],
+    nbest: NBest | None = None,
+    seed: int | None = stats.SPLIT_SEED,
+    metric_weights: Sequence[float] | None = None,
+    model_weights: dict[str, float] | None = None,
+) -> EnsembleResult:
     """Score every strategy on both parts of the dev rows every model predicted, choose on the selection part,
     and apply the choice to every split (see the module docstring). `seed` replaces the configured split seed;
     `metric_weights` (ROUGE-1, -2, -L) change MBR's utility; `model_weights` replace the selection-part scores as
@@ -322,8 +347,11 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
     if not selection or not held:
         selection, held = list(fnames), []
     scores = {m: dev_scores[m] for m in sorted(candidates)}
-    weights = (normalised_weights({m: model_weights[m] for m in scores}) if model_weights
-               else _selection_weights(dev, fnames, references, selection))
+    weights = (
+        normalised_weights({m: model_weights[m] for m in scores})
+        if model_weights
+        else _selection_weights(dev, fnames, references, selection)
+    )
     counts = _counts(scores, nbest, "dev")
     names = strategy_names(list(scores), counts)
     refs = [references[f] for f in fnames]
@@ -341,18 +369,28 @@ def build_ensemble(candidates: Candidates, dev_scores: dict[str, float], referen
         split = _split(candidates, name)
         if len(split) == len(candidates):
             order = common_fnames(split)
-            on = (rows if name == "dev" and order == fnames else
-                  Rows(order, split, _split_nbest(nbest, name), weights, best, metric_weights))
+            on = (
+                rows
+                if name == "dev" and order == fnames
+                else Rows(order, split, _split_nbest(nbest, name), weights, best, metric_weights)
+            )
             predictions[name] = dict(zip(order, on.texts(picks[choice] if on is rows else apply(choice, on))))
     scaled = any(n > 1 for n in counts.values())
     return EnsembleResult(
-        choice=choice, best_model=best, predictions=predictions, dev_scores=scores, weights=weights,
+        choice=choice,
+        best_model=best,
+        predictions=predictions,
+        dev_scores=scores,
+        weights=weights,
         model_scores={m: _mean(model_rows[m], fnames) for m in scores},
         strategy_scores={n: report[n]["full"] for n in names},
         consensus_picks={m: sum(p == m for p in picks[CONSENSUS]) for m in scores},
         rows={name: len(preds) for name, preds in predictions.items()} | {"dev_scored": len(fnames)},
-        strategies=report, split={**dev_split.record(fnames), "selection": len(selection), "held_out": len(held)},
-        candidates=counts, scaling=n_scaling(rows.pool(), weights, counts, metric_weights) if scaled else None,
+        strategies=report,
+        split={**dev_split.record(fnames), "selection": len(selection), "held_out": len(held)},
+        candidates=counts,
+        scaling=n_scaling(rows.pool(), weights, counts, metric_weights) if scaled else None,
         metric_weights=list(metric_weights) if metric_weights else None,
-        row_scores=dict(dev_rows[choice]), held_out=held,
+        row_scores=dict(dev_rows[choice]),
+        held_out=held,
     )

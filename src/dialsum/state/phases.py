@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from dialsum.errors import DialsumError
 from dialsum.storage.local import write_json
@@ -51,8 +52,9 @@ class Phases:
         run = self.folder / "run.json"
         if run.is_file():
             if json.loads(run.read_text()).get("fingerprint") != self.fingerprint:
-                raise DialsumError(f"{self.folder} belongs to a run started with a different config or data; "
-                                   "use a new run id")
+                raise DialsumError(
+                    f"{self.folder} belongs to a run started with a different config or data; use a new run id"
+                )
             return True
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write("run", {"fingerprint": self.fingerprint})

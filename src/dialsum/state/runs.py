@@ -44,9 +44,11 @@ def published(run_id: str, cfg, data_dir: Path | None, debug: bool, store, force
     if differ:
         if force:
             return None
-        raise ConfigError(f"run {run_id}/{cfg.name} is already published in {store.url} with another "
-                          f"{' and '.join(differ)}; continue it with --resume {run_id} alone (its own models, "
-                          "overrides and data), use a new run id, or force to replace it")
+        raise ConfigError(
+            f"run {run_id}/{cfg.name} is already published in {store.url} with another "
+            f"{' and '.join(differ)}; continue it with --resume {run_id} alone (its own models, "
+            "overrides and data), use a new run id, or force to replace it"
+        )
     return json.loads(store.read_bytes(storage.run_key(run_id, cfg.name, "metrics.json")) or b"{}")
 
 
@@ -64,8 +66,10 @@ def require_resumable(run_id: str, names: list[str], store) -> None:
     if any(has_progress(run_id, name, store) for name in names):
         return
     what = f"{run_id}/{names[0]}" if len(names) == 1 else f"{run_id} (models {', '.join(names)})"
-    raise DialsumError(f"nothing to resume for run {what}: no local state in {get_settings().output_dir}, and no "
-                       f"checkpoint or published result in {store.url}")
+    raise DialsumError(
+        f"nothing to resume for run {what}: no local state in {get_settings().output_dir}, and no "
+        f"checkpoint or published result in {store.url}"
+    )
 
 
 def discard_if_unstarted(run_id: str, name: str) -> bool:
@@ -93,8 +97,11 @@ def stopped_where(run_id: str, name: str) -> str:
     if (folder / "fit.json").is_file():
         return f"{name}: stopped after training (its model is saved)"
     newest = checkpoints_in(folder / "checkpoints")
-    return (f"{name}: stopped during training; newest checkpoint {newest[-1]}" if newest
-            else f"{name}: stopped before its first checkpoint")
+    return (
+        f"{name}: stopped during training; newest checkpoint {newest[-1]}"
+        if newest
+        else f"{name}: stopped before its first checkpoint"
+    )
 
 
 COMMAND_RECORD = "command.json"
@@ -105,8 +112,10 @@ def write_command(run_id: str, record: dict, store) -> None:
     `<run-id>/command.json` of the storage, so `--resume RUN_ID` alone can continue it."""
     from dialsum import storage
 
-    store.write_bytes(f"{storage.check_name(run_id, 'run id')}/{COMMAND_RECORD}",
-                      json.dumps(record, indent=2, ensure_ascii=False).encode())
+    store.write_bytes(
+        f"{storage.check_name(run_id, 'run id')}/{COMMAND_RECORD}",
+        json.dumps(record, indent=2, ensure_ascii=False).encode(),
+    )
 
 
 def read_command(run_id: str, store) -> dict | None:

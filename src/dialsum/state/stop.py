@@ -26,8 +26,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from dialsum.errors import DialsumError
 
@@ -126,8 +126,11 @@ def at_hard_exit(callback: Callable[[], None]) -> Callable[[], None]:
 def _hard_exit(announce: bool = True) -> None:
     if announce:  # a local child leaves the line to its parent
         how = f"continue with {_HINT[0]}" if _HINT else "running the same run id continues from the newest"
-        print(f"dialsum: stopped at once (second Ctrl-C); published checkpoints are kept; {how}", file=sys.stderr,
-              flush=True)
+        print(
+            f"dialsum: stopped at once (second Ctrl-C); published checkpoints are kept; {how}",
+            file=sys.stderr,
+            flush=True,
+        )
     for callback in reversed(_HARD_EXIT):
         try:
             callback()
@@ -144,8 +147,12 @@ def _handler(signum, frame) -> None:
         return
     _request(signum)
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    print(f"dialsum: stopping ({name}): each model finishes its current step and saves a checkpoint "
-          "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+    print(
+        f"dialsum: stopping ({name}): each model finishes its current step and saves a checkpoint "
+        "(Ctrl-C again stops at once)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _request(signum: int) -> None:

@@ -30,7 +30,8 @@ def check_name(value: str, what: str) -> str:
     """Return `value` if it is a valid run id or model name, else raise `StorageError`."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise StorageError(
-            f"invalid {what} {value!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid {what} {value!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return value
 

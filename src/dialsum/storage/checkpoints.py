@@ -56,7 +56,7 @@ def list_checkpoints(run_id: str, model: str, storage: Storage) -> list[str]:
     base = _checkpoint_prefix(run_id, model)
     names = set()
     for key in storage.list_keys(base):
-        parts = key[len(base):].split("/")
+        parts = key[len(base) :].split("/")
         if len(parts) == 2 and parts[1] == MANIFEST and NAME_RE.fullmatch(parts[0]):
             names.add(parts[0])
     return sorted(names)
@@ -67,7 +67,9 @@ def fetch_checkpoint(run_id: str, model: str, name: str, dest: Path, storage: St
     manifest = checkpoint_manifest(run_id, model, name, storage)
     if manifest is None:
         raise StorageError(f"checkpoint {name} of {run_id}/{model} is not published in {storage.url}")
-    return fetch_files(manifest, _checkpoint_prefix(run_id, model, name), f"{run_id}/{model}/{name}", Path(dest), storage)
+    return fetch_files(
+        manifest, _checkpoint_prefix(run_id, model, name), f"{run_id}/{model}/{name}", Path(dest), storage
+    )
 
 
 def delete_checkpoint(run_id: str, model: str, name: str, storage: Storage) -> None:

@@ -20,10 +20,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 from dialsum.errors import StorageError
 from dialsum.processes import alive
@@ -33,7 +33,7 @@ from dialsum.storage.manifest import run_key
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
-_HELD: dict[tuple[str, str, str], "Lease"] = {}
+_HELD: dict[tuple[str, str, str], Lease] = {}
 _HELD_LOCK = threading.Lock()
 
 
@@ -64,7 +64,7 @@ class Holder:
         return _process_start(self.pid) != self.pid_start or not alive(self.pid)
 
     def describe(self) -> str:
-        since = datetime.fromtimestamp(self.started_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        since = datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"pid {self.pid} on host {self.host} (since {since})"
 
 
@@ -99,7 +99,9 @@ class Lease:
 
     def _record(self) -> bytes:
         pid = os.getpid()
-        holder = Holder(socket.gethostname(), pid, _process_start(pid), self.token, self._started, time.time(), self.ttl)
+        holder = Holder(
+            socket.gethostname(), pid, _process_start(pid), self.token, self._started, time.time(), self.ttl
+        )
         return json.dumps(asdict(holder)).encode()
 
     def holder(self) -> Holder | None:
@@ -123,15 +125,22 @@ class Lease:
             return self._try()
         self._tag = self.storage.read_tagged(self.key)[1]
         what = "an unreadable lease" if holder is None else f"the lease of {holder.describe()}"
-        log.info("%s/%s: took over %s, which %s", self.run_id, self.model, what,
-                 "had expired" if holder is None or holder.expires_in() <= 0 else "no longer runs")
+        log.info(
+            "%s/%s: took over %s, which %s",
+            self.run_id,
+            self.model,
+            what,
+            "had expired" if holder is None or holder.expires_in() <= 0 else "no longer runs",
+        )
         return None
 
     def _held_by(self, holder: Holder) -> LeaseHeld:
-        return LeaseHeld(f"run {self.run_id}/{self.model} is being trained by {holder.describe()}; its lease in "
-                         f"{self.storage.url} was renewed {max(0, time.time() - holder.renewed_at):.0f} s ago and "
-                         f"expires in {max(0, holder.expires_in()):.0f} s if that process is gone; wait for it to "
-                         "finish, or use another run id")
+        return LeaseHeld(
+            f"run {self.run_id}/{self.model} is being trained by {holder.describe()}; its lease in "
+            f"{self.storage.url} was renewed {max(0, time.time() - holder.renewed_at):.0f} s ago and "
+            f"expires in {max(0, holder.expires_in()):.0f} s if that process is gone; wait for it to "
+            "finish, or use another run id"
+        )
 
     def check_free(self) -> None:
         """`LeaseHeld` naming the holder when a live process holds the lease; takes nothing."""
@@ -139,7 +148,7 @@ class Lease:
         if holder is not None and holder.expires_in() > 0 and not holder.gone():
             raise self._held_by(holder)
 
-    def acquire(self, wait: float = 0.0) -> "Lease":
+    def acquire(self, wait: float = 0.0) -> Lease:
         """Take the lease, waiting up to `wait` seconds for a live holder's lease to expire; `LeaseHeld` if not."""
         deadline = time.monotonic() + wait
         while (holder := self._try()) is not None:
@@ -166,14 +175,20 @@ class Lease:
             self._tag = self.storage.read_tagged(self.key)[1]
             return
         self.lost = self.holder() or Holder("?", 0, None, "", 0.0, 0.0, 0.0)
-        log.error("%s/%s: lost the run's lease to %s; this process will not publish", self.run_id, self.model,
-                  self.lost.describe())
+        log.error(
+            "%s/%s: lost the run's lease to %s; this process will not publish",
+            self.run_id,
+            self.model,
+            self.lost.describe(),
+        )
 
     def check(self) -> None:
         """`LeaseHeld` when the lease was taken over (this process stalled for longer than its time to live)."""
         if self.lost is not None:
-            raise LeaseHeld(f"run {self.run_id}/{self.model} was taken over by {self.lost.describe()} while this "
-                            "process stalled; not publishing")
+            raise LeaseHeld(
+                f"run {self.run_id}/{self.model} was taken over by {self.lost.describe()} while this "
+                "process stalled; not publishing"
+            )
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still this process's."""
@@ -185,7 +200,7 @@ class Lease:
         if holder is not None and holder.token == self.token:
             self.storage.delete(self.key)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self if self._thread is not None else self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class RunEntry:
 
 def new_run_id() -> str:
     """A time-based run id, e.g. 20250101-030000-ab12cd (UTC, then 6 random hex digits)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def run_key(run_id: str, model: str, rel: str = "") -> str:
@@ -143,7 +143,7 @@ def build_manifest(run_id: str, model: str, entries: list[dict[str, Any]], extra
         "format": MANIFEST_FORMAT,
         "run_id": run_id,
         "model": model,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": entries,
         "extra": extra,
         "versions": _package_versions(),
@@ -204,7 +204,8 @@ def publish(
                 return PublishResult(storage.location(prefix), old, uploaded=0, skipped=True)
             if not force:
                 raise StorageError(
-                    f"{run_id}/{model} is already published in {storage.url} with different files; use force to replace it"
+                    f"{run_id}/{model} is already published in {storage.url} with different files; "
+                    "use force to replace it"
                 )
             storage.delete(prefix + MANIFEST)
         for future in as_completed(hashing):

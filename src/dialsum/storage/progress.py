@@ -13,7 +13,7 @@ runs never see them. A sweep's parent reads the curve to prune a trial and write
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dialsum.errors import StorageError
@@ -25,7 +25,7 @@ STOP = "STOP"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _read_json(store: Storage, key: str) -> dict[str, Any] | None:

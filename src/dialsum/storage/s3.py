@@ -80,7 +80,9 @@ class S3Storage(Storage):
             or head.get("Metadata", {}).get("sha256") != digest.sha256
             or (stored is not None and stored.split("-")[0] != digest.s3_crc32)
         ):
-            raise StorageError(f"upload of {self.location(key)} failed verification: stored size, sha256 or CRC32 differ")
+            raise StorageError(
+                f"upload of {self.location(key)} failed verification: stored size, sha256 or CRC32 differ"
+            )
 
     def download(self, key: str, path: Path) -> None:
         with self._errors("download", key):
@@ -107,8 +109,9 @@ class S3Storage(Storage):
         """put_object with If-Match / If-None-Match; False when the server refuses the precondition."""
         with self._errors("write", key):
             try:
-                self._client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data,
-                                        ChecksumAlgorithm="SHA256", **condition)
+                self._client.put_object(
+                    Bucket=self._bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **condition
+                )
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -142,7 +145,9 @@ class S3Storage(Storage):
     def list_keys(self, prefix: str) -> Iterator[str]:
         start = len(self._key(""))
         with self._errors("list", prefix):
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=self._key(prefix))
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._key(prefix)
+            )
             for page in pages:
                 for item in page.get("Contents", []):
                     yield item["Key"][start:]

@@ -39,9 +39,15 @@ class Folds:
     assignment: dict[str, int]  # fname -> fold, in train.csv order
 
     def to_json(self) -> str:
-        data = {"seed": self.seed, "k": self.k, "train_sha256": self.train_sha256,
-                "stratified_by": f"dialogue length (characters), {self.buckets} buckets",
-                "group_column": self.group_column, "sizes": self.sizes(), "folds": self.assignment}
+        data = {
+            "seed": self.seed,
+            "k": self.k,
+            "train_sha256": self.train_sha256,
+            "stratified_by": f"dialogue length (characters), {self.buckets} buckets",
+            "group_column": self.group_column,
+            "sizes": self.sizes(),
+            "folds": self.assignment,
+        }
         return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
     def sizes(self) -> list[int]:
@@ -51,11 +57,17 @@ class Folds:
         return [fname for fname, f in self.assignment.items() if f == fold]
 
     @classmethod
-    def from_json(cls, text: str) -> "Folds":
+    def from_json(cls, text: str) -> Folds:
         data = json.loads(text)
         buckets = int(data["stratified_by"].rsplit(", ", 1)[1].split()[0])
-        return cls(data["seed"], data["k"], data["train_sha256"], data["group_column"], buckets,
-                   {str(k): int(v) for k, v in data["folds"].items()})
+        return cls(
+            data["seed"],
+            data["k"],
+            data["train_sha256"],
+            data["group_column"],
+            buckets,
+            {str(k): int(v) for k, v in data["folds"].items()},
+        )
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -84,7 +96,7 @@ def assign(train_csv: Path, k: int, seed: int) -> Folds:
     sizes = [0] * k
     fold_of: dict[str, int] = {}
     for b in range(buckets):
-        chunk = order[b * len(order) // buckets: (b + 1) * len(order) // buckets]
+        chunk = order[b * len(order) // buckets : (b + 1) * len(order) // buckets]
         rng.shuffle(chunk)
         for unit in chunk:
             target = min(range(k), key=lambda f: (sizes[f], (f - len(fold_of)) % k))
@@ -120,8 +132,11 @@ def fold_data(data_dir: Path | None, folds: Folds, fold: int) -> dict[str, bytes
         if clash:
             raise DataError(f"{root / 'test.csv'}: fname {clash[0]} is also a train row; k-fold needs distinct fnames")
         test += [{"fname": r["fname"], "dialogue": r["dialogue"]} for r in extra]
-    return {"train.csv": _csv(header, train), "dev.csv": (root / "dev.csv").read_bytes(),
-            "test.csv": _csv(["fname", "dialogue"], test)}
+    return {
+        "train.csv": _csv(header, train),
+        "dev.csv": (root / "dev.csv").read_bytes(),
+        "test.csv": _csv(["fname", "dialogue"], test),
+    }
 
 
 def references(data_dir: Path | None) -> dict[str, str]:

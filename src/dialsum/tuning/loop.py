@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from dialsum.errors import DialsumError
 from dialsum.tuning.space import SearchSpace, to_overrides
@@ -129,11 +130,22 @@ def progress_points(curve: list[dict[str, Any]], key: str) -> list[tuple[int, fl
 class StudyLoop:
     """Runs a study to its budget of `budget` trials, at most `parallel` at once, one per free slot."""
 
-    def __init__(self, study: Any, space: SearchSpace, executor: Executor, *, budget: int, parallel: int, seed: int,
-                 run_prefix: str, check: Callable[[dict[str, Any]], str | None] = lambda params: None,
-                 on_change: Callable[[], None] = lambda: None, poll_seconds: float = 2.0,
-                 logger: logging.Logger | logging.LoggerAdapter | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        study: Any,
+        space: SearchSpace,
+        executor: Executor,
+        *,
+        budget: int,
+        parallel: int,
+        seed: int,
+        run_prefix: str,
+        check: Callable[[dict[str, Any]], str | None] = lambda params: None,
+        on_change: Callable[[], None] = lambda: None,
+        poll_seconds: float = 2.0,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.study, self.space, self.executor = study, space, executor
         self.budget, self.parallel, self.seed, self.run_prefix = budget, max(1, parallel), seed, run_prefix
         self.check, self.on_change, self.poll_seconds = check, on_change, poll_seconds
@@ -224,8 +236,13 @@ class StudyLoop:
             handle, slot = frozen.user_attrs.get("handle"), frozen.user_attrs.get("slot")
             if handle and slot:
                 run = self._run_of(frozen, slot)
-                self.active[frozen.number] = Active(trial, run, handle, set(frozen.intermediate_values),
-                                                    bool(frozen.user_attrs.get("prune_requested_at")))
+                self.active[frozen.number] = Active(
+                    trial,
+                    run,
+                    handle,
+                    set(frozen.intermediate_values),
+                    bool(frozen.user_attrs.get("prune_requested_at")),
+                )
                 self.log.info("trial %d: still running (%s); watching it again", frozen.number, handle)
             else:
                 self.unlaunched.append(trial)
@@ -256,8 +273,14 @@ class StudyLoop:
         trial = self.study.ask()
         params = self.space.suggest(trial)
         source = self.study._storage.get_trial(trial._trial_id).user_attrs.get("requeued_from")
-        twin = next((t.number for t in self.trials() if t.number not in (trial.number, source)
-                     and t.state != TrialState.WAITING and t.params == params), None)
+        twin = next(
+            (
+                t.number
+                for t in self.trials()
+                if t.number not in (trial.number, source) and t.state != TrialState.WAITING and t.params == params
+            ),
+            None,
+        )
         problem = f"same parameters as trial {twin}" if twin is not None else self.check(params)
         if problem is not None:
             self._set(trial, error=problem)
@@ -305,8 +328,9 @@ class StudyLoop:
         except DialsumError as exc:
             self.log.warning("trial %d: cannot read its curve: %s", active.run.number, exc)
             return False
-        points = [(step, value) for step, value in progress_points(curve, self.space.objective)
-                  if step not in active.reported]
+        points = [
+            (step, value) for step, value in progress_points(curve, self.space.objective) if step not in active.reported
+        ]
         for step, value in points:
             active.trial.report(value, step)
             active.reported.add(step)
@@ -317,8 +341,13 @@ class StudyLoop:
             self.executor.stop(active.run, f"pruned by the sweep at step {step}")
             self._set(active.trial, prune_requested_at=step)
             active.stopping = True
-            self.log.info("trial %d: pruned at %d (%s %.4f); the child stops at its next evaluation",
-                          active.run.number, step, self.space.objective, points[-1][1])
+            self.log.info(
+                "trial %d: pruned at %d (%s %.4f); the child stops at its next evaluation",
+                active.run.number,
+                step,
+                self.space.objective,
+                points[-1][1],
+            )
         return bool(points)
 
     def _finish(self, active: Active, status: Status) -> None:
@@ -332,10 +361,16 @@ class StudyLoop:
             return
         training = metrics.get("training") or {}
         held = metrics.get("dev_held_out") or {}
-        self._set(active.trial, seconds=status.seconds, dev_score=(metrics.get("dev") or {}).get("score"),
-                  selection_score=(metrics.get("dev_selection") or {}).get("score"),
-                  held_out_score=held.get("score"), split=held.get("split"),
-                  train_steps=metrics.get("train_steps"), location=metrics.get("location"))
+        self._set(
+            active.trial,
+            seconds=status.seconds,
+            dev_score=(metrics.get("dev") or {}).get("score"),
+            selection_score=(metrics.get("dev_selection") or {}).get("score"),
+            held_out_score=held.get("score"),
+            split=held.get("split"),
+            train_steps=metrics.get("train_steps"),
+            location=metrics.get("location"),
+        )
         if training.get("stop_requested"):
             self.study.tell(active.trial, state=TrialState.PRUNED)
             self.log.info("trial %d: pruned after %s steps", active.run.number, metrics.get("train_steps"))
@@ -359,6 +394,5 @@ class StudyLoop:
         elif len(self.trials()) >= self.budget:
             self.log.warning("trial %d failed (%s); no budget left to queue its parameters again", number, reason)
         else:
-            self.study.enqueue_trial(dict(frozen.params), user_attrs={"requeued_from": number},
-                                     skip_if_exists=False)
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={"requeued_from": number}, skip_if_exists=False)
             self.log.warning("trial %d failed (%s); its parameters are queued once more", number, reason)

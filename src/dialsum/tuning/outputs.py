@@ -7,8 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -17,9 +18,25 @@ from dialsum.tuning.space import SearchSpace, to_overlay, to_overrides
 log = logging.getLogger(__name__)
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
-COLUMNS = ["trial", "state", "value", "dev_score", "held_out_score", "split_seed", "held_out_fraction",
-           "held_out_sha256", "progress", "partial", "partial_value", "steps", "seconds", "run_id", "slot",
-           "requeued_from", "error"]
+COLUMNS = [
+    "trial",
+    "state",
+    "value",
+    "dev_score",
+    "held_out_score",
+    "split_seed",
+    "held_out_fraction",
+    "held_out_sha256",
+    "progress",
+    "partial",
+    "partial_value",
+    "steps",
+    "seconds",
+    "run_id",
+    "slot",
+    "requeued_from",
+    "error",
+]
 
 
 def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
@@ -27,12 +44,20 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        row = {"trial": t.number, "state": STATES.get(t.state.name, t.state.name.lower()),
-               "value": round(t.value, 4) if t.value is not None and t.state.name == "COMPLETE" else None,
-               "dev_score": _round(attrs.get("dev_score")), "held_out_score": _round(attrs.get("held_out_score")),
-               **_split_columns(attrs.get("split")), "steps": attrs.get("train_steps"),
-               "seconds": _round(attrs.get("seconds"), 1), "run_id": attrs.get("run_id"), "slot": attrs.get("slot"),
-               "requeued_from": attrs.get("requeued_from"), "error": attrs.get("error")}
+        row = {
+            "trial": t.number,
+            "state": STATES.get(t.state.name, t.state.name.lower()),
+            "value": round(t.value, 4) if t.value is not None and t.state.name == "COMPLETE" else None,
+            "dev_score": _round(attrs.get("dev_score")),
+            "held_out_score": _round(attrs.get("held_out_score")),
+            **_split_columns(attrs.get("split")),
+            "steps": attrs.get("train_steps"),
+            "seconds": _round(attrs.get("seconds"), 1),
+            "run_id": attrs.get("run_id"),
+            "slot": attrs.get("slot"),
+            "requeued_from": attrs.get("requeued_from"),
+            "error": attrs.get("error"),
+        }
         row.update(_partial(t))
         row.update({key: t.params.get(key) for key in space.params})
         row["flow_run_id"] = (attrs.get("handle") or "").split("@")[0] or None
@@ -45,16 +70,22 @@ def _partial(t: Any) -> dict[str, Any]:
     not complete, its last value on the pruner's curve, flagged partial (never comparable with a final value)."""
     done = t.state.name == "COMPLETE"
     last = max(t.intermediate_values) if t.intermediate_values else None
-    return {"progress": 1.0 if done else _round(t.user_attrs.get("progress")), "partial": not done,
-            "partial_value": None if done or last is None else _round(t.intermediate_values[last])}
+    return {
+        "progress": 1.0 if done else _round(t.user_attrs.get("progress")),
+        "partial": not done,
+        "partial_value": None if done or last is None else _round(t.intermediate_values[last]),
+    }
 
 
 def _split_columns(split: dict[str, Any] | None) -> dict[str, Any]:
     """The dev split a trial's held-out score was measured on (value: the selection part; held_out_score: the
     held-out part, never read by the sweep)."""
     split = split or {}
-    return {"split_seed": split.get("seed"), "held_out_fraction": split.get("held_out_fraction"),
-            "held_out_sha256": split.get("held_out_sha256")}
+    return {
+        "split_seed": split.get("seed"),
+        "held_out_fraction": split.get("held_out_fraction"),
+        "held_out_sha256": split.get("held_out_sha256"),
+    }
 
 
 def _round(value: Any, digits: int = 4) -> Any:
@@ -85,8 +116,10 @@ def best_overlay(study: Any, model: str, base: Sequence[str], debug: bool = Fals
     if best is None:
         return None
     overlay = to_overlay([*base, *to_overrides(best.params)])
-    header = (f"# Best trial {best.number} of study {study.study_name} ({model}): value {best.value:.4f}.\n"
-              f"# Reproduce it: dialsum train --models {model} --overlay best.yaml{' --debug' if debug else ''}\n")
+    header = (
+        f"# Best trial {best.number} of study {study.study_name} ({model}): value {best.value:.4f}.\n"
+        f"# Reproduce it: dialsum train --models {model} --overlay best.yaml{' --debug' if debug else ''}\n"
+    )
     return header + yaml.safe_dump(overlay, sort_keys=True, allow_unicode=True)
 
 
@@ -138,14 +171,32 @@ def history_figure(study: Any, objective: str = "value"):
         line.append((max(t.number for t in trials), line[-1][1]))
         ax.step(*zip(*line), where="post", label="best so far (completed only)", color="tab:red")
     if pruned:
-        ax.scatter([t.number for t in pruned], [t.value for t in pruned], facecolors="none", edgecolors="tab:gray",
-                   marker="o", label="pruned (partial value, not final)", zorder=3)
+        ax.scatter(
+            [t.number for t in pruned],
+            [t.value for t in pruned],
+            facecolors="none",
+            edgecolors="tab:gray",
+            marker="o",
+            label="pruned (partial value, not final)",
+            zorder=3,
+        )
         for t in pruned:
-            ax.annotate(_pruned_where(t), (t.number, t.value), xytext=(4, -10), textcoords="offset points",
-                        fontsize=7, color="tab:gray")
+            ax.annotate(
+                _pruned_where(t),
+                (t.number, t.value),
+                xytext=(4, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="tab:gray",
+            )
     for number in failed:
-        ax.axvline(number, color="tab:orange", alpha=0.35, linewidth=6,
-                   label="failed (no value)" if number == failed[0] else None)
+        ax.axvline(
+            number,
+            color="tab:orange",
+            alpha=0.35,
+            linewidth=6,
+            label="failed (no value)" if number == failed[0] else None,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if trials:
         ax.set_xlim(-0.5, max(t.number for t in trials) + 0.5)
@@ -156,8 +207,14 @@ def history_figure(study: Any, objective: str = "value"):
     if done or pruned or failed:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if pruned:
-        fig.text(0.01, 0.01, "Pruned trials stopped early: their values are partial (at their last evaluation), "
-                 "not comparable with completed ones.", fontsize=7, color="dimgray")
+        fig.text(
+            0.01,
+            0.01,
+            "Pruned trials stopped early: their values are partial (at their last evaluation), "
+            "not comparable with completed ones.",
+            fontsize=7,
+            color="dimgray",
+        )
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0.04 if pruned else 0, 1, 1))
     return fig
@@ -176,7 +233,8 @@ MIN_IMPORTANCE_TRIALS = 5
 
 
 def plot_importance(study: Any, path: Path) -> dict[str, float]:
-    """importance.png: parameter importance over the completed trials (Optuna's default PED-ANOVA; needs two of them)."""
+    """importance.png: parameter importance over the completed trials (Optuna's default PED-ANOVA; needs two of
+    them)."""
     import warnings
 
     import matplotlib.pyplot as plt
@@ -214,14 +272,21 @@ def importance_figure(study: Any, importance: dict[str, float]):
     ax.set_title(f"{study.study_name}: parameter importance ({completed} completed trials)")
     few = bool(importance) and completed < MIN_IMPORTANCE_TRIALS
     if few:
-        fig.text(0.01, 0.01, f"Only {completed} completed trials (fewer than {MIN_IMPORTANCE_TRIALS}): these "
-                 "importances are not reliable.", fontsize=8, color="tab:red")
+        fig.text(
+            0.01,
+            0.01,
+            f"Only {completed} completed trials (fewer than {MIN_IMPORTANCE_TRIALS}): these "
+            "importances are not reliable.",
+            fontsize=8,
+            color="tab:red",
+        )
     fig.tight_layout(rect=(0, 0.06 if few else 0, 1, 1))
     return fig
 
 
-def write_outputs(folder: Path, study: Any, space: SearchSpace, model: str, base: Sequence[str],
-                  debug: bool = False) -> dict[str, Any]:
+def write_outputs(
+    folder: Path, study: Any, space: SearchSpace, model: str, base: Sequence[str], debug: bool = False
+) -> dict[str, Any]:
     """Write trials.csv, best.yaml (when a trial completed) and the two plots into `folder`; returns the facts."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, space)
@@ -232,5 +297,8 @@ def write_outputs(folder: Path, study: Any, space: SearchSpace, model: str, base
     plot_history(study, folder / "history.png", space.objective)
     importance = plot_importance(study, folder / "importance.png")
     best = best_trial(study)
-    return {"rows": rows, "importance": importance,
-            "best": None if best is None else {"trial": best.number, "value": best.value, "params": best.params}}
+    return {
+        "rows": rows,
+        "importance": importance,
+        "best": None if best is None else {"trial": best.number, "value": best.value, "params": best.params},
+    }

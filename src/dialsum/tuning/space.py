@@ -16,8 +16,9 @@ key before anything starts. Values a range produces in between are validated per
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -50,7 +51,7 @@ class ParamSpec(Strict):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ParamSpec":
+    def _consistent(self) -> ParamSpec:
         if self.type == "choice":
             if not self.choices or self.low is not None or self.high is not None or self.log or self.step:
                 raise ValueError("choices take no low, high, log or step")
@@ -63,8 +64,9 @@ class ParamSpec(Strict):
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         if self.log and (self.low <= 0 or self.step):
             raise ValueError("log ranges need low > 0 and no step")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)
-                                   or (self.step and self.step != int(self.step))):
+        if self.type == "int" and (
+            self.low != int(self.low) or self.high != int(self.high) or (self.step and self.step != int(self.step))
+        ):
             raise ValueError("an int range needs integer low, high and step")
         return self
 
@@ -88,14 +90,17 @@ class PrunerSpec(Strict):
     """When a trial's evaluation curve is bad enough to stop it early."""
 
     type: Literal["median", "hyperband", "none"] = Field(
-        "median", description="median: stop a trial whose best value so far is worse than the median of earlier "
+        "median",
+        description="median: stop a trial whose best value so far is worse than the median of earlier "
         "trials at the same progress (share of the planned training, every 5%); hyperband: successive halving "
-        "brackets; none: never stop early."
+        "brackets; none: never stop early.",
     )
     startup_trials: int = Field(2, ge=0, description="Trials that finish before any is pruned (median).")
     warmup_steps: int = Field(
-        0, ge=0, description="Progress of a trial, in percent of its planned training, before it can be pruned "
-        "(raw optimizer steps for curves without progress)."
+        0,
+        ge=0,
+        description="Progress of a trial, in percent of its planned training, before it can be pruned "
+        "(raw optimizer steps for curves without progress).",
     )
 
 
@@ -103,8 +108,9 @@ class SearchSpace(Strict):
     """A sweep's search space and objective."""
 
     objective: Literal["dev_score", "dev_loss"] = Field(
-        "dev_score", description="dev_score: the full dev score of the finished run (maximised); dev_loss: the "
-        "lowest dev loss of its curve (minimised). Pruning watches the same metric on the evaluation curve."
+        "dev_score",
+        description="dev_score: the full dev score of the finished run (maximised); dev_loss: the "
+        "lowest dev loss of its curve (minimised). Pruning watches the same metric on the evaluation curve.",
     )
     params: dict[str, ParamSpec] = Field(min_length=1, description="Searched config keys (dotted, as --set).")
     pruner: PrunerSpec = Field(default_factory=PrunerSpec, description="Early stopping of bad trials.")
@@ -184,8 +190,9 @@ def check_value(model: str, base: Sequence[str], key: str, value: Any) -> str | 
     return None
 
 
-def load_space(source: str | Path | Mapping[str, Any], model: str, base: Sequence[str] = (),
-               prefix: str | None = None) -> SearchSpace:
+def load_space(
+    source: str | Path | Mapping[str, Any], model: str, base: Sequence[str] = (), prefix: str | None = None
+) -> SearchSpace:
     """Read a space and check every key and bound against `model`'s config (with the `base` overrides); a
     `prefix` (e.g. "generation.") limits the keys to one section."""
     space, where = read_space(source)

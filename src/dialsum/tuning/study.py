@@ -35,8 +35,10 @@ SETTINGS = "sweep.json"
 
 def check_study_name(name: str) -> str:
     if not isinstance(name, str) or not STUDY_RE.fullmatch(name):
-        raise ConfigError(f"invalid study name {name!r}: use 1-48 lowercase letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit")
+        raise ConfigError(
+            f"invalid study name {name!r}: use 1-48 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -68,8 +70,12 @@ class StudyJournal:
         local = self.path.read_bytes() if self.path.is_file() else None
         if remote is None:
             if local:
-                log.warning("study %s: no snapshot in %s; going on from the local journal %s", self.name,
-                            self.store.url, self.path)
+                log.warning(
+                    "study %s: no snapshot in %s; going on from the local journal %s",
+                    self.name,
+                    self.store.url,
+                    self.path,
+                )
             return bool(local)
         if local is None or not local.startswith(remote):
             temp = self.path.with_suffix(".tmp")
@@ -87,15 +93,21 @@ class StudyJournal:
         if stored is None:
             if space is None:
                 raise ConfigError(f"study {self.name} does not exist in {self.store.url}; give a search space")
-            self.store.write_bytes(study_key(self.name, SPACE), yaml.safe_dump(space.to_data(), sort_keys=False).encode())
+            self.store.write_bytes(
+                study_key(self.name, SPACE), yaml.safe_dump(space.to_data(), sort_keys=False).encode()
+            )
             return space
         try:
             before = SearchSpace.model_validate(yaml.safe_load(stored))
         except Exception as exc:  # noqa: BLE001 - any unreadable stored space is reported the same way
-            raise StorageError(f"{self.store.location(study_key(self.name, SPACE))}: unreadable search space: {exc}") from None
+            raise StorageError(
+                f"{self.store.location(study_key(self.name, SPACE))}: unreadable search space: {exc}"
+            ) from None
         if space is not None and space.to_data() != before.to_data():
-            raise ConfigError(f"study {self.name} was started with another search space "
-                              f"({self.store.location(study_key(self.name, SPACE))}); use a new study name")
+            raise ConfigError(
+                f"study {self.name} was started with another search space "
+                f"({self.store.location(study_key(self.name, SPACE))}); use a new study name"
+            )
         return before
 
     def check_settings(self, model: str, overrides: list[str]) -> list[str]:
@@ -110,8 +122,10 @@ class StudyJournal:
             return list(overrides)
         before = json.loads(stored)
         if before["model"] != model or (overrides and list(overrides) != before["overrides"]):
-            raise ConfigError(f"study {self.name} was started for {before['model']} with overrides "
-                              f"{before['overrides'] or 'none'}; continue it with those, or use a new study name")
+            raise ConfigError(
+                f"study {self.name} was started for {before['model']} with overrides "
+                f"{before['overrides'] or 'none'}; continue it with those, or use a new study name"
+            )
         return list(before["overrides"])
 
     def open(self, space: SearchSpace, seed: int) -> Any:
@@ -122,8 +136,14 @@ class StudyJournal:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = JournalStorage(JournalFileBackend(str(self.path), lock_obj=JournalFileOpenLock(str(self.path))))
-        return optuna.create_study(study_name=self.name, storage=storage, direction=space.direction,
-                                   sampler=sampler(seed, 0), pruner=pruner(space), load_if_exists=True)
+        return optuna.create_study(
+            study_name=self.name,
+            storage=storage,
+            direction=space.direction,
+            sampler=sampler(seed, 0),
+            pruner=pruner(space),
+            load_if_exists=True,
+        )
 
 
 def startup_trials(budget: int | None) -> int:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import SecretStr
 
@@ -43,10 +43,13 @@ def api_key(cfg) -> SecretStr | None:
         try:
             return SecretStr(str(Secret.load(cfg.api_key_block).get()))
         except ValueError as exc:
-            raise ConfigError(f"{cfg.name}: cannot read the Prefect Secret block {cfg.api_key_block!r}: "
-                              f"{exc}") from None
-    raise ConfigError(f"{cfg.name}: no API key: set the environment variable {cfg.api_key_env}"
-                      + (f" or the Prefect Secret block {cfg.api_key_block}" if cfg.api_key_block else ""))
+            raise ConfigError(
+                f"{cfg.name}: cannot read the Prefect Secret block {cfg.api_key_block!r}: {exc}"
+            ) from None
+    raise ConfigError(
+        f"{cfg.name}: no API key: set the environment variable {cfg.api_key_env}"
+        + (f" or the Prefect Secret block {cfg.api_key_block}" if cfg.api_key_block else "")
+    )
 
 
 @dataclass
@@ -78,20 +81,33 @@ def decoding(cfg, candidate: int) -> dict:
     """The decoding settings of candidate `candidate` (0 is the prediction): distinct seeds, so a server that ignores
     `n` still draws distinct candidates."""
     g = cfg.generation
-    return {"max_tokens": g.max_tokens, "temperature": g.temperature if candidate == 0 else g.candidate_temperature,
-            "top_p": g.top_p, "seed": g.seed + candidate}
+    return {
+        "max_tokens": g.max_tokens,
+        "temperature": g.temperature if candidate == 0 else g.candidate_temperature,
+        "top_p": g.top_p,
+        "seed": g.seed + candidate,
+    }
 
 
 def generation_settings(cfg, session=None) -> dict:
     g = cfg.generation
-    record = {"api": {"base_url": cfg.base_url, "model": cfg.model}, "generate": decoding(cfg, 0),
-              "prompt": {"version": cfg.prompt_version, "fingerprint": cfg.prompt_fingerprint(),
-                         "few_shot": cfg.few_shot.model_dump()},
-              "limits": cfg.limits.model_dump()}
+    record = {
+        "api": {"base_url": cfg.base_url, "model": cfg.model},
+        "generate": decoding(cfg, 0),
+        "prompt": {
+            "version": cfg.prompt_version,
+            "fingerprint": cfg.prompt_fingerprint(),
+            "few_shot": cfg.few_shot.model_dump(),
+        },
+        "limits": cfg.limits.model_dump(),
+    }
     if g.num_candidates > 1:
-        record["candidates"] = {"method": "seeds", "num_candidates": g.num_candidates,
-                                "generate": {k: v for k, v in decoding(cfg, 1).items() if k != "seed"},
-                                "seeds": [g.seed + i for i in range(g.num_candidates)]}
+        record["candidates"] = {
+            "method": "seeds",
+            "num_candidates": g.num_candidates,
+            "generate": {k: v for k, v in decoding(cfg, 1).items() if k != "seed"},
+            "seeds": [g.seed + i for i in range(g.num_candidates)],
+        }
     return record
 
 
@@ -100,8 +116,9 @@ def summarize(cfg, session: Session, examples: Sequence, progress=None) -> list[
     return _in_thread(_summarize(cfg, session, list(examples), 1, progress))[0]
 
 
-def summarize_candidates(cfg, session: Session, examples: Sequence,
-                         progress=None) -> tuple[list[str | None], list[list[dict]]]:
+def summarize_candidates(
+    cfg, session: Session, examples: Sequence, progress=None
+) -> tuple[list[str | None], list[list[dict]]]:
     """The prediction and `num_candidates` candidates per dialogue (candidate 0 is the prediction)."""
     return _in_thread(_summarize(cfg, session, list(examples), cfg.generation.num_candidates, progress))
 
@@ -145,8 +162,9 @@ async def _summarize(cfg, session: Session, examples: list, n: int, progress) ->
 async def _row(cfg, session: Session, caller: Caller, ex, shots: list, n: int, progress) -> list[dict] | None:
     msgs = messages(cfg, ex, shots)
     est_in = sum(estimate_tokens(m["content"]) for m in msgs)
-    results = await asyncio.gather(*(_request(cfg, session, caller, msgs, est_in, i) for i in range(n)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(_request(cfg, session, caller, msgs, est_in, i) for i in range(n)), return_exceptions=True
+    )
     errors = [r for r in results if isinstance(r, BaseException)]
     for r in errors:
         if not isinstance(r, (CallFailed, BudgetReached)):
@@ -154,15 +172,27 @@ async def _row(cfg, session: Session, caller: Caller, ex, shots: list, n: int, p
     record = {"fname": ex.fname, "shots": [s.fname for s in shots], "error": None}
     if errors:
         budget = any(isinstance(r, BudgetReached) for r in errors)
-        record["error"] = ("not sent: the cost budget (max_cost_usd) would be passed" if budget
-                           else str(next(r for r in errors if isinstance(r, CallFailed))))
+        record["error"] = (
+            "not sent: the cost budget (max_cost_usd) would be passed"
+            if budget
+            else str(next(r for r in errors if isinstance(r, CallFailed)))
+        )
         session.stats.failures += 0 if budget else 1
     session.rows[ex.fname] = record
     session.done += 1
     if session.done % PROGRESS_EVERY == 0 or session.done == session.total:
         s = session.stats
-        log.info("%s: %d/%d rows, %d requests, %d cache hits, %d retries, %d failed, $%.4f so far", cfg.name,
-                 session.done, session.total, s.requests, s.cache_hits, s.retries, s.failures, s.cost_usd)
+        log.info(
+            "%s: %d/%d rows, %d requests, %d cache hits, %d retries, %d failed, $%.4f so far",
+            cfg.name,
+            session.done,
+            session.total,
+            s.requests,
+            s.cache_hits,
+            s.retries,
+            s.failures,
+            s.cost_usd,
+        )
     if progress is not None:
         progress.update(1)
     if errors:
@@ -200,8 +230,13 @@ def estimate(cfg, splits: dict[str, list], train: Sequence) -> dict:
         prompts = [messages(cfg, ex, s) for ex, s in zip(examples, selector.choose(examples))]
         tokens_in = n * sum(estimate_tokens(m["content"]) for msgs in prompts for m in msgs)
         tokens_out = n * per_answer * len(examples)
-        out[split] = {"rows": len(examples), "requests": n * len(examples), "tokens_in": tokens_in,
-                      "tokens_out": tokens_out, "tokens_out_max": n * cfg.generation.max_tokens * len(examples)}
+        out[split] = {
+            "rows": len(examples),
+            "requests": n * len(examples),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "tokens_out_max": n * cfg.generation.max_tokens * len(examples),
+        }
     total_in = sum(v["tokens_in"] for v in out.values())
     total_out = sum(v["tokens_out"] for v in out.values())
     worst_out = sum(v["tokens_out_max"] for v in out.values())
@@ -217,9 +252,13 @@ def format_estimate(cfg, est: dict) -> str:
     for split in ("dev", "test"):
         if est[split]["rows"]:
             s = est[split]
-            lines.append(f"  {split}: {s['rows']} rows, {s['requests']} requests, ~{s['tokens_in']:,} tokens in, "
-                         f"~{s['tokens_out']:,} out (at most {s['tokens_out_max']:,})")
+            lines.append(
+                f"  {split}: {s['rows']} rows, {s['requests']} requests, ~{s['tokens_in']:,} tokens in, "
+                f"~{s['tokens_out']:,} out (at most {s['tokens_out_max']:,})"
+            )
     budget = f"; budget ${cfg.max_cost_usd:g}" if cfg.max_cost_usd else ""
-    lines.append(f"  cost: ~${est['cost_usd']:.4f} (at most ${est['cost_usd_max']:.4f} if every answer runs to "
-                 f"max_tokens){budget}")
+    lines.append(
+        f"  cost: ~${est['cost_usd']:.4f} (at most ${est['cost_usd_max']:.4f} if every answer runs to "
+        f"max_tokens){budget}"
+    )
     return "\n".join(lines)

@@ -12,8 +12,18 @@ from pathlib import Path
 
 
 def cache_key(base_url: str, model: str, prompt: str, messages: list[dict], decoding: dict, candidate: int) -> str:
-    blob = json.dumps({"base_url": base_url.rstrip("/"), "model": model, "prompt": prompt, "messages": messages,
-                       "decoding": decoding, "candidate": candidate}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {
+            "base_url": base_url.rstrip("/"),
+            "model": model,
+            "prompt": prompt,
+            "messages": messages,
+            "decoding": decoding,
+            "candidate": candidate,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -48,10 +48,18 @@ class Stats:
         def pct(q: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None
 
-        return {"requests": self.requests, "cache_hits": self.cache_hits, "retries": self.retries,
-                "failures": self.failures, "tokens_in": self.prompt_tokens, "tokens_out": self.completion_tokens,
-                "cost_usd": round(self.cost_usd, 6), "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
-                "errors": dict(self.errors)}
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "retries": self.retries,
+            "failures": self.failures,
+            "tokens_in": self.prompt_tokens,
+            "tokens_out": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "latency_p50_s": pct(0.5),
+            "latency_p95_s": pct(0.95),
+            "errors": dict(self.errors),
+        }
 
 
 class Limiter:
@@ -184,8 +192,7 @@ class Caller:
                     if not retryable:
                         raise CallFailed(last) from None
                     told = retry_after(exc)
-                    delay = told if told is not None else min(lim.max_backoff_seconds,
-                                                              lim.backoff_seconds * 2 ** attempt)
+                    delay = told if told is not None else min(lim.max_backoff_seconds, lim.backoff_seconds * 2**attempt)
                     delay = min(delay, lim.max_backoff_seconds) * (1 if told is not None else random.uniform(0.5, 1))
                     if told is not None:
                         self.limiter.pause(delay)

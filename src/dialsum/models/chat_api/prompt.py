@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from dialsum.data import PLACEHOLDER_RE, Example
 
@@ -21,8 +21,9 @@ _LABEL_RE = re.compile(r"^\s*(요약|summary)\s*[:：]\s*", re.IGNORECASE)
 def morphemes(kiwi, texts: Sequence[str]) -> list[Counter]:
     """Content-morpheme counts of each text (placeholders removed), tokenized in one Kiwi batch."""
     cleaned = [PLACEHOLDER_RE.sub(" ", t) for t in texts]
-    return [Counter(tok.form for tok in tokens if tok.tag.startswith(CONTENT_TAGS))
-            for tokens in kiwi.tokenize(cleaned)]
+    return [
+        Counter(tok.form for tok in tokens if tok.tag.startswith(CONTENT_TAGS)) for tokens in kiwi.tokenize(cleaned)
+    ]
 
 
 class ShotSelector:
@@ -82,8 +83,10 @@ def messages(cfg, dialogue: Example, shots: Sequence[Example]) -> list[dict[str,
     """system, (user, assistant) per example, then the dialogue to summarize."""
     out = [{"role": "system", "content": cfg.system_prompt}]
     for ex in shots:
-        out += [{"role": "user", "content": user_message(cfg.instruction, ex.dialogue)},
-                {"role": "assistant", "content": ex.summary}]
+        out += [
+            {"role": "user", "content": user_message(cfg.instruction, ex.dialogue)},
+            {"role": "assistant", "content": ex.summary},
+        ]
     out.append({"role": "user", "content": user_message(cfg.instruction, dialogue.dialogue)})
     return out
 

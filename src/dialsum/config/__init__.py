@@ -5,7 +5,6 @@
 imports only settings and errors.
 """
 
-from dialsum.config.chat_api import ChatAPIConfig  # noqa: I001  (after schema, which it builds on)
 from dialsum.config.overrides import apply_overrides, parse_override
 from dialsum.config.profiles import (
     available_models,
@@ -35,6 +34,9 @@ from dialsum.config.schema import (
     TinySpec,
     TrainingConfig,
 )
+
+# isort: split
+from dialsum.config.chat_api import ChatAPIConfig  # after schema, which it builds on
 
 __all__ = [
     "FAMILIES",

@@ -32,10 +32,12 @@ _SPACES_RE = re.compile(r"[ \t\u00a0\u3000]+")
 
 @dataclass(frozen=True)
 class Example:
-    fname: str
-    dialogue: str
-    summary: str | None = None
-    topic: str | None = None
+    """One row of a split, as read from its CSV."""
+
+    fname: str  # the row's id (the `fname` column), unique within its split
+    dialogue: str  # the dialogue text, after `normalize`
+    summary: str | None = None  # the reference summary, after `normalize`; None where the row has none (test)
+    topic: str | None = None  # the `topic` column, where the split has one
 
 
 def normalize(text: str) -> str:

@@ -36,14 +36,16 @@ from dialsum.models.memory import checkpointing_needed
 
 @dataclass
 class FitResult:
-    steps: int
-    seconds: float
-    real_tokens: int
-    padded_tokens: int
-    losses: list[float] = field(default_factory=list)
-    skipped_steps: int = 0
-    stopped_early: bool = False
-    evaluation: dict = field(default_factory=dict)
+    """What `fit` did: filled in as training runs, returned when it ends."""
+
+    steps: int  # optimizer steps taken, counting those resumed from a checkpoint
+    seconds: float  # wall-clock time of this call
+    real_tokens: int  # non-padding tokens trained on
+    padded_tokens: int  # tokens trained on, padding included
+    losses: list[float] = field(default_factory=list)  # the training loss of each step, in order
+    skipped_steps: int = 0  # steps the guard skipped (non-finite loss or gradient)
+    stopped_early: bool = False  # the evaluator stopped training before the planned steps
+    evaluation: dict = field(default_factory=dict)  # the evaluator's curve and winner, for metrics.json
 
     @property
     def tokens_per_second(self) -> float:

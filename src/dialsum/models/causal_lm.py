@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +29,7 @@ from dialsum.models import decoding, new_tokens, trained
 from dialsum.models.chat_template import pin_template_clock, unpin_template_clock
 from dialsum.models.common import (
     add_placeholder_tokens,
-    batched_generate,
+    budgeted_generate,
     cut_targets,
     init_new_rows,
     pad_batch,
@@ -311,6 +311,29 @@ def _inputs(cfg: CausalLMConfig, tok, batch: list[dict], device: torch.device) -
     return {k: v.to(device) for k, v in collate(tok, batch, for_generation=True, multiple_of=multiple).items()}
 
 
+def _generate_batches(
+    cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress, step: Callable[..., list], copies: int = 1
+) -> list:
+    """`step(inputs, start, processors, extra)` under autocast on each batch of prompt-only `features`, the results
+    in input order: `start` is where the generated tokens begin (the padded prompt length), `processors` the logits
+    processors (no-repeat rule, vocabulary padding barred), `extra` the generate() extras.
+
+    Batches hold at most `generation.batch_size` rows and `generation.max_tokens_per_batch` tokens, each row
+    counted as its prompt plus `generation.max_new_tokens`, `copies` times over.
+    """
+    g = cfg.generation
+    device, exempt, rows, extra, padding = _generation_setup(cfg, model, tok)
+
+    def run(batch: list[dict]) -> list:
+        inputs = _inputs(cfg, tok, batch, device)
+        start = inputs["input_ids"].shape[1]
+        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
+        with _autocast(model, device):
+            return step(inputs, start, processors, extra)
+
+    return budgeted_generate([{"input_ids": f["input_ids"]} for f in features], g, run, progress, copies)
+
+
 @torch.inference_mode()
 def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress=None) -> list[str]:
     """Greedy/beam summaries for prompt-only `features`, in order; the prompt is stripped from the output.
@@ -319,26 +342,13 @@ def generate(cfg: CausalLMConfig, model, tok, features: Sequence[dict], progress
     Embedding rows past the tokenizer (vocabulary padding) are never generated. `static_cache` decodes with a
     static KV cache (compiled on GPU); prompts are then padded to a multiple of 64 to bound recompilation.
     """
-    g = cfg.generation
-    device, exempt, rows, extra, padding = _generation_setup(cfg, model, tok)
     gen = generation_config(cfg, model, tok)
 
-    def run(batch: list[dict]) -> list[str]:
-        inputs = _inputs(cfg, tok, batch, device)
-        start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
-        with _autocast(model, device):
-            out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
+    def step(inputs: dict, start: int, processors: list, extra: dict) -> list[str]:
+        out = model.generate(**inputs, generation_config=gen, logits_processor=processors, **extra)
         return decoding.decode(tok, out[:, start:])
 
-    return batched_generate(
-        [{"input_ids": f["input_ids"]} for f in features],
-        g.batch_size,
-        run,
-        progress,
-        max_tokens=g.max_tokens_per_batch,
-        new_tokens=g.max_new_tokens,
-    )
+    return _generate_batches(cfg, model, tok, features, progress, step)
 
 
 @torch.inference_mode()
@@ -347,28 +357,14 @@ def generate_candidates(
 ) -> tuple[list[str], list[list[dict]]]:
     """The summaries `generate` returns, and `generation.num_candidates` seeded samples per dialogue
     (ε-sampling by default), each {"text", "logprob", "tokens"}; token budgets count every sample."""
-    g = cfg.generation
-    device, exempt, rows, extra, padding = _generation_setup(cfg, model, tok)
     gen, cand = generation_config(cfg, model, tok), candidate_generation_config(cfg, model, tok)
     stops = stop_ids(cfg, tok, model)
 
-    def run(batch: list[dict]) -> list[tuple[str, list[dict]]]:
-        inputs = _inputs(cfg, tok, batch, device)
-        start = inputs["input_ids"].shape[1]
-        processors = decoding.logits_processors(g.no_repeat_ngram_size, exempt, rows, start=start) + padding
-        with _autocast(model, device):
-            return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops, start, **extra)
+    def step(inputs: dict, start: int, processors: list, extra: dict) -> list[tuple[str, list[dict]]]:
+        return decoding.draw_candidates(model, tok, inputs, gen, cand, processors, stops, start, **extra)
 
     with decoding.seeded(cfg.training.seed):
-        pairs = batched_generate(
-            [{"input_ids": f["input_ids"]} for f in features],
-            g.batch_size,
-            run,
-            progress,
-            max_tokens=g.max_tokens_per_batch,
-            new_tokens=g.max_new_tokens,
-            copies=g.num_candidates,
-        )
+        pairs = _generate_batches(cfg, model, tok, features, progress, step, copies=cfg.generation.num_candidates)
     return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 

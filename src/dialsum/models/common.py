@@ -6,10 +6,14 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from dialsum.config import GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +303,24 @@ def batched_generate(
         if progress is not None:
             progress.update(len(batch))
     return [o if o is not None else "" for o in out]
+
+
+def budgeted_generate(
+    features: Sequence[dict],
+    generation: GenerationConfig,
+    run: Callable[[list[dict]], list],
+    progress=None,
+    copies: int = 1,
+) -> list:
+    """`batched_generate` within a model's `generation` settings: at most `batch_size` rows and
+    `max_tokens_per_batch` tokens a batch, each row counted as its prompt plus `max_new_tokens`, `copies` times over.
+    """
+    return batched_generate(
+        features,
+        generation.batch_size,
+        run,
+        progress,
+        max_tokens=generation.max_tokens_per_batch,
+        new_tokens=generation.max_new_tokens,
+        copies=copies,
+    )

@@ -15,7 +15,7 @@ from dialsum.errors import ConfigError
 from dialsum.models import decoding, trained
 from dialsum.models.common import (
     add_placeholder_tokens,
-    batched_generate,
+    budgeted_generate,
     cut_targets,
     fit_embeddings,
     pad_batch,
@@ -140,9 +140,7 @@ def generate(cfg: EncoderDecoderConfig, model, tok, features: Sequence[dict], pr
         out = model.generate(**inputs, generation_config=gen, logits_processor=processors)
         return decoding.decode(tok, out)
 
-    return batched_generate(
-        features, g.batch_size, run, progress, max_tokens=g.max_tokens_per_batch, new_tokens=g.max_new_tokens
-    )
+    return budgeted_generate(features, g, run, progress)
 
 
 @torch.inference_mode()
@@ -165,15 +163,7 @@ def generate_candidates(
 
     copies = 1 if cfg.candidate_method == "beam" else g.num_candidates
     with decoding.seeded(cfg.training.seed):
-        pairs = batched_generate(
-            features,
-            g.batch_size,
-            run,
-            progress,
-            max_tokens=g.max_tokens_per_batch,
-            new_tokens=g.max_new_tokens,
-            copies=copies,
-        )
+        pairs = budgeted_generate(features, g, run, progress, copies)
     return [text for text, _ in pairs], [candidates for _, candidates in pairs]
 
 

@@ -35,15 +35,19 @@ class SplitStats:
 
 @dataclass
 class Report:
+    """One model's preflight: the settings checked, each split's statistics and the dev references' reachability."""
+
     model: str
-    type: str
+    type: str  # the model family
     tokenizer: str
-    input_setting: str
-    input_limit: int
+    input_setting: str  # the config key that limits the input...
+    input_limit: int  # ...and its value
     max_target_length: int
-    max_new_tokens: int
-    no_repeat: int
+    max_new_tokens: int  # generation.max_new_tokens
+    no_repeat: int  # generation.no_repeat_ngram_size
     splits: list[SplitStats] = field(default_factory=list)
+    # Dev references: how many, how many need more than max_new_tokens (and the longest, in tokens), how many the
+    # no-repeat rule blocks, and how many cannot be generated for either reason.
     references: int = 0
     too_long: int = 0
     longest: int = 0

@@ -125,28 +125,16 @@ def setup(
         )
         if next(model.parameters()).device.type != device().type:
             model.to(device())
-    if not distributed.is_main():  # data-parallel ranks other than 0 only train
-        return RunContext(
-            cfg,
-            fam,
-            model,
-            tok,
-            splits,
-            run_id,
-            work_dir,
-            data_hash,
-            Tracker(),
-            debug,
-            phases,
-            overrides=tuple(overrides),
-            base_commit=commit,
+    if distributed.is_main():
+        tracker = start_tracking(
+            cfg.model_dump(mode="json"),
+            f"{cfg.name}-{run_id}",
+            group or run_id,
+            get_settings().output_dir / run_id / "wandb",
         )
-    tracker = start_tracking(
-        cfg.model_dump(mode="json"),
-        f"{cfg.name}-{run_id}",
-        group or run_id,
-        get_settings().output_dir / run_id / "wandb",
-    )
+        dev_hash = dev_fingerprint(data_dir)
+    else:  # data-parallel ranks other than 0 only train: nothing to track, no dev set to fingerprint
+        tracker, dev_hash = Tracker(), None
     return RunContext(
         cfg,
         fam,
@@ -159,7 +147,7 @@ def setup(
         tracker,
         debug,
         phases,
-        dev_fingerprint(data_dir),
+        dev_hash,
         tuple(overrides),
         commit,
     )

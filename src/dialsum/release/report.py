@@ -108,20 +108,9 @@ def _score_bars(
         )
 
 
-def plot(
-    path: Path,
-    losses: dict[str, list[float]],
-    scores: dict[str, float],
-    champion_scores: dict[str, float] | None,
-    title: str,
-    intervals: dict[str, tuple[float, float]] | None = None,
-    champion_intervals: dict[str, tuple[float, float]] | None = None,
-    colors: dict[str, str] | None = None,
-) -> Path:
-    """Write the two-panel PNG to `path` and return it: loss curves, and dev scores (with 95% intervals where
-    per-row scores are known) on an axis zoomed to them."""
-    fig = figure(losses, scores, champion_scores, title, intervals, champion_intervals, colors)
-    return _save(fig, path)
+def plot(path: Path, *figure_args: Any, **figure_kwargs: Any) -> Path:
+    """Write `figure(*figure_args, **figure_kwargs)` to `path` as a PNG and return it."""
+    return _save(figure(*figure_args, **figure_kwargs), path)
 
 
 def figure(
@@ -133,7 +122,8 @@ def figure(
     champion_intervals: dict[str, tuple[float, float]] | None = None,
     colors: dict[str, str] | None = None,
 ):
-    """The report's matplotlib figure (see `plot`)."""
+    """The report's two-panel matplotlib figure: loss curves, and dev scores (with 95% intervals where per-row
+    scores are known) on an axis zoomed to them."""
     import matplotlib
 
     matplotlib.use("Agg")

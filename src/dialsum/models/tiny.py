@@ -71,18 +71,31 @@ def _train_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
     return fast
 
 
+# The config keys each architecture gives the spec's sizes: {config key: TinySpec field}.
+_BART_SIZES = {"d_model": "hidden_size", "max_position_embeddings": "max_positions"} | {
+    f"{side}_{key}": field
+    for side in ("encoder", "decoder")
+    for key, field in (("layers", "num_layers"), ("attention_heads", "num_heads"), ("ffn_dim", "intermediate_size"))
+}
+_DECODER_SIZES = dict(
+    hidden_size="hidden_size",
+    intermediate_size="intermediate_size",
+    max_position_embeddings="max_positions",
+    num_hidden_layers="num_layers",
+    num_attention_heads="num_heads",
+    num_key_value_heads="num_kv_heads",
+)
+
+
+def _sizes(spec: TinySpec, keys: dict[str, str]) -> dict[str, int]:
+    return {key: getattr(spec, field) for key, field in keys.items()}
+
+
 def _build_model(spec: TinySpec, tok: PreTrainedTokenizerFast):
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if spec.arch == "bart":
         config = BartConfig(
-            d_model=spec.hidden_size,
-            encoder_layers=spec.num_layers,
-            decoder_layers=spec.num_layers,
-            encoder_attention_heads=spec.num_heads,
-            decoder_attention_heads=spec.num_heads,
-            encoder_ffn_dim=spec.intermediate_size,
-            decoder_ffn_dim=spec.intermediate_size,
-            max_position_embeddings=spec.max_positions,
+            **_sizes(spec, _BART_SIZES),
             bos_token_id=tok.bos_token_id,
             decoder_start_token_id=tok.eos_token_id,
             forced_eos_token_id=tok.eos_token_id,
@@ -91,12 +104,7 @@ def _build_model(spec: TinySpec, tok: PreTrainedTokenizerFast):
         return BartForConditionalGeneration(config)
     cls_config, cls_model = (LlamaConfig, LlamaForCausalLM) if spec.arch == "llama" else (Qwen3Config, Qwen3ForCausalLM)
     config = cls_config(
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_positions,
+        **_sizes(spec, _DECODER_SIZES),
         head_dim=spec.hidden_size // spec.num_heads,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,

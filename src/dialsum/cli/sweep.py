@@ -140,6 +140,21 @@ def _placement_options(args: argparse.Namespace) -> dict:
     return {"target": args.target or "process", "num_gpus": args.gpus, "embedded": args.target is None}
 
 
+def _flow_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments `sweep` and `kfold` both pass to their flow: placement, data, storage and settings."""
+    placement = _placement_options(args)
+    return {
+        "parallel": args.parallel,
+        "data_dir": str(args.data) if args.data else None,
+        "storage_url": args.storage,
+        "debug": args.debug,
+        "seed": args.seed,
+        "overrides": args.overrides,
+        "poll_seconds": args.poll_seconds,
+        **placement,
+    }
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from dialsum.tuning.space import load_space
 
@@ -152,24 +167,11 @@ def _sweep(args: argparse.Namespace) -> int:
     if space:
         load_space(space, args.models, args.overrides)
     _check_data(args.data)
-    options = _placement_options(args)
+    options = _flow_options(args)
     from dialsum.orchestration.sweep import run_embedded
     from dialsum.tuning.outputs import format_table
 
-    summary = run_embedded(
-        args.models,
-        space=space,
-        trials=args.trials,
-        parallel=args.parallel,
-        study=args.study,
-        data_dir=str(args.data) if args.data else None,
-        storage_url=args.storage,
-        debug=args.debug,
-        seed=args.seed,
-        overrides=args.overrides,
-        poll_seconds=args.poll_seconds,
-        **options,
-    )
+    summary = run_embedded(args.models, space=space, trials=args.trials, study=args.study, **options)
     if summary.get("status") == "stopped":
         lines = [f"trial {t['trial']} ({t['run_id']}): {t['where']}" for t in summary["stopped"]]
         return _print_stopped(lines, ["sweep", "--study", summary["study"], "--trials", str(args.trials)], args)
@@ -191,22 +193,10 @@ def _kfold(args: argparse.Namespace) -> int:
         raise DialsumError(f"--k must be at least 2, got {args.k}")
     load_model_config(args.models, args.overrides)
     _check_data(args.data)
-    options = _placement_options(args)
+    options = _flow_options(args)
     from dialsum.orchestration.kfold import format_summary, run_embedded
 
-    summary = run_embedded(
-        args.models,
-        k=args.k,
-        parallel=args.parallel,
-        run_id=args.run_id,
-        data_dir=str(args.data) if args.data else None,
-        storage_url=args.storage,
-        debug=args.debug,
-        seed=args.seed,
-        overrides=args.overrides,
-        poll_seconds=args.poll_seconds,
-        **options,
-    )
+    summary = run_embedded(args.models, k=args.k, run_id=args.run_id, **options)
     if summary.get("status") == "stopped":
         lines = [f"{run_id}: {where}" for run_id, where in summary["stopped"].items()]
         return _print_stopped(lines, ["kfold", "--k", str(args.k), "--run-id", summary["run_id"]], args)

@@ -109,15 +109,9 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = run_model(
                 args.models[0],
-                run_id=args.run_id,
                 data_dir=checks.fetched(args.data),
-                debug=args.debug,
-                eval_before=args.eval_before,
-                storage_url=args.storage,
-                force=args.force,
-                resume=bool(args.resume),
-                overrides=args.overrides,
                 store=checks.opened_storage(args),
+                **_run_options(args),
             )
         except stop.Interrupted as exc:
             return _print_interrupted(args, names[0], exc)
@@ -125,6 +119,19 @@ def _train(args: argparse.Namespace) -> int:
         row = ModelRow.published(result.metrics["model"], result.metrics, result.location, status=result.status)
         print(format_table([row]))
     return 0
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The options `train` and `train-all` both pass on to the run: its id, how it trains, where it publishes."""
+    return {
+        "run_id": args.run_id,
+        "debug": args.debug,
+        "eval_before": args.eval_before,
+        "storage_url": args.storage,
+        "force": args.force,
+        "resume": bool(args.resume),
+        "overrides": args.overrides,
+    }
 
 
 def _print_interrupted(args: argparse.Namespace, name: str, exc: stop.Interrupted) -> int:
@@ -184,15 +191,9 @@ def _train_all(args: argparse.Namespace) -> int:
         summary = run_embedded(
             args.models,
             data_dir=args.data,
-            debug=args.debug,
-            storage_url=args.storage,
-            run_id=args.run_id,
-            eval_before=args.eval_before,
             promote=args.promote,
             margin=args.margin,
-            force=args.force,
-            resume=bool(args.resume),
-            overrides=args.overrides,
+            **_run_options(args),
         )
     summary = TrainAllSummary.from_dict(summary)
     if summary.status == "stopped":

@@ -14,11 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import prefect
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import get_current_settings
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings, temporary_settings
 
 from dialsum.engine import lifeline
 from dialsum.state import stop
@@ -80,3 +83,13 @@ def start() -> None:
     if not server.running:
         server.start()
         stop.at_hard_exit(server.stop)
+
+
+@contextmanager
+def embedded(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An embedded command's flow run: reporting to `PREFECT_API_URL` or the temporary API (`start`), stopped
+    cooperatively by Ctrl-C or SIGTERM (`stop.cooperative`). Yields the flow's `options` with paths as strings."""
+    options = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
+        start()
+        yield options

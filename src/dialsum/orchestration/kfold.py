@@ -20,7 +20,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
 from dialsum import storage
 from dialsum.data import load_splits, sample_dir
@@ -183,9 +182,7 @@ def run_embedded(model: str, **options: Any) -> dict[str, Any]:
     """Run `kfold` in this process (reporting to `PREFECT_API_URL` or a temporary local API, `api`); returns the
     summary also when folds failed (its `failed` says which), or was stopped by Ctrl-C or SIGTERM (its `status` is
     "stopped", its `stopped` naming each interrupted fold: the same run id continues them)."""
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
-        api.start()
+    with api.embedded(options) as options:
         try:
             return kfold(model, **options)
         except FoldsFailed as exc:

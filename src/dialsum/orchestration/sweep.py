@@ -22,7 +22,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
 from dialsum import storage
 from dialsum.errors import ConfigError
@@ -201,7 +200,5 @@ def run_embedded(model: str, **options: Any) -> dict[str, Any]:
     """Run `sweep` in this process, reporting to `PREFECT_API_URL` when set, else to a temporary local Prefect API
     (`api`). After Ctrl-C or SIGTERM the running trials stop at their next step and the summary's `status` is
     "stopped", its `stopped` naming each interrupted trial; the same study continues them."""
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
-        api.start()
+    with api.embedded(options) as options:
         return sweep(model, **options)

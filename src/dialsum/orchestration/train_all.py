@@ -26,7 +26,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field
@@ -404,9 +403,7 @@ def run_embedded(models: list[str], **options: Any) -> dict[str, Any]:
     report while they stop. Returns the flow's summary (`run_id`, `rows`, `ensemble`, `status`) also when some
     models failed or the run was stopped; their rows say so.
     """
-    options = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}), stop.cooperative():
-        api.start()
+    with api.embedded(options) as options:
         try:
             state = train_all(models, embedded=True, return_state=True, **options)
         except ModelsFailed as exc:

@@ -135,29 +135,19 @@ def train_model(
         stop.as_child()
     send_to_prefect()
     try:
+        options = {
+            "run_id": run_id,
+            "data_dir": datasource.resolve(data_dir),
+            "debug": debug,
+            "eval_before": eval_before,
+            "storage_url": storage_url,
+            "overrides": overrides or (),
+        }
         if gpus > 1:
-            result = pipeline_module().run_model_on_gpus(
-                model,
-                gpus,
-                run_id=run_id,
-                data_dir=datasource.resolve(data_dir),
-                debug=debug,
-                eval_before=eval_before,
-                storage_url=storage_url,
-                overrides=overrides or (),
-            )
+            result = pipeline_module().run_model_on_gpus(model, gpus, **options)
         else:
-            result = pipeline_module().run_model(
-                model,
-                run_id=run_id,
-                data_dir=datasource.resolve(data_dir),
-                debug=debug,
-                eval_before=eval_before,
-                storage_url=storage_url,
-                group=group,
-                overrides=overrides or (),
-                lease_wait=get_settings().lease_seconds * 1.25,
-            )
+            lease_wait = get_settings().lease_seconds * 1.25
+            result = pipeline_module().run_model(model, group=group, lease_wait=lease_wait, **options)
     except PERMANENT_ERRORS:
         _skip_retries()
         raise

@@ -35,11 +35,13 @@ MODELS = ["tiny-bart", "tiny-llama", "tiny-qwen3"]
 VICTIM = "tiny-llama"
 BUCKET = "dialsum"
 PREFIX = "runs"
-KEYS = {
-    "AWS_ACCESS_KEY_ID": "container-test",
-    "AWS_SECRET_ACCESS_KEY": "container-test-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+# Throwaway keys of the S3 server this test starts in its own network (never a real account).
+KEYS = dict(
+    zip(
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"),
+        ("container-test", "container-test-key", "us-east-1"),
+    )
+)
 TIMEOUT = 900
 
 

@@ -26,8 +26,8 @@ lint: setup  ## ruff format and ruff check (settings in pyproject.toml), then th
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: lint  ## lint, then the whole test suite (what CI runs)
-	$(VENV)/bin/pytest -q --durations=20
+test: lint  ## lint, then the whole test suite in two worker processes (what CI runs)
+	$(VENV)/bin/pytest -q -n 2 --durations=20
 
 test-fast: lint  ## lint, then the unit tests: no Prefect server, no end-to-end training, no journeys
 	$(VENV)/bin/pytest -q -m "not slow and not server"

@@ -26,12 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote = commands.add_parser("promote", help="make a published run the champion if it beats the current one")
     promote.add_argument("run", metavar="RUN_ID", help="a run id (its ensemble) or RUN_ID/MODEL for one model")
     promote.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
-    promote.add_argument(
-        "--margin",
-        type=float,
-        default=0.0,
-        help="promote only when the 95%% lower bound of its paired dev-score gain is above this (default 0)",
-    )
+    add_margin_arg(promote, registry.PROMOTION_CONFIDENCE, "its")
     promote.add_argument(
         "--data",
         help="dev data folder or storage URL: both runs' saved dev predictions are "
@@ -43,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rollback = commands.add_parser("rollback", help="restore the champion the current one replaced")
     _storage_arg(rollback)
     rollback.set_defaults(func=_rollback)
+
+
+def add_margin_arg(parser: argparse.ArgumentParser, confidence: float, whose: str) -> None:
+    """`--margin`: the paired dev-score gain over the champion must have its lower bound (at `confidence`) above it."""
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help=f"promote only when the {confidence:.0%}% lower bound of {whose} paired dev-score gain over the "
+        "champion is above this (default 0)",
+    )
 
 
 def _storage_arg(parser: argparse.ArgumentParser) -> None:

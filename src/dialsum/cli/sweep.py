@@ -46,6 +46,13 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _add_fanout(sub, name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A command that fans out train-model children of one model (`sweep`, `kfold`), with their shared options."""
+    p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+    _add_common(p)
+    return p
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, metavar="MODEL", help="config stem in configs/models/ or a YAML path")
     p.add_argument(
@@ -74,14 +81,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = _add_fanout(
+        sub,
         "sweep",
-        help="an Optuna study over one model's config, one train-model child per trial",
-        description="Search a model's config keys with Optuna (TPE, pruned on the evaluation curve).",
-        epilog=SWEEP_EXAMPLE,
-        formatter_class=_formatter,
+        "an Optuna study over one model's config, one train-model child per trial",
+        "Search a model's config keys with Optuna (TPE, pruned on the evaluation curve).",
+        SWEEP_EXAMPLE,
     )
-    _add_common(p)
     p.add_argument(
         "--space", type=Path, help="search-space YAML (configs/sweeps/*.yaml); not needed to continue a study"
     )
@@ -89,15 +95,14 @@ def register(sub) -> None:
     p.add_argument("--study", help="study name: continue it if it exists in the storage (default: model and time)")
     p.set_defaults(func=_sweep)
 
-    p = sub.add_parser(
+    p = _add_fanout(
+        sub,
         "kfold",
-        help="K-fold cross-validation: one child per fold, OOF predictions, fold ensemble",
-        description="Train one child per fold of train.csv (stratified by dialogue length, grouped "
-        "by a `group` column when present) and score the out-of-fold predictions.",
-        epilog=KFOLD_EXAMPLE,
-        formatter_class=_formatter,
+        "K-fold cross-validation: one child per fold, OOF predictions, fold ensemble",
+        "Train one child per fold of train.csv (stratified by dialogue length, grouped by a `group` column "
+        "when present) and score the out-of-fold predictions.",
+        KFOLD_EXAMPLE,
     )
-    _add_common(p)
     p.add_argument("--k", type=int, default=5, help="folds (default 5)")
     p.add_argument("--run-id", help="K-fold run id (default: time-based); the same id continues it")
     p.set_defaults(func=_kfold)

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from dialsum.cli import checks, resume
+from dialsum.cli.champion import add_margin_arg
 from dialsum.cli.profiles import add_override_args
 from dialsum.errors import DialsumError
 from dialsum.pipeline.result import ModelRow, TrainAllSummary, rows_of
+from dialsum.release.registry import NIGHTLY_CONFIDENCE
 from dialsum.state import stop
 
 
@@ -63,13 +65,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default="never",
         help="make the run's ensemble the champion: never (default), if-better, always",
     )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=0.0,
-        help="if-better: the 99%% lower bound of the ensemble's paired dev-score gain over the champion "
-        "must be above this (default 0)",
-    )
+    add_margin_arg(p, NIGHTLY_CONFIDENCE, "the ensemble's")
     add_override_args(p)
 
 

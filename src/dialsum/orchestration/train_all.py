@@ -176,12 +176,12 @@ class TrainAllRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     models: list[str] = Field(description="config stems in configs/models/ or YAML paths, each once")
-    run_id: str = Field(description="the run's id; its children publish under it")
     target: str = Field("process", description="where children run: a placement target (`placement`)")
     num_gpus: int | None = Field(None, description="GPUs to spread the children over (default: the target's)")
     data_dir: str | None = Field(None, description="a data folder or storage URL (default: the bundled sample)")
     storage_url: str | None = Field(None, description="where to publish (default DIALSUM_STORAGE_URL)")
     debug: bool = Field(False, description="a few steps on a small slice")
+    run_id: str = Field(description="the run's id; its children publish under it")
     eval_before: bool = Field(False, description="also score each untrained model on dev")
     embedded: bool = Field(False, description="run the children in this process, one at a time")
     crash_relaunches: int = Field(CRASH_RELAUNCHES, description="relaunches of a child that ends Crashed")
@@ -228,28 +228,14 @@ def train_all(
     (embedded), children stop at their next safe point, none starts, and the run ends Cancelled with one row
     per model saying where it stopped, without ensemble.
     """
+    parameters = dict(locals())  # first: exactly the flow's parameters, which the request holds
     stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does, not Prefect's engine at once
     check_models(models)
     check_policy(promote)
     tracking.check_report_folder()
     send_to_prefect()
-    request = TrainAllRequest(
-        models=models,
-        run_id=run_id or storage.new_run_id(),
-        target=target,
-        num_gpus=num_gpus,
-        data_dir=data_dir,
-        storage_url=storage_url,
-        debug=debug,
-        eval_before=eval_before,
-        embedded=embedded,
-        crash_relaunches=crash_relaunches,
-        promote=promote,
-        margin=margin,
-        force=force,
-        gpus_per_model=gpus_per_model,
-        overrides=list(overrides or []),
-        resume=resume,
+    request = TrainAllRequest.model_validate(
+        {**parameters, "run_id": run_id or storage.new_run_id(), "overrides": list(overrides or [])}
     )
     stop.continue_with(f"--resume {request.run_id}")
     summary = run_request(request)

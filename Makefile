@@ -9,10 +9,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup lint demo test test-fast bench image-test container-test clean
 
+# Bytecode as pip would write it, but on every core (PYTHONDONTWRITEBYTECODE may keep imports from writing it);
+# like pip, it passes over the files some packages ship for newer Pythons.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $@
 
 setup: $(STAMP)

@@ -1,7 +1,7 @@
 """SIGTERM stops a command as the first Ctrl-C does; Ctrl-C and SIGTERM stop a sweep's trials without using up
 its budget; and nothing a command starts (the temporary Prefect API, local children, their helpers) outlives
-it, `kill -9` included. Every command here is embedded: the stopped ones start their own temporary Prefect API,
-the runs that finish them report to the session's server."""
+it, `kill -9` included. Every command here is embedded: the stopped ones start their own temporary Prefect API
+(on an already migrated database, `migrated_home`), the runs that finish them report to the session's server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.prefect_server import migrated_home
 
 from dialsum.data import sample_dir
 
@@ -29,7 +30,7 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
         | {
             "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
             "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
-            "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_HOME": str(migrated_home(tmp_path / "prefect")),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "WANDB_MODE": "disabled",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
@@ -230,11 +231,11 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
             "--space",
             space,
             "--trials",
-            "4",
+            "3",
             "--parallel",
             "2",
             "--study",
-            "s4",
+            "s3",
             "--debug",
             "--data",
             data,
@@ -251,9 +252,9 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
     assert first.returncode == 130 and took <= 15, f"exit {first.returncode} after {took:.1f} s\n{output[-4000:]}"
     for noise in ("Traceback", "ConnectError", "Error logging to API", "Crash detected"):
         assert noise not in output, f"{noise!r}:\n{output[-4000:]}"
-    assert re.search(r"^dialsum: trial \d \(s4-t\d{4}\): .*stopped", output, re.M), output[-3000:]
+    assert re.search(r"^dialsum: trial \d \(s3-t\d{4}\): .*stopped", output, re.M), output[-3000:]
     command = re.search(r"^dialsum: stopped; continue with: (dialsum sweep .*)$", output, re.M)
-    assert command and "--study s4 --trials 4" in command.group(1), output[-3000:]
+    assert command and "--study s3 --trials 3" in command.group(1), output[-3000:]
 
     argv = command.group(1).split()
     rest = subprocess.run(
@@ -265,6 +266,6 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
         cwd=tmp_path,
     )
     assert rest.returncode == 0, (rest.stdout + rest.stderr)[-4000:]
-    trials = (tmp_path / "store" / "sweeps" / "s4" / "trials.csv").read_text().strip().splitlines()
-    assert len(trials) == 1 + 4, trials
+    trials = (tmp_path / "store" / "sweeps" / "s3" / "trials.csv").read_text().strip().splitlines()
+    assert len(trials) == 1 + 3, trials
     assert not [row for row in trials[1:] if ",fail" in row.lower()], trials

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.prefect_server import migrated_home
 
 from dialsum import metric
 from dialsum.data import holdout, load_splits
@@ -35,7 +36,7 @@ def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
         "DIALSUM_CONFIG_DIR": str(REPO / "configs"),
         "DIALSUM_CHOICE_AUDIT_FILE": str(log),
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(migrated_home(tmp_path / "prefect")),
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.chat_server import ChatServer
+from support.prefect_server import migrated_home
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 PLANTED = "sk-planted-9f8e7d6c5b4a3210"
@@ -42,7 +43,7 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
         | {
             "DIALSUM_OUTPUT_DIR": str(tmp_path / "outputs"),
             "DIALSUM_STORAGE_URL": str(tmp_path / "store"),
-            "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_HOME": str(migrated_home(tmp_path / "prefect")),
         }
         | extra
     )

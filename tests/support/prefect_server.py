@@ -12,12 +12,19 @@ Fixtures (registered from tests/conftest.py):
 * `prefect_api`: the same server for this process's Prefect client and for subprocesses that inherit
   `os.environ`, so an embedded command reports there instead of starting a temporary server of its own.
 
+`migrated_home(path)` makes `path` a PREFECT_HOME whose database is already at Prefect's head revision, copied
+from one database migrated per test session: a server started there skips the migrations (about 6 s of CPU each).
+The commands of `tests/cli/test_interrupt.py` still start theirs on an empty PREFECT_HOME, as a new user's first
+command does.
+
 A test that uses any of them is marked `server`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +51,8 @@ from support.processes import REPO, start_group, stop_group
 from support.s3_server import free_port
 
 SERVER_FIXTURES = {"prefect_session_server", "prefect_server", "prefect_api"}
+DATABASE = "prefect.db"
+_session_root: list[Path] = []  # the session's temp root, shared by xdist workers (`_record_session_root`)
 UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
 
@@ -120,6 +129,36 @@ def delete_runs(api_url: str, ids: set[Any]) -> None:
             client.delete_flow_run(flow_run_id)
 
 
+def migrated_database() -> Path:
+    """The session's empty Prefect database at head revision: made once (`prefect server database upgrade`) by
+    whichever test process asks first, under a lock the other workers wait on."""
+    folder = _session_root[0] / "prefect-migrated"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / DATABASE).is_file():
+            home = folder / "making"
+            shutil.rmtree(home, ignore_errors=True)
+            prefect("server", "database", "upgrade", "-y", env=base_env(home), timeout=300)
+            os.replace(home / DATABASE, folder / DATABASE)
+    return folder / DATABASE
+
+
+def migrated_home(home: Path) -> Path:
+    """`home` as a PREFECT_HOME holding a copy of the migrated database (`migrated_database`), unless it has a
+    database already."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / DATABASE).exists():
+        shutil.copyfile(migrated_database(), home / DATABASE)
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_session_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp()
+    _session_root[:] = [base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the session's server is marked `server` (`make test-fast` leaves it out)."""
     for item in items:
@@ -132,7 +171,8 @@ def prefect_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The session's Prefect server; started on first use, stopped when the session ends."""
     folder = tmp_path_factory.mktemp("prefect-server")
     port, log = free_port(), folder / "server.log"
-    env = base_env(folder / "home") | {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no nightly runs
+    # its scheduler off: the nightly deployment's cron creates no runs
+    env = base_env(migrated_home(folder / "home")) | {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     process = start_group(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
     )

@@ -165,10 +165,11 @@ def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_
 def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path: Path) -> None:
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
     space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
-    argv, ready = {
+    # what runs once the command is ready: the children it runs at once (one at a time in multi_model) all train
+    argv, children = {
         "multi_model": (
             dialsum("train", "--mode", "multi_model", "--models", profile, "tiny-qwen3", "--debug", "--data", data),
-            "eval at step 1",
+            1,
         ),
         "sweep": (
             dialsum(
@@ -187,7 +188,7 @@ def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path
                 "--poll-seconds",
                 "0.5",
             ),
-            "eval at step 1",
+            2,
         ),
         "kfold": (
             dialsum(
@@ -204,12 +205,12 @@ def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path
                 "--poll-seconds",
                 "0.5",
             ),
-            "eval at step 1",
+            2,
         ),
     }[command]
     log = tmp_path / "command.log"
     process = start(argv, tmp_path, log)
-    wait_for(process, log, ready)
+    wait_for(process, log, "eval at step 1", count=children)
     started = descendants(process.pid)
     assert started
     process.send_signal(signal.SIGKILL)

@@ -177,14 +177,20 @@ def write_result(
     goal: str,
     details: dict | None = None,
     out_dir: Path | None = None,
-) -> Path:
+) -> None:
+    """Print the result and write it to `out_dir` (default bench/results/; in smoke mode a folder removed at once)."""
     result = {"name": name, "unit": unit, "ours": ours, "baseline": baseline, "ratio": ratio, "goal": goal}
     if details:
         result["details"] = details
-    if SMOKE and out_dir is None:
-        out_dir = Path(tempfile.mkdtemp(prefix=f"dialsum-bench-smoke-{name}-"))
-    path = Path(out_dir or RESULTS) / f"{name}.json"
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if SMOKE and out_dir is None:  # the write is exercised, bench/results/ is left alone, nothing stays behind
+        with tempfile.TemporaryDirectory(prefix=f"dialsum-bench-smoke-{name}-") as tmp:
+            _write(Path(tmp) / f"{name}.json", text)
+    else:
+        _write(Path(out_dir or RESULTS) / f"{name}.json", text)
+    print(text)
+
+
+def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return path
+    path.write_text(text + "\n", encoding="utf-8")

@@ -19,7 +19,6 @@ import argparse
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -123,7 +122,6 @@ def main() -> None:
     baseline = base_seconds / len(sample) * len(groups)
     n = size["candidates"]
     distinct = sum(len(set(g)) for g in groups)
-    out_dir = Path(tempfile.mkdtemp(prefix="mbr-speed-")) if args.smoke else None
     write_result(
         "mbr_speed",
         "seconds",
@@ -150,7 +148,6 @@ def main() -> None:
             "load_average_1_5_15_at_start": [round(x, 2) for x in load],
             "cpu_count": os.cpu_count(),
         },
-        out_dir=out_dir,
     )
 
 

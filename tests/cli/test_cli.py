@@ -71,10 +71,12 @@ def test_gpus_relaunches_one_model_under_one_run_id(monkeypatch, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path):
-    env = {"DIALSUM_STORAGE_URL": f"s3://{s3_bucket}/nightly", "DIALSUM_OUTPUT_DIR": str(tmp_path / "out")}
-    proc = _run(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"], env=env)
-    assert proc.returncode == 0, proc.stderr
+def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, tmp_path, monkeypatch, capsys):
+    from dialsum.cli.main import main
+
+    monkeypatch.setenv("DIALSUM_STORAGE_URL", f"s3://{s3_bucket}/nightly")
+    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(tmp_path / "out"))
+    assert main(["train", "--mode", "single", "--models", "tiny-bart", "--debug", "--run-id", "ci-debug"]) == 0
     client = s3_client(moto_server.endpoint)
     manifest = json.loads(
         client.get_object(Bucket=s3_bucket, Key="nightly/ci-debug/tiny-bart/manifest.json")["Body"].read()
@@ -84,32 +86,23 @@ def test_train_debug_publishes_verified_manifest_to_s3(s3_bucket, moto_server, t
     for entry in files:
         body = client.get_object(Bucket=s3_bucket, Key=f"nightly/ci-debug/tiny-bart/{entry['path']}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
-    listing = _run(["artifacts", "ls", f"s3://{s3_bucket}/nightly"], env=env)
-    assert listing.returncode == 0 and "ci-debug" in listing.stdout and "tiny-bart" in listing.stdout
+    capsys.readouterr()
+    assert main(["artifacts", "ls", f"s3://{s3_bucket}/nightly"]) == 0
+    listing = capsys.readouterr().out
+    assert "ci-debug" in listing and "tiny-bart" in listing
 
 
 @pytest.mark.slow
-def test_predict_and_evaluate_from_a_run_folder(tmp_path):
+def test_predict_and_evaluate_from_a_run_folder(tmp_path, monkeypatch, capsys):
+    """In this process (`main`, as `dialsum` runs it); the journeys predict from a run folder in a fresh one."""
+    from dialsum.cli.main import main
+    from dialsum.data import sample_dir
+
     out = tmp_path / "out"
-    env = {"DIALSUM_OUTPUT_DIR": str(out), "DIALSUM_STORAGE_URL": str(tmp_path / "store")}
-    assert (
-        _run(
-            [
-                "train",
-                "--models",
-                "tiny-bart",
-                "--debug",
-                "--run-id",
-                "r1",
-                "--set",
-                "training.learning_rate=0.01",
-                "--set",
-                "generation.max_new_tokens=40",
-            ],
-            env=env,
-        ).returncode
-        == 0
-    )
+    monkeypatch.setenv("DIALSUM_OUTPUT_DIR", str(out))
+    monkeypatch.setenv("DIALSUM_STORAGE_URL", str(tmp_path / "store"))
+    train = ["train", "--models", "tiny-bart", "--debug", "--run-id", "r1"]
+    assert main([*train, "--set", "training.learning_rate=0.01", "--set", "generation.max_new_tokens=40"]) == 0
     run_dir = out / "r1" / "tiny-bart"
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert (recorded["training"]["learning_rate"], recorded["generation"]["max_new_tokens"]) == (0.01, 40)
@@ -118,39 +111,22 @@ def test_predict_and_evaluate_from_a_run_folder(tmp_path):
     own = {p: p.read_bytes() for p in (run_dir / "predictions").iterdir()}
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
     for expected in ("predict-r1-tiny-bart", "predict-r1-tiny-bart-2"):  # a new folder each time, never the run's
-        proc = subprocess.run(
-            [sys.executable, "-m", "dialsum.cli", "predict", "--run", str(run_dir)],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, **env},
-        )
-        assert proc.returncode == 0, proc.stderr
+        assert main(["predict", "--run", str(run_dir)]) == 0
+        stdout = capsys.readouterr().out
         assert (cwd / expected / "predictions" / "test.csv").is_file()
-        assert proc.stdout.splitlines()[0].split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
-        assert proc.stdout.splitlines()[-1].endswith(f"{expected}/predictions")
+        assert stdout.splitlines()[0].split() == ["rows", "rouge1", "rouge2", "rougeL", "score"]
+        assert stdout.splitlines()[-1].endswith(f"{expected}/predictions")
     assert {p: p.read_bytes() for p in (run_dir / "predictions").iterdir()} == own
-    refused = _run(["predict", "--run", str(run_dir), "--out", str(run_dir / "again")], env=env)
-    assert refused.returncode == 2 and "never writes over a run's own files" in refused.stderr
-    proc = _run(["predict", "--run", "r1/tiny-bart", "--out", str(tmp_path / "p"), "--json"], env=env)  # published
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["run"] == "r1/tiny-bart"
-    from dialsum.data import sample_dir
-
-    proc = _run(
-        [
-            "evaluate",
-            "--predictions",
-            str(tmp_path / "p" / "predictions" / "dev.csv"),
-            "--references",
-            str(sample_dir() / "dev.csv"),
-            "--json",
-        ]
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) == {"rouge1", "rouge2", "rougeL", "score", "rows"}
+    assert main(["predict", "--run", str(run_dir), "--out", str(run_dir / "again")]) == 2
+    assert "never writes over a run's own files" in capsys.readouterr().err
+    assert main(["predict", "--run", "r1/tiny-bart", "--out", str(tmp_path / "p"), "--json"]) == 0  # published
+    assert json.loads(capsys.readouterr().out)["run"] == "r1/tiny-bart"
+    dev = tmp_path / "p" / "predictions" / "dev.csv"
+    assert main(["evaluate", "--predictions", str(dev), "--references", str(sample_dir() / "dev.csv"), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"rouge1", "rouge2", "rougeL", "score", "rows"}
 
 
 def test_format_table_aligns_columns_and_says_which_rows_scores_cover():

@@ -18,8 +18,10 @@ import pytest
 from support.prefect_server import migrated_home
 
 from dialsum.data import sample_dir
+from dialsum.engine import lifeline
 
 REPO = Path(__file__).resolve().parents[2]
+SPACE = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
 pytestmark = pytest.mark.slow
 
 
@@ -41,6 +43,11 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def dialsum(*args: str) -> list[str]:
     return [sys.executable, "-m", "dialsum.cli", *args]
+
+
+def fan_out(command: str, profile: str, data: str, *options: str) -> list[str]:
+    """`dialsum sweep` or `dialsum kfold` of `profile` on `data` with `options`, its children polled every 0.5 s."""
+    return dialsum(command, "--models", profile, *options, "--debug", "--data", data, "--poll-seconds", "0.5")
 
 
 def small_data(folder: Path) -> Path:
@@ -164,88 +171,33 @@ def test_sigterm_stops_a_multi_model_run_as_ctrl_c_does_and_resume_finishes(tmp_
 @pytest.mark.parametrize("command", ["multi_model", "sweep", "kfold"])
 def test_kill_9_of_a_command_leaves_no_process_it_started(command: str, tmp_path: Path) -> None:
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
-    space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
-    # what runs once the command is ready: the children it runs at once (one at a time in multi_model) all train
-    argv, children = {
-        "multi_model": (
-            dialsum("train", "--mode", "multi_model", "--models", profile, "tiny-qwen3", "--debug", "--data", data),
-            1,
+    # the command is killed once its child trains (one at a time: a second child adds time, not coverage)
+    argv = {
+        "multi_model": dialsum(
+            "train", "--mode", "multi_model", "--models", profile, "tiny-qwen3", "--debug", "--data", data
         ),
-        "sweep": (
-            dialsum(
-                "sweep",
-                "--models",
-                profile,
-                "--space",
-                space,
-                "--trials",
-                "2",
-                "--parallel",
-                "2",
-                "--debug",
-                "--data",
-                data,
-                "--poll-seconds",
-                "0.5",
-            ),
-            2,
-        ),
-        "kfold": (
-            dialsum(
-                "kfold",
-                "--models",
-                profile,
-                "--k",
-                "2",
-                "--parallel",
-                "2",
-                "--debug",
-                "--data",
-                data,
-                "--poll-seconds",
-                "0.5",
-            ),
-            2,
-        ),
+        "sweep": fan_out("sweep", profile, data, "--space", SPACE, "--trials", "2"),
+        "kfold": fan_out("kfold", profile, data, "--k", "2"),
     }[command]
     log = tmp_path / "command.log"
     process = start(argv, tmp_path, log)
-    wait_for(process, log, "eval at step 1", count=children)
+    wait_for(process, log, "eval at step 1")
     started = descendants(process.pid)
     assert started
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert_all_gone(started, 10)
+    # a child notices within a poll, or after the C call that holds its interpreter lock (Kiwi loading: seconds
+    # under load), then ends within its grace period
+    assert_all_gone(started, lifeline.GRACE_SECONDS + 10)
 
 
 def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes_it(
     tmp_path: Path, prefect_api: str
 ) -> None:
     data, profile = str(small_data(tmp_path / "data")), str(trial_profile(tmp_path))
-    space = str(REPO / "configs" / "sweeps" / "tiny-bart.yaml")
     log = tmp_path / "sweep.log"
-    first = start(
-        dialsum(
-            "sweep",
-            "--models",
-            profile,
-            "--space",
-            space,
-            "--trials",
-            "3",
-            "--parallel",
-            "2",
-            "--study",
-            "s3",
-            "--debug",
-            "--data",
-            data,
-            "--poll-seconds",
-            "0.5",
-        ),
-        tmp_path,
-        log,
-    )
+    sweep = fan_out("sweep", profile, data, "--space", SPACE, "--trials", "2", "--parallel", "2", "--study", "s3")
+    first = start(sweep, tmp_path, log)
     wait_for(first, log, r"eval at step 1", count=2)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole process group
     took = wait_ended(first, 15)
@@ -255,7 +207,7 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
         assert noise not in output, f"{noise!r}:\n{output[-4000:]}"
     assert re.search(r"^dialsum: trial \d \(s3-t\d{4}\): .*stopped", output, re.M), output[-3000:]
     command = re.search(r"^dialsum: stopped; continue with: (dialsum sweep .*)$", output, re.M)
-    assert command and "--study s3 --trials 3" in command.group(1), output[-3000:]
+    assert command and "--study s3 --trials 2" in command.group(1), output[-3000:]
 
     argv = command.group(1).split()
     rest = subprocess.run(
@@ -268,5 +220,5 @@ def test_ctrl_c_stops_a_sweep_within_its_budget_and_the_printed_command_finishes
     )
     assert rest.returncode == 0, (rest.stdout + rest.stderr)[-4000:]
     trials = (tmp_path / "store" / "sweeps" / "s3" / "trials.csv").read_text().strip().splitlines()
-    assert len(trials) == 1 + 3, trials
+    assert len(trials) == 1 + 2, trials
     assert not [row for row in trials[1:] if ",fail" in row.lower()], trials

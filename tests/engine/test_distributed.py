@@ -130,14 +130,16 @@ def test_gather_shards_restores_row_order_over_uneven_ranks(monkeypatch):
 
 def test_shard_and_launch_command():
     assert distributed.shard([5, 6, 7]) == [5, 6, 7] and distributed.world_size() == 1
-    cmd = distributed.launch_command(["train", "--models", "kobart"], 2)
+    cmd = distributed.launch_command(["train", "--models", "kobart"], 2, "/tmp/logs")
     if torch.cuda.is_available():
         assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+        assert cmd[cmd.index("--log_dir") + 1] == "/tmp/logs"
     else:  # accelerate's CPU launcher starts a single process
         assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nproc-per-node") + 1] == "2"
+        assert cmd[cmd.index("--log-dir") + 1] == "/tmp/logs"
     assert cmd[-5:] == ["-m", "dialsum.cli", "train", "--models", "kobart"]
     with pytest.raises(Exception, match="at least 2"):
-        distributed.launch_command(["train"], 1)
+        distributed.launch_command(["train"], 1, "/tmp/logs")
 
 
 def test_the_ranks_get_omp_num_threads_so_the_launcher_prints_no_banner(monkeypatch):

@@ -70,3 +70,19 @@ def test_without_a_dialsum_parent_nothing_is_watched(monkeypatch) -> None:
         "uvicorn",
         "x",
     ]
+
+
+def test_the_grace_period_ends_a_process_whose_interpreter_lock_is_held() -> None:
+    """After its grace period the lifeline exits through the kernel (SIGALRM), not through Python: a main thread in
+    C code that keeps the interpreter lock (as Kiwi does while it loads) cannot hold the exit back."""
+    code = (
+        "import signal, threading, time\n"
+        "from dialsum.engine import lifeline\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "threading.Thread(target=lifeline._end, args=(1.0,), daemon=True).start()\n"
+        "time.sleep(0.3)\n"
+        "sum(range(10**12))  # C code that holds the interpreter lock for many minutes\n"
+    )
+    started = time.monotonic()
+    process = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert process.returncode == -signal.SIGALRM and time.monotonic() - started < 30

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,10 +202,14 @@ def test_champion(profile, shared, journey_data, journey_bucket, tmp_path):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_two_gpus_on_gloo(profile, standins, journey_data, tmp_path):
+def test_two_gpus_on_gloo(profile, standins, journey_data, tmp_path, monkeypatch):
     from dialsum.pipeline import run_model
 
     parallel, reference = PARALLEL["kobart" if profile == "kobart" else "causal"]
+    scratch = tmp_path / "tmp"  # the temp folder of this process, the launcher and its ranks
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert (
         main(
             [
@@ -225,6 +230,7 @@ def test_two_gpus_on_gloo(profile, standins, journey_data, tmp_path):
         )
         == 0
     )
+    assert not list(scratch.iterdir()), "the launch left files in the temp folder"
     run_dir = get_settings().output_dir / f"journey-{profile}-gpus2" / profile
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dev_score_before"] is not None and metrics["train_steps"] == 2

@@ -237,22 +237,22 @@ def child_pids(setup: Setup, study: str, name: str) -> list[int] | None:
 
 
 def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> None:
-    """8 trials, 2 at once, on two GPU queues. The child of trial 0 is SIGKILLed while it trains; later the parent
+    """6 trials, 2 at once, on two GPU queues. The child of trial 0 is SIGKILLed while it trains; later the parent
     is SIGKILLed with trials done and trials running, and a parent with another output folder (another machine)
     continues from the storage snapshot. One sweep shows all three, to keep the suite's time."""
-    first = setup.sweep("s8", 8, "parent-a")
+    first = setup.sweep("s6", 6, "parent-a")
     try:
-        for pid in wait_for(lambda: child_pids(setup, "s8", "s8-t0000"), 180, "trial 0 running", first):
+        for pid in wait_for(lambda: child_pids(setup, "s6", "s6-t0000"), 180, "trial 0 running", first):
             os.kill(pid, signal.SIGKILL)
 
         def completed_in_snapshot() -> int:
             try:
-                return sum(t.state.name == "COMPLETE" for t in setup.study("s8").trials)
+                return sum(t.state.name == "COMPLETE" for t in setup.study("s6").trials)
             except AssertionError:  # no snapshot yet
                 return 0
 
         def ready() -> bool:  # the parent records a result after its child run ends: ask its snapshot
-            states = [r.state.type.value for r in setup.runs("s8") if r.state]
+            states = [r.state.type.value for r in setup.runs("s6") if r.state]
             return states.count("RUNNING") >= 1 and completed_in_snapshot() >= 2
 
         wait_for(ready, 240, "two completed trials and one running", first)
@@ -261,48 +261,48 @@ def test_a_sweep_survives_kill_9_of_a_child_and_of_its_parent(setup: Setup) -> N
     finally:
         if first.poll() is None:
             first.kill()
-    before = {t.number: t.value for t in setup.study("s8").trials if t.state.name == "COMPLETE"}
-    running_at_kill = [r.name for r in setup.runs("s8") if r.state and not r.state.is_final()]
+    before = {t.number: t.value for t in setup.study("s6").trials if t.state.name == "COMPLETE"}
+    running_at_kill = [r.name for r in setup.runs("s6") if r.state and not r.state.is_final()]
     assert len(before) >= 2 and running_at_kill
 
-    second = setup.sweep("s8", 8, "parent-b", space=False)
-    finish(setup, second, "s8-parent-b.log")
+    second = setup.sweep("s6", 6, "parent-b", space=False)
+    finish(setup, second, "s6-parent-b.log")
 
-    study = setup.study("s8")
+    study = setup.study("s6")
     trials = {t.number: t for t in study.trials}
-    runs = setup.runs("s8")
+    runs = setup.runs("s6")
     names = [r.name for r in runs]
-    # exactly 8 trials, 0 duplicates (one child run per trial), never more than 2 at once
-    assert len(trials) == 8
-    assert sorted(names) == [f"s8-t{n:04d}" for n in range(8)]
+    # exactly 6 trials, 0 duplicates (one child run per trial), never more than 2 at once
+    assert len(trials) == 6
+    assert sorted(names) == [f"s6-t{n:04d}" for n in range(6)]
     assert peak_overlap(runs) == 2
     assert all(t.user_attrs["slot"] in ("gpu-0", "gpu-1") for t in trials.values())
     # the killed child: a failed trial, its parameters queued once more and completed; the sweep completed
     assert trials[0].state.name == "FAIL" and "Crashed" in trials[0].user_attrs["error"]
     (again,) = [t for t in trials.values() if t.user_attrs.get("requeued_from") == 0]
     assert again.params == trials[0].params and again.state.name == "COMPLETE"
-    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE"] * 7 + ["FAIL"]
+    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE"] * 5 + ["FAIL"]
     # the killed parent: 0 completed trials lost, the running ones adopted, no parameter set proposed twice
     assert {n: trials[n].value for n in before} == before
     assert set(running_at_kill) <= set(names)
     proposed = [tuple(sorted(t.params.items())) for t in trials.values() if "requeued_from" not in t.user_attrs]
-    assert len(set(proposed)) == len(proposed) == 7
+    assert len(set(proposed)) == len(proposed) == 5
     for t in trials.values():
         if t.state.name == "COMPLETE":
             assert read_manifest(t.user_attrs["run_id"], "sweep-bart", LocalStorage(setup.store)) is not None
 
-    folder = setup.store / "sweeps" / "s8"
+    folder = setup.store / "sweeps" / "s6"
     assert {"journal.log", "space.yaml", "trials.csv", "best.yaml", "history.png", "importance.png"} <= {
         p.name for p in folder.iterdir()
     }
     table = (folder / "trials.csv").read_text()
-    assert len(table.strip().splitlines()) == 1 + 8 and "Crashed" in table
+    assert len(table.strip().splitlines()) == 1 + 6 and "Crashed" in table
     overlay = overlay_overrides(folder / "best.yaml")
     best = study.best_trial.params["training.learning_rate"]
     assert load_model_config(str(setup.profile), overlay).training.learning_rate == best
     assert read_space(folder / "space.yaml")[0].params.keys() == SPACE["params"].keys()
-    assert "sweep-s8" in artifacts(setup.api_url, ["sweep-s8"])
-    print((setup.folder / "s8-parent-b.log").read_text().split("sweep s8:")[-1][-3000:])
+    assert "sweep-s6" in artifacts(setup.api_url, ["sweep-s6"])
+    print((setup.folder / "s6-parent-b.log").read_text().split("sweep s6:")[-1][-3000:])
 
 
 def small_data(folder: Path) -> Path:

@@ -1,6 +1,7 @@
 """Runs of an API model through the CLI against a loopback chat server (tests/support/chat_server.py): a torch-free run
-that records its bill, a kill -9 resumed without paying twice, a finished run rerun for free, a planted API key
-found in no output, and an API model beside tiny-bart in a multi-model run's ensemble and MBR."""
+that records its bill, failed rows and a cost budget resumed (in this process), a kill -9 resumed without paying
+twice, a finished run rerun for free, a planted API key found in no output, and an API model beside tiny-bart in a
+multi-model run's ensemble and MBR."""
 
 from __future__ import annotations
 
@@ -60,6 +61,19 @@ def dialsum(tmp_path: Path, *argv: str, timeout: float = 600, **extra: str) -> s
     )
 
 
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *argv: str):
+    """`dialsum ARGV` in this process (`main`, with `env`'s settings): its exit code, stdout and stderr."""
+    from dialsum.cli.main import main
+
+    for name in ("DIALSUM_OUTPUT_DIR", "DIALSUM_STORAGE_URL"):
+        monkeypatch.setenv(name, env(tmp_path)[name])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def server():
     srv = ChatServer(latency=0.05).start()
@@ -111,18 +125,24 @@ def test_api_only_run_loads_no_torch_and_records_its_bill(tmp_path: Path, server
 
 
 @pytest.mark.slow
-def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path, server: ChatServer) -> None:
+def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(
+    tmp_path: Path, server: ChatServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     server.faults = {n: "500" for n in range(1, 40)}  # the first requests fail through all their retries
     profile = api_profile(
         tmp_path,
         server,
         **{"limits": "{concurrency: 1, max_retries: 1, backoff_seconds: 0.01, requests_per_minute: null}"},
     )
-    failed = dialsum(tmp_path, "train", "--models", str(profile), "--run-id", "r", "--debug")
-    assert failed.returncode != 0 and "rows failed after retries (allowed: max_failed_rows=0)" in failed.stderr
+    code, _, err = in_process(
+        tmp_path, monkeypatch, capsys, "train", "--models", str(profile), "--run-id", "r", "--debug"
+    )
+    assert code != 0 and "rows failed after retries (allowed: max_failed_rows=0)" in err
     sent = len(server.requests)
-    resumed = dialsum(tmp_path, "train", "--models", str(profile), "--resume", "r", "--debug")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, _, err = in_process(
+        tmp_path, monkeypatch, capsys, "train", "--models", str(profile), "--resume", "r", "--debug"
+    )
+    assert code == 0, err[-3000:]
     api = json.loads((tmp_path / "store" / "r" / "fake-api" / "metrics.json").read_text(encoding="utf-8"))["api"]
     ok_before = sum(1 for r in server.requests[:sent] if r["fault"] is None)
     assert api["cache_hits"] == ok_before and api["requests"] == len(server.requests) - sent == 64 - ok_before
@@ -132,19 +152,18 @@ def test_failed_rows_fail_the_run_and_a_resume_retries_only_them(tmp_path: Path,
 
 @pytest.mark.slow
 def test_budget_stops_the_run_and_a_resume_with_a_larger_one_pays_nothing_twice(
-    tmp_path: Path, server: ChatServer
+    tmp_path: Path, server: ChatServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     profile = api_profile(
         tmp_path, server, price="{input_per_million: 1000, output_per_million: 1000}", max_cost_usd="10"
     )
-    stopped = dialsum(tmp_path, "train", "--models", str(profile), "--run-id", "b", "--debug")
-    assert stopped.returncode != 0 and "stopped before passing the cost budget of $10" in stopped.stderr
+    train = ["train", "--models", str(profile), "--debug"]
+    code, _, err = in_process(tmp_path, monkeypatch, capsys, *train, "--run-id", "b")
+    assert code != 0 and "stopped before passing the cost budget of $10" in err
     paid = len(server.requests)
     assert 0 < paid < 64
-    resumed = dialsum(
-        tmp_path, "train", "--models", str(profile), "--resume", "b", "--debug", "--set", "max_cost_usd=1000"
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, _, err = in_process(tmp_path, monkeypatch, capsys, *train, "--resume", "b", "--set", "max_cost_usd=1000")
+    assert code == 0, err[-3000:]
     keys = [(r["messages"], r["seed"]) for r in server.requests]
     assert len(keys) == len(set(keys)) == 64
 

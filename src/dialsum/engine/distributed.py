@@ -187,9 +187,9 @@ def no_sync(model: torch.nn.Module):
     return model.no_sync() if hasattr(model, "no_sync") else nullcontext()
 
 
-def launch_command(argv: Sequence[str], processes: int) -> list[str]:
+def launch_command(argv: Sequence[str], processes: int, log_dir: str) -> list[str]:
     """The command that runs `dialsum <argv>` once per device: `accelerate launch` on GPUs, `torch.distributed.run`
-    on CPUs (a standalone rendezvous on a free local port)."""
+    on CPUs (a standalone rendezvous on a free local port). The launcher keeps its per-run files in `log_dir`."""
     if processes < 2:
         raise ConfigError(f"--gpus must be at least 2 to launch data-parallel training, got {processes}")
     if torch.cuda.is_available():
@@ -206,33 +206,38 @@ def launch_command(argv: Sequence[str], processes: int) -> list[str]:
             "--dynamo_backend",
             "no",
             "--multi_gpu",
+            "--log_dir",
+            log_dir,
         ]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+        launcher += ["--log-dir", log_dir]
     return launcher + ["-m", "dialsum.cli", *argv]
 
 
 def launch(argv: Sequence[str], processes: int) -> int:
     """Run `dialsum <argv>` on `processes` devices and wait; returns the launcher's exit code. After Ctrl-C or
     SIGTERM here the launcher gets SIGTERM, which it passes to the ranks: they stop together at their next step
-    with a checkpoint. The launcher and its ranks end when this process does (`lifeline`)."""
+    with a checkpoint. The launcher and its ranks end when this process does (`lifeline`). The launcher's per-run
+    folder, which it would otherwise leave in the temp folder each time, is removed when it ends."""
     import signal
+    import tempfile
 
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise ConfigError(f"--gpus {processes} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
-    process = subprocess.Popen(
-        lifeline.wrap(launch_command(argv, processes)), env={**launch_env(processes), **lifeline.child_env()}
-    )
-    passed_on = False
-    with stop.cooperative():
-        while True:
-            try:
-                return process.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
-            if stop.requested() and not passed_on:
-                process.send_signal(signal.SIGTERM)
-                passed_on = True
+    with tempfile.TemporaryDirectory(prefix="dialsum-launch-") as log_dir:
+        command = lifeline.wrap(launch_command(argv, processes, log_dir))
+        process = subprocess.Popen(command, env={**launch_env(processes), **lifeline.child_env()})
+        passed_on = False
+        with stop.cooperative():
+            while True:
+                try:
+                    return process.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop.requested() and not passed_on:
+                    process.send_signal(signal.SIGTERM)
+                    passed_on = True
 
 
 def launch_env(processes: int) -> dict[str, str]:

@@ -13,6 +13,7 @@ Torch-free and Prefect-free: the CLI and the temporary API server import it.
 
 from __future__ import annotations
 
+import math
 import os
 import runpy
 import signal
@@ -58,8 +59,12 @@ def wrap(command: list[str]) -> list[str]:
 
 
 def _end(grace: float) -> None:
-    """The parent is gone: stop as on SIGTERM, then exit at once if still here after `grace` seconds."""
+    """The parent is gone: stop as on SIGTERM, then exit at once if still here after `grace` seconds. The exit
+    comes from the kernel (SIGALRM left at its default action) where it can: C code that holds the interpreter
+    lock (Kiwi loading its model, for seconds) would otherwise hold this thread's own exit back."""
     os.kill(os.getpid(), signal.SIGTERM)
+    if signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+        signal.alarm(max(1, math.ceil(grace)))
     time.sleep(grace)
     os._exit(1)
 

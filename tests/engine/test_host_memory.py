@@ -38,7 +38,7 @@ def test_freed_blocks_are_reused_instead_of_mapped_again():
     pages = 10 * 64 * 2**20 // 4096
     default, kept = _faults("default"), _faults("keep")
     assert default > pages // 2, default  # glibc's default maps and zeroes every 64 MiB block again
-    assert kept < pages // 5, (kept, default)  # kept: the freed block is reused (at most 2 blocks mapped anew)
+    assert kept <= pages // 5, (kept, default)  # kept: the freed block is reused (at most 2 blocks mapped anew)
 
 
 def test_applied_only_for_cpu_runs_with_the_setting_on(monkeypatch):

@@ -124,6 +124,24 @@ def test_log_lines_go_above_the_progress_bar_which_names_the_model() -> None:
     assert all(row.startswith("tiny-llama train (model 2 of 3)") or row.startswith("INFO") for row in rows), rows
 
 
+def test_the_console_handler_follows_stderr_and_never_writes_to_a_closed_stream() -> None:
+    """Two runs in one process (tests call `main` in-process) each with their own, later closed, sys.stderr."""
+    import contextlib
+    import io
+    import logging
+
+    handler = console.AboveProgressBars()
+    handler.setFormatter(logging.Formatter(console.FORMAT))
+    record = logging.LogRecord("dialsum.x", logging.INFO, __file__, 1, "published r1/tiny-bart", (), None)
+    first, second = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(first):
+        handler.handle(record)
+    first.close()
+    with contextlib.redirect_stderr(second):
+        handler.handle(record)
+    assert second.getvalue() == "INFO dialsum.x: published r1/tiny-bart\n"
+
+
 def test_version_and_shell_completion() -> None:
     from importlib import metadata
 

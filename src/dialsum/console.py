@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -40,7 +42,21 @@ class _DropKernelsHint(logging.Filter):
 
 
 class AboveProgressBars(logging.StreamHandler):
-    """A stream handler that clears tqdm's bars, writes the line, and redraws them (tqdm's logging redirect)."""
+    """A stream handler that clears tqdm's bars, writes the line, and redraws them (tqdm's logging redirect).
+    Given no stream, it writes to `sys.stderr` as it is at each line, as logging's last-resort handler does: a
+    later redirect of `sys.stderr` is followed, never a stream that has since been closed."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        logging.Handler.__init__(self)
+        self._stream = stream
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return self._stream if self._stream is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO | None) -> None:
+        self._stream = value
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm

@@ -34,6 +34,7 @@ from prefect.states import Crashed
 
 from dialsum.engine import lifeline
 from dialsum.orchestration import api, placement
+from dialsum.orchestration.requests import OneModelFanOut
 from dialsum.orchestration.train_model import PERMANENT_ERRORS
 from dialsum.processes import alive
 from dialsum.state import stop
@@ -209,16 +210,15 @@ class ProcessLauncher:
             process.join(timeout=2)
 
 
-def make_launcher(
-    model: str, target: str | None, parallel: int, num_gpus: int | None, embedded: bool, scope: str
-) -> Launcher:
+def make_launcher(request: OneModelFanOut, scope: str) -> Launcher:
     """Embedded: local processes (one per GPU with `num_gpus`, else `parallel`); otherwise the target's deployment.
     `scope`: the scope of the storage the children publish to (`storage.storage_scope`)."""
-    if embedded:
+    parallel, num_gpus = request.parallel, request.num_gpus
+    if request.embedded:
         count = min(parallel, num_gpus) if num_gpus else parallel
         prefix = "gpu" if num_gpus else "slot"
         return ProcessLauncher([f"{prefix}-{i}" for i in range(count)], gpus=bool(num_gpus), scope=scope)
-    return DeploymentLauncher(placement.slots(model, target or "process", parallel, num_gpus), scope)
+    return DeploymentLauncher(placement.slots(request.model, request.target, parallel, num_gpus), scope)
 
 
 def run_all(

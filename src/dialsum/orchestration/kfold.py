@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from pydantic import Field
 
 from dialsum import storage
 from dialsum.data import load_splits, sample_dir
@@ -27,6 +28,7 @@ from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import api
 from dialsum.orchestration.children import make_launcher, run_all
+from dialsum.orchestration.requests import OneModelFanOut, flat_parameters
 from dialsum.orchestration.train_model import (
     CRASH_RELAUNCHES,
     OrchestrationError,
@@ -37,6 +39,7 @@ from dialsum.release import ensemble
 from dialsum.release import kfold as results
 from dialsum.state import stop
 from dialsum.tuning import folds as folding
+from dialsum.tuning.loop import Status
 
 SPLIT_FILES = ("train.csv", "dev.csv", "test.csv")
 
@@ -96,55 +99,11 @@ def _publish_results(run_id: str, result: results.KFoldResult, store: storage.St
                 store.write_bytes(kfold_key(run_id, f"predictions/{split}.csv"), path.read_bytes())
 
 
-@flow(name="kfold")
-def kfold(
-    model: str,
-    k: int = 5,
-    parallel: int = 1,
-    run_id: str | None = None,
-    target: str = "process",
-    num_gpus: int | None = None,
-    data_dir: str | None = None,
-    storage_url: str | None = None,
-    debug: bool = False,
-    seed: int = 0,
-    overrides: list[str] | None = None,
-    embedded: bool = False,
-    crash_relaunches: int = CRASH_RELAUNCHES,
-    poll_seconds: float = 2.0,
-) -> dict[str, Any]:
-    """Cross-validate `model` (with `overrides`) over `k` folds of train.csv, `parallel` children at once."""
-    stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does
-    if k < 2 or parallel < 1:
-        raise ConfigError(f"kfold needs k >= 2 and parallel >= 1, got {k} and {parallel}")
-    base = list(overrides or [])
-    name = model_name(model, base)
-    run_id = storage.check_name(run_id or _new_run_id(), "run id")
-    root = datasource.resolve(data_dir) or sample_dir()
-    store = storage.open_storage(storage_url)
-    folds = prepare(run_id, root, k, seed, store)
-    logger = get_run_logger()
-    logger.info("kfold %s: %s, %d folds of %s rows, %d at once", run_id, name, k, folds.sizes(), parallel)
-    common = {"model": model, "storage_url": storage_url, "debug": debug, "group": run_id, "overrides": base}
-    jobs = {
-        f"{run_id}-f{i}": {
-            **common,
-            "run_id": f"{run_id}-f{i}",
-            "data_dir": store.location(kfold_key(run_id, f"data/fold-{i}")),
-        }
-        for i in range(k)
-        if storage.read_manifest(f"{run_id}-f{i}", name, store) is None
-    }
-    launcher = make_launcher(model, target, parallel, num_gpus, embedded, storage.storage_scope(store))
-    statuses = run_all(launcher, jobs, parallel, crash_relaunches, [f"kfold:{run_id}"], poll_seconds, logger)
-    if stop.requested():
-        return {
-            "run_id": run_id,
-            "model": name,
-            "status": "stopped",
-            "location": store.location(kfold_key(run_id)),
-            "stopped": {r: s.message for r, s in statuses.items() if s.state == "stopped"},
-        }
+def _read_folds(
+    run_id: str, k: int, statuses: dict[str, Status], name: str, store: storage.Storage
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """Each fold's published outputs, and why each fold that has none failed (`statuses`: of the children run now;
+    a fold without one was published by an earlier run)."""
     outputs, failed = {}, {}
     for i in range(k):
         status = statuses.get(f"{run_id}-f{i}")
@@ -155,8 +114,62 @@ def kfold(
             outputs[i] = ensemble.read_outputs(f"{run_id}-f{i}", name, store)
         except DialsumError as exc:
             failed[i] = f"completed, but its published result is unusable: {exc}"
+    return outputs, failed
+
+
+class KFoldRequest(OneModelFanOut):
+    """One K-fold run: `model`'s config cross-validated over the folds of train.csv, a `train-model` child per fold."""
+
+    k: int = Field(5, description="folds, at least 2")
+    run_id: str | None = Field(None, description="the run to start or continue (default: a new id)")
+    crash_relaunches: int = Field(CRASH_RELAUNCHES, description="relaunches of a child that ends Crashed")
+
+
+@flow(name="kfold")
+@flat_parameters(KFoldRequest)
+def kfold(request: KFoldRequest) -> dict[str, Any]:
+    """Cross-validate `model` (with `overrides`) over `k` folds of train.csv, `parallel` children at once."""
+    stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does
+    model, k, parallel = request.model, request.k, request.parallel
+    if k < 2 or parallel < 1:
+        raise ConfigError(f"kfold needs k >= 2 and parallel >= 1, got {k} and {parallel}")
+    name = model_name(model, request.overrides)
+    run_id = storage.check_name(request.run_id or _new_run_id(), "run id")
+    root = datasource.resolve(request.data_dir) or sample_dir()
+    store = storage.open_storage(request.storage_url)
+    folds = prepare(run_id, root, k, request.seed, store)
+    logger = get_run_logger()
+    logger.info("kfold %s: %s, %d folds of %s rows, %d at once", run_id, name, k, folds.sizes(), parallel)
+    common = {
+        "model": model,
+        "storage_url": request.storage_url,
+        "debug": request.debug,
+        "group": run_id,
+        "overrides": request.overrides,
+    }
+    jobs = {
+        f"{run_id}-f{i}": {
+            **common,
+            "run_id": f"{run_id}-f{i}",
+            "data_dir": store.location(kfold_key(run_id, f"data/fold-{i}")),
+        }
+        for i in range(k)
+        if storage.read_manifest(f"{run_id}-f{i}", name, store) is None
+    }
+    launcher = make_launcher(request, storage.storage_scope(store))
+    tags = [f"kfold:{run_id}"]
+    statuses = run_all(launcher, jobs, parallel, request.crash_relaunches, tags, request.poll_seconds, logger)
+    if stop.requested():
+        return {
+            "run_id": run_id,
+            "model": name,
+            "status": "stopped",
+            "location": store.location(kfold_key(run_id)),
+            "stopped": {r: s.message for r, s in statuses.items() if s.state == "stopped"},
+        }
+    outputs, failed = _read_folds(run_id, k, statuses, name, store)
     dev = {ex.fname: ex.summary for ex in load_splits(root, splits=("dev",))["dev"]}
-    result = results.assemble(folds.assignment, outputs, folding.references(root), dev, seed)
+    result = results.assemble(folds.assignment, outputs, folding.references(root), dev, request.seed)
     _publish_results(run_id, result, store)
     summary = {
         "run_id": run_id,

@@ -22,11 +22,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from pydantic import Field
 
 from dialsum import storage
 from dialsum.errors import ConfigError
 from dialsum.orchestration import api
 from dialsum.orchestration.children import Launcher, make_launcher
+from dialsum.orchestration.requests import OneModelFanOut, flat_parameters
 from dialsum.orchestration.train_model import model_name, slug
 from dialsum.settings import get_settings
 from dialsum.state import stop
@@ -109,64 +111,65 @@ def _report(study_name: str, rows: list[dict[str, Any]], params: list[str]) -> N
     logger.info("sweep %s:\n%s", study_name, outputs.format_table(rows, params))
 
 
+class SweepRequest(OneModelFanOut):
+    """One sweep: a study of `model`'s config, a `train-model` child per trial."""
+
+    space: str | dict[str, Any] | None = Field(
+        None, description="the search space: a YAML path or its mapping (omitted when continuing)"
+    )
+    trials: int = Field(8, description="the study's budget of trials, those already run included")
+    study: str | None = Field(None, description="the study to start or continue (default: a new name)")
+
+
 @flow(name="sweep")
-def sweep(
-    model: str,
-    space: str | dict[str, Any] | None = None,
-    trials: int = 8,
-    parallel: int = 1,
-    study: str | None = None,
-    target: str = "process",
-    num_gpus: int | None = None,
-    data_dir: str | None = None,
-    storage_url: str | None = None,
-    debug: bool = False,
-    seed: int = 0,
-    overrides: list[str] | None = None,
-    embedded: bool = False,
-    poll_seconds: float = 2.0,
-) -> dict[str, Any]:
+@flat_parameters(SweepRequest)
+def sweep(request: SweepRequest) -> dict[str, Any]:
     """Run (or continue) the study `study` of `trials` trials over `space` (a YAML path or its mapping; omitted
     when continuing), at most `parallel` at once. `overrides` (`KEY=VALUE`) apply to every trial; `target` and
     `num_gpus` place children as `train-all` does, one trial per GPU queue; `embedded` runs them as local processes."""
     stop.reclaim()  # embedded: SIGTERM stops the study as Ctrl-C does
-    if trials < 1 or parallel < 1:
-        raise ConfigError(f"trials and parallel must be at least 1, got {trials} and {parallel}")
-    base = list(overrides or [])
-    searched = load_space(space, model, base) if space is not None else None
-    name = check_study_name(study or new_study_name(model))
-    store = storage.open_storage(storage_url)
+    if request.trials < 1 or request.parallel < 1:
+        raise ConfigError(f"trials and parallel must be at least 1, got {request.trials} and {request.parallel}")
+    searched = load_space(request.space, request.model, request.overrides) if request.space is not None else None
+    name = check_study_name(request.study or new_study_name(request.model))
+    store = storage.open_storage(request.storage_url)
     scope = storage.storage_scope(store)  # the study name is unique only inside its storage
     journal = StudyJournal(name, store, get_settings().output_dir / "sweeps" / scope / name)
     resumed = journal.restore()
     searched = journal.check_space(searched)
-    base = journal.check_settings(model_name(model, base), base)
-    profile = model_name(model, base)  # resolved once with the study's settings, for every step below
-    optuna_study = journal.open(searched, seed)
+    base = journal.check_settings(model_name(request.model, request.overrides), request.overrides)
+    profile = model_name(request.model, base)  # resolved once with the study's settings, for every step below
+    optuna_study = journal.open(searched, request.seed)
     logger = get_run_logger()
     logger.info(
         "sweep %s: %s %s trials of %s, %d at once",
         name,
         "continuing" if resumed else "starting",
-        trials,
+        request.trials,
         profile,
-        parallel,
+        request.parallel,
     )
-    common = {"data_dir": data_dir, "storage_url": storage_url, "debug": debug, "group": name}
+    common = {"data_dir": request.data_dir, "storage_url": request.storage_url, "debug": request.debug, "group": name}
     executor = TrialExecutor(
-        make_launcher(model, target, parallel, num_gpus, embedded, scope), store, model, profile, name, common, base
+        make_launcher(request, scope),
+        store,
+        request.model,
+        profile,
+        name,
+        common,
+        base,
     )
     loop = StudyLoop(
         optuna_study,
         searched,
         executor,
-        budget=trials,
-        parallel=parallel,
-        seed=seed,
+        budget=request.trials,
+        parallel=request.parallel,
+        seed=request.seed,
         run_prefix=name,
-        check=lambda params: check_trial(model, base, params),
+        check=lambda params: check_trial(request.model, base, params),
         on_change=journal.snapshot,
-        poll_seconds=poll_seconds,
+        poll_seconds=request.poll_seconds,
         logger=logger,
         stopping=stop.requested,
     )
@@ -180,7 +183,7 @@ def sweep(
             "stopped": loop.stopped,
             "location": store.location(study_key(name)),
         }
-    facts = publish_outputs(journal, optuna_study, searched, profile, base, debug)
+    facts = publish_outputs(journal, optuna_study, searched, profile, base, request.debug)
     _report(name, facts["rows"], list(searched.params))
     return {
         "study": name,

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from dialsum import storage, tracking
 from dialsum.config import check_listed_once
@@ -36,6 +36,7 @@ from dialsum.data import source as datasource
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.orchestration import api, placement
 from dialsum.orchestration.logs import send_to_prefect
+from dialsum.orchestration.requests import FanOutRequest, flat_parameters
 from dialsum.orchestration.reuse_and_promotion import (
     check_policy,
     decide_promotion,
@@ -170,48 +171,25 @@ def check_models(models: list[str]) -> None:
     check_listed_once(models)
 
 
-class TrainAllRequest(BaseModel):
-    """One train-all run, as its flow parameters ask for it (`run_id` filled in), handed to every step of the run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TrainAllRequest(FanOutRequest):
+    """One train-all run, as its flow parameters ask for it, handed to every step of the run."""
 
     models: list[str] = Field(description="config stems in configs/models/ or YAML paths, each once")
-    target: str = Field("process", description="where children run: a placement target (`placement`)")
-    num_gpus: int | None = Field(None, description="GPUs to spread the children over (default: the target's)")
-    data_dir: str | None = Field(None, description="a data folder or storage URL (default: the bundled sample)")
-    storage_url: str | None = Field(None, description="where to publish (default DIALSUM_STORAGE_URL)")
-    debug: bool = Field(False, description="a few steps on a small slice")
-    run_id: str = Field(description="the run's id; its children publish under it")
+    run_id: str = Field(
+        default_factory=storage.new_run_id, description="the run's id (default: a new one); children publish under it"
+    )
     eval_before: bool = Field(False, description="also score each untrained model on dev")
-    embedded: bool = Field(False, description="run the children in this process, one at a time")
     crash_relaunches: int = Field(CRASH_RELAUNCHES, description="relaunches of a child that ends Crashed")
     promote: str = Field("never", description="never, if-better or always")
     margin: float = Field(0.0, description="if-better: the 99% lower bound of the gain must be above this")
     force: bool = Field(False, description="retrain also when data, config and code are unchanged")
     gpus_per_model: int = Field(1, description="train each model data-parallel on this many GPUs")
-    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE config overrides for every model")
     resume: bool = Field(False, description="continue the run `run_id`, reusing nothing from other runs")
 
 
 @flow(name="train-all")
-def train_all(
-    models: list[str],
-    target: str = "process",
-    num_gpus: int | None = None,
-    data_dir: str | None = None,
-    storage_url: str | None = None,
-    debug: bool = False,
-    run_id: str | None = None,
-    eval_before: bool = False,
-    embedded: bool = False,
-    crash_relaunches: int = CRASH_RELAUNCHES,
-    promote: str = "never",
-    margin: float = 0.0,
-    force: bool = False,
-    gpus_per_model: int = 1,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-) -> dict[str, Any] | State:
+@flat_parameters(TrainAllRequest)
+def train_all(request: TrainAllRequest) -> dict[str, Any] | State:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide
     on promotion, then fail if any model did not succeed.
 
@@ -228,15 +206,11 @@ def train_all(
     (embedded), children stop at their next safe point, none starts, and the run ends Cancelled with one row
     per model saying where it stopped, without ensemble.
     """
-    parameters = dict(locals())  # first: exactly the flow's parameters, which the request holds
     stop.reclaim()  # embedded: SIGTERM stops the run as Ctrl-C does, not Prefect's engine at once
-    check_models(models)
-    check_policy(promote)
+    check_models(request.models)
+    check_policy(request.promote)
     tracking.check_report_folder()
     send_to_prefect()
-    request = TrainAllRequest.model_validate(
-        {**parameters, "run_id": run_id or storage.new_run_id(), "overrides": list(overrides or [])}
-    )
     stop.continue_with(f"--resume {request.run_id}")
     summary = run_request(request)
     if isinstance(summary, State):

@@ -5,84 +5,48 @@ The server is Prefect's own (`SubprocessASGIServer`: uvicorn on a free local por
 starts with SIGINT blocked, since Ctrl-C at a terminal reaches every process of the group and the children must
 still report while they stop; it runs under `engine.lifeline`, so it exits when the command is gone, however
 the command ended (`kill -9` included); and it gets `STOP_SECONDS` to shut down. Prefect's own lookups
-(`SubprocessASGIServer()`, used by its ephemeral client) find this server: instances are shared per port.
+(`SubprocessASGIServer()`, used by its ephemeral client) find this server: instances are shared per port. The
+server itself is `temporary_server.TemporaryServer`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import prefect
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings, temporary_settings
 
-from dialsum.engine import lifeline
+from dialsum.errors import DialsumError
 from dialsum.state import stop
 
-STOP_SECONDS = 2.0
+STARTUP_SECONDS = 120
 
 
-class TemporaryServer(SubprocessASGIServer):
-    """Prefect's subprocess API server, run under `engine.lifeline` with SIGINT blocked."""
+def start() -> str:
+    """The URL of the API this process reports to: `PREFECT_API_URL`, else the temporary API, started here unless it
+    runs already. That one is stopped at exit (after Prefect's log worker has sent the last lines), or by a second
+    Ctrl-C."""
+    configured = get_current_settings().api.url
+    if configured:
+        return configured
+    from dialsum.orchestration.temporary_server import TemporaryServer
 
-    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(prefect.__module_path__.parent),
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ]
-        env = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-            **get_current_settings().to_environment_variables(exclude_unset=True),
-            **lifeline.child_env(),
-        }
-        with stop.blocked(signal.SIGINT):
-            return subprocess.Popen(lifeline.wrap(command), env=env)
-
-    def stop(self) -> None:
-        """Stop the server, waiting at most `STOP_SECONDS` for it to shut down (then it is killed)."""
-        process = self.server_process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        super().stop()
-
-
-def start() -> None:
-    """Start the temporary API unless `PREFECT_API_URL` names a server or it runs already. It is stopped at exit
-    (after Prefect's log worker has sent the last lines), or by a second Ctrl-C."""
-    if get_current_settings().api.url:
-        return
     server = TemporaryServer()
     if not server.running:
-        server.start()
+        # a new PREFECT_HOME's first start migrates its database: Prefect's 20 s default fails it on slow machines
+        seconds = max(get_current_settings().server.ephemeral.startup_timeout_seconds, STARTUP_SECONDS)
+        try:
+            server.start(timeout=seconds)
+        except RuntimeError as exc:
+            server.stop()  # nothing left running: the server may still be starting
+            raise DialsumError(
+                f"the temporary Prefect API did not answer within {seconds} s ({str(exc)[:300]}); run `prefect "
+                "server start` and set PREFECT_API_URL to it, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            ) from exc
         stop.at_hard_exit(server.stop)
+    return server.api_url
 
 
 @contextmanager

@@ -121,13 +121,7 @@ class ProcessLauncher:
     def _api_env(self) -> dict[str, str]:
         """The API every child reports to: the configured one, else this process's temporary local server; and
         this process's pid, which the child watches."""
-        from prefect.settings import PREFECT_API_URL
-
-        url = PREFECT_API_URL.value()
-        if not url:
-            api.start()
-            url = api.TemporaryServer().api_url
-        return {"PREFECT_API_URL": url, **lifeline.child_env()}
+        return {"PREFECT_API_URL": api.start(), **lifeline.child_env()}
 
     def _find(self, key: str) -> Any | None:
         """The child already started for `key`, unless it ended without completing (it is started again)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
+from prefect.utilities.hashing import file_hash
 from pydantic import BaseModel, Field, ValidationError
 
 from dialsum.orchestration.kfold import KFoldRequest, kfold
@@ -29,6 +31,8 @@ def test_prefect_sees_one_described_parameter_per_request_field(name: str) -> No
         assert not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)), field_name
         if not field.is_required():
             assert schema["properties"][field_name]["description"] == field.description, field_name
+    module = sys.modules[flow.fn.__module__]
+    assert flow.version == file_hash(module.__file__)  # its own file, not that of the wrapper in `requests`
     positions = {n: p["position"] for n, p in schema["properties"].items()}
     own = [n for n in fields if n not in FanOutRequest.model_fields]
     assert max(positions[n] for n in own) < min(positions[n] for n in FanOutRequest.model_fields)

@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.hashing import file_hash
 from pydantic import Field
 
 from dialsum import storage
@@ -125,7 +126,7 @@ class KFoldRequest(OneModelFanOut):
     crash_relaunches: int = Field(CRASH_RELAUNCHES, description="relaunches of a child that ends Crashed")
 
 
-@flow(name="kfold")
+@flow(name="kfold", version=file_hash(__file__))  # not the hash of requests.py
 @flat_parameters(KFoldRequest)
 def kfold(request: KFoldRequest) -> dict[str, Any]:
     """Cross-validate `model` (with `overrides`) over `k` folds of train.csv, `parallel` children at once."""

@@ -5,7 +5,8 @@ default and description, which the Prefect UI shows in the run form), and calls 
 The parameters stay flat because Prefect merges a run's parameters over its deployment's at the top level only:
 `prefect deployment run sweep/gpu --param num_gpus=4` must keep the deployment's `target`, which a nested request
 would replace. A field whose default comes from a factory (a new run id, an empty list) shows as `None` there, and
-`None` stands for that default.
+`None` stands for that default. Prefect versions a flow by the file its function comes from, which is this one
+for every decorated flow; so those flows name their own file (`version=file_hash(__file__)`).
 """
 
 from __future__ import annotations

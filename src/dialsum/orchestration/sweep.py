@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.hashing import file_hash
 from pydantic import Field
 
 from dialsum import storage
@@ -121,7 +122,7 @@ class SweepRequest(OneModelFanOut):
     study: str | None = Field(None, description="the study to start or continue (default: a new name)")
 
 
-@flow(name="sweep")
+@flow(name="sweep", version=file_hash(__file__))  # not the hash of requests.py
 @flat_parameters(SweepRequest)
 def sweep(request: SweepRequest) -> dict[str, Any]:
     """Run (or continue) the study `study` of `trials` trials over `space` (a YAML path or its mapping; omitted

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import allow_failure
+from prefect.utilities.hashing import file_hash
 from pydantic import Field
 
 from dialsum import storage, tracking
@@ -187,7 +188,7 @@ class TrainAllRequest(FanOutRequest):
     resume: bool = Field(False, description="continue the run `run_id`, reusing nothing from other runs")
 
 
-@flow(name="train-all")
+@flow(name="train-all", version=file_hash(__file__))  # not the hash of requests.py
 @flat_parameters(TrainAllRequest)
 def train_all(request: TrainAllRequest) -> dict[str, Any] | State:
     """Train every changed model (one child run each, all at once), ensemble those that succeeded, decide

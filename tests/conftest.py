@@ -22,6 +22,25 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# Modules whose tests must run in one worker process, in order: the journeys' steps use what the steps before them
+# left in the process (`RUNS`, the session's bucket), and the benchmark smoke runs are one module fixture.
+ONE_WORKER = ("tests/journeys/test_profiles.py", "tests/test_bench.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler (`-n`): each test is its own unit of work, handed to whichever worker is free, except
+    the modules of `ONE_WORKER`, each one unit, handed out first. (xdist's own `--dist loadgroup` marks do nothing
+    under pytest 9: it renames items through an attribute pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER else nodeid
+
+    return Scheduler(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     """Session-wide, so module-scoped fixtures that train models see it too."""

@@ -22,9 +22,10 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# Modules whose tests must run in one worker process, in order: the journeys' steps use what the steps before them
-# left in the process (`RUNS`, the session's bucket), and the benchmark smoke runs are one module fixture.
-ONE_WORKER = ("tests/journeys/test_profiles.py", "tests/test_bench.py")
+# Modules whose tests run in one worker process, in order: the journeys' steps use what the steps before them left
+# in the process (`RUNS`, the session's bucket); the benchmark smoke runs and the sweep server tests' Prefect worker
+# and deployment are module fixtures, each worth making once.
+ONE_WORKER = ("tests/journeys/test_profiles.py", "tests/test_bench.py", "tests/orchestration/test_sweep_server.py")
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -4,7 +4,7 @@
 The server is Prefect's own (`SubprocessASGIServer`: uvicorn on a free local port), with three differences: it
 starts with SIGINT blocked, since Ctrl-C at a terminal reaches every process of the group and the children must
 still report while they stop; it runs under `engine.lifeline`, so it exits when the command is gone, however
-the command ended (`kill -9` included); and it gets `STOP_SECONDS` to shut down. Prefect's own lookups
+the command ended (`kill -9` included); and it gets `temporary_server.STOP_SECONDS` to shut down. Prefect's own lookups
 (`SubprocessASGIServer()`, used by its ephemeral client) find this server: instances are shared per port. The
 server itself is `temporary_server.TemporaryServer`.
 """

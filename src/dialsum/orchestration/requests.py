@@ -71,20 +71,21 @@ def flow_signature(request_type: type[BaseModel]) -> inspect.Signature:
     described parameter)."""
     fields = request_type.model_fields
     order = [name for cls in request_type.__mro__ for name in vars(cls).get("__annotations__", {}) if name in fields]
-    names = sorted(dict.fromkeys(order), key=lambda name: not fields[name].is_required())
-    required = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=fields[name].annotation)
-        for name in names
-        if fields[name].is_required()
-    ]
-    optional = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=field.annotation if field.default_factory is None else field.annotation | None,
-            default=Field(field.default if field.default_factory is None else None, description=field.description),
+    parameters = []
+    for name in sorted(dict.fromkeys(order), key=lambda name: not fields[name].is_required()):
+        field = fields[name]
+        if field.is_required():
+            parameters.append(
+                inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=field.annotation)
+            )
+            continue
+        factory = field.default_factory is not None
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=field.annotation | None if factory else field.annotation,
+                default=Field(None if factory else field.default, description=field.description),
+            )
         )
-        for name, field in ((name, fields[name]) for name in names)
-        if not field.is_required()
-    ]
-    return inspect.Signature(required + optional)
+    return inspect.Signature(parameters)

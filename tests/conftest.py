@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support.scheduling import work_unit
 
 pytest_plugins = ["support.s3_server", "support.prefect_server"]
 
@@ -22,22 +23,15 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# Modules whose tests run in one worker process, in order: the journeys' steps use what the steps before them left
-# in the process (`RUNS`, the session's bucket); the benchmark smoke runs and the sweep server tests' Prefect worker
-# and deployment are module fixtures, each worth making once.
-ONE_WORKER = ("tests/journeys/test_profiles.py", "tests/test_bench.py", "tests/orchestration/test_sweep_server.py")
-
-
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's scheduler (`-n`): each test is its own unit of work, handed to whichever worker is free, except
-    the modules of `ONE_WORKER`, each one unit, handed out first. (xdist's own `--dist loadgroup` marks do nothing
-    under pytest 9: it renames items through an attribute pytest no longer reads.)"""
+    """pytest-xdist's scheduler (`-n`): each unit of work (`work_unit`) is handed to whichever worker is free, the
+    units with the most tests first. (xdist's own `--dist loadgroup` marks do nothing under pytest 9: it renames
+    items through an attribute pytest no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduler(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER else nodeid
+            return work_unit(nodeid)
 
     return Scheduler(config, log)
 

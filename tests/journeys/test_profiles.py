@@ -210,6 +210,8 @@ def test_two_gpus_on_gloo(profile, standins, journey_data, tmp_path, monkeypatch
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    # importing bitsandbytes makes torch's compile cache folder in the temp folder, unless one is set
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torchinductor"))
     assert (
         main(
             [

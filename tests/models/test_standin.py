@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED
+from support.processes import REPO
 from transformers import AutoConfig, AutoTokenizer
 
 from dialsum.cli.main import main
@@ -14,6 +14,7 @@ from dialsum.data import read_split
 from dialsum.models import standin
 from dialsum.models.preflight import run
 
+SHARED = REPO.parent / "shared" / "data"
 BLLOSSOM = "reference/llama-3.2-korean-bllossom-3b"
 
 

@@ -1,6 +1,6 @@
 """Run benchmarks' smoke modes (`bench/<name>.py --smoke`), each in a fork of one process that imported torch,
-transformers and the model families once (each run then costs its own work, not a new interpreter's imports),
-two at a time on machines with two cores or more.
+transformers and the model families once, the causal family's peft and bitsandbytes too (each run then costs its
+own work, not a new interpreter's imports), two at a time on machines with two cores or more.
 
 Usage: python tests/support/bench_smoke.py OUT_DIR BENCH.py...   prints {name: {"rc", "seconds", "log"}} as JSON.
 """
@@ -47,6 +47,7 @@ def main(out_dir: Path, scripts: list[Path], jobs: int) -> dict[str, dict]:
     import transformers  # noqa: F401
 
     import dialsum.models  # noqa: F401
+    import dialsum.models.causal_lm  # noqa: F401  - peft and bitsandbytes: about 6 s of imports per causal bench
 
     results, running, waiting = {}, {}, list(scripts)
     while waiting or running:

@@ -1,14 +1,12 @@
-"""The units of work that `make test` hands to its worker processes (`tests/conftest.py`)."""
+"""The units of work that `make test` hands to its worker processes (`tests/support/scheduling.py`)."""
 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import test_learning
+from support.processes import REPO
 from support.scheduling import ONE_WORKER, ONE_WORKER_PER_PARAMETER, work_unit
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_parametrized_module_fixture_is_made_once_per_parameter() -> None:
@@ -23,7 +21,7 @@ def test_a_parametrized_module_fixture_is_made_once_per_parameter() -> None:
 
 def test_one_worker_modules_are_one_unit_and_other_tests_go_alone() -> None:
     for module in ONE_WORKER:
-        assert (ROOT / module).is_file(), module
+        assert (REPO / module).is_file(), module
         assert work_unit(f"{module}::test_x[a]") == work_unit(f"{module}::test_y") == module
     for nodeid in ("tests/test_config.py::test_x", "tests/test_config.py::test_x[a-b]"):
         assert work_unit(nodeid) == nodeid

@@ -33,8 +33,8 @@ lint: setup  ## ruff format and ruff check (settings in pyproject.toml), then th
 test: lint  ## lint, then the whole test suite in two worker processes (what CI runs)
 	$(VENV)/bin/pytest -q -n 2 --durations=20
 
-test-fast: lint  ## lint, then the unit tests: no Prefect server, no end-to-end training, no journeys
-	$(VENV)/bin/pytest -q -m "not slow and not server"
+test-fast: lint  ## lint, then the unit tests in two worker processes: no Prefect server, no end-to-end training, no journeys
+	$(VENV)/bin/pytest -q -n 2 -m "not slow and not server"
 
 bench: setup  ## CPU benchmarks; results land in bench/results/
 	$(PY) bench/padding_waste.py
